@@ -1,0 +1,512 @@
+"""HTTP/1.1 message parsing behind one small interface, with two implementations.
+
+Theory of operation
+-------------------
+A parser is fed bytes (`feed`) and calls back into a *sink* with whole heads and
+body pieces; it does no I/O. Requests: `sink.on_request(head)`,
+`sink.on_request_body(bytes)`, `sink.on_request_end()`. Responses: the same with
+`response`. A response parser must be told what the next response answers
+(`expect(method, upgrade)`) because HEAD and Upgrade change how it is framed.
+
+Both implementations hand the raw (name, value) pairs to `analyze_request` /
+`analyze_response`, which hold every framing and smuggling rule in one place:
+conflicting Content-Length, Transfer-Encoding other than a single final
+`chunked`, TE together with CL, a missing or doubled Host. They also strip the
+hop-by-hop headers, so what reaches `serialize_*` is rebuilt from parsed fields,
+never copied from the wire.
+
+`httptools` (llhttp, C) is the fast path. `h11` is pure Python: it is slower
+(~70 us a head) and more lenient (it accepts TE+CL, bare LF, obs-fold), which is
+why its header list is never forwarded as-is but goes through the same analysis.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import h11
+import httptools
+
+from .errors import LbError
+
+# RFC 9110 7.6.1 hop-by-hop fields, plus the legacy Proxy-Connection.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade",
+})
+# Request headers lb sets itself; a client's copy is dropped, never trusted.
+REQUEST_OWNED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REPLAY_LIMIT_BYTES = 64 * 1024
+MAX_CONTENT_LENGTH_DIGITS = 18
+
+
+class RequestHead:
+    """A parsed, validated request head. `headers` are end-to-end only."""
+
+    __slots__ = ("method", "target", "version", "headers", "host", "content_length",
+                 "chunked", "keep_alive", "upgrade", "expect_continue", "via")
+
+    def __init__(self, method, target, version, headers, host, content_length,
+                 chunked, keep_alive, upgrade, expect_continue, via):
+        self.method: bytes = method
+        self.target: bytes = target
+        self.version: bytes = version          # b"1.1" or b"1.0"
+        self.headers: list = headers           # [(name, value)] without hop-by-hop
+        self.host: bytes | None = host
+        self.content_length: int | None = content_length
+        self.chunked: bool = chunked
+        self.keep_alive: bool = keep_alive     # the client wants the connection kept
+        self.upgrade: bytes | None = upgrade   # the protocol asked for, e.g. b"websocket"
+        self.expect_continue: bool = expect_continue
+        self.via: bytes | None = via
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT_METHODS
+
+
+class ResponseHead:
+    """A parsed response head. `headers` are end-to-end only."""
+
+    __slots__ = ("status", "reason", "version", "headers", "content_length", "chunked",
+                 "keep_alive", "upgrade")
+
+    def __init__(self, status, reason, version, headers, content_length, chunked,
+                 keep_alive, upgrade):
+        self.status: int = status
+        self.reason: bytes = reason
+        self.version: bytes = version
+        self.headers: list = headers
+        self.content_length: int | None = content_length
+        self.chunked: bool = chunked
+        self.keep_alive: bool = keep_alive     # the upstream lets us reuse the connection
+        self.upgrade: bytes | None = upgrade
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def _content_length(value: bytes, current: int | None) -> int:
+    value = value.strip()
+    if not value.isdigit() or len(value) > MAX_CONTENT_LENGTH_DIGITS:
+        raise LbError(f"malformed Content-Length: {value[:40]!r}", 400)
+    length = int(value)
+    if current is not None and current != length:
+        raise LbError("conflicting Content-Length headers", 400)
+    return length
+
+
+def _split_headers(raw_headers, owned: frozenset):
+    """One pass over raw headers: end-to-end ones kept, framing ones collected.
+
+    Returns (kept, specials) where specials maps a lowercase special name to the
+    list of its values. Header names with '_' are dropped: some backends read
+    them as '-', which would let a client smuggle e.g. a Transfer_Encoding.
+    """
+    kept = []
+    specials: dict[bytes, list[bytes]] = {}
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in _FRAMING or lname in owned:
+            specials.setdefault(lname, []).append(value)
+        elif b"_" in name:
+            continue
+        else:
+            kept.append((name, value))
+    named = specials.get(b"connection")
+    if named:
+        tokens = set().union(*map(_connection_tokens, named)) - {b"close", b"keep-alive", b"upgrade"}
+        if tokens:
+            kept = [(n, v) for n, v in kept if n.lower() not in tokens]
+    return kept, specials
+
+
+_FRAMING = frozenset({b"content-length", b"host", b"expect", b"via"})
+
+
+def _framing(specials: dict) -> tuple[int | None, bool]:
+    """(content_length, chunked) from the collected framing headers; raises LbError."""
+    length = None
+    for value in specials.get(b"content-length", ()):
+        length = _content_length(value, length)
+    codings = specials.get(b"transfer-encoding")
+    if not codings:
+        return length, False
+    if length is not None:
+        raise LbError("both Transfer-Encoding and Content-Length", 400)
+    parts = [p.strip().lower() for v in codings for p in v.split(b",")]
+    if parts != [b"chunked"]:
+        raise LbError("unsupported Transfer-Encoding (only a single 'chunked' is accepted)", 400)
+    return None, True
+
+
+def analyze_request(method: bytes, target: bytes, version: bytes, raw_headers) -> RequestHead:
+    """Validate a request and decide its framing. Raises LbError(400/405)."""
+    if method == b"CONNECT":
+        raise LbError("CONNECT is not supported by this proxy", 405)
+    if version not in (b"1.1", b"1.0"):
+        raise LbError(f"unsupported HTTP version {version[:10]!r}", 400)
+    kept, specials = _split_headers(raw_headers, REQUEST_OWNED)
+    content_length, chunked = _framing(specials)
+    hosts = specials.get(b"host")
+    if hosts is not None and len(hosts) > 1:
+        raise LbError("more than one Host header", 400)
+    if hosts is None and version == b"1.1":
+        raise LbError("HTTP/1.1 request without Host", 400)
+    connection = set().union(*map(_connection_tokens, specials.get(b"connection", ())))
+    if version == b"1.1":
+        keep_alive = b"close" not in connection
+    else:
+        # An HTTP/1.0 message with Transfer-Encoding is processed, then closed (RFC 9112 6.1).
+        keep_alive = b"keep-alive" in connection and not chunked
+    upgrade = None
+    if b"upgrade" in connection and b"upgrade" in specials and version == b"1.1":
+        upgrade = specials[b"upgrade"][0].strip()
+    expect = specials.get(b"expect")
+    expect_continue = bool(expect) and expect[0].strip().lower() == b"100-continue"
+    via = b", ".join(specials[b"via"]) if b"via" in specials else None
+    return RequestHead(method, target, version, kept, hosts[0].strip() if hosts else None,
+                       content_length, chunked, keep_alive, upgrade, expect_continue, via)
+
+
+def analyze_response(status: int, reason: bytes, version: bytes, raw_headers) -> ResponseHead:
+    """Validate a response head and decide its framing. Raises LbError(502)."""
+    try:
+        kept, specials = _split_headers(raw_headers, frozenset())
+        content_length, chunked = _framing(specials)
+    except LbError as exc:
+        raise LbError(f"bad response from backend: {exc.message}", 502) from None
+    for name in (b"host", b"expect", b"via"):
+        for value in specials.get(name, ()):
+            kept.append((name.title(), value))
+    connection = set().union(*map(_connection_tokens, specials.get(b"connection", ())))
+    keep_alive = b"close" not in connection if version == b"1.1" else b"keep-alive" in connection
+    upgrade = specials[b"upgrade"][0] if status == 101 and b"upgrade" in specials else None
+    return ResponseHead(status, reason, version, kept, content_length, chunked, keep_alive, upgrade)
+
+
+# ---------------------------------------------------------------------------
+# httptools (llhttp): the fast path
+
+class HttptoolsRequestParser:
+    """Request parser over llhttp. `leftover` holds bytes after an Upgrade head."""
+
+    def __init__(self, sink, max_header_bytes: int):
+        self._sink = sink
+        self._max_header_bytes = max_header_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._headers: list = []
+        self._url = b""
+        self._head_bytes = 0
+        self.in_head = False
+        self.leftover = b""
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; raises LbError(400/431) on a bad or oversized request."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.leftover = data[exc.args[0]:]
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, LbError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            raise LbError(f"malformed request: {exc}", 400) from None
+        if self.in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_header_bytes:
+                raise LbError("request header section too large", 431)
+
+    def reset(self) -> None:
+        """Start over on the same connection (after a refused Upgrade)."""
+        leftover, self.leftover = self.leftover, b""
+        self._parser = httptools.HttpRequestParser(self)
+        if leftover:
+            self.feed(leftover)
+
+    # llhttp callbacks
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self._head_bytes = 0
+        self._headers = []
+        self._url = b""
+        self._sink.on_request_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+        if size > self._max_header_bytes:
+            raise LbError("request header section too large", 431)
+        parser = self._parser
+        head = analyze_request(parser.get_method(), self._url,
+                               parser.get_http_version().encode(), self._headers)
+        self._sink.on_request(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._sink.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        self._sink.on_request_end()
+
+
+class HttptoolsResponseParser:
+    """Response parser over llhttp; `expect()` before each response."""
+
+    def __init__(self, sink):
+        self._sink = sink
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list = []
+        self._reason = b""
+        self._head_only = False
+        self._interim = False
+        self._finished = False
+        self.leftover = b""
+
+    def expect(self, method: bytes, upgrade: bool) -> None:
+        # llhttp cannot be told that a response answers HEAD, so that response
+        # ends at its head and the next one starts on a fresh parser.
+        if self._finished:
+            self._parser = httptools.HttpResponseParser(self)
+        self._head_only = method == b"HEAD"
+        self._finished = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; raises LbError(502) on a malformed response."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.leftover = data[exc.args[0]:]
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, LbError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            raise LbError(f"bad response from backend: {exc}", 502) from None
+
+    def on_message_begin(self) -> None:
+        if self._finished:
+            raise LbError("backend sent bytes after its response", 502)
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        head = analyze_response(status, self._reason, parser.get_http_version().encode(),
+                                self._headers)
+        self._reason = b""
+        self._interim = 100 <= status < 200 and status != 101
+        self._sink.on_response(head)
+        if self._head_only and not self._interim:
+            self._finished = True
+            self._sink.on_response_end()
+
+    def on_body(self, body: bytes) -> None:
+        if self._finished:
+            raise LbError("backend sent a body to a HEAD request", 502)
+        self._sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif not self._finished:
+            self._finished = True
+            self._sink.on_response_end()
+
+
+# ---------------------------------------------------------------------------
+# h11: the pure-Python implementation
+
+def _h11_error(exc: h11.ProtocolError, default_status: int) -> LbError:
+    status = exc.error_status_hint if default_status == 400 else default_status
+    return LbError(f"malformed {'request' if default_status == 400 else 'response'}: {exc}", status)
+
+
+class H11RequestParser:
+    """Request parser over h11 (server role). h11 never writes for us: the
+    fake response sent after each request only keeps its state machine in step."""
+
+    def __init__(self, sink, max_header_bytes: int):
+        self._sink = sink
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self.in_head = False
+        self.leftover = b""
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; raises LbError(400/431) on a bad or oversized request."""
+        conn = self._conn
+        conn.receive_data(data)
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _h11_error(exc, 400) from None
+            if event is h11.NEED_DATA:
+                self.in_head = conn.their_state is h11.IDLE and bool(conn.trailing_data[0])
+                if self.in_head and not getattr(self, "_begun", False):
+                    self._begun = True
+                    self._sink.on_request_begin()
+                return
+            if event is h11.PAUSED:
+                if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                    self.leftover = conn.trailing_data[0]
+                return
+            self._dispatch(event)
+
+    def _dispatch(self, event) -> None:
+        if isinstance(event, h11.Request):
+            if not getattr(self, "_begun", False):
+                self._sink.on_request_begin()
+            self._begun = False
+            self.in_head = False
+            head = analyze_request(event.method, event.target, event.http_version,
+                                   event.headers.raw_items())
+            self._sink.on_request(head)
+        elif isinstance(event, h11.Data):
+            self._sink.on_request_body(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            self._sink.on_request_end()
+            self._next_cycle()
+        elif isinstance(event, h11.ConnectionClosed):
+            return
+
+    def _next_cycle(self) -> None:
+        conn = self._conn
+        if conn.their_state is not h11.DONE or conn.our_state is not h11.SEND_RESPONSE:
+            return  # an upgrade, or a close: nothing follows on this parser
+        conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"0")]))
+        conn.send(h11.EndOfMessage())
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+
+    def reset(self) -> None:
+        """Start over on the same connection (after a refused Upgrade)."""
+        leftover, self.leftover = self.leftover, b""
+        self._conn = h11.Connection(h11.SERVER,
+                                    max_incomplete_event_size=self._conn._max_incomplete_event_size)
+        if leftover:
+            self.feed(leftover)
+
+
+class H11ResponseParser:
+    """Response parser over h11 (client role); `expect()` replays a stand-in
+    request so h11 knows about HEAD and Upgrade."""
+
+    def __init__(self, sink):
+        self._sink = sink
+        self._conn = h11.Connection(h11.CLIENT)
+        self.leftover = b""
+
+    def expect(self, method: bytes, upgrade: bool) -> None:
+        conn = self._conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        headers = [(b"host", b"backend"), (b"content-length", b"0")]
+        if upgrade:
+            headers += [(b"connection", b"upgrade"), (b"upgrade", b"lb")]
+        conn.send(h11.Request(method=method, target=b"/", headers=headers))
+        conn.send(h11.EndOfMessage())
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data` (b"" means the backend closed); raises LbError(502)."""
+        conn = self._conn
+        conn.receive_data(data)
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _h11_error(exc, 502) from None
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                if conn.their_state is h11.SWITCHED_PROTOCOL:
+                    self.leftover = conn.trailing_data[0]
+                return
+            if isinstance(event, (h11.Response, h11.InformationalResponse)):
+                self._sink.on_response(analyze_response(
+                    event.status_code, event.reason, event.http_version, event.headers.raw_items()))
+                if event.status_code == 101:
+                    self._sink.on_response_end()
+            elif isinstance(event, h11.Data):
+                self._sink.on_response_body(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self._sink.on_response_end()
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+
+
+PARSERS = {
+    "httptools": (HttptoolsRequestParser, HttptoolsResponseParser),
+    "h11": (H11RequestParser, H11ResponseParser),
+}
+
+
+def parsers_for(name: str):
+    """(RequestParser class, ResponseParser class) for config `http:`."""
+    return PARSERS["httptools" if name == "auto" else name]
+
+
+# ---------------------------------------------------------------------------
+# Serialization: every forwarded head is rebuilt from parsed fields.
+
+def serialize_request(head: RequestHead, client_ip: bytes, extra: list) -> bytes:
+    """The head lb sends upstream: HTTP/1.1, end-to-end headers, lb's own headers."""
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    if head.host is not None:
+        parts += (b"Host: ", head.host, b"\r\n")
+    for name, value in head.headers:
+        parts += (name, b": ", value, b"\r\n")
+    if head.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None:
+        parts += (b"Content-Length: ", b"%d" % head.content_length, b"\r\n")
+    if head.expect_continue:
+        parts.append(b"Expect: 100-continue\r\n")
+    if head.upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
+    parts += (b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: http\r\n")
+    if head.host is not None:
+        parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")
+    via = b"%s lb" % head.version
+    parts += (b"Via: ", head.via + b", " + via if head.via else via, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def serialize_response(status: int, reason: bytes, headers: list, framing: bytes) -> bytes:
+    """A response head for the client; `framing` is the ready-made framing lines."""
+    parts = [b"HTTP/1.1 %d " % status, reason or STANDARD_REASONS.get(status, b"Unknown"), b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts += (framing, b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+STANDARD_REASONS = {int(s): s.phrase.encode() for s in HTTPStatus}

@@ -1,0 +1,617 @@
+"""Client side: parse, route, forward, stream back.
+
+Theory of operation
+-------------------
+Everything on the hot path is a callback; no coroutine or task is made per
+request (a task costs more than the whole llhttp parse). A `ClientConnection`
+is an asyncio Protocol and the request parser's sink. Each parsed request head
+becomes an `Exchange`, which chooses a backend, takes an idle pooled upstream
+connection (or opens one), forwards the head and streams the body, then
+streams the response back. Requests on one client connection are routed one
+by one, so a keep-alive client is never bound to a backend; pipelined
+requests queue in `pending` and are answered in order.
+
+Backpressure: a `FlowControl` per client transport pauses reading while any
+reason holds (the upstream cannot take more, too much is buffered, a queue of
+pipelined requests); the response side pauses the upstream's reading while
+the client's write buffer is full.
+
+Retries: a request is retried on another backend when connecting fails, or
+when an upstream connection fails before any response byte and the request is
+idempotent and its body is still held (`REPLAY_LIMIT_BYTES`). Once a response
+byte has reached the client, a failure only ever closes the client connection:
+no fake end of body.
+
+Timeouts run off one sweeper (`Proxy._sweep`, every `SWEEP_INTERVAL_S`) that
+compares deadlines, instead of a timer per request.
+
+Every LbError becomes a response in exactly one place: `error_response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from . import http1
+from .errors import LbError
+from .http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
+from .pool import Pool
+from .upstream import UpstreamPools
+
+log = logging.getLogger("lb.proxy")
+
+SWEEP_INTERVAL_S = 0.1
+MAX_PIPELINED = 16
+INFINITY = float("inf")
+REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
+           413: b"Content Too Large", 431: b"Request Header Fields Too Large",
+           500: b"Internal Server Error", 502: b"Bad Gateway",
+           503: b"Service Unavailable", 504: b"Gateway Timeout"}
+
+# Client deadline kinds
+HEAD, IDLE, BODY, NONE = "head", "idle", "body", "none"
+# How a response body is framed towards the client
+NO_BODY, RAW, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+
+
+def error_response(exc: LbError) -> bytes:
+    """The one place an LbError becomes bytes on the wire: short text, then close."""
+    status = exc.status if exc.status in REASONS else 500
+    reason = REASONS[status]
+    body = b"%d %s\n" % (status, reason)
+    if status < 500 or status in (502, 503, 504):
+        body += exc.message.encode("utf-8", "replace")[:200] + b"\n"
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, reason, len(body), body))
+
+
+class FlowControl:
+    """Pauses a transport's reading while any named reason holds."""
+
+    __slots__ = ("_transport", "_reasons")
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pause_reading()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons and not self._transport.is_closing():
+                self._transport.resume_reading()
+
+
+class Exchange:
+    """One request and its response, from parsed head to the last byte back."""
+
+    __slots__ = ("proxy", "client", "head", "head_bytes", "backend", "upstream", "tried",
+                 "chunks", "held_bytes", "replayable", "request_done", "started", "status",
+                 "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
+                 "keep_client", "upstream_keep")
+
+    def __init__(self, proxy: "Proxy", client: "ClientConnection", head: http1.RequestHead):
+        self.proxy = proxy
+        self.client = client
+        self.head = head
+        self.head_bytes = http1.serialize_request(head, client.ip, ())
+        self.backend = None
+        self.upstream = None
+        self.tried: list = []
+        self.chunks: list[bytes] = []   # body held for sending or for a replay
+        self.held_bytes = 0
+        self.replayable = True
+        self.request_done = False
+        self.upstream_keep = False
+        self.started = time.monotonic()
+        self.status = 0                 # 0 until a response head went to the client
+        self.body_mode = NO_BODY
+        self.bytes_out = 0
+        self.response_bytes_seen = False
+        self.switching = False
+        self.finished = False
+        self.keep_client = head.keep_alive
+
+    # -- routing -------------------------------------------------------------
+    def start(self) -> None:
+        backend = self.proxy.pool.choose(self.tried)
+        if backend is None:
+            self.fail(LbError("no backend available", 503))
+            return
+        self.backend = backend
+        self.tried.append(backend)
+        backend.inflight += 1
+        conn = self.proxy.upstreams.acquire(backend)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.proxy.loop.create_task(self._connect(backend))
+
+    async def _connect(self, backend) -> None:
+        try:
+            conn = await self.proxy.upstreams.connect(backend)
+        except LbError as exc:
+            backend.errors += 1
+            self._retry_or_fail(exc)
+            return
+        if self.finished or self.backend is not backend:
+            self.proxy.upstreams.release(conn, reusable=True)
+            return
+        self._attach(conn)
+
+    def _attach(self, conn) -> None:
+        self.upstream = conn
+        conn.begin(self, self.head.method, self.head.upgrade is not None)
+        pieces = [self.head_bytes]
+        frame = chunk if self.head.chunked else bytes
+        pieces += map(frame, self.chunks)
+        if self.request_done and self.head.chunked:
+            pieces.append(LAST_CHUNK)
+        conn.write(b"".join(pieces) if len(pieces) > 1 else pieces[0])
+        if not self.replayable:
+            self.chunks = []
+        self.client.flow.resume("buffer")
+
+    def _retry_or_fail(self, exc: LbError) -> None:
+        self._leave_backend()
+        if len(self.tried) <= self.proxy.config.retries and not self.client.closed:
+            self.start()
+        else:
+            self.fail(exc)
+
+    def _leave_backend(self) -> None:
+        if self.backend is not None:
+            self.backend.inflight -= 1
+            self.backend = None
+        self.upstream = None
+
+    # -- request body from the client ----------------------------------------
+    def add_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.write(chunk(data) if self.head.chunked else data)
+            if not self.replayable:
+                return
+        self.chunks.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes > REPLAY_LIMIT_BYTES:
+            if upstream is not None:
+                self.replayable = False
+                self.chunks = []
+            else:
+                self.client.flow.pause("buffer")
+
+    def end_body(self) -> None:
+        self.request_done = True
+        if self.upstream is not None and self.head.chunked and not self.finished:
+            self.upstream.write(LAST_CHUNK)
+
+    # -- response from the upstream ------------------------------------------
+    def on_response(self, head: http1.ResponseHead) -> None:
+        status = head.status
+        if status < 200:
+            self._interim(head)
+            return
+        request = self.head
+        if request.method == b"HEAD" or status in (204, 304):
+            self.body_mode = NO_BODY
+            framing = b"" if status == 204 or head.content_length is None \
+                else b"Content-Length: %d\r\n" % head.content_length
+        elif head.content_length is not None:
+            self.body_mode = RAW
+            framing = b"Content-Length: %d\r\n" % head.content_length
+        elif request.version == b"1.1":
+            self.body_mode = CHUNKED
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            self.body_mode = UNTIL_CLOSE
+            framing = b""
+        keep = self.keep_client and self.request_done and self.body_mode != UNTIL_CLOSE \
+            and not self.proxy.closing
+        self.keep_client = keep
+        if not keep:
+            framing += b"Connection: close\r\n"
+        elif request.version == b"1.0":
+            framing += b"Connection: keep-alive\r\n"
+        self.status = status
+        self.upstream_keep = head.keep_alive
+        self.client.write(http1.serialize_response(status, head.reason, head.headers, framing))
+
+    def _interim(self, head: http1.ResponseHead) -> None:
+        if head.status == 101:
+            if self.head.upgrade is None:
+                raise LbError("backend switched protocols without being asked", 502)
+            self.status = 101
+            self.switching = True
+            self.client.write(http1.serialize_response(
+                101, head.reason, head.headers,
+                b"Connection: upgrade\r\nUpgrade: " + (head.upgrade or self.head.upgrade) + b"\r\n"))
+        elif self.head.version == b"1.1":
+            self.client.write(http1.serialize_response(head.status, head.reason, head.headers, b""))
+
+    def on_response_body(self, data: bytes) -> None:
+        mode = self.body_mode
+        if mode == NO_BODY:
+            return
+        self.bytes_out += len(data)
+        self.client.write(chunk(data) if mode == CHUNKED else data)
+
+    def on_response_end(self) -> None:
+        if self.switching:
+            return  # complete_switch runs once the parser hands over what followed
+        if self.body_mode == CHUNKED:
+            self.client.write(LAST_CHUNK)
+        self._done(reusable=self.request_done and self.upstream_keep)
+        self.client.exchange_done(self, self.keep_client and self.request_done)
+
+    def complete_switch(self, upstream_leftover: bytes) -> None:
+        """The backend answered 101: from now on bytes flow both ways untouched."""
+        self.switching = False
+        upstream, backend = self.upstream, self.backend
+        backend.tunnels += 1
+        self._done(reusable=None)
+        upstream.exchange = None
+        upstream.deadline = INFINITY
+        self.client.start_tunnel(upstream, backend)
+        if upstream_leftover:
+            self.client.write(upstream_leftover)
+
+    # -- the end of an exchange -----------------------------------------------
+    def _done(self, reusable: bool | None) -> None:
+        """Count, log, and hand the upstream back (None: it becomes a tunnel)."""
+        self.finished = True
+        backend = self.backend
+        backend.requests += 1
+        if self.status >= 500:
+            backend.errors += 1
+        if reusable is not None:
+            self.proxy.upstreams.release(self.upstream, reusable)
+        self._leave_backend()
+        self.proxy.access_log.write(self, backend)
+
+    def fail(self, exc: LbError) -> None:
+        """Answer with an error if nothing was sent yet; otherwise cut the client."""
+        if self.finished:
+            return
+        self.finished = True
+        backend = self.backend
+        if self.upstream is not None:
+            self.upstream.abort()
+        self._leave_backend()
+        if self.status == 0 and not self.client.closed:
+            self.status = exc.status
+            self.client.write(error_response(exc))
+        self.proxy.access_log.write(self, backend)
+        self.client.exchange_done(self, keep_alive=False)
+
+    def upstream_failed(self, conn, exc: LbError) -> None:
+        """The backend sent something unparseable."""
+        if conn is self.upstream and not self.finished:
+            if conn.backend is not None:
+                conn.backend.errors += 1
+            self.fail(exc)
+
+    def upstream_lost(self, conn) -> None:
+        """The upstream connection closed under this exchange."""
+        if conn is not self.upstream or self.finished:
+            return
+        if self.body_mode == UNTIL_CLOSE and self.status:
+            self._done(reusable=False)
+            self.client.exchange_done(self, keep_alive=False)
+            return
+        if self.response_bytes_seen or self.status:
+            self.fail(LbError("backend closed the connection mid-response", 502))
+            return
+        # Nothing came back: safe to resend when idempotent and the body is still held.
+        if self.head.idempotent and self.replayable:
+            self.upstream = None
+            self.proxy.retries += 1
+            self._retry_or_fail(LbError("backend closed the connection before answering", 502))
+        else:
+            self.fail(LbError("backend closed the connection before answering", 502))
+
+    def upstream_timed_out(self, conn) -> None:
+        if self.response_bytes_seen:
+            self.fail(LbError("backend stalled mid-response", 504))
+        else:
+            self.fail(LbError("backend did not answer in time", 504))
+
+    def client_gone(self) -> None:
+        """The client went away: nothing of this exchange is worth finishing."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.upstream is not None:
+            self.upstream.abort()
+        backend = self.backend
+        self._leave_backend()
+        self.proxy.access_log.write(self, backend)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client TCP connection; the request parser's sink."""
+
+    def __init__(self, proxy: "Proxy"):
+        self.proxy = proxy
+        self.transport = None
+        self.flow: FlowControl | None = None
+        self.ip = b"-"
+        self.parser = proxy.request_parser_class(self, proxy.config.limits.max_header_bytes)
+        self.current: Exchange | None = None
+        self.reading: Exchange | None = None     # the exchange whose request is being parsed
+        self.pending: deque[Exchange] = deque()
+        self.held = b""                          # bytes after an Upgrade request, until 101 or not
+        self.holding = False
+        self.tunnel: asyncio.Transport | None = None
+        self.tunnel_backend = None
+        self.deadline = INFINITY
+        self.deadline_kind = HEAD
+        self.got_bytes = False
+        self.write_paused = False
+        self.closed = False
+        self.closing_after_current = False
+        self.deferred_error: LbError | None = None   # a bad pipelined request, answered in turn
+
+    # -- asyncio Protocol ------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0].encode() if peer else b"-"
+        self.proxy.clients.add(self)
+        self.deadline = self.proxy.now() + self.proxy.config.timeouts.client_header
+        if len(self.proxy.clients) > self.proxy.config.limits.max_connections:
+            self.write(error_response(LbError("too many connections", 503)))
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.holding:
+            self.held += data
+            self.flow.pause("upgrade")
+            return
+        if self.deferred_error is not None:
+            return
+        self.got_bytes = True
+        if self.deadline_kind is BODY:
+            self.deadline = self.proxy.now() + self.proxy.config.timeouts.client_idle
+        try:
+            self.parser.feed(data)
+        except LbError as exc:
+            self._parse_error(exc)
+
+    def eof_received(self):
+        if self.tunnel is not None and self.tunnel.write_eof():
+            return True
+        if self.current is not None and self.current.request_done and not self.pending:
+            # A half-close after a complete request: answer it, then close.
+            self.closing_after_current = True
+            return True
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.proxy.clients.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel_backend.tunnels -= 1
+            self.tunnel = None
+        for exchange in (self.current, *self.pending):
+            if exchange is not None:
+                exchange.client_gone()
+        self.current = None
+        self.pending.clear()
+        self.proxy.connection_closed()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        upstream = self._upstream()
+        if upstream is not None:
+            upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        upstream = self._upstream()
+        if upstream is not None:
+            upstream.resume_reading()
+
+    def _upstream(self):
+        if self.tunnel is not None:
+            return self.tunnel
+        current = self.current
+        return current.upstream if current is not None else None
+
+    # -- parser sink -------------------------------------------------------------
+    def on_request_begin(self) -> None:
+        if self.deadline_kind is not HEAD:
+            self.deadline_kind = HEAD
+            self.deadline = self.proxy.now() + self.proxy.config.timeouts.client_header
+
+    def on_request(self, head: http1.RequestHead) -> None:
+        exchange = Exchange(self.proxy, self, head)
+        self.reading = exchange
+        if head.has_body:
+            self.deadline_kind = BODY
+            self.deadline = self.proxy.now() + self.proxy.config.timeouts.client_idle
+        else:
+            self.deadline_kind = NONE
+            self.deadline = INFINITY
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            self.pending.append(exchange)
+            if len(self.pending) >= MAX_PIPELINED:
+                self.flow.pause("pipeline")
+
+    def on_request_body(self, data: bytes) -> None:
+        self.reading.add_body(data)
+
+    def on_request_end(self) -> None:
+        exchange = self.reading
+        if self.deadline_kind is BODY:
+            self.deadline_kind = NONE
+            self.deadline = INFINITY
+        exchange.end_body()
+        if exchange.head.upgrade is not None and not exchange.finished:
+            self.holding = True
+
+    # -- used by exchanges ---------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        """The response went out whole (or failed): next request, idle, or close."""
+        if exchange is not self.current:
+            return
+        self.current = None
+        if not keep_alive or self.proxy.closing:
+            self.close()
+            return
+        if self.holding:
+            self._refused_upgrade()
+        if self.pending:
+            self.current = self.pending.popleft()
+            self.flow.resume("pipeline")
+            self.current.start()
+        elif self.deferred_error is not None:
+            self._answer_error(self.deferred_error)
+        elif self.closing_after_current:
+            self.close()
+        elif self.deadline_kind is NONE:
+            self.deadline_kind = IDLE
+            self.deadline = self.proxy.now() + self.proxy.config.timeouts.client_idle
+
+    def _refused_upgrade(self) -> None:
+        """The backend did not switch: go on parsing HTTP from where the request ended."""
+        self.holding = False
+        held, self.held = self.held, b""
+        self.parser.leftover += held
+        self.flow.resume("upgrade")
+        try:
+            self.parser.reset()
+        except LbError as exc:
+            self._parse_error(exc)
+
+    def start_tunnel(self, upstream, backend) -> None:
+        self.holding = False
+        self.tunnel = upstream
+        self.tunnel_backend = backend
+        upstream.tunnel_peer = self.transport
+        self.deadline = INFINITY
+        self.deadline_kind = NONE
+        data, self.held = self.parser.leftover + self.held, b""
+        if data:
+            self.tunnel.write(data)
+        self.flow.resume("upgrade")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _parse_error(self, exc: LbError) -> None:
+        """A bad request: answered in order, after the good ones before it, then close."""
+        self.flow.pause("error")
+        self.deferred_error = exc
+        reading = self.reading
+        if reading is not None and not reading.request_done:
+            # The bad bytes are inside this request's body: it cannot be sent on.
+            if reading is self.current:
+                reading.fail(exc)
+                return
+            self.pending.remove(reading)
+        if self.current is None:
+            self._answer_error(exc)
+
+    def _answer_error(self, exc: LbError) -> None:
+        self.write(error_response(exc))
+        self.proxy.access_log.write_error(self, exc)
+        self.close()
+
+    def on_timeout(self) -> None:
+        kind = self.deadline_kind
+        self.deadline = INFINITY
+        if kind is HEAD and self.got_bytes:
+            self._answer_error(LbError("request header not received in time", 408))
+            return
+        if kind is BODY and self.current is not None:
+            self.current.fail(LbError("request body not received in time", 408))
+        self.close()
+
+
+class Proxy:
+    """The listeners, the pool, the upstream pools, the sweeper, and shutdown."""
+
+    def __init__(self, config, loop: asyncio.AbstractEventLoop, access_log):
+        self.config = config
+        self.loop = loop
+        self.now = loop.time
+        self.pool = Pool(config.backends, config.balance)
+        self.request_parser_class, response_parser_class = http1.parsers_for(config.http)
+        self.upstreams = UpstreamPools(loop, config.timeouts, response_parser_class)
+        self.clients: set[ClientConnection] = set()
+        self.access_log = access_log
+        self.closing = False
+        self.retries = 0
+        self._servers: list[asyncio.base_events.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._all_closed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Bind every listener. Raises OSError when a port cannot be bound."""
+        for host, port in self.config.listen:
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self), host, port, backlog=2048, reuse_address=True)
+            self._servers.append(server)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
+
+    def _sweep(self) -> None:
+        now = self.now()
+        for client in [c for c in self.clients if c.deadline <= now]:
+            client.on_timeout()
+        self.upstreams.expire(now)
+        self.access_log.flush()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def connection_closed(self) -> None:
+        if self.closing and not self.clients:
+            self._all_closed.set()
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop accepting, let requests in flight finish (up to timeout_s), close the rest."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+        for client in list(self.clients):
+            if client.current is None and client.tunnel is None:
+                client.close()
+        if self.clients:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("shutdown: %d connections still busy after %.1fs; closing them",
+                            len(self.clients), timeout_s)
+        for client in list(self.clients):
+            client.transport.abort()
+        self.upstreams.close_idle()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.access_log.flush()
