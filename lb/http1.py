@@ -93,13 +93,13 @@ def _connection_tokens(value: bytes) -> set[bytes]:
 
 
 def _content_length(value: bytes, current: int | None) -> int:
+    # Even identical duplicates are refused, as llhttp does: one rule for both parsers.
+    if current is not None:
+        raise LbError("more than one Content-Length header", 400)
     value = value.strip()
     if not value.isdigit() or len(value) > MAX_CONTENT_LENGTH_DIGITS:
         raise LbError(f"malformed Content-Length: {value[:40]!r}", 400)
-    length = int(value)
-    if current is not None and current != length:
-        raise LbError("conflicting Content-Length headers", 400)
-    return length
+    return int(value)
 
 
 def _split_headers(raw_headers, owned: frozenset):
@@ -144,6 +144,13 @@ def _framing(specials: dict) -> tuple[int | None, bool]:
     if parts != [b"chunked"]:
         raise LbError("unsupported Transfer-Encoding (only a single 'chunked' is accepted)", 400)
     return None, True
+
+
+def check_head_size(target: bytes, raw_headers, max_header_bytes: int) -> None:
+    """Raises LbError(431) when the request line target and headers exceed the limit."""
+    size = len(target) + sum(len(n) + len(v) + 4 for n, v in raw_headers)
+    if size > max_header_bytes:
+        raise LbError("request header section too large", 431)
 
 
 def analyze_request(method: bytes, target: bytes, version: bytes, raw_headers) -> RequestHead:
@@ -249,9 +256,7 @@ class HttptoolsRequestParser:
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
-        if size > self._max_header_bytes:
-            raise LbError("request header section too large", 431)
+        check_head_size(self._url, self._headers, self._max_header_bytes)
         parser = self._parser
         head = analyze_request(parser.get_method(), self._url,
                                parser.get_http_version().encode(), self._headers)
@@ -339,7 +344,8 @@ class HttptoolsResponseParser:
 # h11: the pure-Python implementation
 
 def _h11_error(exc: h11.ProtocolError, default_status: int) -> LbError:
-    status = exc.error_status_hint if default_status == 400 else default_status
+    # h11 says 501 for an unknown Transfer-Encoding; lb answers every framing problem 400.
+    status = 431 if default_status == 400 and exc.error_status_hint == 431 else default_status
     return LbError(f"malformed {'request' if default_status == 400 else 'response'}: {exc}", status)
 
 
@@ -349,7 +355,9 @@ class H11RequestParser:
 
     def __init__(self, sink, max_header_bytes: int):
         self._sink = sink
+        self._max_header_bytes = max_header_bytes
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._begun = False
         self.in_head = False
         self.leftover = b""
 
@@ -364,7 +372,7 @@ class H11RequestParser:
                 raise _h11_error(exc, 400) from None
             if event is h11.NEED_DATA:
                 self.in_head = conn.their_state is h11.IDLE and bool(conn.trailing_data[0])
-                if self.in_head and not getattr(self, "_begun", False):
+                if self.in_head and not self._begun:
                     self._begun = True
                     self._sink.on_request_begin()
                 return
@@ -376,10 +384,12 @@ class H11RequestParser:
 
     def _dispatch(self, event) -> None:
         if isinstance(event, h11.Request):
-            if not getattr(self, "_begun", False):
+            if not self._begun:
                 self._sink.on_request_begin()
             self._begun = False
             self.in_head = False
+            # h11 bounds only heads that arrive in pieces; one that came whole is checked here.
+            check_head_size(event.target, event.headers.raw_items(), self._max_header_bytes)
             head = analyze_request(event.method, event.target, event.http_version,
                                    event.headers.raw_items())
             self._sink.on_request(head)
@@ -403,8 +413,7 @@ class H11RequestParser:
     def reset(self) -> None:
         """Start over on the same connection (after a refused Upgrade)."""
         leftover, self.leftover = self.leftover, b""
-        self._conn = h11.Connection(h11.SERVER,
-                                    max_incomplete_event_size=self._conn._max_incomplete_event_size)
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
         if leftover:
             self.feed(leftover)
 

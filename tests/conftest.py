@@ -1,0 +1,233 @@
+"""Shared test harness: real `lb backend` and `lb serve` processes on free ports.
+
+Every process a test starts is stopped by its pid at teardown. Waits are on
+conditions (a line printed, a port accepting) and bounded in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+START_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.02):
+    """Poll `predicate` until it returns a truthy value; fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Process:
+    """A child process stopped by pid at teardown."""
+
+    def __init__(self, args: list[str], **kwargs):
+        self.args = args
+        self.proc = subprocess.Popen(args, cwd=ROOT, **kwargs)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+class Backend(Process):
+    def __init__(self, name: str, version: str = "v1", port: int | None = None,
+                 warmup_s: float = 0.0):
+        self.name = name
+        self.version = version
+        self.port = port or free_port()
+        super().__init__([PYTHON, "-m", "lb.cli", "backend", "--listen", f"127.0.0.1:{self.port}",
+                          "--version", version, "--name", name, "--warmup", str(warmup_s)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else b""
+        assert line.startswith(b"{"), f"backend {name} did not start: {line!r}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def config(self, **extra) -> dict:
+        return {"name": self.name, "address": self.address, "version": self.version, **extra}
+
+
+class Lb(Process):
+    """`lb serve` on a config written to tmp_path."""
+
+    def __init__(self, tmp_path: Path, backends: list[dict], **overrides):
+        self.port = free_port()
+        self.access_log = tmp_path / f"access-{self.port}.log"
+        config = {"listen": f"127.0.0.1:{self.port}", "backends": backends,
+                  "access_log": str(self.access_log),
+                  "admin": {"socket": str(tmp_path / f"lb-{self.port}.sock")},
+                  "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+                  "state_file": str(tmp_path / f"lb-{self.port}.state")}
+        config.update(overrides)
+        self.config_path = tmp_path / f"lb-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.stderr_path = tmp_path / f"lb-{self.port}.err"
+        self._stderr = open(self.stderr_path, "wb")
+        super().__init__([PYTHON, "-m", "lb.cli", "serve", "-c", str(self.config_path)],
+                         stdout=subprocess.DEVNULL, stderr=self._stderr)
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, START_TIMEOUT_S,
+                 "lb to listen")
+        assert self.proc.poll() is None, self.stderr_path.read_text()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def access_lines(self) -> list[dict]:
+        if not self.access_log.exists():
+            return []
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} for pid {self.pid}")
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        code = super().stop(timeout_s)
+        self._stderr.close()
+        return code
+
+
+@pytest.fixture
+def spawn(request):
+    """Start processes that are stopped at teardown: spawn(Backend, ...), spawn(Lb, ...)."""
+    started: list[Process] = []
+
+    def start(cls, *args, **kwargs):
+        proc = cls(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def http_impl(request) -> str:
+    """Proxy tests run against both parser implementations."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def module_backends():
+    """Three backends shared by the tests of a module that do not disturb them."""
+    backends = [Backend(f"web{i}") for i in (1, 2, 3)]
+    yield backends
+    for backend in backends:
+        backend.stop()
+
+
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def shared_lb(request, module_backends, tmp_path_factory):
+    """One lb per parser implementation over the module's backends."""
+    lb = Lb(tmp_path_factory.mktemp("lb"), [b.config() for b in module_backends],
+            http=request.param)
+    yield lb
+    lb.stop()
+
+
+class _SharedFile:
+    def __init__(self, handle):
+        self.handle = handle
+
+    def makefile(self, *args, **kwargs):
+        return self.handle
+
+
+class RawClient:
+    """A raw socket client; responses are parsed by the stdlib (not lb's code)."""
+
+    def __init__(self, port: int, timeout_s: float = 10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self._file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, method: str = "GET") -> http.client.HTTPResponse:
+        resp = http.client.HTTPResponse(_SharedFile(self._file), method=method)
+        resp.begin()
+        resp.body = resp.read()
+        return resp
+
+    def closed_by_peer(self) -> bool:
+        """True when the peer closed (EOF or reset) with nothing more to read."""
+        try:
+            return self._file.read(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def get(port: int, path: str = "/", headers: dict | None = None, timeout_s: float = 10.0):
+    """One GET on a fresh connection, parsed by http.client."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        resp.body = resp.read()
+        return resp
+    finally:
+        conn.close()
