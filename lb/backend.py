@@ -214,12 +214,15 @@ class BackendApp:
         socket = wsproto.Connection(wsproto.ConnectionType.SERVER)
         if conn.trailing_data[0]:
             socket.receive_data(conn.trailing_data[0])
+        parts: list = []
         while True:
             for event in socket.events():
-                if isinstance(event, ws.TextMessage):
-                    writer.write(socket.send(ws.Message(data=event.data)))
-                elif isinstance(event, ws.BytesMessage):
-                    writer.write(socket.send(ws.Message(data=event.data)))
+                if isinstance(event, (ws.TextMessage, ws.BytesMessage)):
+                    parts.append(event.data)   # wsproto hands large messages over in parts
+                    if event.message_finished:
+                        data = "".join(parts) if isinstance(event, ws.TextMessage) else b"".join(parts)
+                        writer.write(socket.send(ws.Message(data=data)))
+                        parts = []
                 elif isinstance(event, ws.Ping):
                     writer.write(socket.send(event.response()))
                 elif isinstance(event, ws.CloseConnection):

@@ -350,44 +350,51 @@ def _h11_error(exc: h11.ProtocolError, default_status: int) -> LbError:
 
 
 class H11RequestParser:
-    """Request parser over h11 (server role). h11 never writes for us: the
-    fake response sent after each request only keeps its state machine in step."""
+    """Request parser over h11 (server role). Each request gets a fresh h11
+    state machine fed with the bytes that followed the last one: lb decides
+    keep-alive and framing itself, and h11 alone would refuse HTTP/1.0 keep-alive."""
 
     def __init__(self, sink, max_header_bytes: int):
         self._sink = sink
         self._max_header_bytes = max_header_bytes
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._conn = self._new_conn()
         self._begun = False
-        self.in_head = False
         self.leftover = b""
+
+    def _new_conn(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises LbError(400/431) on a bad or oversized request."""
-        conn = self._conn
-        conn.receive_data(data)
+        self._conn.receive_data(data)
         while True:
+            conn = self._conn
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 raise _h11_error(exc, 400) from None
             if event is h11.NEED_DATA:
-                self.in_head = conn.their_state is h11.IDLE and bool(conn.trailing_data[0])
-                if self.in_head and not self._begun:
+                if conn.their_state is h11.IDLE and conn.trailing_data[0] and not self._begun:
                     self._begun = True
                     self._sink.on_request_begin()
                 return
-            if event is h11.PAUSED:
-                if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
-                    self.leftover = conn.trailing_data[0]
+            if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
                 return
             self._dispatch(event)
+            if isinstance(event, h11.EndOfMessage):
+                rest = conn.trailing_data[0]
+                if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                    self.leftover = rest     # an Upgrade: nothing more is parsed here
+                    return
+                self._conn = self._new_conn()
+                if rest:                     # (b"" would mean end of stream to h11)
+                    self._conn.receive_data(rest)
 
     def _dispatch(self, event) -> None:
         if isinstance(event, h11.Request):
             if not self._begun:
                 self._sink.on_request_begin()
             self._begun = False
-            self.in_head = False
             # h11 bounds only heads that arrive in pieces; one that came whole is checked here.
             check_head_size(event.target, event.headers.raw_items(), self._max_header_bytes)
             head = analyze_request(event.method, event.target, event.http_version,
@@ -397,23 +404,11 @@ class H11RequestParser:
             self._sink.on_request_body(bytes(event.data))
         elif isinstance(event, h11.EndOfMessage):
             self._sink.on_request_end()
-            self._next_cycle()
-        elif isinstance(event, h11.ConnectionClosed):
-            return
-
-    def _next_cycle(self) -> None:
-        conn = self._conn
-        if conn.their_state is not h11.DONE or conn.our_state is not h11.SEND_RESPONSE:
-            return  # an upgrade, or a close: nothing follows on this parser
-        conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"0")]))
-        conn.send(h11.EndOfMessage())
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
 
     def reset(self) -> None:
         """Start over on the same connection (after a refused Upgrade)."""
         leftover, self.leftover = self.leftover, b""
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
+        self._conn = self._new_conn()
         if leftover:
             self.feed(leftover)
 
@@ -479,9 +474,9 @@ def parsers_for(name: str):
 
 def serialize_request(head: RequestHead, client_ip: bytes, extra: list) -> bytes:
     """The head lb sends upstream: HTTP/1.1, end-to-end headers, lb's own headers."""
-    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-    if head.host is not None:
-        parts += (b"Host: ", head.host, b"\r\n")
+    # Forwarded as HTTP/1.1, which requires Host: an HTTP/1.0 request without one
+    # gets an empty Host, as RFC 9112 3.2 prescribes for a target with no authority.
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nHost: ", head.host or b"", b"\r\n"]
     for name, value in head.headers:
         parts += (name, b": ", value, b"\r\n")
     if head.chunked:

@@ -179,9 +179,22 @@ def shared_lb(request, module_backends, tmp_path_factory):
     lb.stop()
 
 
+class _KeepOpen:
+    """The connection's one buffered reader, which http.client may not close."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def close(self):
+        pass
+
+
 class _SharedFile:
     def __init__(self, handle):
-        self.handle = handle
+        self.handle = _KeepOpen(handle)
 
     def makefile(self, *args, **kwargs):
         return self.handle
@@ -202,6 +215,13 @@ class RawClient:
         resp.begin()
         resp.body = resp.read()
         return resp
+
+    def head_lines(self) -> list[bytes]:
+        """One raw response head (for 1xx, which http.client skips over)."""
+        lines = []
+        while (line := self._file.readline()) not in (b"\r\n", b""):
+            lines.append(line.rstrip(b"\r\n"))
+        return lines
 
     def closed_by_peer(self) -> bool:
         """True when the peer closed (EOF or reset) with nothing more to read."""
