@@ -14,10 +14,12 @@ the client transport, with the same pause/resume backpressure.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 from .errors import LbError
 
+log = logging.getLogger("lb.upstream")
 MAX_IDLE_PER_BACKEND = 128
 INFINITY = float("inf")
 
@@ -58,7 +60,9 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed(data)
         except LbError as exc:
-            exchange.upstream_failed(self, exc)
+            # The detail is for the operator; the client only learns the backend misbehaved.
+            log.warning("backend %s: %s", self.backend.name, exc.message)
+            exchange.upstream_failed(self, LbError("bad response from backend", exc.status))
             return
         if exchange.switching:
             exchange.complete_switch(self.parser.leftover)

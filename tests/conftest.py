@@ -251,3 +251,51 @@ def get(port: int, path: str = "/", headers: dict | None = None, timeout_s: floa
         return resp
     finally:
         conn.close()
+
+
+class FakeBackend:
+    """A scripted TCP peer for what a real backend does only when broken.
+
+    `behaviour(conn, head)` runs for each request head received; the default
+    closes the connection without answering. Counts the request heads it saw.
+    """
+
+    def __init__(self, behaviour=None):
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.behaviour = behaviour or (lambda conn, head: None)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                buffer = b""
+                try:
+                    while b"\r\n\r\n" not in buffer:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        buffer += data
+                except OSError:
+                    continue
+                if b"\r\n\r\n" in buffer:
+                    head = buffer.split(b"\r\n\r\n", 1)[0]
+                    self.requests.append(head)
+                    self.behaviour(conn, head)
+
+    def stop(self) -> None:
+        self.sock.close()
