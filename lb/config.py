@@ -97,6 +97,13 @@ def _text(value: Any) -> str:
     return value
 
 
+def _log_target(value: Any) -> str:
+    # YAML 1.1 reads a bare `off` as False; DESIGN.md writes `access_log: off`.
+    if value is False:
+        return "off"
+    return _text(value)
+
+
 def _file_mode(value: Any) -> int:
     text = str(value)
     if not re.fullmatch(r"0?[0-7]{3}", text):
@@ -202,7 +209,7 @@ class Config:
     timeouts: TimeoutsConfig = _field(TimeoutsConfig(), TimeoutsConfig)
     limits: LimitsConfig = _field(LimitsConfig(), LimitsConfig)
     retries: int = _field(2, _int_range(0, 10))
-    access_log: str = _field("stdout", _text)
+    access_log: str = _field("stdout", _log_target)
     state_file: str = _field("run/lb.state", _text)
     # Where the file was read from; relative paths in it resolve against its folder.
     source: str = field(default="<defaults>", compare=False)

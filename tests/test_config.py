@@ -30,6 +30,12 @@ def test_embedded_default_config_loads():
     assert config.listen == (("127.0.0.1", 8080),)
 
 
+@pytest.mark.parametrize("value, expected", [("off", "off"), ("'off'", "off"), ("stdout", "stdout"),
+                                             ("/var/log/lb.log", "/var/log/lb.log")])
+def test_access_log_off_unquoted_is_off_not_a_boolean(value, expected):
+    assert parse_config(MINIMAL + f"access_log: {value}\n").access_log == expected
+
+
 @pytest.mark.parametrize("text, port", [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1h", 3600.0),
                                         ("1d", 86400.0), (3, 3.0), ("1.5s", 1.5)])
 def test_durations(text, port):

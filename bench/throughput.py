@@ -1,0 +1,186 @@
+"""Throughput of lb: requests/s and lb's CPU microseconds per request.
+
+Setup: 10 fast backends (nginx with one worker, or bench/fast_backend.py when
+nginx is missing), lb over them, and `wrk -t1 -c50` for --seconds, with
+keep-alive and with `Connection: close`; the backends are also measured
+directly for reference. lb's CPU per request is utime+stime from
+/proc/PID/stat over the run divided by the requests wrk completed.
+
+    python bench/throughput.py [--seconds 10] [--connections 50] [--access-log]
+
+Writes bench/results/throughput.json and prints a table. Installs wrk and
+nginx-light through bench/setup.sh when they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BACKENDS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK   # utime, stime
+
+
+def start_backends(workdir: Path, ports: list[int]) -> list[subprocess.Popen]:
+    if shutil.which("nginx"):
+        servers = "\n".join(
+            f"server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; "
+            f"return 200 '{{\"node\": \"web{i + 1}\", \"version\": \"v1\"}}'; }} }}"
+            for i, port in enumerate(ports))
+        conf = workdir / "nginx.conf"
+        conf.write_text(f"""worker_processes 1; daemon off; pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s; {servers} }}
+""")
+        procs = [subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)])]
+    else:
+        procs = [subprocess.Popen([sys.executable, str(ROOT / "bench" / "fast_backend.py"),
+                                   str(port), f"web{i + 1}"]) for i, port in enumerate(ports)]
+    for port in ports:
+        wait_port(port)
+    return procs
+
+
+def start_lb(workdir: Path, ports: list[int], access_log: bool,
+             procs: list[subprocess.Popen]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    backends = "\n".join(f"  - {{name: web{i + 1}, address: '127.0.0.1:{p}', version: v1}}"
+                         for i, p in enumerate(ports))
+    conf = workdir / "lb.yaml"
+    conf.write_text(f"""listen: 127.0.0.1:{port}
+admin: {{socket: {workdir}/lb.sock}}
+metrics: {{listen: 127.0.0.1:{free_port()}}}
+state_file: {workdir}/lb.state
+access_log: {workdir / 'access.log' if access_log else 'off'}
+backends:
+{backends}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "lb.cli", "serve", "-c", str(conf)], cwd=ROOT,
+                            stderr=open(workdir / "lb.err", "wb"))
+    procs.append(proc)
+    try:
+        wait_port(port, proc=proc)
+    except RuntimeError:
+        sys.stderr.write((workdir / "lb.err").read_text())
+        raise
+    return proc, port
+
+
+def run_wrk(port: int, seconds: float, connections: int, close: bool) -> dict:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
+            f"http://127.0.0.1:{port}/"]
+    if close:
+        args[1:1] = ["-H", "Connection: close"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    match = re.search(r"(\d+) requests in", out)
+    if not match:
+        raise RuntimeError(f"wrk said: {out}{done.stderr}")
+    requests = int(match.group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "requests": requests,
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "latency_p50_ms": _latency(out, "50%"), "latency_p99_ms": _latency(out, "99%"),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+    }
+
+
+def _latency(out: str, percentile: str) -> float:
+    match = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)\b", out)
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def measure(port: int, pid: int | None, seconds: float, connections: int, close: bool) -> dict:
+    before = cpu_seconds(pid) if pid else 0.0
+    result = run_wrk(port, seconds, connections, close)
+    if pid:
+        used = cpu_seconds(pid) - before
+        result["cpu_s"] = round(used, 3)
+        result["cpu_us_per_request"] = round(used * 1e6 / max(result["requests"], 1), 1)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--access-log", action="store_true", help="lb writes its access log to a file")
+    parser.add_argument("--out", default=str(RESULTS / "throughput.json"))
+    args = parser.parse_args()
+    if not shutil.which("wrk") or not shutil.which("nginx"):
+        subprocess.run(["bash", str(ROOT / "bench" / "setup.sh")], check=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
+        workdir = Path(tmp)
+        ports = [free_port() for _ in range(BACKENDS)]
+        procs: list[subprocess.Popen] = []
+        try:
+            procs += start_backends(workdir, ports)
+            lb, lb_port = start_lb(workdir, ports, args.access_log, procs)
+            run_wrk(lb_port, 2, args.connections, False)          # warm up pools and caches
+            rows["direct keep-alive"] = measure(ports[0], None, args.seconds, args.connections, False)
+            rows["lb keep-alive"] = measure(lb_port, lb.pid, args.seconds, args.connections, False)
+            rows["lb Connection: close"] = measure(lb_port, lb.pid, args.seconds, args.connections, True)
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                proc.wait(15)
+    report = {
+        "bench": "throughput", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "backends": "nginx (1 worker)" if shutil.which("nginx") else "bench/fast_backend.py",
+        "wrk": f"-t1 -c{args.connections} -d{args.seconds}s", "access_log": args.access_log,
+        "results": rows,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'':24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'lb CPU us/req':>14} {'errors':>7}")
+    for name, row in rows.items():
+        cpu = row.get("cpu_us_per_request", "-")
+        print(f"{name:24} {row['requests_per_s']:>9.0f} {row['latency_p50_ms']:>8.2f} "
+              f"{row['latency_p99_ms']:>8.2f} {cpu:>14} {row['non_2xx'] + row['socket_errors']:>7}")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
