@@ -88,8 +88,24 @@ class ResponseHead:
         self.upgrade: bytes | None = upgrade
 
 
-def _connection_tokens(value: bytes) -> set[bytes]:
-    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+_NO_TOKENS: frozenset = frozenset()
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+def _connection_tokens(specials: dict) -> frozenset:
+    """The lowercase tokens of all Connection headers."""
+    values = specials.get(b"connection")
+    if not values:
+        return _NO_TOKENS
+    return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+
+def _drop_named(kept: list, tokens: frozenset) -> list:
+    """Drop the headers that Connection names as hop-by-hop (RFC 9110 7.6.1)."""
+    named = tokens - _CONNECTION_OPTIONS
+    if not named:
+        return kept
+    return [(n, v) for n, v in kept if n.lower() not in named]
 
 
 def _content_length(value: bytes, current: int | None) -> int:
@@ -102,8 +118,8 @@ def _content_length(value: bytes, current: int | None) -> int:
     return int(value)
 
 
-def _split_headers(raw_headers, owned: frozenset):
-    """One pass over raw headers: end-to-end ones kept, framing ones collected.
+def _split_headers(raw_headers, special: frozenset):
+    """One pass over raw headers: end-to-end ones kept, `special` ones collected.
 
     Returns (kept, specials) where specials maps a lowercase special name to the
     list of its values. Header names with '_' are dropped: some backends read
@@ -113,21 +129,19 @@ def _split_headers(raw_headers, owned: frozenset):
     specials: dict[bytes, list[bytes]] = {}
     for name, value in raw_headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in _FRAMING or lname in owned:
-            specials.setdefault(lname, []).append(value)
-        elif b"_" in name:
-            continue
-        else:
+        if lname in special:
+            if lname in specials:
+                specials[lname].append(value)
+            else:
+                specials[lname] = [value]
+        elif b"_" not in name:
             kept.append((name, value))
-    named = specials.get(b"connection")
-    if named:
-        tokens = set().union(*map(_connection_tokens, named)) - {b"close", b"keep-alive", b"upgrade"}
-        if tokens:
-            kept = [(n, v) for n, v in kept if n.lower() not in tokens]
     return kept, specials
 
 
 _FRAMING = frozenset({b"content-length", b"host", b"expect", b"via"})
+_REQUEST_SPECIAL = HOP_BY_HOP | _FRAMING | REQUEST_OWNED
+_RESPONSE_SPECIAL = HOP_BY_HOP | _FRAMING
 
 
 def _framing(specials: dict) -> tuple[int | None, bool]:
@@ -159,14 +173,15 @@ def analyze_request(method: bytes, target: bytes, version: bytes, raw_headers) -
         raise LbError("CONNECT is not supported by this proxy", 405)
     if version not in (b"1.1", b"1.0"):
         raise LbError(f"unsupported HTTP version {version[:10]!r}", 400)
-    kept, specials = _split_headers(raw_headers, REQUEST_OWNED)
+    kept, specials = _split_headers(raw_headers, _REQUEST_SPECIAL)
     content_length, chunked = _framing(specials)
     hosts = specials.get(b"host")
     if hosts is not None and len(hosts) > 1:
         raise LbError("more than one Host header", 400)
     if hosts is None and version == b"1.1":
         raise LbError("HTTP/1.1 request without Host", 400)
-    connection = set().union(*map(_connection_tokens, specials.get(b"connection", ())))
+    connection = _connection_tokens(specials)
+    kept = _drop_named(kept, connection)
     if version == b"1.1":
         keep_alive = b"close" not in connection
     else:
@@ -185,14 +200,15 @@ def analyze_request(method: bytes, target: bytes, version: bytes, raw_headers) -
 def analyze_response(status: int, reason: bytes, version: bytes, raw_headers) -> ResponseHead:
     """Validate a response head and decide its framing. Raises LbError(502)."""
     try:
-        kept, specials = _split_headers(raw_headers, frozenset())
+        kept, specials = _split_headers(raw_headers, _RESPONSE_SPECIAL)
         content_length, chunked = _framing(specials)
     except LbError as exc:
         raise LbError(f"bad response from backend: {exc.message}", 502) from None
     for name in (b"host", b"expect", b"via"):
         for value in specials.get(name, ()):
             kept.append((name.title(), value))
-    connection = set().union(*map(_connection_tokens, specials.get(b"connection", ())))
+    connection = _connection_tokens(specials)
+    kept = _drop_named(kept, connection)
     keep_alive = b"close" not in connection if version == b"1.1" else b"keep-alive" in connection
     upgrade = specials[b"upgrade"][0] if status == 101 and b"upgrade" in specials else None
     return ResponseHead(status, reason, version, kept, content_length, chunked, keep_alive, upgrade)
@@ -210,12 +226,14 @@ class HttptoolsRequestParser:
         self._parser = httptools.HttpRequestParser(self)
         self._headers: list = []
         self._url = b""
-        self._head_bytes = 0
+        self._head_bytes = 0     # bytes fed since the head began, before this feed
+        self._feeding = 0        # the size of the piece being fed now
         self.in_head = False
         self.leftover = b""
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises LbError(400/431) on a bad or oversized request."""
+        self._feeding = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -256,7 +274,9 @@ class HttptoolsRequestParser:
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        check_head_size(self._url, self._headers, self._max_header_bytes)
+        # What was fed bounds the head's size; count exactly only past the limit.
+        if self._head_bytes + self._feeding > self._max_header_bytes:
+            check_head_size(self._url, self._headers, self._max_header_bytes)
         parser = self._parser
         head = analyze_request(parser.get_method(), self._url,
                                parser.get_http_version().encode(), self._headers)

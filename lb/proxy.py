@@ -358,6 +358,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline_kind = HEAD
         self.got_bytes = False
         self.write_paused = False
+        self._corked: list[bytes] | None = None  # writes held while one upstream read is parsed
         self.closed = False
         self.closing_after_current = False
         self.deferred_error: LbError | None = None   # a bad pipelined request, answered in turn
@@ -470,8 +471,19 @@ class ClientConnection(asyncio.Protocol):
 
     # -- used by exchanges ---------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if not self.closed:
+        if self._corked is not None:
+            self._corked.append(data)
+        elif not self.closed:
             self.transport.write(data)
+
+    def cork(self) -> None:
+        """Hold writes until uncork(): a response head and body go out in one syscall."""
+        self._corked = []
+
+    def uncork(self) -> None:
+        held, self._corked = self._corked, None
+        if held and not self.closed:
+            self.transport.write(b"".join(held) if len(held) > 1 else held[0])
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
         """The response went out whole (or failed): next request, idle, or close."""
@@ -520,6 +532,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed:
+            self.uncork()
             self.closed = True
             self.transport.close()
 

@@ -57,15 +57,18 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.deadline = self.pools.now() + self.pools.timeouts.upstream_idle
         exchange.response_bytes_seen = True
+        client = self.client
+        client.cork()
         try:
             self.parser.feed(data)
+            if exchange.switching:
+                exchange.complete_switch(self.parser.leftover)
         except LbError as exc:
             # The detail is for the operator; the client only learns the backend misbehaved.
             log.warning("backend %s: %s", self.backend.name, exc.message)
             exchange.upstream_failed(self, LbError("bad response from backend", exc.status))
-            return
-        if exchange.switching:
-            exchange.complete_switch(self.parser.leftover)
+        finally:
+            client.uncork()
 
     def eof_received(self):
         if self.tunnel_peer is not None and self.tunnel_peer.can_write_eof():
