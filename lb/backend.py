@@ -51,7 +51,7 @@ class BackendApp:
         self.version = version
         self.loop = asyncio.get_running_loop()
         self.ready_at = self.loop.time() + warmup_s
-        self.connections: set[asyncio.Task] = set()
+        self.connections: set[asyncio.StreamWriter] = set()
         self.busy = 0
         self.accepted = 0
         self.stopping = False
@@ -68,7 +68,7 @@ class BackendApp:
         return _CONN_ID.get()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections.add(asyncio.current_task())
+        self.connections.add(writer)
         self.accepted += 1
         _CONN_ID.set(self.accepted)
         conn = h11.Connection(h11.SERVER)
@@ -92,7 +92,7 @@ class BackendApp:
             pass
         finally:
             writer.close()
-            self.connections.discard(asyncio.current_task())
+            self.connections.discard(writer)
 
     async def _next(self, conn: h11.Connection, reader):
         while True:
@@ -246,8 +246,13 @@ class BackendApp:
                 await asyncio.wait_for(self.idle.wait(), 30)
             except asyncio.TimeoutError:
                 pass
-        for task in list(self.connections):
-            task.cancel()
+        # Idle keep-alive connections: closing them ends their pending read.
+        for writer in list(self.connections):
+            writer.close()
+        for _ in range(100):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
 
 
 async def serve(host: str, port: int, name: str, version: str, warmup_s: float) -> None:
