@@ -163,6 +163,7 @@ class Exchange:
     def _retry_or_fail(self, exc: LbError) -> None:
         self._leave_backend()
         if len(self.tried) <= self.proxy.config.retries and not self.client.closed:
+            self.proxy.retries += 1
             self.start()
         else:
             self.fail(exc)
@@ -315,7 +316,6 @@ class Exchange:
         # Nothing came back: safe to resend when idempotent and the body is still held.
         if self.head.idempotent and self.replayable:
             self.upstream = None
-            self.proxy.retries += 1
             self._retry_or_fail(LbError("backend closed the connection before answering", 502))
         else:
             self.fail(LbError("backend closed the connection before answering", 502))
