@@ -1,4 +1,4 @@
-"""The `lb` command: serve | backend | demo."""
+"""The `lb` command: serve | ctl | backend | demo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 
 from .config import load_config, parse_hostport, _Invalid
-from .errors import ConfigError
+from .errors import ConfigError, LbError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "config", "lb.yaml")
@@ -31,11 +31,45 @@ def cmd_serve(args) -> int:
         print(f"lb: {exc.message}", file=sys.stderr)
         return 2
     try:
-        _run(serve(config))
+        _run(serve(config, args.config))
+    except LbError as exc:
+        print(f"lb: {exc.message}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"lb: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def default_socket() -> str:
+    """The admin socket of the embedded default config."""
+    try:
+        config = load_config(DEFAULT_CONFIG)
+        return config.resolve(config.admin.socket)
+    except ConfigError:
+        return "run/lb.sock"
+
+
+def cmd_ctl(args) -> int:
+    import json
+    import socket
+    path = args.socket or default_socket()
+    line = " ".join(args.words) + "\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(None)
+            sock.connect(path)
+            sock.sendall(line.encode())
+            reply_bytes = sock.makefile("rb").readline()
+    except OSError as exc:
+        print(f"lb ctl: cannot reach lb on admin socket {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if not reply_bytes:
+        print(f"lb ctl: lb closed the admin socket {path} without a reply", file=sys.stderr)
+        return 2
+    reply = json.loads(reply_bytes)
+    print(json.dumps(reply, indent=2) if sys.stdout.isatty() else json.dumps(reply))
+    return 0 if reply.get("ok") else 1
 
 
 def cmd_backend(args) -> int:
@@ -61,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the proxy in the foreground")
     serve.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     serve.set_defaults(func=cmd_serve)
+
+    ctl = sub.add_parser("ctl", help="send one admin command and print the reply")
+    ctl.add_argument("-s", "--socket", help="admin socket (default: the embedded config's)")
+    ctl.add_argument("words", nargs="+", help="the command, e.g. show servers")
+    ctl.set_defaults(func=cmd_ctl)
 
     backend = sub.add_parser("backend", help="the demo/test app server")
     backend.add_argument("--listen", required=True, help="HOST:PORT")

@@ -15,6 +15,13 @@ Balancing policies are a name table (`POLICIES`); each is an object with
 - round_robin: smooth weighted round robin (each backend gains its weight,
   the leader is picked and pays back the total);
 - random_two: two candidates drawn by weight, the less loaded one wins.
+
+Admin states change only through `TRANSITIONS`, a table of (state, event) ->
+new state; an event missing from the table raises LbError naming the node,
+its state and the command. Operator commands are `drain`, `ready`, `maint`;
+`idle` (nothing left in flight) and `deadline` (drain.timeout passed) come
+from the proxy. A draining node takes no new request; what is in flight ends
+on its own, and the node is `drained` when nothing is left.
 """
 
 from __future__ import annotations
@@ -23,16 +30,51 @@ import random
 from typing import Iterable
 
 from .config import BackendConfig
+from .errors import LbError
 
 READY, DRAINING, DRAINED, MAINT = "ready", "draining", "drained", "maint"
 UP, DOWN, EJECTED = "up", "down", "ejected"
+ADMIN_STATES = (READY, DRAINING, DRAINED, MAINT)
+
+TRANSITIONS = {
+    (READY, "drain"): DRAINING,
+    (DRAINING, "drain"): DRAINING,
+    (DRAINED, "drain"): DRAINED,
+    (READY, "ready"): READY,
+    (DRAINING, "ready"): READY,
+    (DRAINED, "ready"): READY,
+    (MAINT, "ready"): READY,
+    (READY, "maint"): MAINT,
+    (DRAINING, "maint"): MAINT,
+    (DRAINED, "maint"): MAINT,
+    (MAINT, "maint"): MAINT,
+    (DRAINING, "idle"): DRAINED,
+    (DRAINING, "deadline"): DRAINED,
+}
+
+
+def transition(backend: "Backend", event: str, now: float) -> str:
+    """Apply `event` to the backend's admin state; returns the new state.
+
+    Raises LbError(409) when the table has no such transition.
+    """
+    new = TRANSITIONS.get((backend.admin_state, event))
+    if new is None:
+        expected = sorted(state for state, ev in TRANSITIONS if ev == event)
+        raise LbError(f"'{event}' expects a server in {' or '.join(expected)}; "
+                      f"{backend.name} is {backend.admin_state}", 409)
+    if new == DRAINING and backend.admin_state != DRAINING:
+        backend.drain_started = now
+    backend.admin_state = new
+    return new
 
 
 class Backend:
     """One backend server and its runtime counters."""
 
     __slots__ = ("name", "host", "port", "version", "weight", "admin_state", "health",
-                 "inflight", "tunnels", "requests", "errors", "rr_current")
+                 "inflight", "tunnels", "requests", "errors", "rr_current", "drain_started",
+                 "drain_cut")
 
     def __init__(self, config: BackendConfig):
         self.name = config.name
@@ -46,10 +88,16 @@ class Backend:
         self.requests = 0
         self.errors = 0
         self.rr_current = 0
+        self.drain_started = 0.0
+        self.drain_cut = 0          # requests and tunnels closed by the last drain's deadline
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def idle(self) -> bool:
+        return self.inflight == 0 and self.tunnels == 0
 
     @property
     def takes_traffic(self) -> bool:
@@ -115,6 +163,42 @@ class Pool:
         self.backends: dict[str, Backend] = {c.name: Backend(c) for c in configs}
         self.policy = POLICIES[policy]()
         self._eligible: list[Backend] | None = None
+        # Versions oldest -> newest: first seen first; `set target` moves one last.
+        self.versions: list[str] = []
+        for backend in self.backends.values():
+            self.note_version(backend.version)
+
+    def note_version(self, version: str) -> None:
+        """A label never seen before is the newest."""
+        if version not in self.versions:
+            self.versions.append(version)
+
+    def set_target(self, version: str) -> None:
+        if version in self.versions:
+            self.versions.remove(version)
+        self.versions.append(version)
+
+    def get(self, name: str) -> Backend:
+        """The backend called `name`. Raises LbError(404) listing the known names."""
+        backend = self.backends.get(name)
+        if backend is None:
+            raise LbError(f"unknown server {name!r}; servers: {self.names_summary()}", 404)
+        return backend
+
+    def names_summary(self) -> str:
+        names = list(self.backends)
+        if len(names) > 4 and all(n.rstrip("0123456789") == names[0].rstrip("0123456789") and
+                                  n != n.rstrip("0123456789") for n in names):
+            return f"{names[0]}..{names[-1]}"
+        return ", ".join(names) or "none"
+
+    def version_rows(self) -> list[dict]:
+        rows = []
+        for order, version in enumerate(self.versions):
+            nodes = [b for b in self.backends.values() if b.version == version]
+            rows.append({"version": version, "order": order, "nodes": len(nodes),
+                         "ready_capacity": sum(b.weight for b in nodes if b.takes_traffic)})
+        return rows
 
     def changed(self) -> None:
         """Call after any change of state, health or weight."""

@@ -31,6 +31,7 @@ Every LbError becomes a response in exactly one place: `error_response`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -38,7 +39,7 @@ from collections import deque
 from . import http1
 from .errors import LbError
 from .http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
-from .pool import Pool
+from .pool import DRAINING, MAINT, POLICIES, READY, Backend, Pool, transition
 from .upstream import UpstreamPools
 
 log = logging.getLogger("lb.proxy")
@@ -46,6 +47,7 @@ log = logging.getLogger("lb.proxy")
 SWEEP_INTERVAL_S = 0.1
 MAX_PIPELINED = 16
 INFINITY = float("inf")
+WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
 REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
            413: b"Content Too Large", 431: b"Request Header Fields Too Large",
            500: b"Internal Server Error", 502: b"Bad Gateway",
@@ -169,9 +171,12 @@ class Exchange:
             self.fail(exc)
 
     def _leave_backend(self) -> None:
-        if self.backend is not None:
-            self.backend.inflight -= 1
+        backend = self.backend
+        if backend is not None:
+            backend.inflight -= 1
             self.backend = None
+            if backend.admin_state == DRAINING and backend.idle:
+                self.proxy.backend_idle(backend)
         self.upstream = None
 
     # -- request body from the client ----------------------------------------
@@ -352,8 +357,9 @@ class ClientConnection(asyncio.Protocol):
         self.pending: deque[Exchange] = deque()
         self.held = b""                          # bytes after an Upgrade request, until 101 or not
         self.holding = False
-        self.tunnel: asyncio.Transport | None = None
+        self.tunnel = None                       # the UpstreamConnection after a 101
         self.tunnel_backend = None
+        self.tunnel_websocket = False
         self.deadline = INFINITY
         self.deadline_kind = HEAD
         self.got_bytes = False
@@ -407,8 +413,8 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.clients.discard(self)
         if self.tunnel is not None:
             self.tunnel.close()
-            self.tunnel_backend.tunnels -= 1
             self.tunnel = None
+            self.proxy.tunnel_closed(self, self.tunnel_backend)
         for exchange in (self.current, *self.pending):
             if exchange is not None:
                 exchange.client_gone()
@@ -522,6 +528,8 @@ class ClientConnection(asyncio.Protocol):
         self.holding = False
         self.tunnel = upstream
         self.tunnel_backend = backend
+        self.tunnel_websocket = (self.current.head.upgrade or b"").lower() == b"websocket"
+        self.proxy.tunnels.setdefault(backend.name, set()).add(self)
         upstream.tunnel_peer = self.transport
         self.deadline = INFINITY
         self.deadline_kind = NONE
@@ -535,6 +543,12 @@ class ClientConnection(asyncio.Protocol):
             self.uncork()
             self.closed = True
             self.transport.close()
+
+    def end_tunnel(self) -> None:
+        """Close a tunnel at a drain deadline; a WebSocket client is told 1001 first."""
+        if self.tunnel_websocket:
+            self.write(WEBSOCKET_GOING_AWAY)
+        self.close()
 
     def _parse_error(self, exc: LbError) -> None:
         """A bad request: answered in order, after the good ones before it, then close."""
@@ -580,6 +594,9 @@ class Proxy:
         self.access_log = access_log
         self.closing = False
         self.retries = 0
+        self.tunnels: dict[str, set[ClientConnection]] = {}
+        self.removing: set[str] = set()          # dropped from the config: gone once drained
+        self.state_changed = asyncio.Event()     # set and replaced on every node change
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed = asyncio.Event()
@@ -601,8 +618,132 @@ class Proxy:
         for client in [c for c in self.clients if c.deadline <= now]:
             client.on_timeout()
         self.upstreams.expire(now)
+        drain_s = self.config.drain.timeout
+        for backend in list(self.pool.backends.values()):
+            if backend.admin_state == DRAINING and now >= backend.drain_started + drain_s:
+                self._cut(backend)
         self.access_log.flush()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    # -- node states --------------------------------------------------------------
+    def notify(self) -> None:
+        """Wake whoever waits on a node change (admin `wait`)."""
+        self.pool.changed()
+        self.state_changed.set()
+        self.state_changed = asyncio.Event()
+
+    def set_admin_state(self, backend, event: str) -> str:
+        """drain / ready / maint a node. Raises LbError when the table forbids it."""
+        was = backend.admin_state
+        new = transition(backend, event, self.now())
+        if new == DRAINING and was != DRAINING:
+            backend.drain_cut = 0
+            self.upstreams.close_idle(backend.name)
+            if backend.idle:
+                transition(backend, "idle", self.now())
+        elif not backend.takes_traffic:
+            self.upstreams.close_idle(backend.name)
+        self.notify()
+        return backend.admin_state
+
+    def backend_idle(self, backend) -> None:
+        """A draining node has nothing left in flight: it is drained."""
+        transition(backend, "idle", self.now())
+        self._drop_if_removed(backend)
+        self.notify()
+
+    def add_backend(self, config) -> Backend:
+        backend = Backend(config)
+        self.pool.backends[backend.name] = backend
+        self.pool.note_version(backend.version)
+        self.notify()
+        return backend
+
+    def remove_backend(self, backend) -> None:
+        self.pool.backends.pop(backend.name, None)
+        self.removing.discard(backend.name)
+        self.upstreams.close_idle(backend.name)
+        self.notify()
+
+    def _drop_if_removed(self, backend) -> None:
+        if backend.name in self.removing and backend.idle and backend.admin_state != DRAINING:
+            self.remove_backend(backend)
+
+    def reload(self, new) -> list[str]:
+        """Apply a re-read config; returns what changed. Runtime admin states are kept.
+
+        New backends join in maint; removed ones drain and are dropped when
+        drained; a changed address applies to new connections. A weight or
+        version applies when the file changed it, so a reload never undoes a
+        runtime `set` the file did not touch.
+        """
+        old, changes = self.config, []
+        before = {b.name: b for b in old.backends}
+        for cfg in new.backends:
+            backend = self.pool.backends.get(cfg.name)
+            if backend is None:
+                self.add_backend(cfg).admin_state = MAINT
+                changes.append(f"added {cfg.name} {cfg.host}:{cfg.port} {cfg.version} (maint)")
+                continue
+            self.removing.discard(cfg.name)
+            if (backend.host, backend.port) != cfg.address:
+                changes.append(f"{cfg.name}: address {backend.address} -> {cfg.host}:{cfg.port}")
+                backend.host, backend.port = cfg.address
+                self.upstreams.close_idle(cfg.name)
+            previous = before.get(cfg.name)
+            for field in ("weight", "version"):
+                wanted = getattr(cfg, field)
+                if (previous is None or getattr(previous, field) != wanted) \
+                        and getattr(backend, field) != wanted:
+                    changes.append(f"{cfg.name}: {field} {getattr(backend, field)} -> {wanted}")
+                    setattr(backend, field, wanted)
+            self.pool.note_version(backend.version)
+        wanted_names = {b.name for b in new.backends}
+        for name in [n for n in before if n not in wanted_names and n in self.pool.backends]:
+            backend = self.pool.backends[name]
+            self.removing.add(name)
+            if backend.admin_state == READY:
+                self.set_admin_state(backend, "drain")
+            self._drop_if_removed(backend)
+            changes.append(f"removed {name}" + (" (draining; dropped when drained)"
+                                               if name in self.pool.backends else ""))
+        if new.balance != old.balance:
+            self.pool.policy = POLICIES[new.balance]()
+            changes.append(f"balance: {old.balance} -> {new.balance}")
+        fixed = {"listen", "http", "admin", "metrics", "access_log", "state_file"}
+        for name in sorted(fixed):
+            if getattr(new, name) != getattr(old, name):
+                changes.append(f"{name}: changed in the file; takes effect at the next restart")
+        self.config = dataclasses.replace(new, **{name: getattr(old, name) for name in fixed})
+        self.upstreams.timeouts = self.config.timeouts
+        self.notify()
+        return changes
+
+    def tunnel_closed(self, client, backend) -> None:
+        tunnels = self.tunnels.get(backend.name)
+        if not tunnels or client not in tunnels:
+            return              # already counted out by _cut
+        tunnels.discard(client)
+        backend.tunnels -= 1
+        if backend.admin_state == DRAINING and backend.idle:
+            self.backend_idle(backend)
+
+    def _cut(self, backend) -> None:
+        """drain.timeout passed: close what is left on the node, then it is drained."""
+        cut = 0
+        for client in list(self.tunnels.pop(backend.name, ())):
+            backend.tunnels -= 1
+            client.end_tunnel()
+            cut += 1
+        for conn in [c for c in self.upstreams.active if c.backend is backend and c.exchange]:
+            conn.exchange.fail(LbError("the backend was drained before it answered", 503))
+            cut += 1
+        backend.drain_cut = cut
+        if backend.admin_state == DRAINING:
+            transition(backend, "deadline", self.now())
+        self._drop_if_removed(backend)
+        log.warning("drain of %s: deadline passed, %d requests/tunnels cut", backend.name, cut)
+        self.notify()
 
     def connection_closed(self) -> None:
         if self.closing and not self.clients:
