@@ -131,7 +131,10 @@ class Admin:
                 raise LbError(f"timed out after {timeout_s:g}s waiting for {name} to be {state}; "
                               f"it is {backend.admin_state}/{backend.health} with "
                               f"{backend.inflight} in flight and {backend.tunnels} tunnels", 504) from None
-        return {"waited_s": round(time.monotonic() - started, 3), "server": backend.describe()}
+        reply = {"waited_s": round(time.monotonic() - started, 3), "server": backend.describe()}
+        if state == "drained":
+            reply["cut"] = backend.drain_cut   # requests and tunnels the deadline closed
+        return reply
 
     def set_version(self, name: str, version: str) -> dict:
         backend = self.pool.get(name)
@@ -236,6 +239,9 @@ def parse(line: str) -> tuple[Command, list[str]]:
         raise LbError("empty command; try 'help'")
     matches = [c for c in COMMANDS if tuple(words[:len(c.words)]) == c.words]
     if not matches:
+        near = [c.usage for c in COMMANDS if c.words[0] == words[0]]
+        if near:
+            raise LbError(f"usage: {' | '.join(near)}")
         known = sorted({c.words[0] for c in COMMANDS})
         raise LbError(f"unknown command {' '.join(words[:2])!r}; commands: {', '.join(known)} "
                       f"('help' lists their usage)")

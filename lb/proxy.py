@@ -364,6 +364,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline_kind = HEAD
         self.got_bytes = False
         self.write_paused = False
+        self.eof_written = False                 # a tunnel's backend half-closed towards us
         self._corked: list[bytes] | None = None  # writes held while one upstream read is parsed
         self.closed = False
         self.closing_after_current = False
@@ -479,8 +480,17 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._corked is not None:
             self._corked.append(data)
-        elif not self.closed:
+        elif not self.closed and not self.eof_written:
             self.transport.write(data)
+
+    def write_eof(self) -> bool:
+        """Half-close towards the client (tunnels); False when not possible."""
+        if self.closed or self.eof_written or not self.transport.can_write_eof():
+            return False
+        self.uncork()
+        self.transport.write_eof()
+        self.eof_written = True
+        return True
 
     def cork(self) -> None:
         """Hold writes until uncork(): a response head and body go out in one syscall."""
@@ -530,7 +540,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_backend = backend
         self.tunnel_websocket = (self.current.head.upgrade or b"").lower() == b"websocket"
         self.proxy.tunnels.setdefault(backend.name, set()).add(self)
-        upstream.tunnel_peer = self.transport
+        upstream.tunnel_peer = self
         self.deadline = INFINITY
         self.deadline_kind = NONE
         data, self.held = self.parser.leftover + self.held, b""
@@ -614,16 +624,21 @@ class Proxy:
         return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
 
     def _sweep(self) -> None:
-        now = self.now()
-        for client in [c for c in self.clients if c.deadline <= now]:
-            client.on_timeout()
-        self.upstreams.expire(now)
-        drain_s = self.config.drain.timeout
-        for backend in list(self.pool.backends.values()):
-            if backend.admin_state == DRAINING and now >= backend.drain_started + drain_s:
-                self._cut(backend)
-        self.access_log.flush()
-        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+        """Every timeout and drain deadline; it reschedules itself whatever happens."""
+        try:
+            now = self.now()
+            drain_s = self.config.drain.timeout
+            due = [c.on_timeout for c in self.clients if c.deadline <= now]
+            due += [lambda b=b: self._cut(b) for b in self.pool.backends.values()
+                    if b.admin_state == DRAINING and now >= b.drain_started + drain_s]
+            due += [lambda: self.upstreams.expire(now), self.access_log.flush]
+            for action in due:
+                try:
+                    action()
+                except Exception:  # a bug in one must not stop every other timeout
+                    log.exception("timeout handling failed")
+        finally:
+            self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
     # -- node states --------------------------------------------------------------
     def notify(self) -> None:

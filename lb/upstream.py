@@ -35,7 +35,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.client = None          # the ClientConnection served now: backpressure goes there
         self.reading_paused = False
-        self.tunnel_peer: asyncio.Transport | None = None
+        self.tunnel_peer = None     # the ClientConnection at the other end of a tunnel
         self.responses = 0          # complete responses on this connection: > 0 means reused
         self.deadline = INFINITY
         self.closed = False
@@ -71,10 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
             client.uncork()
 
     def eof_received(self):
-        if self.tunnel_peer is not None and self.tunnel_peer.can_write_eof():
-            self.tunnel_peer.write_eof()
-            return True
-        return False
+        return self.tunnel_peer is not None and self.tunnel_peer.write_eof()
 
     def connection_lost(self, exc) -> None:
         self.closed = True

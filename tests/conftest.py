@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,26 +99,52 @@ class Backend(Process):
 
 
 class Lb(Process):
-    """`lb serve` on a config written to tmp_path."""
+    """`lb serve` on a config written to tmp_path; restartable on the same config and state."""
 
     def __init__(self, tmp_path: Path, backends: list[dict], **overrides):
+        self.tmp_path = tmp_path
         self.port = free_port()
         self.access_log = tmp_path / f"access-{self.port}.log"
-        config = {"listen": f"127.0.0.1:{self.port}", "backends": backends,
-                  "access_log": str(self.access_log),
-                  "admin": {"socket": str(tmp_path / f"lb-{self.port}.sock")},
-                  "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-                  "state_file": str(tmp_path / f"lb-{self.port}.state")}
-        config.update(overrides)
+        # Unix socket paths are limited to 108 bytes: keep them short, outside tmp_path.
+        self.socket_path = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp")) / "lb.sock"
+        self.config = {"listen": f"127.0.0.1:{self.port}", "backends": backends,
+                       "access_log": str(self.access_log),
+                       "admin": {"socket": str(self.socket_path)},
+                       "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+                       "state_file": str(tmp_path / f"lb-{self.port}.state"), **overrides}
         self.config_path = tmp_path / f"lb-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        self.write_config()
         self.stderr_path = tmp_path / f"lb-{self.port}.err"
-        self._stderr = open(self.stderr_path, "wb")
+        self._start()
+
+    def write_config(self, **changes) -> None:
+        self.config.update(changes)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def _start(self) -> None:
+        self._stderr = open(self.stderr_path, "ab")
         super().__init__([PYTHON, "-m", "lb.cli", "serve", "-c", str(self.config_path)],
                          stdout=subprocess.DEVNULL, stderr=self._stderr)
-        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, START_TIMEOUT_S,
-                 "lb to listen")
+        wait_for(lambda: (port_open(self.port) and self.socket_path.exists())
+                 or self.proc.poll() is not None, START_TIMEOUT_S, "lb to listen")
         assert self.proc.poll() is None, self.stderr_path.read_text()
+
+    def restart(self) -> None:
+        assert self.stop() == 0
+        self._start()
+
+    def ctl(self, line: str, timeout_s: float = 30.0) -> dict:
+        """One admin command over the Unix socket."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(str(self.socket_path))
+            sock.sendall(line.encode() + b"\n")
+            return json.loads(sock.makefile("rb").readline())
+
+    def server(self, name: str) -> dict:
+        reply = self.ctl(f"show server {name}")
+        assert reply["ok"], reply
+        return reply["server"]
 
     @property
     def url(self) -> str:
@@ -299,3 +326,53 @@ class FakeBackend:
 
     def stop(self) -> None:
         self.sock.close()
+
+
+class SteadyLoad:
+    """Keep-alive aiohttp workers hitting lb until stopped; records every result.
+
+    Each record is (sent_at, status, node) with status 0 for a transport error.
+    """
+
+    def __init__(self, url: str, workers: int = 6, path: str = "/"):
+        self.url, self.workers, self.path = url, workers, path
+        self.records: list[tuple[float, int, str | None]] = []
+        self._stop = False
+        self._tasks = []
+
+    async def __aenter__(self):
+        import asyncio
+        import aiohttp
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+        return self
+
+    async def _worker(self):
+        import asyncio
+        import aiohttp
+        while not self._stop:
+            sent = time.monotonic()
+            try:
+                async with self._session.get(self.url + self.path) as resp:
+                    await resp.read()
+                    self.records.append((sent, resp.status, resp.headers.get("X-Backend-Node")))
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                self.records.append((sent, 0, None))
+            await asyncio.sleep(0.002)
+
+    async def wait_for_count(self, count: int, timeout_s: float = 10):
+        import asyncio
+        deadline = time.monotonic() + timeout_s
+        while len(self.records) < count:
+            assert time.monotonic() < deadline, f"only {len(self.records)} requests in {timeout_s}s"
+            await asyncio.sleep(0.01)
+
+    async def __aexit__(self, *exc):
+        import asyncio
+        self._stop = True
+        await asyncio.gather(*self._tasks)
+        await self._session.close()
+
+    @property
+    def failures(self):
+        return [r for r in self.records if r[1] != 200]
