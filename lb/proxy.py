@@ -199,8 +199,12 @@ class Exchange:
 
     def end_body(self) -> None:
         self.request_done = True
-        if self.upstream is not None and self.head.chunked and not self.finished:
-            self.upstream.write(LAST_CHUNK)
+        upstream = self.upstream
+        if upstream is not None and not self.finished:
+            if self.head.chunked:
+                upstream.write(LAST_CHUNK)
+            if not self.response_bytes_seen:
+                upstream.deadline = upstream.first_byte_deadline()
 
     # -- response from the upstream ------------------------------------------
     def on_response(self, head: http1.ResponseHead) -> None:
@@ -512,9 +516,11 @@ class ClientConnection(asyncio.Protocol):
         if self.holding:
             self._refused_upgrade()
         if self.pending:
+            # Not now: this may run inside the upstream parser's callback, and the
+            # next request could take that same connection from the idle pool.
             self.current = self.pending.popleft()
             self.flow.resume("pipeline")
-            self.current.start()
+            self.proxy.loop.call_soon(self._start_current)
         elif self.deferred_error is not None:
             self._answer_error(self.deferred_error)
         elif self.closing_after_current:
@@ -522,6 +528,11 @@ class ClientConnection(asyncio.Protocol):
         elif self.deadline_kind is NONE:
             self.deadline_kind = IDLE
             self.deadline = self.proxy.now() + self.proxy.config.timeouts.client_idle
+
+    def _start_current(self) -> None:
+        if self.current is not None and not self.closed and self.current.backend is None \
+                and not self.current.finished:
+            self.current.start()
 
     def _refused_upgrade(self) -> None:
         """The backend did not switch: go on parsing HTTP from where the request ended."""

@@ -107,7 +107,12 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange.client.write_paused:
             self.pause_reading()
         self.parser.expect(method, upgrade)
-        self.deadline = self.pools.now() + self.pools.timeouts.upstream_first_byte
+        # The first-byte clock starts once the whole request is sent (see Exchange.end_body):
+        # a long upload is not the backend being slow.
+        self.deadline = self.first_byte_deadline() if exchange.request_done else INFINITY
+
+    def first_byte_deadline(self) -> float:
+        return self.pools.now() + self.pools.timeouts.upstream_first_byte
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)

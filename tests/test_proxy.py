@@ -223,3 +223,29 @@ def test_access_log_has_one_json_line_per_request_without_secrets(shared_lb):
     assert line["backend"] in {"web1", "web2", "web3"} and line["retries"] == 0
     text = shared_lb.access_log.read_text()
     assert "SECRET" not in text and "marker" not in text
+
+
+def test_slow_upload_is_not_a_first_byte_timeout(spawn, tmp_path, http_impl):
+    from conftest import Backend, Lb
+    web = spawn(Backend, "web1")
+    lb = spawn(Lb, tmp_path, [web.config()], http=http_impl,
+               timeouts={"upstream_first_byte": "500ms"})
+    with RawClient(lb.port) as client:
+        client.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\n\r\n")
+        for piece in (b"abcd", b"efgh", b"ijkl"):        # 1.2 s of upload
+            time.sleep(0.4)
+            client.send(piece)
+        resp = client.response()
+    assert resp.status == 200 and json.loads(resp.body)["bytes"] == 12
+
+
+def test_pipelined_head_with_empty_body_then_get(shared_lb):
+    with RawClient(shared_lb.port) as client:
+        client.send(b"HEAD /status/200 HTTP/1.1\r\nHost: t\r\n\r\n"
+                    b"GET /echo?after-head HTTP/1.1\r\nHost: t\r\n\r\n"
+                    b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n"
+                    b"GET /echo?last HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert client.response("HEAD").body == b""
+        assert json.loads(client.response().body)["path"] == "/echo?after-head"
+        assert client.response("HEAD").body == b""
+        assert json.loads(client.response().body)["path"] == "/echo?last"
