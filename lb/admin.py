@@ -85,10 +85,11 @@ class Admin:
         return {"commands": [f"{c.usage:<48} {c.summary}" for c in COMMANDS]}
 
     def show_servers(self) -> dict:
-        return {"servers": [b.describe() for b in self.pool.backends.values()]}
+        now = self.proxy.now()
+        return {"servers": [b.describe(now) for b in self.pool.backends.values()]}
 
     def show_server(self, name: str) -> dict:
-        return {"server": self.pool.get(name).describe()}
+        return {"server": self.pool.get(name).describe(self.proxy.now())}
 
     def show_versions(self) -> dict:
         return {"versions": self.pool.version_rows()}
@@ -148,7 +149,7 @@ class Admin:
         backend = self.pool.get(name)
         if not weight.isdigit() or int(weight) > 1000:
             raise LbError(f"'set weight' expects a whole number from 0 to 1000, got {weight!r}")
-        backend.weight = int(weight)
+        backend.set_weight(int(weight))
         self.proxy.notify()
         return {"server": backend.describe()}
 
@@ -300,7 +301,7 @@ def load_state(proxy) -> list[str]:
         admin_state = saved.get("state", READY)
         backend.admin_state = DRAINED if admin_state == DRAINING else admin_state
         backend.version = saved.get("version", backend.version)
-        backend.weight = saved.get("weight", backend.weight)
+        backend.set_weight(saved.get("weight", backend.weight))
         proxy.pool.note_version(backend.version)
         if backend.admin_state != READY:
             applied.append(f"{name} {backend.admin_state}")

@@ -14,6 +14,8 @@ Routes:
   *   /status/N         that status
   GET /ws               WebSocket echo (wsproto does the framing)
 Every response carries X-Backend-Version and X-Backend-Node.
+--fail-rate P answers 500 to that fraction of requests (never to /health): a
+broken release whose health check still passes.
 SIGTERM/SIGINT: stop accepting, finish requests in flight, exit 0.
 """
 
@@ -46,8 +48,10 @@ def _reason(status: int) -> bytes:
 
 
 class BackendApp:
-    def __init__(self, name: str, version: str, warmup_s: float):
+    def __init__(self, name: str, version: str, warmup_s: float, fail_rate: float = 0.0):
         self.name = name
+        self.fail_rate = fail_rate
+        self._fail_debt = 0.0        # grows by fail_rate a request; a failure pays 1
         self.version = version
         self.loop = asyncio.get_running_loop()
         self.ready_at = self.loop.time() + warmup_s
@@ -145,6 +149,10 @@ class BackendApp:
             return False
         async for _ in self._body(conn, reader, writer, False):
             pass
+        if path != "/health" and self._should_fail():
+            await self._json(conn, writer, 500, {"error": "injected failure", "node": self.name,
+                                                 "version": self.version})
+            return False
         if path == "/health":
             ok = self.loop.time() >= self.ready_at and not self.stopping
             await self._json(conn, writer, 200 if ok else 503, {"ok": ok, "version": self.version})
@@ -162,6 +170,13 @@ class BackendApp:
                              with_body=status not in (204, 304) and status >= 200)
         else:
             await self._json(conn, writer, 200, {"node": self.name, "version": self.version})
+        return False
+
+    def _should_fail(self) -> bool:
+        self._fail_debt += self.fail_rate
+        if self._fail_debt >= 1.0 - 1e-9:
+            self._fail_debt -= 1.0
+            return True
         return False
 
     async def _json(self, conn, writer, status: int, payload, with_body: bool = True) -> None:
@@ -255,8 +270,9 @@ class BackendApp:
             await asyncio.sleep(0.01)
 
 
-async def serve(host: str, port: int, name: str, version: str, warmup_s: float) -> None:
-    app = BackendApp(name, version, warmup_s)
+async def serve(host: str, port: int, name: str, version: str, warmup_s: float,
+                fail_rate: float = 0.0) -> None:
+    app = BackendApp(name, version, warmup_s, fail_rate)
     server = await asyncio.start_server(app.handle, host, port, reuse_address=True, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -79,7 +79,10 @@ def cmd_backend(args) -> int:
     except _Invalid as exc:
         print(f"lb backend: --listen: {exc}", file=sys.stderr)
         return 2
-    _run(serve(host, port, args.name or f"{host}:{port}", args.version, args.warmup))
+    if not 0.0 <= args.fail_rate <= 1.0:
+        print("lb backend: --fail-rate: expected a fraction from 0 to 1", file=sys.stderr)
+        return 2
+    _run(serve(host, port, args.name or f"{host}:{port}", args.version, args.warmup, args.fail_rate))
     return 0
 
 
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--version", required=True)
     backend.add_argument("--name")
     backend.add_argument("--warmup", type=float, default=0.0, help="seconds /health answers 503")
+    backend.add_argument("--fail-rate", type=float, default=0.0,
+                         help="fraction of requests (not /health) answered 500")
     backend.set_defaults(func=cmd_backend)
 
     demo = sub.add_parser("demo", help="10 backends + lb + live traffic")

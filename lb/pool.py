@@ -12,6 +12,8 @@ never filters the whole pool.
 Balancing policies are a name table (`POLICIES`); each is an object with
 `choose(candidates) -> Backend`. Every policy honours weight:
 - least_conn: the lowest (in-flight + 1) / weight, ties broken by rotation;
+(the weight used is `effective_weight`: the configured weight times the
+slow-start factor of a node that just came back, see health.py)
 - round_robin: smooth weighted round robin (each backend gains its weight,
   the leader is picked and pays back the total);
 - random_two: two candidates drawn by weight, the less loaded one wins.
@@ -69,12 +71,29 @@ def transition(backend: "Backend", event: str, now: float) -> str:
     return new
 
 
+class HealthState:
+    """Per-backend counters the health rules (health.py) need."""
+
+    __slots__ = ("passes", "fails", "passive_fails", "ejected_until", "ejections",
+                 "last_ejection_end", "ramp_start", "last_check")
+
+    def __init__(self):
+        self.passes = 0
+        self.fails = 0
+        self.passive_fails = 0
+        self.ejected_until = 0.0
+        self.ejections = 0
+        self.last_ejection_end = float("-inf")
+        self.ramp_start: float | None = None
+        self.last_check: dict | None = None
+
+
 class Backend:
     """One backend server and its runtime counters."""
 
     __slots__ = ("name", "host", "port", "version", "weight", "admin_state", "health",
                  "inflight", "tunnels", "requests", "errors", "rr_current", "drain_started",
-                 "drain_cut")
+                 "drain_cut", "hstate", "ramp_factor", "effective_weight")
 
     def __init__(self, config: BackendConfig):
         self.name = config.name
@@ -90,6 +109,17 @@ class Backend:
         self.rr_current = 0
         self.drain_started = 0.0
         self.drain_cut = 0          # requests and tunnels closed by the last drain's deadline
+        self.hstate = HealthState()
+        self.ramp_factor = 1.0      # slow start: 0.1 .. 1.0
+        self.effective_weight = float(self.weight)
+
+    def set_weight(self, weight: int) -> None:
+        self.weight = weight
+        self.effective_weight = weight * self.ramp_factor
+
+    def set_ramp(self, factor: float) -> None:
+        self.ramp_factor = factor
+        self.effective_weight = self.weight * factor
 
     @property
     def address(self) -> str:
@@ -103,11 +133,17 @@ class Backend:
     def takes_traffic(self) -> bool:
         return self.admin_state == READY and self.health == UP and self.weight > 0
 
-    def describe(self) -> dict:
-        return {"name": self.name, "address": self.address, "version": self.version,
+    def describe(self, now: float | None = None) -> dict:
+        hstate = self.hstate
+        info = {"name": self.name, "address": self.address, "version": self.version,
                 "weight": self.weight, "state": self.admin_state, "health": self.health,
                 "inflight": self.inflight, "tunnels": self.tunnels,
-                "requests": self.requests, "errors": self.errors}
+                "requests": self.requests, "errors": self.errors,
+                "effective_weight": round(self.effective_weight, 1),
+                "last_check": hstate.last_check}
+        if self.health == EJECTED and now is not None:
+            info["ejected_for_s"] = round(max(hstate.ejected_until - now, 0.0), 1)
+        return info
 
 
 class LeastConn:
@@ -118,10 +154,10 @@ class LeastConn:
         count = len(candidates)
         self._turn = start = (self._turn + 1) % count
         best = candidates[start]
-        best_load = (best.inflight + 1) / best.weight
+        best_load = (best.inflight + 1) / best.effective_weight
         for i in range(1, count):
             backend = candidates[(start + i) % count]
-            load = (backend.inflight + 1) / backend.weight
+            load = (backend.inflight + 1) / backend.effective_weight
             if load < best_load:
                 best, best_load = backend, load
         return best
@@ -132,8 +168,8 @@ class RoundRobin:
         total = 0
         best = None
         for backend in candidates:
-            backend.rr_current += backend.weight
-            total += backend.weight
+            backend.rr_current += backend.effective_weight
+            total += backend.effective_weight
             if best is None or backend.rr_current > best.rr_current:
                 best = backend
         best.rr_current -= total
@@ -147,8 +183,9 @@ class RandomTwo:
     def choose(self, candidates: list[Backend]) -> Backend:
         if len(candidates) == 1:
             return candidates[0]
-        first, second = self._rng.choices(candidates, weights=[b.weight for b in candidates], k=2)
-        if first.inflight * second.weight <= second.inflight * first.weight:
+        first, second = self._rng.choices(candidates, weights=[b.effective_weight for b in candidates],
+                                          k=2)
+        if first.inflight * second.effective_weight <= second.inflight * first.effective_weight:
             return first
         return second
 

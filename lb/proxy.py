@@ -39,7 +39,8 @@ from collections import deque
 from . import http1
 from .errors import LbError
 from .http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
-from .pool import DRAINING, MAINT, POLICIES, READY, Backend, Pool, transition
+from . import health
+from .pool import DRAINED, DRAINING, MAINT, POLICIES, READY, Backend, Pool, transition
 from .upstream import UpstreamPools
 
 log = logging.getLogger("lb.proxy")
@@ -142,6 +143,7 @@ class Exchange:
             conn = await self.proxy.upstreams.connect(backend)
         except LbError as exc:
             backend.errors += 1
+            self.proxy.passive(backend, failed=True)
             self._retry_or_fail(exc)
             return
         if self.finished or self.backend is not backend:
@@ -284,6 +286,9 @@ class Exchange:
         backend.requests += 1
         if self.status >= 500:
             backend.errors += 1
+            self.proxy.passive(backend, failed=True)
+        elif backend.hstate.passive_fails:
+            self.proxy.passive(backend, failed=False)
         if reusable is not None:
             self.proxy.upstreams.release(self.upstream, reusable)
         self._leave_backend()
@@ -618,6 +623,7 @@ class Proxy:
         self.tunnels: dict[str, set[ClientConnection]] = {}
         self.removing: set[str] = set()          # dropped from the config: gone once drained
         self.state_changed = asyncio.Event()     # set and replaced on every node change
+        self.checker = health.Checker(self)
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed = asyncio.Event()
@@ -629,6 +635,7 @@ class Proxy:
                 lambda: ClientConnection(self), host, port, backlog=2048, reuse_address=True)
             self._servers.append(server)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+        self.checker.start()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -642,7 +649,8 @@ class Proxy:
             due = [c.on_timeout for c in self.clients if c.deadline <= now]
             due += [lambda b=b: self._cut(b) for b in self.pool.backends.values()
                     if b.admin_state == DRAINING and now >= b.drain_started + drain_s]
-            due += [lambda: self.upstreams.expire(now), self.access_log.flush]
+            due += [lambda: self.upstreams.expire(now), self.access_log.flush,
+                    lambda: self._health_tick(now)]
             for action in due:
                 try:
                     action()
@@ -662,6 +670,8 @@ class Proxy:
         """drain / ready / maint a node. Raises LbError when the table forbids it."""
         was = backend.admin_state
         new = transition(backend, event, self.now())
+        if new == READY and was in (DRAINED, MAINT):
+            health.start_checking(backend)   # checked before it gets traffic
         if new == DRAINING and was != DRAINING:
             backend.drain_cut = 0
             self.upstreams.close_idle(backend.name)
@@ -671,6 +681,31 @@ class Proxy:
             self.upstreams.close_idle(backend.name)
         self.notify()
         return backend.admin_state
+
+    # -- health --------------------------------------------------------------------
+    def apply_check(self, backend, ok: bool, version: str | None) -> None:
+        hc = self.config.health
+        if health.record_check(backend, ok, version, self.now(), hc.rise, hc.fall):
+            log.info("health: %s is %s (last check %s)", backend.name, backend.health,
+                     backend.hstate.last_check)
+            self.notify()
+
+    def passive(self, backend, failed: bool) -> None:
+        """A proxied outcome: connect error or 5xx (failed), or a success after failures."""
+        cfg = self.config.passive
+        if health.record_response(backend, failed, self.now(), cfg.failures, cfg.eject,
+                                  self.pool.backends.values()):
+            log.warning("passive: %s ejected for %.0fs after %d failures in a row", backend.name,
+                        backend.hstate.ejected_until - self.now(), cfg.failures)
+            self.upstreams.close_idle(backend.name)
+            self.notify()
+
+    def _health_tick(self, now: float) -> None:
+        if health.end_ejections(self.pool.backends.values(), now):
+            self.notify()
+        for backend in self.pool.backends.values():
+            if backend.hstate.ramp_start is not None:
+                health.ramp(backend, now, self.config.slow_start)
 
     def backend_idle(self, backend) -> None:
         """A draining node has nothing left in flight: it is drained."""
@@ -722,7 +757,10 @@ class Proxy:
                 if (previous is None or getattr(previous, field) != wanted) \
                         and getattr(backend, field) != wanted:
                     changes.append(f"{cfg.name}: {field} {getattr(backend, field)} -> {wanted}")
-                    setattr(backend, field, wanted)
+                    if field == "weight":
+                        backend.set_weight(wanted)
+                    else:
+                        backend.version = wanted
             self.pool.note_version(backend.version)
         wanted_names = {b.name for b in new.backends}
         for name in [n for n in before if n not in wanted_names and n in self.pool.backends]:
@@ -792,6 +830,7 @@ class Proxy:
         for client in list(self.clients):
             client.transport.abort()
         self.upstreams.close_idle()
+        await self.checker.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.access_log.flush()
