@@ -684,8 +684,9 @@ class Proxy:
 
     # -- health --------------------------------------------------------------------
     def apply_check(self, backend, ok: bool, version: str | None) -> None:
-        hc = self.config.health
-        if health.record_check(backend, ok, version, self.now(), hc.rise, hc.fall):
+        hc, now = self.config.health, self.now()
+        if health.record_check(backend, ok, version, now, hc.rise, hc.fall):
+            health.ramp(backend, now, self.config.slow_start)   # from its first request on
             log.info("health: %s is %s (last check %s)", backend.name, backend.health,
                      backend.hstate.last_check)
             self.notify()

@@ -294,7 +294,8 @@ class FakeBackend:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
-        self.requests: list[bytes] = []
+        self.requests: list[bytes] = []     # proxied request heads (health checks apart)
+        self.health_checks = 0
         self.behaviour = behaviour or (lambda conn, head: None)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -322,6 +323,9 @@ class FakeBackend:
                     continue
                 if b"\r\n\r\n" in buffer:
                     head = buffer.split(b"\r\n\r\n", 1)[0]
+                    if b"User-Agent: lb-health" in head:
+                        self.health_checks += 1
+                        continue
                     self.requests.append(head)
                     self.behaviour(conn, head)
 

@@ -23,7 +23,8 @@ async def ctl(lb, line, timeout_s=30.0):
 
 async def test_drain_update_ready_under_load_fails_nothing(spawn, tmp_path):
     backends = [spawn(Backend, f"web{i}") for i in (1, 2, 3)]
-    lb = spawn(Lb, tmp_path, [b.config() for b in backends])
+    lb = spawn(Lb, tmp_path, [b.config() for b in backends], health={"interval": "200ms"},
+               slow_start="0s")
     async with SteadyLoad(lb.url, workers=6) as load:
         await load.wait_for_count(100)
         assert (await ctl(lb, "drain web3"))["ok"]
@@ -35,6 +36,7 @@ async def test_drain_update_ready_under_load_fails_nothing(spawn, tmp_path):
         web3 = spawn(Backend, "web3", port=backends[2].port)  # ...and start again
         ready_at = time.monotonic()
         assert (await ctl(lb, "ready web3"))["ok"]
+        assert (await ctl(lb, "wait web3 up 10"))["ok"]       # checked before it gets traffic
         await load.wait_for_count(len(load.records) + 300)
     assert load.failures == []
     during = [r for r in load.records if drained_at < r[0] < ready_at]
@@ -217,10 +219,10 @@ def test_lb_ctl_exit_codes(spawn, tmp_path):
 
 def test_add_and_del_server(spawn, tmp_path):
     web1, web2 = spawn(Backend, "web1"), spawn(Backend, "web2", version="v2")
-    lb = spawn(Lb, tmp_path, [web1.config()])
+    lb = spawn(Lb, tmp_path, [web1.config()], health={"interval": "200ms"}, slow_start="0s")
     added = lb.ctl(f"add server web2 {web2.address} v2 100")
     assert added["ok"] and added["server"]["state"] == "maint"
-    assert lb.ctl("ready web2")["ok"]
+    assert lb.ctl("ready web2")["ok"] and lb.ctl("wait web2 up 10")["ok"]
     assert {json.loads(get(lb.port, "/").body)["node"] for _ in range(20)} == {"web1", "web2"}
     versions = lb.ctl("show versions")["versions"]
     assert [(v["version"], v["nodes"], v["ready_capacity"]) for v in versions] == [("v1", 1, 100), ("v2", 1, 100)]
