@@ -92,7 +92,17 @@ class Admin:
         return {"server": self.pool.get(name).describe(self.proxy.now())}
 
     def show_versions(self) -> dict:
-        return {"versions": self.pool.version_rows()}
+        rows = self.pool.version_rows()
+        pinning = self.proxy.pinning
+        for row in rows:
+            version = row["version"]
+            row["pinned_requests"] = pinning.pinned_requests[version] if pinning else 0
+            row["assignments"] = pinning.assignments[version] if pinning else 0
+        if pinning:
+            return {"versions": rows, "migrations": [
+                {"from": f, "to": t, "direction": d, "count": n}
+                for (f, t, d), n in sorted(pinning.migrations.items())]}
+        return {"versions": rows}
 
     def show_stats(self) -> dict:
         raise LbError("show stats is not available yet: it arrives with the observability "

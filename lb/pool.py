@@ -200,6 +200,8 @@ class Pool:
         self.backends: dict[str, Backend] = {c.name: Backend(c) for c in configs}
         self.policy = POLICIES[policy]()
         self._eligible: list[Backend] | None = None
+        self._by_version: dict[str, list[Backend]] | None = None
+        self._capacity: dict[str, float] | None = None
         # Versions oldest -> newest: first seen first; `set target` moves one last.
         self.versions: list[str] = []
         for backend in self.backends.values():
@@ -231,28 +233,47 @@ class Pool:
 
     def version_rows(self) -> list[dict]:
         rows = []
+        capacity = self.version_capacity()
         for order, version in enumerate(self.versions):
             nodes = [b for b in self.backends.values() if b.version == version]
             rows.append({"version": version, "order": order, "nodes": len(nodes),
-                         "ready_capacity": sum(b.weight for b in nodes if b.takes_traffic)})
+                         "ready_capacity": round(capacity.get(version, 0.0), 1)})
         return rows
 
     def changed(self) -> None:
-        """Call after any change of state, health or weight."""
+        """Call after any change of state, health or weight (slow-start ramps included)."""
         self._eligible = None
+        self._by_version = None
+        self._capacity = None
+
+    def by_version(self) -> dict[str, list[Backend]]:
+        """The eligible backends of each version that has any."""
+        if self._by_version is None:
+            groups: dict[str, list[Backend]] = {}
+            for backend in self.eligible():
+                groups.setdefault(backend.version, []).append(backend)
+            self._by_version = groups
+        return self._by_version
+
+    def version_capacity(self) -> dict[str, float]:
+        """Ready capacity per version: the summed effective weights of eligible nodes."""
+        if self._capacity is None:
+            self._capacity = {v: sum(b.effective_weight for b in nodes)
+                              for v, nodes in self.by_version().items()}
+        return self._capacity
 
     def eligible(self) -> list[Backend]:
         if self._eligible is None:
             self._eligible = [b for b in self.backends.values() if b.takes_traffic]
         return self._eligible
 
-    def choose(self, exclude: Backend | tuple = ()) -> Backend | None:
-        """A backend for a new request, or None when none can take it.
+    def choose(self, exclude: Backend | tuple = (), version: str | None = None) -> Backend | None:
+        """A backend for a new request (of `version`, when given), or None.
 
         `exclude` (the backends already tried for this request) is avoided
-        while any other backend is eligible.
+        while any other candidate is eligible.
         """
-        candidates = self.eligible()
+        candidates = self.eligible() if version is None else self.by_version().get(version, [])
         if exclude:
             others = [b for b in candidates if b not in exclude]
             candidates = others or candidates

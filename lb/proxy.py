@@ -40,6 +40,7 @@ from . import http1
 from .errors import LbError
 from .http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from . import health
+from .pinning import KEPT, Pinning
 from .pool import DRAINED, DRAINING, MAINT, POLICIES, READY, Backend, Pool, transition
 from .upstream import UpstreamPools
 
@@ -99,7 +100,7 @@ class Exchange:
     __slots__ = ("proxy", "client", "head", "head_bytes", "backend", "upstream", "tried",
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
-                 "keep_client", "upstream_keep")
+                 "keep_client", "upstream_keep", "version", "set_cookie")
 
     def __init__(self, proxy: "Proxy", client: "ClientConnection", head: http1.RequestHead):
         self.proxy = proxy
@@ -122,10 +123,16 @@ class Exchange:
         self.switching = False
         self.finished = False
         self.keep_client = head.keep_alive
+        self.version = None             # the code version this request is served by
+        self.set_cookie = b""           # a Set-Cookie line when the pin is new or moved
 
     # -- routing -------------------------------------------------------------
     def start(self) -> None:
-        backend = self.proxy.pool.choose(self.tried)
+        pinning = self.proxy.pinning
+        if pinning is not None and not self._pick_version(pinning):
+            self.fail(LbError("no backend available", 503))
+            return
+        backend = self.proxy.pool.choose(self.tried, self.version)
         if backend is None:
             self.fail(LbError("no backend available", 503))
             return
@@ -137,6 +144,20 @@ class Exchange:
             self._attach(conn)
         else:
             self.proxy.loop.create_task(self._connect(backend))
+
+    def _pick_version(self, pinning) -> bool:
+        """Decide (first try) or revisit (a retry) the version; False when none is left."""
+        pool = self.proxy.pool
+        if not self.tried:
+            version, how = pinning.route(pinning.read_pin(self.head.headers, pool.versions), pool)
+        else:
+            version, how = pinning.retry_version(self.version, pool, self.tried)
+        if version is None:
+            return False
+        if how is not KEPT:
+            self.set_cookie = pinning.set_cookie(version)
+        self.version = version
+        return True
 
     async def _connect(self, backend) -> None:
         try:
@@ -237,6 +258,8 @@ class Exchange:
             framing += b"Connection: keep-alive\r\n"
         self.status = status
         self.upstream_keep = head.keep_alive
+        if self.set_cookie:
+            framing += self.set_cookie
         self.client.write(http1.serialize_response(status, head.reason, head.headers, framing))
 
     def _interim(self, head: http1.ResponseHead) -> None:
@@ -624,6 +647,8 @@ class Proxy:
         self.removing: set[str] = set()          # dropped from the config: gone once drained
         self.state_changed = asyncio.Event()     # set and replaced on every node change
         self.checker = health.Checker(self)
+        pin = config.pinning
+        self.pinning = Pinning(pin.cookie, pin.max_age, pin.max_overload) if pin.mode == "version" else None
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed = asyncio.Event()
@@ -704,9 +729,11 @@ class Proxy:
     def _health_tick(self, now: float) -> None:
         if health.end_ejections(self.pool.backends.values(), now):
             self.notify()
-        for backend in self.pool.backends.values():
-            if backend.hstate.ramp_start is not None:
-                health.ramp(backend, now, self.config.slow_start)
+        ramping = [b for b in self.pool.backends.values() if b.hstate.ramp_start is not None]
+        for backend in ramping:
+            health.ramp(backend, now, self.config.slow_start)
+        if ramping:
+            self.pool.changed()          # version capacities follow the ramp
 
     def backend_idle(self, backend) -> None:
         """A draining node has nothing left in flight: it is drained."""

@@ -58,7 +58,8 @@ def test_request_in_flight_on_a_drained_node_completes(spawn, tmp_path):
     waited = lb.ctl(f"wait {busy} drained 10")
     thread.join(10)
     assert result["resp"].status == 200 and json.loads(result["resp"].body)["node"] == busy
-    assert waited["ok"] and 0.5 < waited["waited_s"] < 5 and waited["server"]["inflight"] == 0
+    # It had to wait for the 1.5 s request (seen in flight within a poll or two).
+    assert waited["ok"] and 0.2 < waited["waited_s"] < 5 and waited["server"]["inflight"] == 0
 
 
 async def test_websocket_on_a_draining_node_gets_1001_at_the_deadline(spawn, tmp_path):
