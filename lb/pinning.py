@@ -12,9 +12,11 @@ decides the version:
 - a pin whose version has capacity and is not overloaded: kept;
 - otherwise the client moves *forward* to the nearest newer version with
   capacity, and the cookie is rewritten. A version is overloaded when its
-  in-flight requests per unit of capacity exceed `max_overload` times the
-  pool's (only counted once the pool has on average one request in flight per
-  node, so an idle pool never sheds);
+  recent request rate per unit of capacity exceeds `max_overload` times the
+  pool's. Rates decay exponentially (`RATE_TAU_S`) and count only past
+  `MIN_RATE` requests, so an idle pool never sheds. Clients moved this way stay
+  moved (monotonic), so the old version sheds until it carries about
+  `max_overload` times its fair share;
 - only when no version as new as the pin has capacity at all (a rollback) does
   the client move *backward*, to the newest older version with capacity.
 
@@ -24,6 +26,7 @@ left, then moves forward (`retry_version`). Counters per version feed metrics.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -31,6 +34,8 @@ from .config import VERSION_RE
 
 KEPT, ASSIGNED, FORWARD, BACKWARD = "kept", "assigned", "forward", "backward"
 MAX_PIN_BYTES = 32
+RATE_TAU_S = 1.0          # how quickly the per-version request rate forgets
+MIN_RATE = 20.0           # below this many recent requests nothing is overloaded
 
 
 class Pinning:
@@ -43,6 +48,8 @@ class Pinning:
         self.assignments: Counter = Counter()          # version -> count
         self.migrations: Counter = Counter()           # (from, to, direction) -> count
         self.pinned_requests: Counter = Counter()      # version -> requests routed by pin
+        self._rates: dict[str, float] = {}             # version -> decayed request count
+        self._rates_at = 0.0
 
     # -- the cookie ----------------------------------------------------------------
     def read_pin(self, headers, known: list[str]) -> str | None:
@@ -68,19 +75,23 @@ class Pinning:
                 % (self.cookie_prefix, version.encode(), self.max_age_s))
 
     # -- the decision ----------------------------------------------------------------
-    def route(self, pin: str | None, pool) -> tuple[str | None, str]:
-        """(version, how) for a request; version None when nothing takes traffic."""
+    def route(self, pin: str | None, pool, now: float) -> tuple[str | None, str]:
+        """(version, how) for a request at `now`; version None when nothing takes traffic."""
         capacity = pool.version_capacity()
         if not capacity:
             return None, KEPT
+        self._decay(now)
         if pin is None:
-            version = self._draw(capacity)
+            version, how = self._draw(capacity), ASSIGNED
             self.assignments[version] += 1
-            return version, ASSIGNED
-        if capacity.get(pin) and not self._overloaded(pin, pool, capacity):
+        elif capacity.get(pin) and not self._overloaded(pin, capacity):
+            version, how = pin, KEPT
             self.pinned_requests[pin] += 1
-            return pin, KEPT
-        return self._move(pin, pool.versions, capacity)
+        else:
+            version, how = self._move(pin, pool.versions, capacity)
+        if version is not None:
+            self._rates[version] = self._rates.get(version, 0.0) + 1.0
+        return version, how
 
     def retry_version(self, version: str, pool, tried) -> tuple[str | None, str]:
         """The version for a retry: the same while it has an untried node, else forward."""
@@ -111,10 +122,19 @@ class Pinning:
         versions = list(capacity)
         return self.rng.choices(versions, weights=[capacity[v] for v in versions], k=1)[0]
 
-    def _overloaded(self, version: str, pool, capacity: dict) -> bool:
-        eligible = pool.eligible()
-        total = sum(b.inflight for b in eligible)
-        if total < len(eligible):
+    def _decay(self, now: float) -> None:
+        elapsed = now - self._rates_at
+        if elapsed > 0.01:
+            factor = math.exp(-elapsed / RATE_TAU_S)
+            for version in self._rates:
+                self._rates[version] *= factor
+            self._rates_at = now
+
+    def _overloaded(self, version: str, capacity: dict) -> bool:
+        """This version's recent rate per unit of capacity over max_overload x the pool's."""
+        rates = self._rates
+        total = sum(rates.get(v, 0.0) for v in capacity)
+        if total < MIN_RATE:
             return False
-        mine = sum(b.inflight for b in pool.by_version()[version])
+        mine = rates.get(version, 0.0)
         return mine * sum(capacity.values()) > self.max_overload * total * capacity[version]

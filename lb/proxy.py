@@ -149,7 +149,8 @@ class Exchange:
         """Decide (first try) or revisit (a retry) the version; False when none is left."""
         pool = self.proxy.pool
         if not self.tried:
-            version, how = pinning.route(pinning.read_pin(self.head.headers, pool.versions), pool)
+            version, how = pinning.route(pinning.read_pin(self.head.headers, pool.versions), pool,
+                                         self.proxy.now())
         else:
             version, how = pinning.retry_version(self.version, pool, self.tried)
         if version is None:
