@@ -11,6 +11,7 @@ Routes:
   GET /bytes?n=N        N bytes of body, streamed with Content-Length
   GET /slow?ms=N        answers after N ms
   GET /stream?chunks=N&ms=M   a chunked body, N chunks M ms apart
+  GET /setcookie        sets the app's own cookie (app=1)
   *   /status/N         that status
   GET /ws               WebSocket echo (wsproto does the framing)
 Every response carries X-Backend-Version and X-Backend-Node.
@@ -156,6 +157,9 @@ class BackendApp:
         if path == "/health":
             ok = self.loop.time() >= self.ready_at and not self.stopping
             await self._json(conn, writer, 200 if ok else 503, {"ok": ok, "version": self.version})
+        elif path == "/setcookie":
+            await self._json(conn, writer, 200, {"node": self.name, "version": self.version},
+                             extra=[(b"set-cookie", b"app=1; Path=/")])
         elif path == "/slow":
             await asyncio.sleep(int(query.get("ms", "100")) / 1000)
             await self._json(conn, writer, 200, {"node": self.name, "version": self.version})
@@ -179,9 +183,10 @@ class BackendApp:
             return True
         return False
 
-    async def _json(self, conn, writer, status: int, payload, with_body: bool = True) -> None:
+    async def _json(self, conn, writer, status: int, payload, with_body: bool = True,
+                    extra=()) -> None:
         body = json.dumps(payload).encode() if with_body else b""
-        headers = self.headers([(b"content-type", b"application/json")])
+        headers = self.headers([(b"content-type", b"application/json"), *extra])
         if with_body:
             headers.append((b"content-length", str(len(body)).encode()))
         writer.write(conn.send(h11.Response(status_code=status, headers=headers,

@@ -14,9 +14,12 @@ decides the version:
   capacity, and the cookie is rewritten. A version is overloaded when its
   recent request rate per unit of capacity exceeds `max_overload` times the
   pool's. Rates decay exponentially (`RATE_TAU_S`) and count only past
-  `MIN_RATE` requests, so an idle pool never sheds. Clients moved this way stay
-  moved (monotonic), so the old version sheds until it carries about
-  `max_overload` times its fair share;
+  `MIN_RATE` requests, so an idle pool never sheds. Shedding aims below the
+  ceiling (`SHED_TARGET` x max_overload, leaving room for noise and lag) and is
+  proportional: at a load ratio r above that target, a request's client moves
+  with probability 1 - target / r. Moving every client of an overloaded
+  version at once would overshoot while the rate catches up, and since moved
+  clients never come back, the newer version would end up overloaded instead;
 - only when no version as new as the pin has capacity at all (a rollback) does
   the client move *backward*, to the newest older version with capacity.
 
@@ -34,8 +37,9 @@ from .config import VERSION_RE
 
 KEPT, ASSIGNED, FORWARD, BACKWARD = "kept", "assigned", "forward", "backward"
 MAX_PIN_BYTES = 32
-RATE_TAU_S = 1.0          # how quickly the per-version request rate forgets
+RATE_TAU_S = 0.5          # how quickly the per-version request rate forgets
 MIN_RATE = 20.0           # below this many recent requests nothing is overloaded
+SHED_TARGET = 0.9         # shed towards this fraction of max_overload
 
 
 class Pinning:
@@ -84,7 +88,7 @@ class Pinning:
         if pin is None:
             version, how = self._draw(capacity), ASSIGNED
             self.assignments[version] += 1
-        elif capacity.get(pin) and not self._overloaded(pin, capacity):
+        elif capacity.get(pin) and not self._shed(pin, capacity):
             version, how = pin, KEPT
             self.pinned_requests[pin] += 1
         else:
@@ -130,11 +134,13 @@ class Pinning:
                 self._rates[version] *= factor
             self._rates_at = now
 
-    def _overloaded(self, version: str, capacity: dict) -> bool:
-        """This version's recent rate per unit of capacity over max_overload x the pool's."""
+    def _shed(self, version: str, capacity: dict) -> bool:
+        """Whether this request's client leaves its overloaded version (see the header)."""
         rates = self._rates
         total = sum(rates.get(v, 0.0) for v in capacity)
         if total < MIN_RATE:
             return False
-        mine = rates.get(version, 0.0)
-        return mine * sum(capacity.values()) > self.max_overload * total * capacity[version]
+        # load ratio: this version's rate per unit of capacity over the pool's
+        ratio = rates.get(version, 0.0) * sum(capacity.values()) / (total * capacity[version])
+        target = SHED_TARGET * self.max_overload
+        return ratio > target and self.rng.random() < 1.0 - target / ratio

@@ -249,3 +249,28 @@ def test_pipelined_head_with_empty_body_then_get(shared_lb):
         assert json.loads(client.response().body)["path"] == "/echo?after-head"
         assert client.response("HEAD").body == b""
         assert json.loads(client.response().body)["path"] == "/echo?last"
+
+
+def test_pin_cookie_is_added_beside_the_apps_own_and_the_request_cookie_is_untouched(shared_lb):
+    with RawClient(shared_lb.port) as client:
+        client.send(b"GET /setcookie HTTP/1.1\r\nHost: t\r\n\r\n")
+        resp = client.response()
+        cookies = [v for n, v in resp.getheaders() if n.lower() == "set-cookie"]
+        assert "app=1; Path=/" in cookies
+        assert "lb_version=v1; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400" in cookies
+        client.send(b"GET /echo HTTP/1.1\r\nHost: t\r\nCookie: app=1; lb_version=v1\r\n\r\n")
+        resp = client.response()
+        assert resp.getheader("Set-Cookie") is None               # a valid pin is kept quietly
+        echoed = dict((n.lower(), v) for n, v in json.loads(resp.body)["headers"])
+        assert echoed["cookie"] == "app=1; lb_version=v1"
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\nCookie: lb_version=v999\r\n\r\n")
+        resp = client.response()                                  # unknown pin: as if none
+        assert resp.status == 200 and resp.getheader("Set-Cookie").startswith("lb_version=v1;")
+
+
+def test_pinning_mode_none_sets_no_cookie(spawn, tmp_path, http_impl):
+    from conftest import Backend, Lb
+    web = spawn(Backend, "web1")
+    lb = spawn(Lb, tmp_path, [web.config()], http=http_impl, pinning={"mode": "none"})
+    resp = get(lb.port, "/")
+    assert resp.status == 200 and resp.getheader("Set-Cookie") is None
