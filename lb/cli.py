@@ -15,12 +15,13 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
                               "config", "lb.yaml")
 
 
-def _run(coro) -> None:
+def run_async(coro):
+    """Run a coroutine on uvloop; returns its result."""
     try:
         import uvloop
-        uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        asyncio.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def cmd_serve(args) -> int:
@@ -31,7 +32,7 @@ def cmd_serve(args) -> int:
         print(f"lb: {exc.message}", file=sys.stderr)
         return 2
     try:
-        _run(serve(config, args.config))
+        run_async(serve(config, args.config))
     except LbError as exc:
         print(f"lb: {exc.message}", file=sys.stderr)
         return 2
@@ -82,7 +83,8 @@ def cmd_backend(args) -> int:
     if not 0.0 <= args.fail_rate <= 1.0:
         print("lb backend: --fail-rate: expected a fraction from 0 to 1", file=sys.stderr)
         return 2
-    _run(serve(host, port, args.name or f"{host}:{port}", args.version, args.warmup, args.fail_rate))
+    run_async(serve(host, port, args.name or f"{host}:{port}", args.version, args.warmup,
+                    args.fail_rate))
     return 0
 
 

@@ -150,10 +150,10 @@ async def _demo(config_path: str, seconds: float, procs: list[subprocess.Popen])
 
 
 def run_demo(args) -> int:
+    from .cli import run_async
     procs: list[subprocess.Popen] = []
     try:
-        import uvloop
-        return uvloop.run(_demo(args.config, args.seconds, procs))
+        return run_async(_demo(args.config, args.seconds, procs))
     except ConfigError as exc:
         print(f"lb demo: {exc.message}", file=sys.stderr)
         return 2
