@@ -104,9 +104,19 @@ class Admin:
                 for (f, t, d), n in sorted(pinning.migrations.items())]}
         return {"versions": rows}
 
-    def show_stats(self) -> dict:
-        raise LbError("show stats is not available yet: it arrives with the observability "
-                      "issue; 'show servers' has requests and errors per server", 501)
+    def show_stats(self, name: str | None = None) -> dict:
+        now = time.monotonic()
+        if name is not None:
+            backend = self.pool.get(name)
+            return {"stats": {"name": name, "version": backend.version, **backend.stats.summary(now)}}
+        servers = [{"name": b.name, "version": b.version, **b.stats.summary(now)}
+                   for b in self.pool.backends.values()]
+        totals = {key: sum(s[key] for s in servers)
+                  for key in ("requests", "2xx", "3xx", "4xx", "5xx", "lb_failures", "connect_errors")}
+        proxy_stats = self.proxy.stats
+        totals.update(retries=self.proxy.retries, failed=dict(proxy_stats.failed),
+                      since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(proxy_stats.since)))
+        return {"stats": {"totals": totals, "servers": servers}}
 
     def drain(self, name: str) -> dict:
         backend = self.pool.get(name)
@@ -229,7 +239,8 @@ COMMANDS = [
     Command(("show", "servers"), (), (), "every server with state, health and counters", Admin.show_servers, False),
     Command(("show", "server"), ("NAME",), (), "one server", Admin.show_server, False),
     Command(("show", "versions"), (), (), "versions, oldest first, with ready capacity", Admin.show_versions, False),
-    Command(("show", "stats"), (), (), "traffic statistics (not available yet)", Admin.show_stats, False),
+    Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s",
+            Admin.show_stats, False),
     Command(("drain",), ("NAME",), (), "no new requests; in-flight ones finish", Admin.drain, True),
     Command(("wait",), ("NAME", "STATE"), ("TIMEOUT",), "block until drained|ready|maint|up", Admin.wait, False),
     Command(("ready",), ("NAME",), (), "back into service", Admin.ready, True),

@@ -52,7 +52,9 @@ class AccessLog:
             "backend": backend.name if backend else None,
             "version": backend.version if backend else None,
             "duration_ms": round((time.monotonic() - exchange.started) * 1000, 2),
-            "retries": max(len(exchange.tried) - 1, 0)}))
+            "retries": max(len(exchange.tried) - 1, 0),
+            "pin": {"version": exchange.version, "how": exchange.pin_how}
+            if exchange.pin_how else None}))
 
     def write_error(self, client, exc) -> None:
         """A request refused before it had a parsed head (bad bytes, timeout)."""
@@ -73,3 +75,121 @@ class AccessLog:
         self.flush()
         if self._owned:
             self._out.close()
+
+
+# ---------------------------------------------------------------------------
+# Prometheus: a collector that reads lb's own counters at scrape time, so the
+# hot path never touches a prometheus-client object; and its own listener.
+
+class LbCollector:
+    """Every lb metric, built from the proxy's state when scraped."""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+
+    def collect(self):
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+        from .pool import ADMIN_STATES
+        from .stats import HISTOGRAM_BOUNDS_S
+        proxy = self.proxy
+        backends = list(proxy.pool.backends.values())
+        requests = CounterMetricFamily("lb_requests", "Requests answered by a backend",
+                                       labels=["backend", "version", "code_class"])
+        duration = HistogramMetricFamily("lb_request_duration_seconds",
+                                         "Time from request head to last response byte",
+                                         labels=["backend"])
+        connect = CounterMetricFamily("lb_upstream_connect_errors", "Failed connects to a backend",
+                                      labels=["backend"])
+        inflight = GaugeMetricFamily("lb_inflight_requests", "Requests in flight", labels=["backend"])
+        tunnels = GaugeMetricFamily("lb_tunnels", "Open upgraded connections", labels=["backend"])
+        state = GaugeMetricFamily("lb_backend_state", "Admin state (1 = current)",
+                                  labels=["backend", "state"])
+        health_g = GaugeMetricFamily("lb_backend_health", "Health (1 = current)",
+                                     labels=["backend", "health"])
+        weight = GaugeMetricFamily("lb_backend_weight", "Effective weight", labels=["backend"])
+        for b in backends:
+            for (version, cls), count in sorted(b.stats.by_class.items()):
+                requests.add_metric([b.name, version, cls], count)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*HISTOGRAM_BOUNDS_S, float("inf")), b.stats.histogram):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            duration.add_metric([b.name], buckets, b.stats.histogram_sum)
+            connect.add_metric([b.name], b.stats.connect_errors)
+            inflight.add_metric([b.name], b.inflight)
+            tunnels.add_metric([b.name], b.tunnels)
+            for s in ADMIN_STATES:
+                state.add_metric([b.name, s], 1 if b.admin_state == s else 0)
+            for h in ("up", "down", "ejected", "version_mismatch"):
+                health_g.add_metric([b.name, h], 1 if b.health == h else 0)
+            weight.add_metric([b.name], b.effective_weight)
+        yield from (requests, duration, connect, inflight, tunnels, state, health_g, weight)
+        retries = CounterMetricFamily("lb_retries", "Requests retried on another backend")
+        retries.add_metric([], proxy.retries)
+        failed = CounterMetricFamily("lb_failed_requests",
+                                     "Responses lb made itself, and client connections it cut",
+                                     labels=["reason"])
+        for reason, count in sorted(proxy.stats.failed.items()):
+            failed.add_metric([reason], count)
+        capacity = GaugeMetricFamily("lb_version_capacity", "Ready capacity", labels=["version"])
+        for version, cap in proxy.pool.version_capacity().items():
+            capacity.add_metric([version], cap)
+        clients = GaugeMetricFamily("lb_client_connections", "Open client connections")
+        clients.add_metric([], len(proxy.clients))
+        drains = CounterMetricFamily("lb_drains", "Drains started")
+        drains.add_metric([], proxy.stats.drains)
+        drain_time = GaugeMetricFamily("lb_drain_duration_seconds_last",
+                                       "How long the last completed drain took")
+        drain_time.add_metric([], proxy.stats.drain_durations[-1] if proxy.stats.drain_durations else 0)
+        yield from (retries, failed, capacity, clients, drains, drain_time)
+        pinning = proxy.pinning
+        if pinning is not None:
+            assigned = CounterMetricFamily("lb_pin_assignments", "Clients assigned a version",
+                                           labels=["version"])
+            for version, count in sorted(pinning.assignments.items()):
+                assigned.add_metric([version], count)
+            moved = CounterMetricFamily("lb_pin_migrations", "Clients moved to another version",
+                                        labels=["from", "to", "direction"])
+            for (src, dst, direction), count in sorted(pinning.migrations.items()):
+                moved.add_metric([src, dst, direction], count)
+            yield from (assigned, moved)
+
+
+class MetricsServer:
+    """GET /metrics on metrics.listen (never the public port); anything else is 404."""
+
+    def __init__(self, proxy, host: str, port: int):
+        from prometheus_client import CollectorRegistry
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(LbCollector(proxy))
+        self.host, self.port = host, port
+        self._server = None
+
+    async def start(self) -> None:
+        import asyncio
+        self._server = await asyncio.start_server(self._serve, self.host, self.port,
+                                                  reuse_address=True, limit=8192)
+
+    async def _serve(self, reader, writer) -> None:
+        import asyncio
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            line = head.split(b"\r\n", 1)[0].split()
+            if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+                body, status, ctype = generate_latest(self.registry), b"200 OK", CONTENT_TYPE_LATEST
+            else:
+                body, status, ctype = b"not found: try /metrics\n", b"404 Not Found", "text/plain"
+            writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (status, ctype.encode(), len(body), body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+                ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()

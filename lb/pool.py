@@ -33,6 +33,7 @@ from typing import Iterable
 
 from .config import BackendConfig
 from .errors import LbError
+from .stats import BackendStats
 
 READY, DRAINING, DRAINED, MAINT = "ready", "draining", "drained", "maint"
 UP, DOWN, EJECTED = "up", "down", "ejected"
@@ -93,7 +94,7 @@ class Backend:
 
     __slots__ = ("name", "host", "port", "version", "weight", "admin_state", "health",
                  "inflight", "tunnels", "requests", "errors", "rr_current", "drain_started",
-                 "drain_cut", "hstate", "ramp_factor", "effective_weight")
+                 "drain_cut", "hstate", "ramp_factor", "effective_weight", "stats")
 
     def __init__(self, config: BackendConfig):
         self.name = config.name
@@ -110,6 +111,7 @@ class Backend:
         self.drain_started = 0.0
         self.drain_cut = 0          # requests and tunnels closed by the last drain's deadline
         self.hstate = HealthState()
+        self.stats = BackendStats()
         self.ramp_factor = 1.0      # slow start: 0.1 .. 1.0
         self.effective_weight = float(self.weight)
 

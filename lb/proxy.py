@@ -42,6 +42,7 @@ from .http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from . import health
 from .pinning import KEPT, Pinning
 from .pool import DRAINED, DRAINING, MAINT, POLICIES, READY, Backend, Pool, transition
+from .stats import ProxyStats
 from .upstream import UpstreamPools
 
 log = logging.getLogger("lb.proxy")
@@ -100,7 +101,7 @@ class Exchange:
     __slots__ = ("proxy", "client", "head", "head_bytes", "backend", "upstream", "tried",
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
-                 "keep_client", "upstream_keep", "version", "set_cookie")
+                 "keep_client", "upstream_keep", "version", "set_cookie", "pin_how")
 
     def __init__(self, proxy: "Proxy", client: "ClientConnection", head: http1.RequestHead):
         self.proxy = proxy
@@ -125,6 +126,7 @@ class Exchange:
         self.keep_client = head.keep_alive
         self.version = None             # the code version this request is served by
         self.set_cookie = b""           # a Set-Cookie line when the pin is new or moved
+        self.pin_how = None             # kept / assigned / forward / backward
 
     # -- routing -------------------------------------------------------------
     def start(self) -> None:
@@ -158,6 +160,7 @@ class Exchange:
         if how is not KEPT:
             self.set_cookie = pinning.set_cookie(version)
         self.version = version
+        self.pin_how = how
         return True
 
     async def _connect(self, backend) -> None:
@@ -165,6 +168,7 @@ class Exchange:
             conn = await self.proxy.upstreams.connect(backend)
         except LbError as exc:
             backend.errors += 1
+            backend.stats.connect_errors += 1
             self.proxy.passive(backend, failed=True)
             self._retry_or_fail(exc)
             return
@@ -187,6 +191,8 @@ class Exchange:
         self.client.flow.resume("buffer")
 
     def _retry_or_fail(self, exc: LbError) -> None:
+        if self.backend is not None:
+            self.backend.stats.retries += 1
         self._leave_backend()
         if len(self.tried) <= self.proxy.config.retries and not self.client.closed:
             self.proxy.retries += 1
@@ -308,6 +314,8 @@ class Exchange:
         self.finished = True
         backend = self.backend
         backend.requests += 1
+        now = time.monotonic()
+        backend.stats.record(backend.version, self.status, now - self.started, now)
         if self.status >= 500:
             backend.errors += 1
             self.proxy.passive(backend, failed=True)
@@ -327,9 +335,14 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.abort()
         self._leave_backend()
+        if backend is not None:
+            backend.stats.lb_failures += 1
         if self.status == 0 and not self.client.closed:
             self.status = exc.status
             self.client.write(error_response(exc))
+            self.proxy.stats.lb_failure(str(exc.status))
+        else:
+            self.proxy.stats.lb_failure("cut")       # the client connection is cut
         self.proxy.access_log.write(self, backend)
         self.client.exchange_done(self, keep_alive=False)
 
@@ -615,6 +628,7 @@ class ClientConnection(asyncio.Protocol):
             self._answer_error(exc)
 
     def _answer_error(self, exc: LbError) -> None:
+        self.proxy.stats.lb_failure(str(exc.status))
         self.write(error_response(exc))
         self.proxy.access_log.write_error(self, exc)
         self.close()
@@ -648,6 +662,7 @@ class Proxy:
         self.removing: set[str] = set()          # dropped from the config: gone once drained
         self.state_changed = asyncio.Event()     # set and replaced on every node change
         self.checker = health.Checker(self)
+        self.stats = ProxyStats()
         pin = config.pinning
         self.pinning = Pinning(pin.cookie, pin.max_age, pin.max_overload) if pin.mode == "version" else None
         self._servers: list[asyncio.base_events.Server] = []
@@ -699,10 +714,12 @@ class Proxy:
         if new == READY and was in (DRAINED, MAINT):
             health.start_checking(backend)   # checked before it gets traffic
         if new == DRAINING and was != DRAINING:
+            self.stats.drains += 1
             backend.drain_cut = 0
             self.upstreams.close_idle(backend.name)
             if backend.idle:
                 transition(backend, "idle", self.now())
+                self.stats.drain_durations.append(0.0)
         elif not backend.takes_traffic:
             self.upstreams.close_idle(backend.name)
         self.notify()
@@ -739,6 +756,7 @@ class Proxy:
     def backend_idle(self, backend) -> None:
         """A draining node has nothing left in flight: it is drained."""
         transition(backend, "idle", self.now())
+        self.stats.drain_durations.append(self.now() - backend.drain_started)
         self._drop_if_removed(backend)
         self.notify()
 
@@ -834,6 +852,7 @@ class Proxy:
         backend.drain_cut = cut
         if backend.admin_state == DRAINING:
             transition(backend, "deadline", self.now())
+            self.stats.drain_durations.append(self.now() - backend.drain_started)
         self._drop_if_removed(backend)
         log.warning("drain of %s: deadline passed, %d requests/tunnels cut", backend.name, cut)
         self.notify()

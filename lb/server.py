@@ -8,7 +8,7 @@ import signal
 
 from .admin import Admin, AdminServer, load_state
 from .config import Config
-from .metrics import AccessLog
+from .metrics import AccessLog, MetricsServer
 from .proxy import Proxy
 
 log = logging.getLogger("lb")
@@ -29,8 +29,11 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     admin = Admin(proxy, config_path)
     admin_server = AdminServer(admin, config.resolve(config.admin.socket), config.admin.mode)
     await admin_server.start()
+    metrics = MetricsServer(proxy, *config.metrics.listen) if config.metrics.listen else None
     try:
         await proxy.start()
+        if metrics is not None:
+            await metrics.start()
     except OSError:
         await admin_server.close()
         raise
@@ -45,6 +48,8 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     await stop.wait()
     log.info("stopping: finishing requests in flight (up to %.0fs)", config.drain.timeout)
     await admin_server.close()
+    if metrics is not None:
+        await metrics.close()
     await proxy.shutdown(config.drain.timeout)
     access_log.close()
     log.info("stopped")

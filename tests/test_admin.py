@@ -139,7 +139,7 @@ def test_sighup_reloads(spawn, tmp_path):
     (b"set weight web1 heavy\n", "'set weight' expects a whole number from 0 to 1000"),
     (b"del server web1\n", "'del server' expects a server in drained or maint"),
     (b"maint web1\xff\xfe\n", "not UTF-8 text"),
-    (b"show stats\n", "show stats is not available yet"),
+    (b"show stats web11\n", "unknown server 'web11'"),
 ])
 def test_bad_admin_commands_get_clear_errors(spawn, tmp_path, line, error):
     web = spawn(Backend, "web1")

@@ -1,0 +1,126 @@
+"""Traffic statistics: plain counters on the hot path, exported on demand. No I/O.
+
+Theory of operation
+-------------------
+Every finished request costs one `BackendStats.record` call: a dict increment
+for (version, status class), a bisect into the Prometheus histogram buckets,
+and one into the fine buckets of the current second of a 60 s sliding window.
+Nothing is formatted or locked per request; `/metrics` (metrics.py) and
+`show stats` (admin.py) read these counters when asked.
+
+The window keeps, per second, counts in log-spaced buckets 4 % apart, so p50 and
+p99 over the last minute are read to within ~4 %.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import Counter
+
+# Prometheus histogram upper bounds, seconds.
+HISTOGRAM_BOUNDS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                      5.0, 10.0, 30.0, 60.0)
+WINDOW_S = 60
+FINE_RATIO = 1.04
+FINE_FLOOR_S = 0.0001
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def code_class(status: int) -> str:
+    return CLASSES[min(max(status // 100, 1), 5) - 1]
+
+
+class LatencyWindow:
+    """Per-second sparse histograms of the last WINDOW_S seconds."""
+
+    __slots__ = ("_seconds", "_buckets")
+
+    def __init__(self):
+        self._seconds = [-1] * WINDOW_S
+        self._buckets: list[Counter] = [Counter() for _ in range(WINDOW_S)]
+
+    @staticmethod
+    def _fine(duration_s: float) -> int:
+        if duration_s <= FINE_FLOOR_S:
+            return 0
+        return int(math.log(duration_s / FINE_FLOOR_S, FINE_RATIO)) + 1
+
+    def add(self, duration_s: float, now_s: float) -> None:
+        second = int(now_s)
+        slot = second % WINDOW_S
+        if self._seconds[slot] != second:
+            self._seconds[slot] = second
+            self._buckets[slot] = Counter()
+        self._buckets[slot][self._fine(duration_s)] += 1
+
+    def quantiles(self, now_s: float, qs=(0.5, 0.99)) -> list[float | None]:
+        """Latency quantiles in seconds over the last WINDOW_S seconds (None if empty)."""
+        oldest = int(now_s) - WINDOW_S + 1
+        merged: Counter = Counter()
+        for second, buckets in zip(self._seconds, self._buckets):
+            if second >= oldest:
+                merged.update(buckets)
+        total = sum(merged.values())
+        if not total:
+            return [None] * len(qs)
+        ordered = sorted(merged.items())
+        out = []
+        for q in qs:
+            rank, seen = q * total, 0
+            for index, count in ordered:
+                seen += count
+                if seen >= rank:
+                    # the bucket's geometric middle
+                    out.append(FINE_FLOOR_S * FINE_RATIO ** (index - 0.5) if index else FINE_FLOOR_S)
+                    break
+        return out
+
+
+class BackendStats:
+    """Counters of one backend since lb started (never reset)."""
+
+    __slots__ = ("by_class", "histogram", "histogram_sum", "window", "retries",
+                 "connect_errors", "lb_failures", "since")
+
+    def __init__(self):
+        self.by_class: Counter = Counter()            # (version, "2xx") -> requests
+        self.histogram = [0] * (len(HISTOGRAM_BOUNDS_S) + 1)
+        self.histogram_sum = 0.0
+        self.window = LatencyWindow()
+        self.retries = 0            # requests that left this backend for another try
+        self.connect_errors = 0
+        self.lb_failures = 0        # responses lb made (or cuts) for requests sent here
+        self.since = time.time()
+
+    def record(self, version: str, status: int, duration_s: float, now_s: float) -> None:
+        self.by_class[version, CLASSES[min(max(status // 100, 1), 5) - 1]] += 1
+        self.histogram[bisect.bisect_left(HISTOGRAM_BOUNDS_S, duration_s)] += 1
+        self.histogram_sum += duration_s
+        self.window.add(duration_s, now_s)
+
+    def summary(self, now_s: float) -> dict:
+        classes = Counter()
+        for (_, cls), count in self.by_class.items():
+            classes[cls] += count
+        p50, p99 = self.window.quantiles(now_s)
+        return {"requests": sum(classes.values()), **{c: classes[c] for c in CLASSES[1:]},
+                "lb_failures": self.lb_failures, "retries": self.retries,
+                "connect_errors": self.connect_errors,
+                "p50_ms": round(p50 * 1000, 2) if p50 is not None else None,
+                "p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))}
+
+
+class ProxyStats:
+    """Counters that belong to no backend: lb-made failures by reason, drains."""
+
+    def __init__(self):
+        self.failed: Counter = Counter()               # reason -> count
+        self.drains = 0
+        self.drain_durations: list[float] = []
+        self.since = time.time()
+
+    def lb_failure(self, reason: str) -> None:
+        self.failed[reason] += 1
