@@ -331,7 +331,8 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        backend = self.backend
+        # After retries the request holds no backend: the last one tried answers for it.
+        backend = self.backend or (self.tried[-1] if self.tried else None)
         if self.upstream is not None:
             self.upstream.abort()
         self._leave_backend()
