@@ -91,7 +91,7 @@ class LbCollector:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily)
         from .pool import ADMIN_STATES
-        from .stats import HISTOGRAM_BOUNDS_S
+        from .stats import CLASSES, HISTOGRAM_BOUNDS_S
         proxy = self.proxy
         backends = list(proxy.pool.backends.values())
         requests = CounterMetricFamily("lb_requests", "Requests answered by a backend",
@@ -109,8 +109,10 @@ class LbCollector:
                                      labels=["backend", "health"])
         weight = GaugeMetricFamily("lb_backend_weight", "Effective weight", labels=["backend"])
         for b in backends:
-            for (version, cls), count in sorted(b.stats.by_class.items()):
-                requests.add_metric([b.name, version, cls], count)
+            for version, counts in sorted(b.stats.by_class.items()):
+                for cls, count in zip(CLASSES, counts):
+                    if count:
+                        requests.add_metric([b.name, version, cls], count)
             cumulative, buckets = 0, []
             for bound, count in zip((*HISTOGRAM_BOUNDS_S, float("inf")), b.stats.histogram):
                 cumulative += count

@@ -26,6 +26,8 @@ WINDOW_S = 60
 FINE_RATIO = 1.04
 FINE_FLOOR_S = 0.0001
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_INV_FLOOR = 1.0 / FINE_FLOOR_S
+_INV_LOG_RATIO = 1.0 / math.log(FINE_RATIO)
 
 
 def code_class(status: int) -> str:
@@ -39,21 +41,18 @@ class LatencyWindow:
 
     def __init__(self):
         self._seconds = [-1] * WINDOW_S
-        self._buckets: list[Counter] = [Counter() for _ in range(WINDOW_S)]
-
-    @staticmethod
-    def _fine(duration_s: float) -> int:
-        if duration_s <= FINE_FLOOR_S:
-            return 0
-        return int(math.log(duration_s / FINE_FLOOR_S, FINE_RATIO)) + 1
+        self._buckets: list[dict[int, int]] = [{} for _ in range(WINDOW_S)]
 
     def add(self, duration_s: float, now_s: float) -> None:
         second = int(now_s)
         slot = second % WINDOW_S
         if self._seconds[slot] != second:
             self._seconds[slot] = second
-            self._buckets[slot] = Counter()
-        self._buckets[slot][self._fine(duration_s)] += 1
+            self._buckets[slot] = {}
+        buckets = self._buckets[slot]
+        fine = int(math.log(duration_s * _INV_FLOOR) * _INV_LOG_RATIO) + 1 \
+            if duration_s > FINE_FLOOR_S else 0
+        buckets[fine] = buckets.get(fine, 0) + 1
 
     def quantiles(self, now_s: float, qs=(0.5, 0.99)) -> list[float | None]:
         """Latency quantiles in seconds over the last WINDOW_S seconds (None if empty)."""
@@ -85,7 +84,7 @@ class BackendStats:
                  "connect_errors", "lb_failures", "since")
 
     def __init__(self):
-        self.by_class: Counter = Counter()            # (version, "2xx") -> requests
+        self.by_class: dict[str, list[int]] = {}      # version -> requests per class 1xx..5xx
         self.histogram = [0] * (len(HISTOGRAM_BOUNDS_S) + 1)
         self.histogram_sum = 0.0
         self.window = LatencyWindow()
@@ -95,15 +94,19 @@ class BackendStats:
         self.since = time.time()
 
     def record(self, version: str, status: int, duration_s: float, now_s: float) -> None:
-        self.by_class[version, CLASSES[min(max(status // 100, 1), 5) - 1]] += 1
+        counts = self.by_class.get(version)
+        if counts is None:
+            counts = self.by_class[version] = [0, 0, 0, 0, 0]
+        counts[min(max(status // 100, 1), 5) - 1] += 1
         self.histogram[bisect.bisect_left(HISTOGRAM_BOUNDS_S, duration_s)] += 1
         self.histogram_sum += duration_s
         self.window.add(duration_s, now_s)
 
     def summary(self, now_s: float) -> dict:
         classes = Counter()
-        for (_, cls), count in self.by_class.items():
-            classes[cls] += count
+        for counts in self.by_class.values():
+            for cls, count in zip(CLASSES, counts):
+                classes[cls] += count
         p50, p99 = self.window.quantiles(now_s)
         return {"requests": sum(classes.values()), **{c: classes[c] for c in CLASSES[1:]},
                 "lb_failures": self.lb_failures, "retries": self.retries,
