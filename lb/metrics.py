@@ -81,6 +81,9 @@ class AccessLog:
 # Prometheus: a collector that reads lb's own counters at scrape time, so the
 # hot path never touches a prometheus-client object; and its own listener.
 
+DRAIN_BOUNDS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
 class LbCollector:
     """Every lb metric, built from the proxy's state when scraped."""
 
@@ -141,9 +144,12 @@ class LbCollector:
         clients.add_metric([], len(proxy.clients))
         drains = CounterMetricFamily("lb_drains", "Drains started")
         drains.add_metric([], proxy.stats.drains)
-        drain_time = GaugeMetricFamily("lb_drain_duration_seconds_last",
-                                       "How long the last completed drain took")
-        drain_time.add_metric([], proxy.stats.drain_durations[-1] if proxy.stats.drain_durations else 0)
+        drain_time = HistogramMetricFamily("lb_drain_duration_seconds",
+                                           "From drain to drained (or to the deadline)")
+        durations = proxy.stats.drain_durations
+        drain_time.add_metric([], [("+Inf" if b == float("inf") else repr(b),
+                                    sum(1 for d in durations if d <= b))
+                                   for b in (*DRAIN_BOUNDS_S, float("inf"))], sum(durations))
         yield from (retries, failed, capacity, clients, drains, drain_time)
         pinning = proxy.pinning
         if pinning is not None:

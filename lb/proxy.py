@@ -846,6 +846,7 @@ class Proxy:
         for client in list(self.tunnels.pop(backend.name, ())):
             backend.tunnels -= 1
             client.end_tunnel()
+            self.stats.lb_failure("cut")
             cut += 1
         for conn in [c for c in self.upstreams.active if c.backend is backend and c.exchange]:
             conn.exchange.fail(LbError("the backend was drained before it answered", 503))

@@ -48,6 +48,8 @@ def test_scripted_run_gives_exact_counts(spawn, tmp_path):
     assert lb.ctl("drain web1")["ok"]
     samples = scrape(lb)
     assert value(samples, "lb_drains_total") == 1
+    assert value(samples, "lb_drain_duration_seconds_count") == 1     # nothing in flight: at once
+    assert value(samples, "lb_drain_duration_seconds_bucket", le="0.1") == 1
     assert value(samples, "lb_backend_state", backend="web1", state="drained") == 1
     stats = lb.ctl("show stats web1")["stats"]
     assert (stats["requests"], stats["2xx"], stats["4xx"], stats["5xx"]) == (15, 10, 3, 2)
