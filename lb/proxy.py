@@ -412,6 +412,7 @@ class ClientConnection(asyncio.Protocol):
         self.got_bytes = False
         self.write_paused = False
         self.eof_written = False                 # a tunnel's backend half-closed towards us
+        self.eof_seen = False                    # the client half-closed its side of a tunnel
         self._corked: list[bytes] | None = None  # writes held while one upstream read is parsed
         self.closed = False
         self.closing_after_current = False
@@ -448,8 +449,10 @@ class ClientConnection(asyncio.Protocol):
             self._parse_error(exc)
 
     def eof_received(self):
-        if self.tunnel is not None and self.tunnel.write_eof():
-            return True
+        if self.tunnel is not None:
+            # Both directions ended: close (connection_lost closes the other side too).
+            self.eof_seen = True
+            return not self.tunnel.eof_seen and self.tunnel.write_eof()
         if self.current is not None and self.current.request_done and not self.pending:
             # A half-close after a complete request: answer it, then close.
             self.closing_after_current = True

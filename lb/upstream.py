@@ -36,6 +36,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = None          # the ClientConnection served now: backpressure goes there
         self.reading_paused = False
         self.tunnel_peer = None     # the ClientConnection at the other end of a tunnel
+        self.eof_seen = False       # the backend half-closed its side of a tunnel
         self.responses = 0          # complete responses on this connection: > 0 means reused
         self.deadline = INFINITY
         self.closed = False
@@ -71,7 +72,10 @@ class UpstreamConnection(asyncio.Protocol):
             client.uncork()
 
     def eof_received(self):
-        return self.tunnel_peer is not None and self.tunnel_peer.write_eof()
+        if self.tunnel_peer is None:
+            return False
+        self.eof_seen = True        # both directions ended: close, the peer follows
+        return not self.tunnel_peer.eof_seen and self.tunnel_peer.write_eof()
 
     def connection_lost(self, exc) -> None:
         self.closed = True

@@ -74,6 +74,8 @@ async def test_websocket_on_a_draining_node_gets_1001_at_the_deadline(spawn, tmp
             assert (await asyncio.wait_for(short.receive(), 5)).data == "still served while draining"
             await short.close()                                   # ends before the deadline
             assert short.close_code == 1000
+            await asyncio.to_thread(wait_for, lambda: lb.server("web1")["tunnels"] == 1, 0.8,
+                                    "the short tunnel to close")
             started = time.monotonic()
             msg = await asyncio.wait_for(long.receive(), 5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001

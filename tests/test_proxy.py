@@ -187,6 +187,9 @@ async def test_websocket_is_tunnelled_after_101(shared_lb):
             assert (await asyncio.wait_for(ws.receive(), 5)).data == b"\x00\x01"
             await ws.close()
         assert ws.close_code == 1000
+    # both sides closed: lb keeps no half-closed tunnel behind
+    await asyncio.to_thread(wait_for, lambda: sum(s["tunnels"] for s in shared_lb.ctl(
+        "show servers")["servers"]) == 0, 2, "the tunnel to be gone")
 
 
 def test_refused_upgrade_leaves_a_working_http_connection(shared_lb):
