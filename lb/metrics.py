@@ -28,10 +28,6 @@ class AccessLog:
         self._second = -1
         self._second_text = ""
 
-    @property
-    def enabled(self) -> bool:
-        return self._out is not None
-
     def _timestamp(self) -> str:
         now = time.time()
         second = int(now)
