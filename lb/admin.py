@@ -26,6 +26,7 @@ from typing import Callable
 from .config import VERSION_RE, BackendConfig, ConfigError, _build, _Invalid, load_config, parse_duration
 from .errors import LbError
 from .pool import DRAINED, DRAINING, MAINT, READY, UP
+from .stats import iso_utc
 
 log = logging.getLogger("lb.admin")
 
@@ -89,7 +90,7 @@ class Admin:
         return {"servers": [b.describe(now) for b in self.pool.backends.values()]}
 
     def show_server(self, name: str) -> dict:
-        return {"server": self.pool.get(name).describe(self.proxy.now())}
+        return self._server(self.pool.get(name))
 
     def show_versions(self) -> dict:
         rows = self.pool.version_rows()
@@ -106,32 +107,37 @@ class Admin:
 
     def show_stats(self, name: str | None = None) -> dict:
         now = time.monotonic()
+
+        def record(b) -> dict:
+            return {"name": b.name, "version": b.version, **b.stats.summary(now)}
+
         if name is not None:
-            backend = self.pool.get(name)
-            return {"stats": {"name": name, "version": backend.version, **backend.stats.summary(now)}}
-        servers = [{"name": b.name, "version": b.version, **b.stats.summary(now)}
-                   for b in self.pool.backends.values()]
+            return {"stats": record(self.pool.get(name))}
+        servers = [record(b) for b in self.pool.backends.values()]
         totals = {key: sum(s[key] for s in servers)
                   for key in ("requests", "2xx", "3xx", "4xx", "5xx", "lb_failures", "connect_errors")}
         proxy_stats = self.proxy.stats
         totals.update(retries=self.proxy.retries, failed=dict(proxy_stats.failed),
-                      since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(proxy_stats.since)))
+                      since=iso_utc(proxy_stats.since))
         return {"stats": {"totals": totals, "servers": servers}}
 
     def drain(self, name: str) -> dict:
-        backend = self.pool.get(name)
-        self.proxy.set_admin_state(backend, "drain")
-        return {"server": backend.describe()}
+        return self._set_state(name, "drain")
 
     def ready(self, name: str) -> dict:
-        backend = self.pool.get(name)
-        self.proxy.set_admin_state(backend, "ready")
-        return {"server": backend.describe()}
+        return self._set_state(name, "ready")
 
     def maint(self, name: str) -> dict:
+        return self._set_state(name, "maint")
+
+    def _set_state(self, name: str, event: str) -> dict:
         backend = self.pool.get(name)
-        self.proxy.set_admin_state(backend, "maint")
-        return {"server": backend.describe()}
+        self.proxy.set_admin_state(backend, event)
+        return self._server(backend)
+
+    def _server(self, backend) -> dict:
+        """The reply payload that shows one server."""
+        return {"server": backend.describe(self.proxy.now())}
 
     async def wait(self, name: str, state: str, timeout: str | None = None) -> dict:
         backend = self.pool.get(name)
@@ -152,7 +158,7 @@ class Admin:
                 raise LbError(f"timed out after {timeout_s:g}s waiting for {name} to be {state}; "
                               f"it is {backend.admin_state}/{backend.health} with "
                               f"{backend.inflight} in flight and {backend.tunnels} tunnels", 504) from None
-        reply = {"waited_s": round(time.monotonic() - started, 3), "server": backend.describe()}
+        reply = {"waited_s": round(time.monotonic() - started, 3), **self._server(backend)}
         if state == "drained":
             reply["cut"] = backend.drain_cut   # requests and tunnels the deadline closed
         return reply
@@ -163,7 +169,7 @@ class Admin:
         backend.version = version
         self.pool.note_version(version)
         self.proxy.notify()
-        return {"server": backend.describe()}
+        return self._server(backend)
 
     def set_weight(self, name: str, weight: str) -> dict:
         backend = self.pool.get(name)
@@ -171,7 +177,7 @@ class Admin:
             raise LbError(f"'set weight' expects a whole number from 0 to 1000, got {weight!r}")
         backend.set_weight(int(weight))
         self.proxy.notify()
-        return {"server": backend.describe()}
+        return self._server(backend)
 
     def set_target(self, version: str) -> dict:
         _check_version(version)
@@ -191,7 +197,7 @@ class Admin:
         backend = self.proxy.add_backend(_backend_config(fields))
         backend.admin_state = MAINT
         self.proxy.notify()
-        return {"server": backend.describe()}
+        return self._server(backend)
 
     def del_server(self, name: str) -> dict:
         backend = self.pool.get(name)
@@ -200,7 +206,7 @@ class Admin:
                           f"flight; {name} is {backend.admin_state} with {backend.inflight} in flight",
                           409)
         self.proxy.remove_backend(backend)
-        return {"server": backend.describe()}
+        return self._server(backend)
 
     def reload(self) -> dict:
         if self.config_path is None:

@@ -30,6 +30,11 @@ _INV_FLOOR = 1.0 / FINE_FLOOR_S
 _INV_LOG_RATIO = 1.0 / math.log(FINE_RATIO)
 
 
+def iso_utc(epoch_s: float) -> str:
+    """A wall-clock time as shown to operators: 2026-11-26T18:00:00Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+
+
 def code_class(status: int) -> str:
     return CLASSES[min(max(status // 100, 1), 5) - 1]
 
@@ -113,7 +118,7 @@ class BackendStats:
                 "connect_errors": self.connect_errors,
                 "p50_ms": round(p50 * 1000, 2) if p50 is not None else None,
                 "p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
-                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))}
+                "since": iso_utc(self.since)}
 
 
 class ProxyStats:
