@@ -17,16 +17,18 @@ import asyncio
 import inspect
 import json
 import logging
+import math
 import os
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
 from .config import VERSION_RE, BackendConfig, ConfigError, _build, _Invalid, load_config, parse_duration
 from .errors import LbError
 from .pool import DRAINED, DRAINING, MAINT, READY, UP
-from .stats import iso_utc
+from .stats import WINDOW_S, bucket_quantiles, iso_utc, ms
 
 log = logging.getLogger("lb.admin")
 
@@ -120,6 +122,21 @@ class Admin:
         totals.update(retries=self.proxy.retries, failed=dict(proxy_stats.failed),
                       since=iso_utc(proxy_stats.since))
         return {"stats": {"totals": totals, "servers": servers}}
+
+    def show_latency(self, names: str, window: str) -> dict:
+        """Latency of a group of servers over the last WINDOW, their windows merged."""
+        window_s = _seconds(window)
+        if not 1 <= window_s <= WINDOW_S:
+            raise LbError(f"'show latency' expects a WINDOW from 1s to {WINDOW_S}s, got {window!r}")
+        backends = [self.pool.get(name) for name in names.split(",") if name]
+        now = time.monotonic()
+        counts = Counter()
+        for backend in backends:
+            counts.update(backend.stats.window.counts(now, math.ceil(window_s)))
+        p50, p90, p99 = bucket_quantiles(counts, (0.5, 0.9, 0.99))
+        return {"latency": {"servers": [b.name for b in backends], "window_s": math.ceil(window_s),
+                            "requests": sum(counts.values()),
+                            "p50_ms": ms(p50), "p90_ms": ms(p90), "p99_ms": ms(p99)}}
 
     def drain(self, name: str) -> dict:
         return self._set_state(name, "drain")
@@ -247,6 +264,8 @@ COMMANDS = [
     Command(("show", "versions"), (), (), "versions, oldest first, with ready capacity", Admin.show_versions, False),
     Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s",
             Admin.show_stats, False),
+    Command(("show", "latency"), ("NAME[,NAME...]", "WINDOW"), (), "p50/p90/p99 of those servers together "
+            "over the last WINDOW (1s..60s)", Admin.show_latency, False),
     Command(("drain",), ("NAME",), (), "no new requests; in-flight ones finish", Admin.drain, True),
     Command(("wait",), ("NAME", "STATE"), ("TIMEOUT",), "block until drained|ready|maint|up", Admin.wait, False),
     Command(("ready",), ("NAME",), (), "back into service", Admin.ready, True),

@@ -59,27 +59,40 @@ class LatencyWindow:
             if duration_s > FINE_FLOOR_S else 0
         buckets[fine] = buckets.get(fine, 0) + 1
 
-    def quantiles(self, now_s: float, qs=(0.5, 0.99)) -> list[float | None]:
-        """Latency quantiles in seconds over the last WINDOW_S seconds (None if empty)."""
-        oldest = int(now_s) - WINDOW_S + 1
+    def counts(self, now_s: float, window_s: int = WINDOW_S) -> Counter:
+        """Fine-bucket counts of the last `window_s` seconds (the current one included)."""
+        oldest = int(now_s) - min(max(window_s, 1), WINDOW_S) + 1
         merged: Counter = Counter()
         for second, buckets in zip(self._seconds, self._buckets):
             if second >= oldest:
                 merged.update(buckets)
-        total = sum(merged.values())
-        if not total:
-            return [None] * len(qs)
-        ordered = sorted(merged.items())
-        out = []
-        for q in qs:
-            rank, seen = q * total, 0
-            for index, count in ordered:
-                seen += count
-                if seen >= rank:
-                    # the bucket's geometric middle
-                    out.append(FINE_FLOOR_S * FINE_RATIO ** (index - 0.5) if index else FINE_FLOOR_S)
-                    break
-        return out
+        return merged
+
+    def quantiles(self, now_s: float, qs=(0.5, 0.99)) -> list[float | None]:
+        """Latency quantiles in seconds over the last WINDOW_S seconds (None if empty)."""
+        return bucket_quantiles(self.counts(now_s), qs)
+
+
+def bucket_quantiles(counts: Counter, qs=(0.5, 0.99)) -> list[float | None]:
+    """Quantiles in seconds of fine-bucket counts (merged from any number of windows)."""
+    total = sum(counts.values())
+    if not total:
+        return [None] * len(qs)
+    ordered = sorted(counts.items())
+    out = []
+    for q in qs:
+        rank, seen = q * total, 0
+        for index, count in ordered:
+            seen += count
+            if seen >= rank:
+                # the bucket's geometric middle
+                out.append(FINE_FLOOR_S * FINE_RATIO ** (index - 0.5) if index else FINE_FLOOR_S)
+                break
+    return out
+
+
+def ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 2) if seconds is not None else None
 
 
 class BackendStats:
@@ -116,8 +129,7 @@ class BackendStats:
         return {"requests": sum(classes.values()), **{c: classes[c] for c in CLASSES[1:]},
                 "lb_failures": self.lb_failures, "retries": self.retries,
                 "connect_errors": self.connect_errors,
-                "p50_ms": round(p50 * 1000, 2) if p50 is not None else None,
-                "p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
+                "p50_ms": ms(p50), "p99_ms": ms(p99),
                 "since": iso_utc(self.since)}
 
 

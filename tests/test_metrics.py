@@ -80,6 +80,25 @@ def test_show_stats_quantiles_match_what_the_client_measured(spawn, tmp_path):
     assert stats["p99_ms"] == pytest.approx(max(measured), rel=0.10)
 
 
+def test_show_latency_merges_a_group_over_a_short_window(spawn, tmp_path):
+    fast, slow = spawn(Backend, "web1"), spawn(Backend, "web2")
+    lb = spawn(Lb, tmp_path, [fast.config(), slow.config()], balance="round_robin")
+    for _ in range(10):
+        get(lb.port, "/slow?ms=20")       # round robin: web1 gets these...
+        get(lb.port, "/slow?ms=150")      # ...and web2 these
+    both = lb.ctl("show latency web1,web2 30s")["latency"]
+    assert both["servers"] == ["web1", "web2"] and both["requests"] == 20
+    assert both["p50_ms"] == pytest.approx(20, rel=0.5) and both["p99_ms"] == pytest.approx(150, rel=0.25)
+    web1, web2 = (lb.ctl(f"show latency {n} 30s")["latency"] for n in ("web1", "web2"))
+    assert web1["requests"] == web2["requests"] == 10
+    assert web1["p99_ms"] < 60 and web2["p50_ms"] > 120
+    for line, error in (("show latency web1,web9 5s", "unknown server 'web9'"),
+                        ("show latency web1 5m", "expects a WINDOW from 1s to 60s"),
+                        ("show latency web1", "usage: show latency NAME[,NAME...] WINDOW")):
+        reply = lb.ctl(line)
+        assert not reply["ok"] and error in reply["error"], reply
+
+
 def test_metrics_listener_answers_only_metrics(spawn, tmp_path):
     web = spawn(Backend, "web1")
     lb = spawn(Lb, tmp_path, [web.config()])
