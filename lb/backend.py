@@ -18,6 +18,12 @@ Every response carries X-Backend-Version and X-Backend-Node.
 --fail-rate P answers 500 to that fraction of requests (never to /health): a
 broken release whose health check still passes.
 SIGTERM/SIGINT: stop accepting, finish requests in flight, exit 0.
+
+For update commands (demo, tests, benches): `--pidfile F` records the pid once
+listening; `--replace` first stops the backend F names and waits until it is
+gone; `--detach` starts the server in its own session and returns once it
+listens, so `lb backend --listen ... --version v2 --pidfile F --replace --detach`
+is a complete "stop the old code, start the new" update command.
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ import base64
 import contextvars
 import hashlib
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -276,12 +286,90 @@ class BackendApp:
 
 
 async def serve(host: str, port: int, name: str, version: str, warmup_s: float,
-                fail_rate: float = 0.0) -> None:
+                fail_rate: float = 0.0, pidfile: str | None = None) -> None:
     app = BackendApp(name, version, warmup_s, fail_rate)
     server = await asyncio.start_server(app.handle, host, port, reuse_address=True, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         app.loop.add_signal_handler(sig, stop.set)
+    if pidfile:
+        _write_pidfile(pidfile, os.getpid())      # after the bind: "listening" to --detach
     print(json.dumps({"backend": name, "version": version, "listen": f"{host}:{port}"}), flush=True)
-    await stop.wait()
-    await app.stop(server)
+    try:
+        await stop.wait()
+        await app.stop(server)
+    finally:
+        if pidfile and read_pidfile(pidfile) == os.getpid():
+            os.unlink(pidfile)
+
+
+# -- the process as an update command drives it (--pidfile, --replace, --detach) --------
+
+def read_pidfile(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_pidfile(path: str, pid: int) -> None:
+    tmp = f"{path}.{pid}.tmp"
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(f"{pid}\n")
+    os.replace(tmp, path)
+
+
+def backend_alive(pid: int) -> bool:
+    """True while `pid` is a running (not zombie) `lb backend` process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            is_backend = b"\0backend\0" in handle.read()
+    except (OSError, IndexError):
+        return False
+    return state != b"Z" and is_backend     # a reused pid is not ours to signal
+
+
+def stop_pidfile(path: str, timeout_s: float = 15.0) -> bool:
+    """SIGTERM the backend named by `path` and wait until it is gone (SIGKILL at the
+    timeout). Returns whether there was one to stop."""
+    pid = read_pidfile(path)
+    if pid is None or not backend_alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while backend_alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.02)
+    return True
+
+
+def start_detached(argv: list[str], pidfile: str, log_path: str | None,
+                   timeout_s: float = 15.0) -> int:
+    """Start `lb backend ARGV` in its own session, wait until it listens (it writes
+    `pidfile` after binding) and return its pid. Raises RuntimeError if it exits first."""
+    try:
+        os.unlink(pidfile)
+    except FileNotFoundError:
+        pass
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "lb.cli", "backend", *argv, "--pidfile", pidfile],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        if log_path:
+            out.close()
+    deadline = time.monotonic() + timeout_s
+    while read_pidfile(pidfile) != proc.pid:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the backend exited with code {proc.returncode} before listening")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the backend did not listen within {timeout_s:g}s")
+        time.sleep(0.02)
+    return proc.pid

@@ -1,9 +1,10 @@
-"""The `lb` command: serve | ctl | backend | demo."""
+"""The `lb` command: serve | ctl | deploy | demo | backend."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -52,7 +53,6 @@ def default_socket() -> str:
 
 
 def cmd_ctl(args) -> int:
-    import json
     import socket
     path = args.socket or default_socket()
     line = " ".join(args.words) + "\n"
@@ -74,7 +74,7 @@ def cmd_ctl(args) -> int:
 
 
 def cmd_backend(args) -> int:
-    from .backend import serve
+    from .backend import serve, start_detached, stop_pidfile
     try:
         host, port = parse_hostport(args.listen)
     except _Invalid as exc:
@@ -83,9 +83,53 @@ def cmd_backend(args) -> int:
     if not 0.0 <= args.fail_rate <= 1.0:
         print("lb backend: --fail-rate: expected a fraction from 0 to 1", file=sys.stderr)
         return 2
+    if (args.replace or args.detach) and not args.pidfile:
+        print("lb backend: --replace and --detach need --pidfile", file=sys.stderr)
+        return 2
+    if args.replace:
+        stop_pidfile(args.pidfile)
+    if args.detach:
+        argv = ["--listen", args.listen, "--version", args.version, "--warmup", str(args.warmup),
+                "--fail-rate", str(args.fail_rate), *(["--name", args.name] if args.name else [])]
+        try:
+            pid = start_detached(argv, args.pidfile, args.log)
+        except RuntimeError as exc:
+            print(f"lb backend: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps({"backend": args.name, "version": args.version, "pid": pid}))
+        return 0
     run_async(serve(host, port, args.name or f"{host}:{port}", args.version, args.warmup,
-                    args.fail_rate))
+                    args.fail_rate, args.pidfile))
     return 0
+
+
+def cmd_deploy(args) -> int:
+    from .deploy import EXIT_USAGE, DeployError, Options, parse_seconds
+    from .deploy_run import deploy_command
+    from .deploy_view import JsonView, TtyView
+    view = TtyView() if sys.stdout.isatty() else JsonView()
+    opts = None
+    try:
+        if not args.resume:
+            missing = [flag for flag, value in (("--to", args.to), ("--update", args.update)) if not value]
+            if missing:
+                raise DeployError(f"{' and '.join(missing)} required (or --resume)")
+            bake_s = parse_seconds(args.bake or "10s", "--bake")
+            canary_bake_s = parse_seconds(args.canary_bake, "--canary-bake") if args.canary_bake else 3 * bake_s
+            opts = Options(
+                to=args.to, update=args.update, rollback=args.rollback, batch=args.batch, canary=args.canary,
+                bake_s=bake_s, canary_bake_s=canary_bake_s, max_error_rate=args.max_error_rate,
+                max_p99_ratio=args.max_p99_ratio,
+                health_timeout_s=parse_seconds(args.health_timeout, "--health-timeout"),
+                drain_timeout_s=parse_seconds(args.drain_timeout, "--drain-timeout"),
+                update_timeout_s=parse_seconds(args.update_timeout, "--update-timeout"),
+                min_ready=args.min_ready, rollback_done=not args.no_rollback_done)
+    except DeployError as exc:
+        view.error(exc.message)
+        return EXIT_USAGE
+    log_path = args.log or (args.state[:-len(".state")] if args.state.endswith(".state") else args.state) + ".log"
+    return run_async(deploy_command(opts, args.socket or default_socket(), args.state, log_path, view,
+                                    args.resume, args.dry_run, expect_to=args.to))
 
 
 def cmd_demo(args) -> int:
@@ -106,6 +150,39 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("words", nargs="+", help="the command, e.g. show servers")
     ctl.set_defaults(func=cmd_ctl)
 
+    deploy = sub.add_parser("deploy", help="rolling deploy through a running lb's admin socket",
+                            description="Drain, update, check and put back the nodes not yet on "
+                            "--to, a canary first, then --batch at a time; roll back on trouble. "
+                            "Exit 0 done, 1 failed and rolled back, 2 bad arguments or lb "
+                            "unreachable, 3 failed and not fully rolled back, 130 interrupted.")
+    deploy.add_argument("-s", "--socket", help="admin socket (default: the embedded config's)")
+    deploy.add_argument("--to", help="the version to roll to")
+    deploy.add_argument("--update", help="shell command that puts the new code on a node; "
+                        "placeholders {name} {host} {port} {version} {old_version}, also in env "
+                        "LB_NODE LB_HOST LB_PORT LB_VERSION LB_OLD_VERSION")
+    deploy.add_argument("--rollback", help="command that puts the old code back (default: --update "
+                        "with {version} the old version)")
+    deploy.add_argument("--batch", default="1", help="nodes at a time after the canary: N or N%% (default 1)")
+    deploy.add_argument("--canary", type=int, default=1, help="nodes of the first batch, alone (default 1)")
+    deploy.add_argument("--bake", help="watch time after each batch (default 10s)")
+    deploy.add_argument("--canary-bake", help="watch time after the canary (default 3 x --bake)")
+    deploy.add_argument("--max-error-rate", type=float, default=0.01,
+                        help="how far a batch's 5xx rate may exceed the old version's (default 0.01)")
+    deploy.add_argument("--max-p99-ratio", type=float, default=2.0,
+                        help="a batch's p99 over the old version's (default 2.0)")
+    deploy.add_argument("--health-timeout", default="60s", help="for a node to be up after ready")
+    deploy.add_argument("--drain-timeout", default="30s", help="for a node to be drained")
+    deploy.add_argument("--update-timeout", default="10m", help="for the update command")
+    deploy.add_argument("--min-ready", default="80%", help="weight that stays in service (default 80%%)")
+    deploy.add_argument("--no-rollback-done", action="store_true",
+                        help="on failure roll back only the failing batch")
+    deploy.add_argument("--state", default="lb-deploy.state", help="progress file (default lb-deploy.state)")
+    deploy.add_argument("--log", help="deploy log with the commands' output (default: beside --state)")
+    deploy.add_argument("--resume", action="store_true", help="continue the deploy recorded in --state")
+    deploy.add_argument("--dry-run", action="store_true", help="print the plan after checking lb, nodes "
+                        "and --min-ready; change nothing")
+    deploy.set_defaults(func=cmd_deploy)
+
     backend = sub.add_parser("backend", help="the demo/test app server")
     backend.add_argument("--listen", required=True, help="HOST:PORT")
     backend.add_argument("--version", required=True)
@@ -113,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--warmup", type=float, default=0.0, help="seconds /health answers 503")
     backend.add_argument("--fail-rate", type=float, default=0.0,
                          help="fraction of requests (not /health) answered 500")
+    backend.add_argument("--pidfile", help="write the pid here once listening")
+    backend.add_argument("--replace", action="store_true",
+                         help="first stop the backend --pidfile names, and wait until it is gone")
+    backend.add_argument("--detach", action="store_true",
+                         help="run in the background; return once it listens")
+    backend.add_argument("--log", help="with --detach: append the server's output here")
     backend.set_defaults(func=cmd_backend)
 
     demo = sub.add_parser("demo", help="10 backends + lb + live traffic")
