@@ -141,17 +141,17 @@ def test_restart_at_ready_leaves_ready_and_wait_up():
 
 # -- verdicts -----------------------------------------------------------------------------
 
-BASE = Sample(requests=1000, errors=5, p99_ms=20.0, latency_requests=1000, label="v1")
+BASE = Sample(requests=4000, errors=20, p99_ms=20.0, latency_requests=4000, label="v1")
 
 
 @pytest.mark.parametrize("batch, baseline, lb_failed, ok, reason", [
     (Sample(200, 2, 22.0, 200), BASE, {}, True, None),                    # 1 % vs 0.5 %
     (Sample(200, 4, 22.0, 200), BASE, {}, False, "error rate 2.0% (4 of 200) against 0.5% on v1"),
     (Sample(200, 20, 22.0, 200), None, {}, False, "error rate 10.0% (20 of 200) against 0.0% on no baseline"),
-    (Sample(200, 0, 41.0, 200), BASE, {}, False, "p99 41.0 ms against 20.0 ms on v1: 2.05x"),
-    (Sample(200, 0, 39.0, 200), BASE, {}, True, None),
-    (Sample(50, 0, 900.0, 50), BASE, {}, True, None),                     # too few samples for a p99
-    (Sample(200, 0, 1.9, 200), Sample(1000, 0, 0.2, 1000, label="v1"), {}, True, None),   # 1 ms floor
+    (Sample(1000, 0, 41.0, 1000), BASE, {}, False, "p99 41.0 ms against 20.0 ms on v1: 2.05x"),
+    (Sample(1000, 0, 39.0, 1000), BASE, {}, True, None),
+    (Sample(999, 0, 900.0, 999), BASE, {}, True, None),                   # too few samples for a p99
+    (Sample(1000, 0, 1.9, 1000), Sample(1000, 0, 0.2, 1000, label="v1"), {}, True, None),   # 1 ms floor
     (Sample(0, 0, None, 0), BASE, {}, True, None),                        # no traffic: nothing against it
     (Sample(200, 0, 20.0, 200), BASE, {"502": 1}, False, "lb failed 1 client request(s) during the batch (502: 1)"),
 ])
@@ -161,6 +161,9 @@ def test_judge(batch, baseline, lb_failed, ok, reason):
     if reason:
         assert any(r.startswith(reason) for r in verdict.reasons), verdict.reasons
     assert verdict.numbers["requests"] == batch.requests
+    judged = baseline is not None and min(batch.latency_requests, baseline.latency_requests) >= 1000
+    assert (verdict.numbers["p99_ratio"] is not None) == judged
+    assert (verdict.numbers["p99_note"] is None) == judged
 
 
 def test_only_lb_made_failures_count_against_a_deploy():
