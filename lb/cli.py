@@ -198,9 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--log", help="with --detach: append the server's output here")
     backend.set_defaults(func=cmd_backend)
 
-    demo = sub.add_parser("demo", help="10 backends + lb + live traffic")
+    demo = sub.add_parser("demo", help="10 backends + lb + live traffic + a v1 -> v2 rolling deploy")
     demo.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    demo.add_argument("--seconds", type=float, default=15.0)
+    demo.add_argument("--bad", action="store_true", help="deploy a v2 that fails 10%% of requests")
+    demo.add_argument("--users", type=int, default=20, help="users at a time (default 20)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,0 +1,40 @@
+"""`lb demo` (what `make demo` runs) on free ports: it deploys, reports, and stops what it started."""
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PYTHON, ROOT, free_port, port_open
+
+
+def demo_config(tmp_path: Path) -> tuple[Path, dict]:
+    config = yaml.safe_load((ROOT / "config" / "lb.yaml").read_text())
+    config.update(listen=f"127.0.0.1:{free_port()}", metrics={"listen": f"127.0.0.1:{free_port()}"},
+                  admin={"socket": str(Path(tempfile.mkdtemp(prefix="lb", dir="/tmp")) / "lb.sock")})
+    for backend in config["backends"]:
+        backend["address"] = f"127.0.0.1:{free_port()}"
+    path = tmp_path / "lb.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+@pytest.mark.parametrize("bad, expected", [
+    (False, ["deploy exit 0", " 0 failed, 0 users sent back from v2 to v1"]),
+    (True, ["deploy exit 1", "the rest of the failures: 0"]),
+])
+def test_the_demo_deploys_and_cleans_up(tmp_path, bad, expected):
+    path, config = demo_config(tmp_path)
+    result = subprocess.run([PYTHON, "-m", "lb.cli", "demo", "-c", str(path), *(["--bad"] if bad else [])],
+                            cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = result.stdout[result.stdout.index("demo summary:"):]
+    assert all(text in summary for text in expected), summary
+    events = [line for line in result.stdout.splitlines() if line.startswith('{"t"')]
+    assert any('"event": "summary"' in line for line in events)      # the deploy's JSON lines (no tty)
+    ports = [int(config["listen"].rsplit(":", 1)[1])] + \
+        [int(b["address"].rsplit(":", 1)[1]) for b in config["backends"]]
+    assert not any(port_open(port) for port in ports), "the demo left a process listening"
+    assert not list((tmp_path / "run" / "demo").glob("*.pid"))
