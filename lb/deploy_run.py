@@ -551,4 +551,5 @@ async def deploy_command(opts: Options | None, socket_path: str, state_path: str
             loop.remove_signal_handler(sig)
     view.summary(await report(deployer, code))
     view.close()
+    deployer.log.close()
     return code

@@ -101,8 +101,9 @@ class TtyView:
                 self.done += len(f["nodes"])
                 for name in f["nodes"]:
                     self.nodes[name] = "done"
+                note = f" ({f['p99_note']})" if f.get("p99_note") else ""
                 return (f"✓ {' '.join(f['nodes'])} baked: {f['requests']} requests, "
-                        f"5xx {f['error_rate']:.2%}, p99 {_ms(f['p99_ms'])}")
+                        f"5xx {f['error_rate']:.2%}, p99 {_ms(f['p99_ms'])}{note}")
             return f"✗ bake failed: {'; '.join(f['reasons'])}"
         if kind in ("failed", "rollback", "stopping", "interrupted", "replan"):
             self.phase = kind
