@@ -203,8 +203,11 @@ class Deployer:
                     return batch
             self._event("batch", index=state.batch + 1, of=len(state.batches), nodes=list(batch.nodes),
                         canary=batch.canary)
-            before = await self.snapshot()
-            failure = await self.walk_all(batch.nodes, "forward") or await self.bake(batch, before)
+            try:
+                before = await self.snapshot()
+                failure = await self.walk_all(batch.nodes, "forward") or await self.bake(batch, before)
+            except (StepFailed, Unreachable) as exc:      # reading stats failed: judge nothing blind
+                failure = {"node": ",".join(batch.nodes), "step": "bake", "reason": str(exc)}
             if failure or self.stopping:
                 return failure
             state.baked.extend(batch.nodes)
@@ -261,6 +264,9 @@ class Deployer:
             try:
                 await self.do_step(name, step, direction)
             except StepFailed as exc:
+                # a refused admin command changed nothing; a failed shell command may have
+                # done half its work, so the step stays "started" (a rollback then restores)
+                progress.running = step.admin is None
                 progress.error = f"{step.name}: {exc.reason}"
                 self.save()
                 self.batch_failed = True
@@ -285,7 +291,10 @@ class Deployer:
             await run_command(command, command_env(values), timeout_s, self.log, name)
             return
         line = step.admin.format(name=name, version=values["version"], timeout=f"{timeout_s:g}")
-        await self.admin.ok(line, timeout_s + REPLY_SLACK_S)
+        try:
+            await self.admin.ok(line, timeout_s + REPLY_SLACK_S)
+        except Unreachable as exc:
+            raise StepFailed(exc.message) from None
 
     def values(self, name: str, direction: str) -> dict:
         old = self.state.old_versions[name]
@@ -352,14 +361,17 @@ class Deployer:
         state = self.state
         self._event("rollback", failed_batch=state.batch + 1 if state.batch < len(state.batches) else None,
                     finished_batches=state.batch if self.opts.rollback_done else 0)
-        for group in self.restore_groups():
-            if self.stopping:
-                return self.interrupted()
-            for sub in await self.restore_fits(group):
-                await self.restore(sub)
+        try:
+            for group in self.restore_groups():
+                if self.stopping:
+                    return self.interrupted()
+                for sub in await self.restore_fits(group):
+                    await self.restore(sub)
+        except (StepFailed, Unreachable) as exc:
+            self._event("rollback_error", reason=str(exc))
         if self.stopping:
             return self.interrupted()
-        left = [n for n, p in state.progress.items() if p.error or self.needs_restore(n, p)]
+        left = [n for n, p in state.progress.items() if self.needs_restore(n, p)]
         state.phase = "stuck" if left else "rolled_back"
         self.save()
         return EXIT_STUCK if left else EXIT_ROLLED_BACK
@@ -540,8 +552,8 @@ async def deploy_command(opts: Options | None, socket_path: str, state_path: str
     except asyncio.CancelledError:
         asyncio.current_task().uncancel()
         code = deployer.interrupted()
-    except DeployError as exc:            # lb unreachable for longer than RECONNECT_S
-        deployer.state.failure = {"node": "-", "step": "admin", "reason": exc.message}
+    except (DeployError, StepFailed) as exc:     # lb unreachable for longer than RECONNECT_S
+        deployer.state.failure = {"node": "-", "step": "admin", "reason": str(exc)}
         deployer.state.phase = "stuck"
         deployer.save()
         code = EXIT_STUCK

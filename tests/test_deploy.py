@@ -315,3 +315,19 @@ async def test_an_unreachable_lb_exits_2(tmp_path):
         stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and b"cannot reach lb on admin socket" in err
+
+
+async def test_a_restart_of_lb_mid_deploy_costs_retries_not_the_deploy(spawn, fleet, tmp_path):
+    nodes = fleet(3)
+    lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
+    deploy = await Deploy(lb, "--to", "v2", "--update", "sleep 1; " + nodes.update_command(),
+                          "--min-ready", "60%", "--bake", "500ms", "--canary-bake", "500ms").start()
+    await deploy.wait_event(lambda e: e["event"] == "step" and e["node"] == "web1" and e["step"] == "update")
+    assert await asyncio.to_thread(lb.stop) == 0
+    await deploy.wait_event(lambda e: e["event"] == "step" and e["step"] == "set version")
+    await asyncio.sleep(1.0)                     # `set version` meets no lb for a while
+    await asyncio.to_thread(lb._start)           # the state file kept web1 drained
+    assert await deploy.finish() == 0, deploy.stderr
+    set_version = [e for e in deploy.of("step") if e["node"] == "web1" and e["step"] == "set version"]
+    assert [e["status"] for e in set_version] == ["start", "ok"] and set_version[1]["seconds"] >= 1.0
+    assert_all(lb, "v2")
