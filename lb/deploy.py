@@ -324,8 +324,10 @@ def judge(batch: Sample, baseline: Sample | None, lb_failed: dict, opts: Options
 
 
 def lb_made_failures(before: dict, after: dict) -> dict:
-    """lb-made failures between two `show stats` totals: 5xx lb answered and cut connections
-    (400/408/431... are the clients' own doing and do not count against a deploy)."""
+    """lb-made failures between two `show stats` totals: 5xx lb answered and connections cut
+    mid-response. 400/408/431... are the clients' own doing, and `drain_deadline` (a
+    tunnel closed at the drain deadline, a WebSocket with close 1001) is how long-lived
+    connections end by design; neither counts against a deploy."""
     out = {}
     for reason, count in after.items():
         if (reason == "cut" or reason.startswith("5")) and count > before.get(reason, 0):

@@ -849,7 +849,9 @@ class Proxy:
         for client in list(self.tunnels.pop(backend.name, ())):
             backend.tunnels -= 1
             client.end_tunnel()
-            self.stats.lb_failure("cut")
+            # the designed end of a long-lived connection (WebSocket close 1001), not a
+            # failed request: its own reason, so a deploy's bake can tell it from a cut
+            self.stats.lb_failure("drain_deadline")
             cut += 1
         for conn in [c for c in self.upstreams.active if c.backend is backend and c.exchange]:
             conn.exchange.fail(LbError("the backend was drained before it answered", 503))

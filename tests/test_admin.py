@@ -82,7 +82,7 @@ async def test_websocket_on_a_draining_node_gets_1001_at_the_deadline(spawn, tmp
             assert 0.3 < time.monotonic() - started < 3
     waited = await ctl(lb, "wait web1 drained 5")
     assert waited["ok"] and waited["server"]["tunnels"] == 0, waited
-    assert (await ctl(lb, "show stats"))["stats"]["totals"]["failed"] == {"cut": 1}
+    assert (await ctl(lb, "show stats"))["stats"]["totals"]["failed"] == {"drain_deadline": 1}
 
 
 def test_a_drained_node_stays_drained_across_a_restart(spawn, tmp_path):

@@ -168,7 +168,7 @@ def test_judge(batch, baseline, lb_failed, ok, reason):
 
 def test_only_lb_made_failures_count_against_a_deploy():
     before = {"400": 3, "502": 1}
-    after = {"400": 9, "408": 2, "431": 1, "502": 3, "503": 1, "cut": 1}
+    after = {"400": 9, "408": 2, "431": 1, "502": 3, "503": 1, "cut": 1, "drain_deadline": 4}
     assert lb_made_failures(before, after) == {"502": 2, "503": 1, "cut": 1}
     assert lb_made_failures(after, after) == {}
 
