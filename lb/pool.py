@@ -11,7 +11,7 @@ never filters the whole pool.
 
 Balancing policies are a name table (`POLICIES`); each is an object with
 `choose(candidates) -> Backend`. Every policy honours weight:
-- least_conn: the lowest (in-flight + 1) / weight, ties broken by rotation;
+- least_conn: the lowest (in-flight + 1) / weight, equal ones in turn;
 (the weight used is `effective_weight`: the configured weight times the
 slow-start factor of a node that just came back, see health.py)
 - round_robin: smooth weighted round robin (each backend gains its weight,
@@ -153,16 +153,18 @@ class LeastConn:
         self._turn = 0
 
     def choose(self, candidates: list[Backend]) -> Backend:
-        count = len(candidates)
-        self._turn = start = (self._turn + 1) % count
-        best = candidates[start]
-        best_load = (best.inflight + 1) / best.effective_weight
-        for i in range(1, count):
-            backend = candidates[(start + i) % count]
+        # Ties take turns among themselves. ("The first lowest after a rotating start"
+        # would hand the turns of a node that cannot win, e.g. one in slow start, to
+        # whichever node follows it.)
+        ties, best_load = None, None
+        for backend in candidates:
             load = (backend.inflight + 1) / backend.effective_weight
-            if load < best_load:
-                best, best_load = backend, load
-        return best
+            if ties is None or load < best_load:
+                ties, best_load = [backend], load
+            elif load == best_load:
+                ties.append(backend)
+        self._turn += 1
+        return ties[self._turn % len(ties)]
 
 
 class RoundRobin:
