@@ -1,14 +1,18 @@
 """The proof: a full rolling deploy under load, and what every client saw.
 
     .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|restart-lb|websocket]
-        [--sessions 200] [--rate 1000] [--steady 10] [--bake 10s] [--canary-bake 30s] [--tag T]
+        [--sessions 200] [--rate 1000] [--life 100] [--steady 10] [--baseline 5]
+        [--bake 10s] [--canary-bake 30s] [--tag T]
 
 10 `lb backend` processes (v1), lb on the embedded default config (free ports,
 its own admin socket, state and access log), and a load generator that shares
-no code with lb: aiohttp, --sessions users each with its own cookie jar and one
-keep-alive connection, sending on an open-loop schedule that adds up to --rate
-requests/s. Latency is measured from the *scheduled* send time, so a stall
-shows up in full (no coordinated omission).
+no code with lb: aiohttp, --sessions users at a time, each with its own cookie
+jar and one keep-alive connection, sending on an open-loop schedule that adds up
+to --rate requests/s. Latency is measured from the *scheduled* send time, so a
+stall shows up in full (no coordinated omission). A user leaves after --life
+requests and a new one (no cookie) takes its slot: new users are what a canary
+gets, as pinned users stay on their version. First, --baseline seconds of the
+same load go straight to the backends, for what the machine costs without lb.
 
 Phases: --steady seconds on v1; `lb deploy --to v2 --batch 2 --canary 1`, whose
 update command stops the node's backend (SIGTERM, after lb drained it) and
@@ -96,6 +100,8 @@ class System:
             backend["address"] = f"127.0.0.1:{self.ports[backend['name']]}"
         self.config_path = workdir / "lb.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
+        from lb.config import parse_duration
+        self.slow_start_s = parse_duration(config.get("slow_start", "10s"))
         self.lb: subprocess.Popen | None = None
 
     def pidfile(self, name: str) -> str:
@@ -153,8 +159,8 @@ class System:
 class Load:
     """Open-loop HTTP users with cookies, and optional WebSocket sessions."""
 
-    def __init__(self, url: str, sessions: int, rate: float):
-        self.url, self.sessions, self.rate = url, sessions, rate
+    def __init__(self, url: str, sessions: int, rate: float, life: int = 0):
+        self.url, self.sessions, self.rate, self.life = url, sessions, rate, life
         # (scheduled at, latency s, failure reason or "", version, node, session)
         self.records: list[tuple] = []
         self.ws_events: list[tuple] = []          # (at, kind, detail)
@@ -162,24 +168,31 @@ class Load:
         self.t0 = 0.0
         self.stopping = False
 
-    async def run_http(self, session_index: int, until: float) -> None:
+    async def run_http(self, slot: int, until: float, url: str | None = None) -> None:
+        """One slot of the schedule: a user with its own cookie jar and connection, who
+        leaves after `life` requests (0: never) and is replaced by a new one."""
         period = self.sessions / self.rate
-        next_at = self.t0 + session_index / self.rate
-        jar = aiohttp.CookieJar(unsafe=True)        # unsafe: cookies from an IP-address host
-        connector = aiohttp.TCPConnector(limit=1)
-        async with aiohttp.ClientSession(cookie_jar=jar, connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as http:
-            while next_at < until and not self.stopping:
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                self.records.append((next_at - self.t0, *await self.one(http, next_at), session_index))
-                next_at += period
+        next_at = self.t0 + slot / self.rate
+        generation = 0
+        while next_at < until and not self.stopping:
+            user = slot * 1_000_000 + generation
+            jar = aiohttp.CookieJar(unsafe=True)        # unsafe: cookies from an IP-address host
+            async with aiohttp.ClientSession(cookie_jar=jar, connector=aiohttp.TCPConnector(limit=1),
+                                             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as http:
+                sent = 0
+                while next_at < until and not self.stopping and (not self.life or sent < self.life):
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    self.records.append((next_at - self.t0, *await self.one(http, next_at, url), user))
+                    next_at += period
+                    sent += 1
+            generation += 1
 
-    async def one(self, http, scheduled: float) -> tuple:
+    async def one(self, http, scheduled: float, url: str | None = None) -> tuple:
         version = node = None
         try:
-            async with http.get(self.url + "/") as resp:
+            async with http.get((url or self.url) + "/") as resp:
                 body = await resp.read()
                 status, header_version = resp.status, resp.headers.get("X-Backend-Version")
         except asyncio.TimeoutError:
@@ -320,7 +333,9 @@ def analyse(load: Load, deploy: DeployRun, code: int, phases: dict, marks: list,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load": {"sessions": args.sessions, "rate_per_s": args.rate, "steady_s": args.steady,
+                 "user_life_requests": args.life,
                  "client": "aiohttp, open loop, latency from the scheduled send time"},
+        "direct_baseline": getattr(args, "direct", None),
         "deploy": {"exit": code, "seconds": round(phases["during"][1] - phases["during"][0], 1),
                    "batches": [e["nodes"] for e in deploy.events if e["event"] == "batch"],
                    "result": (deploy.events[-1] if deploy.events else {}).get("result"),
@@ -334,7 +349,7 @@ def analyse(load: Load, deploy: DeployRun, code: int, phases: dict, marks: list,
         "forward_moves": forward,
         "latency": latency, "steady_p99_ms": steady_p99,
         "p99_during_over_steady": round(during_p99 / steady_p99, 2) if during_p99 and steady_p99 else None,
-        "max_node_share": max_node_share(records, deploy.switches(), marks, phases),
+        "max_node_share": max_node_share(records, deploy.switches(), marks, args.slow_start_s),
         "websocket": {"sessions": WS_SESSIONS, "messages_echoed": load.ws_messages,
                       "closed_1001_and_reconnected": ws.get("going_away", 0),
                       "failures": ws.get("failure", 0),
@@ -362,25 +377,25 @@ def version_moves(records) -> tuple[Counter, int]:
     return flips, forward
 
 
-def max_node_share(records, switches, marks, phases) -> dict:
-    """The worst 1 s window: a node's requests over the mean of the nodes in service all
-    window long (a node switching or crashed during the window counts in neither)."""
+def max_node_share(records, switches, marks, slow_start_s: float) -> dict:
+    """The worst 1 s window: a node's requests over the mean of the nodes in full service
+    all window long (a node switching, in its slow-start ramp, or crashed counts in neither)."""
     crashed = {m["node"]: m["at"] for m in marks if m.get("node")}
     windows: dict[int, Counter] = defaultdict(Counter)
     for at, _, reason, _, node, _ in records:
         if not reason:
             windows[int(at)][node] += 1
-    worst, where = 0.0, None
+    worst, where, detail = 0.0, None, None
     for second, counts in sorted(windows.items())[:-1]:
         start, end = second, second + 1
         steady = {n: c for n, c in counts.items()
-                  if not any(s < end and e > start for s, e in switches.get(n, ()))
+                  if not any(s < end and e + slow_start_s > start for s, e in switches.get(n, ()))
                   and not (n in crashed and crashed[n] < end)}
         if len(steady) >= 2:
             ratio = max(steady.values()) / (sum(steady.values()) / len(steady))
             if ratio > worst:
-                worst, where = ratio, second
-    return {"ratio": round(worst, 2), "at_s": where}
+                worst, where, detail = ratio, second, dict(sorted(counts.items()))
+    return {"ratio": round(worst, 2), "at_s": where, "that_second": detail}
 
 
 def timeline(records, ws_events) -> list[dict]:
@@ -436,8 +451,22 @@ def picture(report: dict, events: list[dict], path: Path) -> bool:
 
 # -- main ---------------------------------------------------------------------------------
 
+async def direct_baseline(system: System, args) -> dict:
+    """The same load straight to the backends (slot i to backend i mod 10): what the
+    machine, the client and the Python backends cost without lb."""
+    load = Load("", args.sessions, args.rate)
+    load.t0 = time.monotonic() + 0.5
+    until = load.t0 + args.baseline
+    urls = [f"http://127.0.0.1:{system.ports[n]}" for n in system.names]
+    await asyncio.gather(*(load.run_http(i, until, urls[i % len(urls)]) for i in range(args.sessions)))
+    return {"seconds": args.baseline, **percentiles([r[1] for r in load.records if r[0] >= 1.0]),
+            "failed": sum(1 for r in load.records if r[2])}
+
+
 async def scenario_run(system: System, args) -> dict:
-    load = Load(f"http://127.0.0.1:{system.port}", args.sessions, args.rate)
+    if args.baseline:
+        args.direct = await direct_baseline(system, args)
+    load = Load(f"http://127.0.0.1:{system.port}", args.sessions, args.rate, args.life)
     load.t0 = t0 = time.monotonic() + 0.5
     far = t0 + 3600
     tasks = [asyncio.create_task(load.run_http(i, far)) for i in range(args.sessions)]
@@ -469,6 +498,10 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--steady", type=float, default=10.0)
+    parser.add_argument("--life", type=int, default=100,
+                        help="requests before a user leaves and a new one takes its slot (0: never)")
+    parser.add_argument("--baseline", type=float, default=5.0,
+                        help="seconds of the same load straight to the backends first (0: none)")
     parser.add_argument("--bake", default="10s")
     parser.add_argument("--canary-bake", default="30s")
     parser.add_argument("--tag", help="suffix of the result files (run number)")
@@ -477,6 +510,7 @@ def main() -> int:
     stem = args.scenario + (f"-{args.tag}" if args.tag else "")
     workdir = Path(tempfile.mkdtemp(prefix="lb-proof-", dir="/tmp"))
     system = System(workdir, args.scenario)
+    args.slow_start_s = system.slow_start_s
     try:
         system.start()
         report = run_async(scenario_run(system, args))
@@ -500,6 +534,10 @@ def summarize(report: dict, out: Path, drew: bool) -> None:
         row = lat[phase]
         print(f"  {phase:<7} {row.get('count', 0):6d} requests  p50 {row.get('p50_ms')} ms  p90 {row.get('p90_ms')} ms  "
               f"p99 {row.get('p99_ms')} ms  max {row.get('max_ms')} ms")
+    if report.get("direct_baseline"):
+        base = report["direct_baseline"]
+        print(f"  direct to the backends, no lb: p50 {base.get('p50_ms')} ms  p99 {base.get('p99_ms')} ms  "
+              f"max {base.get('max_ms')} ms")
     print(f"  p99 during / steady: {report['p99_during_over_steady']}; worst 1 s node share "
           f"{report['max_node_share']['ratio']} x fair; marks: {[m['what'] for m in report['marks']]}")
     if report.get("websocket"):
