@@ -51,6 +51,7 @@ SWEEP_INTERVAL_S = 0.1
 MAX_PIPELINED = 16
 INFINITY = float("inf")
 WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
+WEBSOCKET_CLOSE_WAIT_S = 2.0                    # for the client's side of the closing handshake
 REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
            413: b"Content Too Large", 431: b"Request Header Fields Too Large",
            500: b"Internal Server Error", 502: b"Bad Gateway",
@@ -407,6 +408,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = None                       # the UpstreamConnection after a 101
         self.tunnel_backend = None
         self.tunnel_websocket = False
+        self.discarding = False                  # a WebSocket closed by lb, awaiting the client's end
         self.deadline = INFINITY
         self.deadline_kind = HEAD
         self.got_bytes = False
@@ -434,6 +436,8 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
+        if self.discarding:
+            return                # a WebSocket's last frames after lb sent its close
         if self.holding:
             self.held += data
             self.flow.pause("upgrade")
@@ -449,6 +453,8 @@ class ClientConnection(asyncio.Protocol):
             self._parse_error(exc)
 
     def eof_received(self):
+        if self.discarding:
+            return False          # the client ended the closing handshake: close
         if self.tunnel is not None:
             # Both directions ended: close (connection_lost closes the other side too).
             self.eof_seen = True
@@ -612,10 +618,25 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def end_tunnel(self) -> None:
-        """Close a tunnel at a drain deadline; a WebSocket client is told 1001 first."""
-        if self.tunnel_websocket:
-            self.write(WEBSOCKET_GOING_AWAY)
-        self.close()
+        """Close a tunnel at a drain deadline. Other tunnels close at once. A WebSocket
+        client gets a close frame (1001) and lb's half-close, then up to
+        WEBSOCKET_CLOSE_WAIT_S to answer with its own close and end the connection (the
+        closing handshake of RFC 6455 section 7): a client busy sending meets no reset,
+        and reads the close frame after what it sent."""
+        upstream, self.tunnel = self.tunnel, None
+        if upstream is not None:
+            upstream.tunnel_peer = None
+            upstream.close()
+        if not self.tunnel_websocket:
+            self.close()
+            return
+        self.discarding = True
+        self.write(WEBSOCKET_GOING_AWAY)
+        if not self.write_eof():
+            self.close()
+            return
+        self.deadline_kind = NONE
+        self.deadline = self.proxy.now() + WEBSOCKET_CLOSE_WAIT_S
 
     def _parse_error(self, exc: LbError) -> None:
         """A bad request: answered in order, after the good ones before it, then close."""

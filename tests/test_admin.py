@@ -14,7 +14,7 @@ import time
 import aiohttp
 import pytest
 
-from conftest import ROOT, Backend, Lb, SteadyLoad, free_port, get, wait_for
+from conftest import ROOT, Backend, Lb, RawClient, SteadyLoad, free_port, get, wait_for
 
 
 async def ctl(lb, line, timeout_s=30.0):
@@ -83,6 +83,28 @@ async def test_websocket_on_a_draining_node_gets_1001_at_the_deadline(spawn, tmp
     waited = await ctl(lb, "wait web1 drained 5")
     assert waited["ok"] and waited["server"]["tunnels"] == 0, waited
     assert (await ctl(lb, "show stats"))["stats"]["totals"]["failed"] == {"drain_deadline": 1}
+
+
+def test_a_websocket_client_busy_at_the_deadline_gets_a_clean_close_not_a_reset(spawn, tmp_path):
+    """At the drain deadline lb sends close 1001 and half-closes; a client that was not
+    reading and sends one more frame still reads the close frame and a clean end."""
+    web = spawn(Backend, "web1")
+    lb = spawn(Lb, tmp_path, [web.config()], drain={"timeout": "500ms"})
+    with RawClient(lb.port) as client:
+        client.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert client.head_lines()[0].startswith(b"HTTP/1.1 101")
+        assert lb.ctl("drain web1")["ok"]
+        wait_for(lambda: lb.server("web1")["state"] == "drained", 5, "the drain deadline")
+        mask = b"\x01\x02\x03\x04"
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"late"))
+        client.send(b"\x81\x84" + mask + payload)           # a text frame, sent after the deadline
+        time.sleep(0.2)                                      # it reaches lb before we read
+        assert client._file.read(4) == b"\x88\x02\x03\xe9"  # close, 1001
+        client.send(b"\x88\x82" + mask + bytes(b ^ mask[i] for i, b in enumerate(b"\x03\xe9")))
+        assert client.closed_by_peer()
+        client.sock.settimeout(5)
+        assert client.sock.recv(1) == b""                    # a clean end, not ECONNRESET
 
 
 def test_a_drained_node_stays_drained_across_a_restart(spawn, tmp_path):
