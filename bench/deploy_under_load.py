@@ -230,13 +230,17 @@ class Load:
         while time.monotonic() < until and not self.stopping:
             sequence += 1
             text = f"{index}:{sequence}"
-            await ws.send_str(text)
+            try:
+                await ws.send_str(text)
+            except ConnectionResetError:
+                pass              # lb closed while we slept: its close frame waits in the reader
             msg = await asyncio.wait_for(ws.receive(), 5)
             if msg.type == aiohttp.WSMsgType.TEXT and msg.data == text:
                 self.ws_messages += 1
                 await asyncio.sleep(1.0)
                 continue
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and ws.close_code == 1001:
+            code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and code == 1001:
                 self.ws_events.append((time.monotonic() - self.t0, "going_away", ""))
                 return                                  # lb's drain deadline: reconnect
             self.ws_events.append((time.monotonic() - self.t0, "failure",

@@ -306,19 +306,19 @@ class Deployer:
     async def bake(self, batch: Batch, batch_before: dict) -> dict | None:
         bake_s = self.opts.canary_bake_s if batch.canary else self.opts.bake_s
         self._event("bake", nodes=list(batch.nodes), seconds=bake_s, canary=batch.canary)
-        before = await self.snapshot()
-        deadline = before["at"] + bake_s
-        while time.monotonic() < deadline:
-            if self.stopping:
-                return None
-            await asyncio.sleep(min(WATCH_INTERVAL_S, max(deadline - time.monotonic(), 0)))
-            servers = await self.admin.servers()
-            gone = [s for s in servers if s["name"] in batch.nodes and not in_service(s)]
-            if gone:
-                s = gone[0]
-                return {"node": s["name"], "step": "bake",
-                        "reason": f"left service during the bake: {s['state']}/{s['health']}"}
-        after = await self.snapshot()
+        while True:
+            before = await self.snapshot()
+            failure = await self.watch_bake(batch, before["at"] + bake_s)
+            if failure or self.stopping:
+                return failure
+            after = await self.snapshot()
+            if not restarted(before, after):
+                break
+            # lb restarted during the bake: its counters began again, so bake again
+            self._event("bake", nodes=list(batch.nodes), seconds=bake_s, canary=batch.canary,
+                        note="lb restarted during the bake; baking again")
+        if restarted(batch_before, after):
+            batch_before = {"failed": {}}         # counted since lb's restart
         servers = await self.admin.servers()
         group = await self.sample(list(batch.nodes), before, after, self.opts.to)
         baseline = await self.baseline(servers, batch, before, after)
@@ -329,6 +329,20 @@ class Deployer:
             return None
         return {"node": ",".join(batch.nodes), "step": "bake", "reason": "; ".join(verdict.reasons),
                 "numbers": verdict.numbers}
+
+    async def watch_bake(self, batch: Batch, deadline: float) -> dict | None:
+        """Wait out the bake; a failure as soon as a batch node leaves service."""
+        while time.monotonic() < deadline:
+            if self.stopping:
+                return None
+            await asyncio.sleep(min(WATCH_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+            servers = await self.admin.servers()
+            gone = [s for s in servers if s["name"] in batch.nodes and not in_service(s)]
+            if gone:
+                s = gone[0]
+                return {"node": s["name"], "step": "bake",
+                        "reason": f"left service during the bake: {s['state']}/{s['health']}"}
+        return None
 
     async def baseline(self, servers, batch, before, after) -> Sample | None:
         """The old-version nodes in service; when none is left, the nodes updated before."""
@@ -346,11 +360,12 @@ class Deployer:
     async def snapshot(self) -> dict:
         stats = (await self.admin.ok("show stats"))["stats"]
         return {"at": time.monotonic(), "servers": {s["name"]: s for s in stats["servers"]},
-                "failed": stats["totals"]["failed"]}
+                "failed": stats["totals"]["failed"], "since": stats["totals"]["since"]}
 
     async def sample(self, names: list[str], before: dict, after: dict, label: str) -> Sample:
-        def delta(key: str) -> int:
-            return sum(after["servers"][n][key] - before["servers"].get(n, {}).get(key, 0) for n in names)
+        def delta(key: str) -> int:       # never below 0: lb may have restarted in between
+            return sum(max(after["servers"][n][key] - before["servers"].get(n, {}).get(key, 0), 0)
+                       for n in names)
 
         window_s = min(max(math.ceil(after["at"] - before["at"]), 1), 60)
         latency = (await self.admin.ok(f"show latency {','.join(names)} {window_s}"))["latency"]
@@ -460,6 +475,13 @@ class Deployer:
                          "rps": round(sample.requests / seconds, 1),
                          "error_rate": round(sample.error_rate, 4), "p99_ms": sample.p99_ms})
         return rows
+
+
+def restarted(before: dict, after: dict) -> bool:
+    """Whether lb restarted between two snapshots (its counters began again)."""
+    return after["since"] != before["since"] or any(
+        row["requests"] < before["servers"].get(name, {}).get("requests", 0)
+        for name, row in after["servers"].items())
 
 
 def _hostport(address: str) -> tuple[str, int]:

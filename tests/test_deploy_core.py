@@ -184,3 +184,13 @@ def test_state_round_trips_and_rejects_strangers():
     for bad in ({}, {"format": 2}, {"format": 1, "phase": "dancing"}):
         with pytest.raises(DeployError):
             DeployState.from_dict(bad)
+
+
+@pytest.mark.parametrize("after, expected", [
+    ({"since": "T1", "servers": {"web1": {"requests": 12}}}, False),
+    ({"since": "T2", "servers": {"web1": {"requests": 12}}}, True),      # lb's counters began again
+    ({"since": "T1", "servers": {"web1": {"requests": 3}}}, True),       # ...within the same second
+])
+def test_a_restart_of_lb_between_two_snapshots_is_seen(after, expected):
+    from lb.deploy_run import restarted
+    assert restarted({"since": "T1", "servers": {"web1": {"requests": 10}}}, after) is expected
