@@ -17,8 +17,19 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lb demo
 
-bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# The proof (rolling deploy and a crash mid-deploy, under load) and the throughput
+# comparison with HAProxy and nginx; bench/setup.sh installs wrk, nginx-light, haproxy.
+bench: $(BENCH_STAMP)
+	bash bench/setup.sh
+	$(BIN)/python bench/deploy_under_load.py --scenario rolling
+	$(BIN)/python bench/deploy_under_load.py --scenario crash
+	$(BIN)/python bench/throughput.py --peers
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,7 +6,10 @@ keep-alive and with `Connection: close`; the backends are also measured
 directly for reference. lb's CPU per request is utime+stime from
 /proc/PID/stat over the run divided by the requests wrk completed.
 
-    python bench/throughput.py [--seconds 10] [--connections 50] [--access-log]
+    python bench/throughput.py [--seconds 10] [--connections 50] [--access-log] [--peers]
+
+--peers also runs HAProxy and nginx as proxies over the same backends, one
+thread/worker each, in the same run, and prints each as a ratio to HAProxy.
 
 Writes bench/results/throughput.json and prints a table. Installs wrk and
 nginx-light through bench/setup.sh when they are missing.
@@ -51,8 +54,63 @@ def wait_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen | None 
 
 
 def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children (nginx's master and worker)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK   # utime, stime
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += cpu_seconds(int(child))
+    return total
+
+
+def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen]) -> tuple[int, int]:
+    """HAProxy over the same backends: one thread, leastconn, keep-alive and reuse both ways."""
+    port = free_port()
+    servers = "\n".join(f"  server web{i + 1} 127.0.0.1:{p}" for i, p in enumerate(ports))
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  balance leastconn
+  http-reuse safe
+{servers}
+""")
+    proc = subprocess.Popen(["haproxy", "-f", str(conf), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=open(workdir / "haproxy.err", "wb"))
+    procs.append(proc)
+    wait_port(port, proc=proc)
+    return proc.pid, port
+
+
+def start_nginx_proxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen]) -> tuple[int, int]:
+    """nginx as a reverse proxy over the same backends: one worker, least_conn, upstream keep-alive."""
+    port = free_port()
+    proxy_dir = workdir / "nginx-proxy"
+    proxy_dir.mkdir()
+    servers = " ".join(f"server 127.0.0.1:{p};" for p in ports)
+    conf = proxy_dir / "nginx.conf"
+    conf.write_text(f"""worker_processes 1; daemon off; pid {proxy_dir}/nginx.pid;
+error_log {proxy_dir}/error.log;
+events {{ worker_connections 8192; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream be {{ least_conn; {servers} keepalive 64; }}
+  server {{ listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(proxy_dir)])
+    procs.append(proc)
+    wait_port(port, proc=proc)
+    return proc.pid, port
 
 
 def start_backends(workdir: Path, ports: list[int]) -> list[subprocess.Popen]:
@@ -144,9 +202,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--access-log", action="store_true", help="lb writes its access log to a file")
+    parser.add_argument("--peers", action="store_true",
+                        help="also HAProxy and nginx as proxies over the same backends (one thread/worker each)")
     parser.add_argument("--out", default=str(RESULTS / "throughput.json"))
     args = parser.parse_args()
-    if not shutil.which("wrk") or not shutil.which("nginx"):
+    if not shutil.which("wrk") or not shutil.which("nginx") or (args.peers and not shutil.which("haproxy")):
         subprocess.run(["bash", str(ROOT / "bench" / "setup.sh")], check=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
@@ -161,6 +221,12 @@ def main() -> int:
             rows["direct keep-alive"] = measure(ports[0], None, args.seconds, args.connections, False)
             rows["lb keep-alive"] = measure(lb_port, lb.pid, args.seconds, args.connections, False)
             rows["lb Connection: close"] = measure(lb_port, lb.pid, args.seconds, args.connections, True)
+            if args.peers:
+                for name, start in (("haproxy", start_haproxy), ("nginx", start_nginx_proxy)):
+                    pid, port = start(workdir, ports, procs)
+                    run_wrk(port, 2, args.connections, False)
+                    rows[f"{name} keep-alive"] = measure(port, pid, args.seconds, args.connections, False)
+                    rows[f"{name} Connection: close"] = measure(port, pid, args.seconds, args.connections, True)
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -172,14 +238,39 @@ def main() -> int:
         "wrk": f"-t1 -c{args.connections} -d{args.seconds}s", "access_log": args.access_log,
         "results": rows,
     }
+    if args.peers:
+        report["versions"] = {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"])}
+        report["ratios_to_haproxy"] = ratios(rows)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'':24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'lb CPU us/req':>14} {'errors':>7}")
+    print(f"{'':26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'errors':>7}")
     for name, row in rows.items():
         cpu = row.get("cpu_us_per_request", "-")
-        print(f"{name:24} {row['requests_per_s']:>9.0f} {row['latency_p50_ms']:>8.2f} "
-              f"{row['latency_p99_ms']:>8.2f} {cpu:>14} {row['non_2xx'] + row['socket_errors']:>7}")
+        print(f"{name:26} {row['requests_per_s']:>9.0f} {row['latency_p50_ms']:>8.2f} "
+              f"{row['latency_p99_ms']:>8.2f} {cpu:>11} {row['non_2xx'] + row['socket_errors']:>7}")
+    if args.peers:
+        print("\nas a ratio to HAProxy (req/s: higher is better; latency and CPU: lower is better)")
+        for name, ratio in report["ratios_to_haproxy"].items():
+            print(f"{name:26} " + "  ".join(f"{k} {v}x" for k, v in ratio.items()))
     print(f"written: {args.out}")
     return 0
+
+
+def ratios(rows: dict) -> dict:
+    out = {}
+    for mode in ("keep-alive", "Connection: close"):
+        base = rows[f"haproxy {mode}"]
+        for proxy in ("lb", "nginx"):
+            row = rows[f"{proxy} {mode}"]
+            out[f"{proxy} {mode}"] = {
+                key: round(row[key] / base[key], 2)
+                for key in ("requests_per_s", "latency_p50_ms", "latency_p99_ms", "cpu_us_per_request")
+                if base.get(key)}
+    return out
+
+
+def _version(command: list[str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True)
+    return (done.stdout or done.stderr).splitlines()[0].strip()
 
 
 if __name__ == "__main__":
