@@ -107,8 +107,8 @@ class System:
     def pidfile(self, name: str) -> str:
         return str(self.dir / f"{name}.pid")
 
-    def update_command(self) -> str:
-        return (f"{sys.executable} -m lb.cli backend --listen {{host}}:{{port}} --version {{version}} "
+    def update_command(self, nice: int = 0) -> str:
+        return (f"{f'nice -n {nice} ' if nice else ''}{sys.executable} -m lb.cli backend --listen {{host}}:{{port}} --version {{version}} "
                 f"--name {{name}} --warmup 1 --pidfile {self.dir}/{{name}}.pid --replace --detach "
                 f"--log {self.dir}/{{name}}.log")
 
@@ -165,8 +165,19 @@ class Load:
         self.records: list[tuple] = []
         self.ws_events: list[tuple] = []          # (at, kind, detail)
         self.ws_messages = 0
+        self.lag: dict[int, float] = defaultdict(float)   # second -> the client's worst event-loop lag
         self.t0 = 0.0
         self.stopping = False
+
+    async def watch_lag(self, until: float) -> None:
+        """The load generator's own stalls: a 10 ms timer's lateness, per second. A client
+        starved of CPU delays its sends, and open-loop latency charges that to the server."""
+        while time.monotonic() < until and not self.stopping:
+            started = time.monotonic()
+            await asyncio.sleep(0.01)
+            late = time.monotonic() - started - 0.01
+            second = int(started - self.t0)
+            self.lag[second] = max(self.lag[second], late)
 
     async def run_http(self, slot: int, until: float, url: str | None = None) -> None:
         """One slot of the schedule: a user with its own cookie jar and connection, who
@@ -253,10 +264,10 @@ class Load:
 class DeployRun:
     """`lb deploy` as a child process; its JSON events are timed as they arrive."""
 
-    def __init__(self, system: System, t0: float, bake: str, canary_bake: str):
+    def __init__(self, system: System, t0: float, bake: str, canary_bake: str, nice: int = 0):
         self.system, self.t0 = system, t0
         self.args = [sys.executable, "-m", "lb.cli", "deploy", "-s", str(system.dir / "lb.sock"), "--to", "v2",
-                     "--update", system.update_command(), "--batch", "2", "--canary", "1",
+                     "--update", system.update_command(nice), "--batch", "2", "--canary", "1",
                      "--bake", bake, "--canary-bake", canary_bake,
                      "--state", str(system.dir / "deploy.state"), "--log", str(system.dir / "deploy.log")]
         self.events: list[dict] = []
@@ -336,6 +347,7 @@ def analyse(load: Load, deploy: DeployRun, code: int, phases: dict, marks: list,
         "bench": "deploy_under_load", "scenario": args.scenario,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "update_nice": args.update_nice,
         "load": {"sessions": args.sessions, "rate_per_s": args.rate, "steady_s": args.steady,
                  "user_life_requests": args.life,
                  "client": "aiohttp, open loop, latency from the scheduled send time"},
@@ -359,7 +371,7 @@ def analyse(load: Load, deploy: DeployRun, code: int, phases: dict, marks: list,
                       "failures": ws.get("failure", 0),
                       "failure_samples": [d for _, k, d in load.ws_events if k == "failure"][:5]}
         if args.scenario == "websocket" else None,
-        "timeline": timeline(records, load.ws_events),
+        "timeline": timeline(records, load.lag),
     }
 
 
@@ -402,7 +414,7 @@ def max_node_share(records, switches, marks, slow_start_s: float) -> dict:
     return {"ratio": round(worst, 2), "at_s": where, "that_second": detail}
 
 
-def timeline(records, ws_events) -> list[dict]:
+def timeline(records, lag: dict) -> list[dict]:
     seconds: dict[int, dict] = defaultdict(lambda: {"v1": 0, "v2": 0, "failed": 0, "latencies": []})
     for at, latency, reason, version, _, _ in records:
         row = seconds[int(at)]
@@ -415,7 +427,8 @@ def timeline(records, ws_events) -> list[dict]:
     for second in sorted(seconds):
         row = seconds[second]
         out.append({"t": second, "v1": row["v1"], "v2": row["v2"], "failed": row["failed"],
-                    "p99_ms": percentiles(row["latencies"]).get("p99_ms")})
+                    "p99_ms": percentiles(row["latencies"]).get("p99_ms"),
+                    "client_lag_ms": round(lag.get(second, 0.0) * 1000, 1)})
     return out
 
 
@@ -435,6 +448,8 @@ def picture(report: dict, events: list[dict], path: Path) -> bool:
     top.set_ylabel("requests per second")
     top.legend(loc="center right")
     bottom.plot(t, [r["p99_ms"] for r in rows], label="p99 per second", color="purple")
+    bottom.plot(t, [r["client_lag_ms"] for r in rows], label="load generator's own stall", color="grey")
+    bottom.legend(loc="upper right")
     bottom.set_ylabel("p99 ms")
     bottom.set_xlabel("seconds")
     for e in events:
@@ -474,10 +489,11 @@ async def scenario_run(system: System, args) -> dict:
     load.t0 = t0 = time.monotonic() + 0.5
     far = t0 + 3600
     tasks = [asyncio.create_task(load.run_http(i, far)) for i in range(args.sessions)]
+    tasks.append(asyncio.create_task(load.watch_lag(far)))
     if args.scenario == "websocket":
         tasks += [asyncio.create_task(load.run_ws(i, far)) for i in range(WS_SESSIONS)]
     await asyncio.sleep(0.5 + args.steady)
-    deploy = DeployRun(system, t0, args.bake, args.canary_bake)
+    deploy = DeployRun(system, t0, args.bake, args.canary_bake, args.update_nice)
     marks: list[dict] = []
     hook = SCENARIOS[args.scenario]
     if hook:
@@ -509,6 +525,8 @@ def main() -> int:
     parser.add_argument("--bake", default="10s")
     parser.add_argument("--canary-bake", default="30s")
     parser.add_argument("--tag", help="suffix of the result files (run number)")
+    parser.add_argument("--update-nice", type=int, default=0,
+                        help="run the update command under nice -n N (default 0: as is)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.scenario + (f"-{args.tag}" if args.tag else "")
