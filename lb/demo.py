@@ -31,7 +31,6 @@ import h11
 from .backend import start_detached, stop_pidfile
 from .config import ConfigError, load_config
 
-USERS = 20
 THINK_S = 0.01
 USER_LIFE = (20, 60)           # requests before a user leaves and a new one comes
 STEADY_S = 5.0
