@@ -53,19 +53,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lb.backend import start_detached, stop_pidfile  # noqa: E402
 from lb.cli import run_async  # noqa: E402
+from throughput import free_port, wait_port  # noqa: E402  (bench/ is this script's directory)
 
 RESULTS = ROOT / "bench" / "results"
 NODES = 10
 WS_SESSIONS = 100
 REQUEST_TIMEOUT_S = 10.0
 VERSIONS = ("v1", "v2")
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentiles(values: list[float]) -> dict:
@@ -122,16 +116,13 @@ class System:
         with open(self.dir / "lb.err", "ab") as err:
             self.lb = subprocess.Popen([sys.executable, "-m", "lb.cli", "serve", "-c", str(self.config_path)],
                                        cwd=ROOT, stderr=err)
-        deadline = time.monotonic() + 15
-        import socket
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                if os.path.exists(self.dir / "lb.sock"):
-                    return
-            except OSError:
+        try:
+            wait_port(self.port, proc=self.lb)
+            deadline = time.monotonic() + 5
+            while not os.path.exists(self.dir / "lb.sock") and time.monotonic() < deadline:
                 time.sleep(0.02)
-        raise RuntimeError(f"lb did not start: {(self.dir / 'lb.err').read_text()[-2000:]}")
+        except RuntimeError:
+            raise RuntimeError(f"lb did not start: {(self.dir / 'lb.err').read_text()[-2000:]}") from None
 
     def stop_lb(self) -> None:
         if self.lb and self.lb.poll() is None:
