@@ -51,9 +51,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from lb.backend import start_detached, stop_pidfile  # noqa: E402
-from lb.cli import run_async  # noqa: E402
 from throughput import free_port, wait_port  # noqa: E402  (bench/ is this script's directory)
+
+from lb.cli import run_async  # noqa: E402
+from lb.demo.backend import start_detached, stop_pidfile  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 NODES = 10
@@ -94,7 +95,7 @@ class System:
             backend["address"] = f"127.0.0.1:{self.ports[backend['name']]}"
         self.config_path = workdir / "lb.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        from lb.config import parse_duration
+        from lb.core.config import parse_duration
         self.slow_start_s = parse_duration(config.get("slow_start", "10s"))
         self.lb: subprocess.Popen | None = None
 
@@ -134,7 +135,7 @@ class System:
                 self.lb.wait()
 
     def kill_backend(self, name: str) -> None:
-        from lb.backend import backend_alive, read_pidfile
+        from lb.demo.backend import backend_alive, read_pidfile
         pid = read_pidfile(self.pidfile(name))
         if pid and backend_alive(pid):
             os.kill(pid, signal.SIGKILL)

@@ -1,4 +1,5 @@
-"""The `lb` command: serve | ctl | deploy | demo | backend."""
+"""The `lb` command: serve | check | ctl | deploy | demo | backend. Argument parsing; each
+command's work is in its own module."""
 
 from __future__ import annotations
 
@@ -6,14 +7,11 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 
-from .config import load_config, parse_hostport, _Invalid
-from .errors import ConfigError, LbError
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "config", "lb.yaml")
+from .core.config import parse_hostport
+from .core.errors import ConfigError, InvalidValue, LbError
+from .files import load_config
 
 
 def run_async(coro):
@@ -26,7 +24,7 @@ def run_async(coro):
 
 
 def cmd_serve(args) -> int:
-    from .server import serve
+    from .serve import serve
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -44,40 +42,45 @@ def cmd_serve(args) -> int:
 
 
 def default_socket() -> str:
-    """The admin socket of the embedded default config."""
+    """The admin socket of the embedded default config (./run/lb.sock)."""
+    config = load_config(None)
+    return config.resolve(config.admin.socket)
+
+
+def cmd_check(args) -> int:
     try:
-        config = load_config(DEFAULT_CONFIG)
-        return config.resolve(config.admin.socket)
-    except ConfigError:
-        return "run/lb.sock"
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"lb: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"{config.source}: ok, {len(config.backends)} backends")
+    return 0
 
 
 def cmd_ctl(args) -> int:
-    import socket
+    from .deploy.client import request
     path = args.socket or default_socket()
-    line = " ".join(args.words) + "\n"
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(None)
-            sock.connect(path)
-            sock.sendall(line.encode())
-            reply_bytes = sock.makefile("rb").readline()
+        reply = request(path, " ".join(args.words), timeout_s=None)
     except OSError as exc:
         print(f"lb ctl: cannot reach lb on admin socket {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    if not reply_bytes:
+    except EOFError:
         print(f"lb ctl: lb closed the admin socket {path} without a reply", file=sys.stderr)
         return 2
-    reply = json.loads(reply_bytes)
     print(json.dumps(reply, indent=2) if sys.stdout.isatty() else json.dumps(reply))
     return 0 if reply.get("ok") else 1
 
 
 def cmd_backend(args) -> int:
-    from .backend import serve, start_detached, stop_pidfile
+    try:
+        from .demo.backend import serve, start_detached, stop_pidfile
+    except ImportError as exc:     # wsproto comes with the demo extra
+        print(f"lb backend: {exc}; install the demo extra: pip install 'lb[demo]'", file=sys.stderr)
+        return 2
     try:
         host, port = parse_hostport(args.listen)
-    except _Invalid as exc:
+    except InvalidValue as exc:
         print(f"lb backend: --listen: {exc}", file=sys.stderr)
         return 2
     if not 0.0 <= args.fail_rate <= 1.0:
@@ -104,9 +107,10 @@ def cmd_backend(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from .deploy import EXIT_USAGE, DeployError, Options, parse_seconds
-    from .deploy_run import deploy_command
-    from .deploy_view import JsonView, TtyView
+    from .core.errors import DeployError
+    from .deploy.plan import EXIT_USAGE, Options, parse_seconds
+    from .deploy.run import deploy_command
+    from .deploy.view import JsonView, TtyView
     view = TtyView() if sys.stdout.isatty() else JsonView()
     opts = None
     try:
@@ -133,7 +137,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo.demo import run_demo
     return run_demo(args)
 
 
@@ -142,8 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy in the foreground")
-    serve.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    serve.add_argument("-c", "--config", help="config file (default: the embedded one, "
+                       "with its admin socket and state file in ./run/)")
     serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config: exit 0, or 2 naming the key path")
+    check.add_argument("-c", "--config", help="config file (default: the embedded one)")
+    check.set_defaults(func=cmd_check)
 
     ctl = sub.add_parser("ctl", help="send one admin command and print the reply")
     ctl.add_argument("-s", "--socket", help="admin socket (default: the embedded config's)")
@@ -199,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend.set_defaults(func=cmd_backend)
 
     demo = sub.add_parser("demo", help="10 backends + lb + live traffic + a v1 -> v2 rolling deploy")
-    demo.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    demo.add_argument("-c", "--config", help="config file (default: the embedded one)")
     demo.add_argument("--bad", action="store_true", help="deploy a v2 that fails 10%% of requests")
     demo.add_argument("--users", type=int, default=20, help="users at a time (default 20)")
     demo.set_defaults(func=cmd_demo)

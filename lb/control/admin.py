@@ -1,0 +1,289 @@
+"""The admin socket: one command a line in, one JSON object a line out.
+
+The command table and argument parsing are lb/core/commands.py; the handlers
+here read and change the pool only through the control plane (`Control`).
+Handlers return the reply's payload or raise CommandError, whose message is
+the reply's error. A command that changes state is written to the state file
+(statefile.py) before the reply goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections import Counter
+
+from ..core.commands import backend_config, check_version, help_lines, parse, parse_timeout, parse_weight
+from ..core.errors import CommandError, ConfigError, LbError
+from ..core.nodes import DRAINED, MAINT, READY, UP
+from ..core.stats import WINDOW_S, bucket_quantiles, iso_utc, ms
+from ..files import load_config
+from .statefile import save_state
+
+log = logging.getLogger("lb.admin")
+
+MAX_LINE_BYTES = 4096
+IDLE_TIMEOUT_S = 60.0
+DEFAULT_WAIT_S = 60.0
+WAIT_STATES = {
+    "drained": lambda b: b.admin_state == DRAINED,
+    "ready": lambda b: b.admin_state == READY,
+    "maint": lambda b: b.admin_state == MAINT,
+    "up": lambda b: b.health == UP,
+}
+
+
+class Admin:
+    """The handlers of the admin commands, over the control plane."""
+
+    def __init__(self, control, config_path: str | None):
+        self.control = control
+        self.config_path = config_path
+
+    @property
+    def pool(self):
+        return self.control.pool
+
+    # -- one line in, one reply out -------------------------------------------------
+    async def execute(self, line: str) -> dict:
+        """Run one command line; never raises for bad input."""
+        try:
+            command, args = parse(line)
+            self.control.sync()
+            payload = getattr(self, command.handler)(*args)
+            if inspect.isawaitable(payload):
+                payload = await payload
+            if command.mutates:
+                save_state(self.control)
+            return {"ok": True, **payload}
+        except LbError as exc:
+            return {"ok": False, "error": exc.message}
+
+    # -- handlers ------------------------------------------------------------------
+    def help(self) -> dict:
+        return {"commands": help_lines()}
+
+    def show_servers(self) -> dict:
+        now = self.control.now()
+        return {"servers": [b.describe(now) for b in self.pool.backends.values()]}
+
+    def show_server(self, name: str) -> dict:
+        return self._server(self.pool.get(name))
+
+    def show_versions(self) -> dict:
+        rows = self.pool.version_rows()
+        pins = self.control.pins
+        on = self.control.pinning_on
+        for row in rows:
+            version = row["version"]
+            row["pinned_requests"] = pins["pinned_requests"][version] if on else 0
+            row["assignments"] = pins["assignments"][version] if on else 0
+        if on:
+            return {"versions": rows, "migrations": [
+                {"from": f, "to": t, "direction": d, "count": n}
+                for (f, t, d), n in sorted(pins["migrations"].items())]}
+        return {"versions": rows}
+
+    def show_stats(self, name: str | None = None) -> dict:
+        now = time.monotonic()
+
+        def record(b) -> dict:
+            return {"name": b.name, "version": b.version, **b.stats.summary(now)}
+
+        if name is not None:
+            return {"stats": record(self.pool.get(name))}
+        servers = [record(b) for b in self.pool.backends.values()]
+        totals = {key: sum(s[key] for s in servers)
+                  for key in ("requests", "2xx", "3xx", "4xx", "5xx", "lb_failures", "connect_errors")}
+        pool_stats = self.control.stats
+        totals.update(retries=pool_stats.retries, failed=dict(pool_stats.failed),
+                      since=iso_utc(pool_stats.since))
+        return {"stats": {"totals": totals, "servers": servers}}
+
+    def show_latency(self, names: str, window: str) -> dict:
+        """Latency of a group of servers over the last WINDOW, their windows merged."""
+        window_s = parse_timeout(window)
+        if not 1 <= window_s <= WINDOW_S:
+            raise CommandError(f"'show latency' expects a WINDOW from 1s to {WINDOW_S}s, got {window!r}")
+        backends = [self.pool.get(name) for name in names.split(",") if name]
+        now = time.monotonic()
+        counts = Counter()
+        for backend in backends:
+            counts.update(backend.stats.window.counts(now, math.ceil(window_s)))
+        p50, p90, p99 = bucket_quantiles(counts, (0.5, 0.9, 0.99))
+        return {"latency": {"servers": [b.name for b in backends], "window_s": math.ceil(window_s),
+                            "requests": sum(counts.values()),
+                            "p50_ms": ms(p50), "p90_ms": ms(p90), "p99_ms": ms(p99)}}
+
+    def drain(self, name: str) -> dict:
+        return self._set_state(name, "drain")
+
+    def ready(self, name: str) -> dict:
+        return self._set_state(name, "ready")
+
+    def maint(self, name: str) -> dict:
+        return self._set_state(name, "maint")
+
+    def _set_state(self, name: str, event: str) -> dict:
+        node = self.pool.get(name)
+        self.control.set_admin_state(node, event)
+        return self._server(node)
+
+    def _server(self, node) -> dict:
+        """The reply payload that shows one server."""
+        return {"server": node.describe(self.control.now())}
+
+    async def wait(self, name: str, state: str, timeout: str | None = None) -> dict:
+        node = self.pool.get(name)
+        reached = WAIT_STATES.get(state)
+        if reached is None:
+            raise CommandError(f"'wait' expects a state of {', '.join(WAIT_STATES)}, got {state!r}")
+        timeout_s = parse_timeout(timeout) if timeout is not None else DEFAULT_WAIT_S
+        started = time.monotonic()
+        deadline = started + timeout_s
+        while not reached(node):
+            if node.name not in self.pool.backends:
+                raise CommandError(f"server {name!r} was removed while waiting")
+            changed = self.control.state_changed
+            remaining = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(changed.wait(), max(remaining, 0))
+            except asyncio.TimeoutError:
+                raise CommandError(f"timed out after {timeout_s:g}s waiting for {name} to be {state}; "
+                                   f"it is {node.admin_state}/{node.health} with "
+                                   f"{node.inflight} in flight and {node.tunnels} tunnels") from None
+        reply = {"waited_s": round(time.monotonic() - started, 3), **self._server(node)}
+        if state == "drained":
+            reply["cut"] = node.drain_cut   # requests and tunnels the deadline closed
+        return reply
+
+    def set_version(self, name: str, version: str) -> dict:
+        node = self.pool.get(name)
+        check_version(version)
+        node.version = version
+        self.pool.note_version(version)
+        self.control.changed()
+        return self._server(node)
+
+    def set_weight(self, name: str, weight: str) -> dict:
+        node = self.pool.get(name)
+        node.set_weight(parse_weight(weight))
+        self.control.changed()
+        return self._server(node)
+
+    def set_target(self, version: str) -> dict:
+        check_version(version)
+        self.pool.set_target(version)
+        self.control.changed()
+        return {"versions": self.pool.version_rows()}
+
+    def add_server(self, name: str, address: str, version: str | None = None,
+                   weight: str | None = None) -> dict:
+        if name in self.pool.backends:
+            raise CommandError(f"server {name!r} exists already")
+        fields = {"name": name, "address": address}
+        if version is not None:
+            fields["version"] = version
+        if weight is not None:
+            fields["weight"] = int(weight) if weight.isdigit() else weight
+        return self._server(self.control.add_node(backend_config(fields)))
+
+    def del_server(self, name: str) -> dict:
+        node = self.pool.get(name)
+        if node.admin_state not in (DRAINED, MAINT) or not node.idle:
+            raise CommandError(f"'del server' expects a server in drained or maint with nothing in "
+                               f"flight; {name} is {node.admin_state} with {node.inflight} in flight")
+        self.control.remove_node(node)
+        return self._server(node)
+
+    def reload(self) -> dict:
+        if self.config_path is None:
+            raise CommandError("this lb was started without a config file; nothing to reload")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            raise CommandError(f"reload refused, the running config stays: {exc.message}") from None
+        return {"changed": self.control.reload(new)}
+
+
+# -- the Unix socket --------------------------------------------------------------
+
+class AdminServer:
+    """The Unix stream socket, created with admin.mode; removed at exit."""
+
+    def __init__(self, admin: Admin, path: str, mode: int):
+        self.admin = admin
+        self.path = path
+        self.mode = mode
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        """Bind the socket. Raises CommandError when another lb is listening on it."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        if os.path.exists(self.path):
+            if _someone_listens(self.path):
+                raise CommandError(f"another lb is listening on the admin socket {self.path}")
+            os.unlink(self.path)              # stale, from a run that crashed
+        old_umask = os.umask(0o777 & ~self.mode)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, self.path,
+                                                           limit=MAX_LINE_BYTES)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self.mode)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
+        try:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_TIMEOUT_S)
+                except asyncio.LimitOverrunError:
+                    await self._reply(writer, {"ok": False, "error":
+                                               f"line longer than {MAX_LINE_BYTES} bytes; closing"})
+                    return
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    return                    # half a line and gone, or idle: nothing is run
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    await self._reply(writer, {"ok": False, "error": "not UTF-8 text; try 'help'"})
+                    continue
+                if line.strip():
+                    await self._reply(writer, await self.admin.execute(line))
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    @staticmethod
+    async def _reply(writer: asyncio.StreamWriter, reply: dict) -> None:
+        writer.write(json.dumps(reply).encode() + b"\n")
+        await writer.drain()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._clients):
+                writer.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _someone_listens(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()

@@ -1,0 +1,111 @@
+"""Active health checks: one task, every health.interval, all nodes in parallel.
+
+The rules (rise, fall, version mismatch) are lb/core/health.py; this runs the
+probes and hands each result to the control plane, which applies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..core import http1
+from ..core.errors import HttpError
+from ..core.health import should_check
+
+log = logging.getLogger("lb.health")
+VERSION_HEADER = b"x-backend-version"
+
+class _CheckSink:
+    __slots__ = ("status", "version", "done")
+
+    def __init__(self):
+        self.status = 0
+        self.version = None
+        self.done = False
+
+    def on_response(self, head) -> None:
+        if head.status >= 200:
+            self.status = head.status
+            for name, value in head.headers:
+                if name.lower() == VERSION_HEADER:
+                    self.version = value.decode("latin-1").strip()
+            self.done = True
+
+    def on_response_body(self, data) -> None:
+        pass
+
+    def on_response_end(self) -> None:
+        self.done = True
+
+
+class Checker:
+    """Runs active checks and applies them through the control plane."""
+
+    def __init__(self, control):
+        self.control = control
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            backends = [b for b in self.control.pool.backends.values() if should_check(b)]
+            await asyncio.gather(*(self._check(b) for b in backends))
+            interval = self.control.config.health.interval
+            await asyncio.sleep(max(interval - (time.monotonic() - started), 0.01))
+
+    async def _check(self, backend) -> None:
+        health = self.control.config.health
+        started = time.monotonic()
+        try:
+            status, version = await asyncio.wait_for(self._probe(backend, health.path),
+                                                     health.timeout)
+            ok = 200 <= status < 400
+            result = {"ok": ok, "status": status}
+        except (OSError, asyncio.TimeoutError, HttpError) as exc:
+            ok, version = False, None
+            result = {"ok": False, "error": _describe(exc)}
+        result["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+        result["version"] = version
+        backend.hstate.last_check = result
+        if backend.name in self.control.pool.backends:
+            self.control.apply_check(backend, ok, version)
+
+    @staticmethod
+    async def _probe(backend, path: str) -> tuple[int, str | None]:
+        """One GET on a fresh connection; (status, X-Backend-Version or None)."""
+        reader, writer = await asyncio.open_connection(backend.host, backend.port)
+        try:
+            writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lb-health\r\n"
+                         b"Connection: close\r\n\r\n" % (path.encode(), backend.address.encode()))
+            sink = _CheckSink()
+            parser = http1.parsers_for("httptools")[1](sink)
+            parser.expect(b"GET", False)
+            while not sink.done:
+                data = await reader.read(4096)
+                if not data:
+                    raise HttpError("closed before answering", 502)
+                parser.feed(data)
+            return sink.status, sink.version
+        finally:
+            writer.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, HttpError):
+        return exc.message
+    return getattr(exc, "strerror", None) or type(exc).__name__

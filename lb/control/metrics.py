@@ -1,0 +1,127 @@
+"""Prometheus: a collector that reads lb's counters at scrape time, so the hot path
+never touches a prometheus-client object; and its own listener (never the public port).
+The counters are the control plane's, brought up to date (`Control.sync`) first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from ..core.nodes import ADMIN_STATES, Health
+from ..core.stats import CLASSES, HISTOGRAM_BOUNDS_S
+
+DRAIN_BOUNDS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class LbCollector:
+    """Every lb metric, built from the control plane's state when scraped."""
+
+    def __init__(self, control):
+        self.control = control
+
+    def collect(self):
+        control = self.control
+        control.sync()
+        backends = list(control.pool.backends.values())
+        requests = CounterMetricFamily("lb_requests", "Requests answered by a backend",
+                                       labels=["backend", "version", "code_class"])
+        duration = HistogramMetricFamily("lb_request_duration_seconds",
+                                         "Time from request head to last response byte",
+                                         labels=["backend"])
+        connect = CounterMetricFamily("lb_upstream_connect_errors", "Failed connects to a backend",
+                                      labels=["backend"])
+        inflight = GaugeMetricFamily("lb_inflight_requests", "Requests in flight", labels=["backend"])
+        tunnels = GaugeMetricFamily("lb_tunnels", "Open upgraded connections", labels=["backend"])
+        state = GaugeMetricFamily("lb_backend_state", "Admin state (1 = current)",
+                                  labels=["backend", "state"])
+        health_g = GaugeMetricFamily("lb_backend_health", "Health (1 = current)",
+                                     labels=["backend", "health"])
+        weight = GaugeMetricFamily("lb_backend_weight", "Effective weight", labels=["backend"])
+        for b in backends:
+            for version, counts in sorted(b.stats.by_class.items()):
+                for cls, count in zip(CLASSES, counts):
+                    if count:
+                        requests.add_metric([b.name, version, cls], count)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*HISTOGRAM_BOUNDS_S, float("inf")), b.stats.histogram):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            duration.add_metric([b.name], buckets, b.stats.histogram_sum)
+            connect.add_metric([b.name], b.stats.connect_errors)
+            inflight.add_metric([b.name], b.inflight)
+            tunnels.add_metric([b.name], b.tunnels)
+            for s in ADMIN_STATES:
+                state.add_metric([b.name, str(s)], 1 if b.admin_state == s else 0)
+            for h in Health:
+                health_g.add_metric([b.name, str(h)], 1 if b.health == h else 0)
+            weight.add_metric([b.name], b.effective_weight)
+        yield from (requests, duration, connect, inflight, tunnels, state, health_g, weight)
+        retries = CounterMetricFamily("lb_retries", "Requests retried on another backend")
+        retries.add_metric([], control.stats.retries)
+        failed = CounterMetricFamily("lb_failed_requests",
+                                     "Responses lb made itself, and client connections it cut",
+                                     labels=["reason"])
+        for reason, count in sorted(control.stats.failed.items()):
+            failed.add_metric([reason], count)
+        capacity = GaugeMetricFamily("lb_version_capacity", "Ready capacity", labels=["version"])
+        for version, cap in control.pool.version_capacity().items():
+            capacity.add_metric([version], cap)
+        clients = GaugeMetricFamily("lb_client_connections", "Open client connections")
+        clients.add_metric([], control.clients)
+        drains = CounterMetricFamily("lb_drains", "Drains started")
+        drains.add_metric([], control.stats.drains)
+        drain_time = HistogramMetricFamily("lb_drain_duration_seconds",
+                                           "From drain to drained (or to the deadline)")
+        durations = control.stats.drain_durations
+        drain_time.add_metric([], [("+Inf" if b == float("inf") else repr(b),
+                                    sum(1 for d in durations if d <= b))
+                                   for b in (*DRAIN_BOUNDS_S, float("inf"))], sum(durations))
+        yield from (retries, failed, capacity, clients, drains, drain_time)
+        if control.pinning_on:
+            assigned = CounterMetricFamily("lb_pin_assignments", "Clients assigned a version",
+                                           labels=["version"])
+            for version, count in sorted(control.pins["assignments"].items()):
+                assigned.add_metric([version], count)
+            moved = CounterMetricFamily("lb_pin_migrations", "Clients moved to another version",
+                                        labels=["from", "to", "direction"])
+            for (src, dst, direction), count in sorted(control.pins["migrations"].items()):
+                moved.add_metric([src, dst, direction], count)
+            yield from (assigned, moved)
+
+
+class MetricsServer:
+    """GET /metrics on metrics.listen (never the public port); anything else is 404."""
+
+    def __init__(self, control, host: str, port: int):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(LbCollector(control))
+        self.host, self.port = host, port
+        self._server = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port,
+                                                  reuse_address=True, limit=8192)
+
+    async def _serve(self, reader, writer) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            line = head.split(b"\r\n", 1)[0].split()
+            if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+                body, status, ctype = generate_latest(self.registry), b"200 OK", CONTENT_TYPE_LATEST
+            else:
+                body, status, ctype = b"not found: try /metrics\n", b"404 Not Found", "text/plain"
+            writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (status, ctype.encode(), len(body), body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+                ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()

@@ -1,0 +1,285 @@
+"""The control plane: the one object that owns the pool and changes it.
+
+Theory of operation
+-------------------
+`Control` holds the nodes (lb/core/nodes.py) and applies every change to them:
+admin commands (through the transition table), active health checks, passive
+ejection, slow-start ramps, drain deadlines, reloads, the state file at start.
+After any change it publishes a new `RoutingView` to the data plane and wakes
+whoever waits on a node (`wait`). It never touches request bytes.
+
+What the data plane did comes back in `Report`s (`on_report`, see
+lb/core/planes.py): in-flight and tunnel counts, per-node stats deltas merged
+into each node's counters, passive outcomes replayed in order, cut counts.
+A draining node becomes drained when a report written under a view in which it
+no longer took traffic shows nothing left on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+from ..core import health
+from ..core.config import BackendConfig, Config
+from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Node, Pool, transition
+from ..core.planes import Report
+from ..core.reload import (
+    ADD,
+    ADDRESS,
+    AT_RESTART,
+    BALANCE,
+    KEEP,
+    REMOVE,
+    VERSION,
+    WEIGHT,
+    RunningNode,
+    plan_reload,
+    running_config,
+)
+from ..core.stats import PoolStats
+from .checker import Checker
+
+log = logging.getLogger("lb.control")
+
+SWEEP_INTERVAL_S = 0.1
+
+
+class Control:
+    """The pool's owner. `link` is the data plane (the interface of lb/core/planes.py)."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop):
+        self.config = config
+        self.loop = loop
+        self.now = loop.time
+        started = time.time()
+        self.pool = Pool(config.backends, started)
+        self.stats = PoolStats(started)
+        self.pins: dict[str, Counter] = {"assignments": Counter(), "migrations": Counter(),
+                                         "pinned_requests": Counter()}
+        self.pinning_on = config.pinning.mode == "version"
+        self.clients = 0                         # client connections, as last reported
+        self.link = None
+        self.generation = 0                      # of the last view published
+        self.reported_generation = -1            # of the view the last report was written under
+        self.drain_generation: dict[str, int] = {}   # node -> first view without it in service
+        self.cutting: set[str] = set()           # nodes told to cut, awaiting the report
+        self.removing: set[str] = set()          # dropped from the config: gone once drained
+        self.state_changed = asyncio.Event()     # set and replaced on every node change
+        self.checker = Checker(self)
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def attach(self, link) -> None:
+        """Connect the data plane and hand it the current view."""
+        self.link = link
+        self.publish()
+
+    def start(self) -> None:
+        """Nodes go into service, the sweeper and the checks begin."""
+        self.place_nodes()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+        self.checker.start()
+
+    def place_nodes(self) -> None:
+        """Nodes the state file did not place go into service."""
+        for node in self.pool.backends.values():
+            if node.admin_state == NEW:
+                transition(node, "start", self.now())
+        self.changed()
+
+    async def stop(self) -> None:
+        await self.checker.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # -- publishing ---------------------------------------------------------------
+    def publish(self) -> None:
+        self.generation += 1
+        if self.link is not None:
+            self.link.apply_view(self.pool.view(self.generation))
+
+    def changed(self) -> None:
+        """After any change of a node: publish the view, wake whoever waits."""
+        self.publish()
+        self.state_changed.set()
+        self.state_changed = asyncio.Event()
+
+    def sync(self) -> None:
+        """Bring the reported counters up to date before answering with them."""
+        if self.link is not None:
+            self.link.collect()
+
+    # -- admin states ---------------------------------------------------------------
+    def set_admin_state(self, node: Node, event: str) -> str:
+        """drain / ready / maint a node. Raises CommandError when the table forbids it."""
+        was = node.admin_state
+        new = transition(node, event, self.now())
+        if new == READY and was in (DRAINED, MAINT):
+            health.start_checking(node)   # checked before it gets traffic
+        if new == DRAINING and was != DRAINING:
+            self.stats.drains += 1
+            node.drain_cut = 0
+            self.drain_generation[node.name] = self.generation + 1   # the view published below
+        self.changed()
+        return node.admin_state
+
+    def add_node(self, config: BackendConfig, event: str = "join") -> Node:
+        node = Node(config, time.time())
+        transition(node, event, self.now())
+        self.pool.backends[node.name] = node
+        self.pool.note_version(node.version)
+        self.changed()
+        return node
+
+    def remove_node(self, node: Node) -> None:
+        self.pool.backends.pop(node.name, None)
+        self.removing.discard(node.name)
+        self.changed()
+
+    def _drop_if_removed(self, node: Node) -> None:
+        if node.name in self.removing and node.idle and node.admin_state != DRAINING:
+            self.remove_node(node)
+
+    def _drained(self, node: Node, event: str) -> None:
+        transition(node, event, self.now())
+        self.stats.drain_durations.append(self.now() - node.drain_started)
+        self.drain_generation.pop(node.name, None)
+        self._drop_if_removed(node)
+        self.changed()
+
+    # -- reports from the data plane -------------------------------------------------------
+    def on_report(self, report: Report) -> None:
+        self.reported_generation = report.generation
+        for name, got in report.nodes.items():
+            node = self.pool.backends.get(name)
+            if node is None:
+                continue
+            node.inflight, node.tunnels = got.inflight, got.tunnels
+            if not got.stats.empty:
+                node.stats.merge(got.stats)
+                node.requests += got.stats.requests
+                node.errors += got.stats.errors
+            for failed, count in got.outcomes:
+                for _ in range(count):
+                    self.passive(node, failed)
+            if got.cut is not None:
+                self._cut_done(node, got.cut)
+        self.stats.failed.update(report.failed)
+        self.stats.retries += report.retries
+        if report.pins is not None:
+            for key, counts in report.pins.items():
+                self.pins[key].update(counts)
+        self.clients = report.clients
+        for node in list(self.pool.backends.values()):
+            if node.admin_state == DRAINING and node.idle and \
+                    self.reported_generation >= self.drain_generation.get(node.name, 0):
+                self._drained(node, "idle")
+
+    def _cut_done(self, node: Node, cut: int) -> None:
+        self.cutting.discard(node.name)
+        node.drain_cut = cut
+        log.warning("drain of %s: deadline passed, %d requests/tunnels cut", node.name, cut)
+        if node.admin_state == DRAINING:
+            self._drained(node, "deadline")
+
+    # -- health ---------------------------------------------------------------------------
+    def apply_check(self, node: Node, ok: bool, version: str | None) -> None:
+        hc, now = self.config.health, self.now()
+        if health.record_check(node, ok, version, now, hc.rise, hc.fall):
+            health.ramp(node, now, self.config.slow_start)   # from its first request on
+            log.info("health: %s is %s (last check %s)", node.name, node.health,
+                     node.hstate.last_check)
+            self.changed()
+
+    def passive(self, node: Node, failed: bool) -> None:
+        """A proxied outcome: connect error or 5xx (failed), or a success after failures."""
+        cfg = self.config.passive
+        if health.record_response(node, failed, self.now(), cfg.failures, cfg.eject,
+                                  self.pool.backends.values()):
+            log.warning("passive: %s ejected for %.0fs after %d failures in a row", node.name,
+                        node.hstate.ejected_until - self.now(), cfg.failures)
+            self.changed()
+
+    # -- the sweeper: drain deadlines, ejections ending, slow-start ramps -----------------------
+    def _sweep(self) -> None:
+        try:
+            self.tick(self.now())
+        except Exception:
+            log.exception("control sweep failed")
+        finally:
+            self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def tick(self, now: float) -> None:
+        """What time alone changes: drain deadlines, ejections ending, slow-start ramps."""
+        self._drain_deadlines(now)
+        self._health_tick(now)
+
+    def _drain_deadlines(self, now: float) -> None:
+        drain_s = self.config.drain.timeout
+        for node in self.pool.backends.values():
+            if node.admin_state == DRAINING and now >= node.drain_started + drain_s \
+                    and node.name not in self.cutting:
+                self.cutting.add(node.name)
+                self.link.cut(node.name)
+
+    def _health_tick(self, now: float) -> None:
+        changed = bool(health.end_ejections(self.pool.backends.values(), now))
+        for node in self.pool.backends.values():
+            if node.hstate.ramp_start is not None:
+                health.ramp(node, now, self.config.slow_start)
+                changed = True           # version capacities follow the ramp
+        if changed:
+            self.changed()
+
+    # -- reload ---------------------------------------------------------------------------------
+    def reload(self, new: Config) -> list[str]:
+        """Apply a re-read config (see lb/core/reload.py); returns what changed."""
+        running = {n.name: RunningNode(n.host, n.port, n.weight, n.version)
+                   for n in self.pool.backends.values()}
+        changes = []
+        for action in plan_reload(self.config, new, running, self.removing):
+            said = self._RELOAD_ACTIONS[action.kind](self, action)
+            if said or action.message:
+                changes.append(said or action.message)
+        self.config = running_config(new, self.config)
+        self.link.apply_config(self.config)
+        self.changed()
+        return changes
+
+    # Each returns what the reply says, when that differs from the action's message.
+    def _reload_add(self, action) -> None:
+        self.add_node(action.value)
+
+    def _reload_address(self, action) -> None:
+        node = self.pool.backends[action.name]
+        node.host, node.port = action.value
+
+    def _reload_weight(self, action) -> None:
+        self.pool.backends[action.name].set_weight(action.value)
+
+    def _reload_version(self, action) -> None:
+        self.pool.backends[action.name].version = action.value
+        self.pool.note_version(action.value)
+
+    def _reload_keep(self, action) -> None:
+        self.removing.discard(action.name)
+
+    def _reload_remove(self, action) -> str | None:
+        node = self.pool.backends[action.name]
+        self.removing.add(action.name)
+        if node.admin_state == READY:
+            self.set_admin_state(node, "drain")
+        self._drop_if_removed(node)
+        if action.name in self.pool.backends:
+            return action.message + " (draining; dropped when drained)"
+        return None
+
+    def _reload_nothing(self, action) -> None:
+        pass                     # balance goes to the data plane with the config; the rest at restart
+
+    _RELOAD_ACTIONS = {ADD: _reload_add, ADDRESS: _reload_address, WEIGHT: _reload_weight,
+                       VERSION: _reload_version, KEEP: _reload_keep, REMOVE: _reload_remove,
+                       BALANCE: _reload_nothing, AT_RESTART: _reload_nothing}
+

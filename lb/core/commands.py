@@ -1,0 +1,107 @@
+"""The admin command table and the parsing of a command line. No I/O.
+
+Every command is a row of `COMMANDS`: its words, required and optional
+arguments, a one-line summary, the name of the handler method that runs it
+(on `lb.control.admin.Admin`), and whether it changes state (then the state
+file is written before the reply). `help` is generated from the rows, and an
+unknown command or a wrong number of arguments answers with the usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import VERSION_RE, BackendConfig, build, parse_duration
+from .errors import CommandError, ConfigError, InvalidValue
+
+
+@dataclass(frozen=True)
+class Command:
+    words: tuple[str, ...]
+    args: tuple[str, ...]          # required argument names
+    optional: tuple[str, ...]      # optional argument names, in order
+    summary: str
+    handler: str                   # the Admin method that runs it
+    mutates: bool
+
+    @property
+    def usage(self) -> str:
+        parts = [*self.words, *self.args, *(f"[{name}]" for name in self.optional)]
+        return " ".join(parts)
+
+
+COMMANDS = [
+    Command(("help",), (), (), "this list", "help", False),
+    Command(("show", "servers"), (), (), "every server with state, health and counters", "show_servers", False),
+    Command(("show", "server"), ("NAME",), (), "one server", "show_server", False),
+    Command(("show", "versions"), (), (), "versions, oldest first, with ready capacity", "show_versions", False),
+    Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s",
+            "show_stats", False),
+    Command(("show", "latency"), ("NAME[,NAME...]", "WINDOW"), (), "p50/p90/p99 of those servers together "
+            "over the last WINDOW (1s..60s)", "show_latency", False),
+    Command(("drain",), ("NAME",), (), "no new requests; in-flight ones finish", "drain", True),
+    Command(("wait",), ("NAME", "STATE"), ("TIMEOUT",), "block until drained|ready|maint|up", "wait", False),
+    Command(("ready",), ("NAME",), (), "back into service", "ready", True),
+    Command(("maint",), ("NAME",), (), "hold out of service", "maint", True),
+    Command(("set", "version"), ("NAME", "VERSION"), (), "relabel a server's version", "set_version", True),
+    Command(("set", "weight"), ("NAME", "WEIGHT"), (), "0..1000", "set_weight", True),
+    Command(("set", "target"), ("VERSION",), (), "declare the newest version", "set_target", True),
+    Command(("add", "server"), ("NAME", "HOST:PORT"), ("VERSION", "WEIGHT"), "joins in maint", "add_server", True),
+    Command(("del", "server"), ("NAME",), (), "only when drained or maint", "del_server", True),
+    Command(("reload",), (), (), "re-read the config file", "reload", True),
+]
+
+
+def help_lines() -> list[str]:
+    return [f"{c.usage:<48} {c.summary}" for c in COMMANDS]
+
+
+def parse(line: str) -> tuple[Command, list[str]]:
+    """The command row and its arguments. Raises CommandError with the usage."""
+    words = line.split()
+    if not words:
+        raise CommandError("empty command; try 'help'")
+    matches = [c for c in COMMANDS if tuple(words[:len(c.words)]) == c.words]
+    if not matches:
+        near = [c.usage for c in COMMANDS if c.words[0] == words[0]]
+        if near:
+            raise CommandError(f"usage: {' | '.join(near)}")
+        known = sorted({c.words[0] for c in COMMANDS})
+        raise CommandError(f"unknown command {' '.join(words[:2])!r}; commands: {', '.join(known)} "
+                           f"('help' lists their usage)")
+    command = max(matches, key=lambda c: len(c.words))
+    args = words[len(command.words):]
+    if not len(command.args) <= len(args) <= len(command.args) + len(command.optional):
+        raise CommandError(f"usage: {command.usage}")
+    return command, args
+
+
+def parse_timeout(text: str) -> float:
+    """A TIMEOUT argument: seconds ('30') or a duration ('30s', '2m'). Raises CommandError."""
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+    except InvalidValue:
+        raise CommandError(f"expected a TIMEOUT in seconds or a duration (30, 30s, 2m), got {text!r}") from None
+
+
+def check_version(version: str) -> None:
+    """Raises CommandError unless `version` is a valid version label."""
+    if not VERSION_RE.match(version):
+        raise CommandError(f"expected a version label of letters, digits, '.', '_' or '-' (max 32), "
+                           f"got {version!r}")
+
+
+def parse_weight(text: str) -> int:
+    """A WEIGHT argument, 0..1000. Raises CommandError."""
+    if not text.isdigit() or int(text) > 1000:
+        raise CommandError(f"'set weight' expects a whole number from 0 to 1000, got {text!r}")
+    return int(text)
+
+
+def backend_config(fields: dict) -> BackendConfig:
+    """A BackendConfig from admin arguments (or the state file), validated like the config
+    file. Raises CommandError."""
+    try:
+        return build(BackendConfig, fields, "server", "add server")
+    except ConfigError as exc:
+        raise CommandError(exc.message.replace("add server: server.", "")) from None

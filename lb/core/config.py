@@ -1,0 +1,281 @@
+"""YAML config -> frozen dataclasses, one per section.
+
+Every section is a dataclass whose fields carry a parser in their metadata
+(`_field(default, parse)`); `_build` walks a mapping against a dataclass, so the
+schema lives in the dataclass definitions alone. Every error names the file,
+the key path and the value: `lb.yaml: backends[2].address: expected HOST:PORT, got '9001'`.
+Unknown keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from .errors import ConfigError, InvalidValue
+
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Versions travel in a cookie value: keep them to a short token.
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+
+
+def parse_duration(value: Any) -> float:
+    """'500ms', '2s', '1m', '1h', '1d' or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise InvalidValue(f"expected a duration like 500ms, 2s or 1m, got {value!r}")
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    match = _DURATION_RE.match(str(value).strip())
+    if not match:
+        raise InvalidValue(f"expected a duration like 500ms, 2s or 1m, got {value!r}")
+    return float(match.group(1)) * _DURATION_UNIT_S[match.group(2)]
+
+
+def parse_hostport(value: Any) -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT') -> (host, port)."""
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidValue(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _listen_list(value: Any) -> tuple[tuple[str, int], ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise InvalidValue(f"expected HOST:PORT or a list of them, got {value!r}")
+    return tuple(parse_hostport(item) for item in items)
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidValue(f"expected an integer from {low} to {high}, got {value!r}")
+        return value
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise InvalidValue(f"expected a number from {low} to {high}, got {value!r}")
+        return float(value)
+    return parse
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise InvalidValue(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+    return parse
+
+
+def _matching(pattern: re.Pattern, what: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise InvalidValue(f"expected {what}, got {value!r}")
+        return value
+    return parse
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidValue(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _log_target(value: Any) -> str:
+    # YAML 1.1 reads a bare `off` as False; DESIGN.md writes `access_log: off`.
+    if value is False:
+        return "off"
+    return _text(value)
+
+
+def _file_mode(value: Any) -> int:
+    text = str(value)
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise InvalidValue(f"expected an octal file mode like \"0600\", got {value!r}")
+    return int(text, 8)
+
+
+def _url_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in " \r\n"):
+        raise InvalidValue(f"expected a path starting with '/', got {value!r}")
+    return value
+
+
+def _field(default: Any, parse: Callable[[Any], Any]) -> Any:
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata={"parse": parse})
+    return field(default=default, metadata={"parse": parse})
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    socket: str = _field("run/lb.sock", _text)
+    mode: int = _field(0o600, _file_mode)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = _field(("127.0.0.1", 9900), parse_hostport)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str = _field(None, _matching(_NAME_RE, "a name of letters, digits, '.', '_' or '-'"))
+    address: tuple[str, int] = _field(None, parse_hostport)
+    version: str = _field("v1", _matching(VERSION_RE, "a version label of letters, digits, '.', '_' or '-' (max 32)"))
+    weight: int = _field(100, _int_range(0, 1000))
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    path: str = _field("/health", _url_path)
+    interval: float = _field(1.0, parse_duration)
+    timeout: float = _field(1.0, parse_duration)
+    rise: int = _field(2, _int_range(1, 100))
+    fall: int = _field(3, _int_range(1, 100))
+
+
+@dataclass(frozen=True)
+class PassiveConfig:
+    failures: int = _field(3, _int_range(0, 1000))
+    eject: float = _field(10.0, parse_duration)
+
+
+@dataclass(frozen=True)
+class DrainConfig:
+    timeout: float = _field(30.0, parse_duration)
+
+
+@dataclass(frozen=True)
+class PinningConfig:
+    mode: str = _field("version", _one_of("version", "none"))
+    cookie: str = _field("lb_version", _matching(re.compile(r"^[A-Za-z0-9_-]{1,64}$"), "a cookie name"))
+    max_age: float = _field(86400.0, parse_duration)
+    max_overload: float = _field(1.5, _float_range(1.0, 100.0))
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    connect: float = _field(2.0, parse_duration)
+    client_header: float = _field(10.0, parse_duration)
+    client_idle: float = _field(60.0, parse_duration)
+    upstream_first_byte: float = _field(30.0, parse_duration)
+    upstream_idle: float = _field(60.0, parse_duration)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_header_bytes: int = _field(16384, _int_range(1024, 1 << 20))
+    max_connections: int = _field(10000, _int_range(1, 1_000_000))
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[tuple[str, int], ...] = _field((("127.0.0.1", 8080),), _listen_list)
+    http: str = _field("auto", _one_of("auto", "httptools", "h11"))
+    admin: AdminConfig = _field(AdminConfig(), AdminConfig)
+    metrics: MetricsConfig = _field(MetricsConfig(), MetricsConfig)
+    balance: str = _field("least_conn", _one_of("least_conn", "round_robin", "random_two"))
+    backends: tuple[BackendConfig, ...] = _field((), lambda raw: raw)  # see _build_backends
+    health: HealthConfig = _field(HealthConfig(), HealthConfig)
+    passive: PassiveConfig = _field(PassiveConfig(), PassiveConfig)
+    drain: DrainConfig = _field(DrainConfig(), DrainConfig)
+    slow_start: float = _field(10.0, parse_duration)
+    pinning: PinningConfig = _field(PinningConfig(), PinningConfig)
+    timeouts: TimeoutsConfig = _field(TimeoutsConfig(), TimeoutsConfig)
+    limits: LimitsConfig = _field(LimitsConfig(), LimitsConfig)
+    retries: int = _field(2, _int_range(0, 10))
+    access_log: str = _field("stdout", _log_target)
+    state_file: str = _field("run/lb.state", _text)
+    # Where the file was read from (an absolute path); relative paths in it resolve
+    # against its folder, or against runtime_dir when that is set (the embedded default).
+    source: str = field(default="<defaults>", compare=False)
+    runtime_dir: str | None = field(default=None, compare=False)
+
+    def backend(self, name: str) -> BackendConfig | None:
+        return next((b for b in self.backends if b.name == name), None)
+
+    def resolve(self, path: str) -> str:
+        """A path from the config, relative to the config file's folder (`runtime_dir`
+        for the embedded default, whose own folder is inside the installed package)."""
+        if posixpath.isabs(path):
+            return path
+        return posixpath.join(self.runtime_dir or posixpath.dirname(self.source), path)
+
+
+def build(cls: type, raw: Any, path: str, source: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {path or '<top>'}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if "parse" in f.metadata}
+    values = {}
+    for key, value in raw.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{source}: {key_path}: unknown key (known keys: {known})")
+        parse = fields[key].metadata["parse"]
+        if key == "backends" and cls is Config:
+            values[key] = _build_backends(value, key_path, source)
+        elif dataclasses.is_dataclass(parse):
+            values[key] = build(parse, value, key_path, source)
+        else:
+            try:
+                values[key] = parse(value)
+            except InvalidValue as exc:
+                raise ConfigError(f"{source}: {key_path}: {exc}") from None
+    missing = [name for name, f in fields.items() if f.default is None and name not in values]
+    if missing:
+        raise ConfigError(f"{source}: {path}.{missing[0]}: required key is missing")
+    return cls(**values)
+
+
+def _build_backends(raw: Any, path: str, source: str) -> tuple[BackendConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: {path}: expected a list of backends, got {raw!r}")
+    backends = tuple(build(BackendConfig, item, f"{path}[{i}]", source) for i, item in enumerate(raw))
+    seen: dict[tuple[str, Any], int] = {}
+    for i, backend in enumerate(backends):
+        for key, value in (("name", backend.name), ("address", backend.address)):
+            if (key, value) in seen:
+                raise ConfigError(f"{source}: {path}[{i}].{key}: duplicate of "
+                                  f"{path}[{seen[key, value]}], got {raw[i][key]!r}")
+            seen[key, value] = i
+    return backends
+
+
+def parse_config(text: str, source: str = "<string>", runtime_dir: str | None = None) -> Config:
+    """Parse YAML text into a Config. Raises ConfigError naming source, key path, value.
+
+    The file itself is read by `lb.files.load_config` (core does no I/O)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{source}: {where}not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    config = build(Config, raw, "", source)
+    if not config.backends:
+        raise ConfigError(f"{source}: backends: expected at least one backend, got none")
+    return dataclasses.replace(config, source=source, runtime_dir=runtime_dir)

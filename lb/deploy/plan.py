@@ -1,0 +1,379 @@
+"""The rolling deploy's decisions: options, plan, steps, verdicts, saved progress. No I/O.
+
+Theory of operation
+-------------------
+`lb deploy` is a client of the admin socket. This module decides; run.py acts
+(admin commands, update commands, timers) and view.py shows.
+
+- `plan()` puts the nodes not yet on the target version (config order, nodes in
+  maint left alone) into batches: the first `canary` nodes, then `batch` at a
+  time. A batch only takes as much in-service weight as `min_ready` leaves
+  spare: weight in service (ready and up) minus `min_ready` of the total weight.
+  The batch shrinks to fit; if not even one node fits, the deploy is refused.
+- Each node walks `FORWARD` (drain, wait drained, update, set version, ready,
+  wait up) and, to roll back, `BACK` (the same with the rollback command and the
+  old version). A step is a row: what admin command or shell command it runs and
+  which option bounds it. `NodeProgress` counts the steps done and whether the
+  next one was started, so an interrupted deploy resumes at the step it was in,
+  and a rollback knows whether a node's code was touched at all.
+- After a batch is up it bakes; `judge()` compares the batch's 5xx rate and
+  p99 over the bake with the baseline (the old-version nodes still in service
+  over the same window) and requires no lb-made failure during the batch.
+- `DeployState` is everything `--resume` needs, as a JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+
+from ..core.config import VERSION_RE, parse_duration
+from ..core.errors import DeployError, InvalidValue
+
+# Exit codes of `lb deploy`.
+EXIT_DONE, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_STUCK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+PLACEHOLDERS = ("name", "host", "port", "version", "old_version")
+_PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+# A p99 over n requests rests on its n/100 slowest. Under 1000 that is a handful, and a
+# freshly started process's first requests (imports, connections; measured 2-2.7x the old
+# nodes' p99 in 1-2 s bakes, 0.6-1.1x in 4 s bakes) decide it alone.
+MIN_P99_REQUESTS = 1000
+P99_FLOOR_MS = 1.0         # baselines under 1 ms are read as 1 ms: below that it is noise
+
+
+# -- options -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Options:
+    to: str
+    update: str
+    rollback: str | None = None           # default: `update` with the old version
+    batch: str = "1"                      # N nodes or N% of the nodes
+    canary: int = 1
+    bake_s: float = 10.0
+    canary_bake_s: float = 30.0
+    max_error_rate: float = 0.01          # how far the batch's 5xx rate may exceed the baseline's
+    max_p99_ratio: float = 2.0
+    health_timeout_s: float = 60.0
+    drain_timeout_s: float = 30.0
+    update_timeout_s: float = 600.0
+    min_ready: str = "80%"
+    rollback_done: bool = True            # roll back batches that had finished, too
+
+    def __post_init__(self):
+        check_options(self)
+
+    @property
+    def min_ready_fraction(self) -> Fraction:
+        return parse_percent(self.min_ready, "--min-ready")
+
+    def batch_size(self, node_count: int) -> int:
+        if self.batch.endswith("%"):
+            return max(1, math.floor(parse_percent(self.batch, "--batch") * node_count))
+        return int(self.batch)
+
+    def command(self, direction: str) -> str:
+        return self.update if direction == "forward" or not self.rollback else self.rollback
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_options(opts: Options) -> None:
+    """Raises DeployError naming the option that is wrong."""
+    if not VERSION_RE.match(opts.to):
+        raise DeployError(f"--to: expected a version label (letters, digits, '.', '_', '-'), got {opts.to!r}")
+    for flag, template in (("--update", opts.update), ("--rollback", opts.rollback)):
+        if template is not None and not template.strip():
+            raise DeployError(f"{flag}: expected a shell command")
+        unknown = set(re.findall(r"\{(\w+)\}", template or "")) - set(PLACEHOLDERS)
+        if unknown:
+            raise DeployError(f"{flag}: unknown placeholder {{{sorted(unknown)[0]}}}; "
+                              f"known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+    if not (opts.batch.isdigit() and int(opts.batch) >= 1) and not opts.batch.endswith("%"):
+        raise DeployError(f"--batch: expected a number of nodes (3) or a percentage (30%), got {opts.batch!r}")
+    if opts.batch.endswith("%"):
+        parse_percent(opts.batch, "--batch")
+    parse_percent(opts.min_ready, "--min-ready")
+    if opts.canary < 0:
+        raise DeployError(f"--canary: expected 0 or more nodes, got {opts.canary}")
+    if not 0 <= opts.max_error_rate <= 1:
+        raise DeployError(f"--max-error-rate: expected a fraction from 0 to 1, got {opts.max_error_rate}")
+    if opts.max_p99_ratio < 1:
+        raise DeployError(f"--max-p99-ratio: expected 1 or more, got {opts.max_p99_ratio}")
+
+
+def parse_percent(text: str, flag: str) -> Fraction:
+    """'80%' or '0.8' -> Fraction(4, 5). Raises DeployError."""
+    try:
+        value = Fraction(text[:-1]) / 100 if text.endswith("%") else Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        value = None
+    if value is None or not 0 <= value <= 1:
+        raise DeployError(f"{flag}: expected a percentage (80%) or a fraction (0.8), got {text!r}")
+    return value
+
+
+def parse_seconds(text: str, flag: str) -> float:
+    try:
+        return parse_duration(text)
+    except InvalidValue:
+        raise DeployError(f"{flag}: expected a duration like 500ms, 30s or 2m, got {text!r}") from None
+
+
+def fill(template: str, values: dict) -> str:
+    """The command with {name} {host} {port} {version} {old_version} replaced; other
+    braces (a shell's ${VAR}) are left alone. Values are plain labels and addresses."""
+    return _PLACEHOLDER_RE.sub(lambda m: str(values[m.group(1)]), template)
+
+
+def command_env(values: dict) -> dict:
+    return {"LB_NODE": values["name"], "LB_HOST": values["host"], "LB_PORT": str(values["port"]),
+            "LB_VERSION": values["version"], "LB_OLD_VERSION": values["old_version"]}
+
+
+# -- the plan ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Batch:
+    nodes: tuple[str, ...]
+    canary: bool
+
+
+def in_service(server: dict) -> bool:
+    return server["state"] == "ready" and server["health"] == "up" and server["weight"] > 0
+
+
+def spare_weight(servers: list[dict], min_ready: Fraction) -> Fraction:
+    """Weight that may leave service: in service minus `min_ready` of the total."""
+    total = sum(s["weight"] for s in servers)
+    return sum(s["weight"] for s in servers if in_service(s)) - min_ready * total
+
+
+def fit(names: list[str], servers: list[dict], size: int, min_ready: Fraction) -> list[str]:
+    """The longest prefix of `names` (at most `size`) whose in-service weight fits the spare.
+    Raises DeployError when not even the first fits."""
+    by_name = {s["name"]: s for s in servers}
+    spare, taken, cost = spare_weight(servers, min_ready), [], 0
+    for name in names[:size]:
+        server = by_name[name]
+        node_cost = server["weight"] if in_service(server) else 0
+        if cost + node_cost > spare:
+            break
+        taken.append(name)
+        cost += node_cost
+    if names and not taken:
+        total = sum(s["weight"] for s in servers)
+        left = spare_weight(servers, 0) - by_name[names[0]]["weight"]
+        raise DeployError(f"taking {names[0]} out would leave {float(left / total):.0%} of the weight in "
+                          f"service, under --min-ready {float(min_ready):.0%}")
+    return taken
+
+
+def plan(servers: list[dict], opts: Options) -> tuple[list[Batch], list[str]]:
+    """The batches, and notes on the nodes left alone. Raises DeployError."""
+    notes, todo = [], []
+    for server in servers:
+        name, state = server["name"], server["state"]
+        if server["version"] == opts.to:
+            continue
+        if state == "maint":
+            notes.append(f"{name} is in maint: left alone")
+        elif state in ("draining", "drained"):
+            raise DeployError(f"{name} is {state}, not from this deploy: 'ready' it first, or put it "
+                              f"in 'maint' to leave it out of the deploy")
+        else:
+            todo.append(name)
+    size, min_ready = opts.batch_size(len(servers)), opts.min_ready_fraction
+    batches, rows = [], [dict(s) for s in servers]
+    for names, canary, limit in ((todo[:opts.canary], True, opts.canary),
+                                 (todo[opts.canary:], False, size)):
+        while names:
+            taken = fit(names, rows, limit, min_ready)
+            batches.append(Batch(tuple(taken), canary))
+            names = names[len(taken):]
+            for row in rows:
+                if row["name"] in taken:      # a batch is back in service before the next one
+                    row.update(state="ready", health="up")
+    return batches, notes
+
+
+# -- the steps of one node -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    admin: str | None = None        # admin command template, or None for the shell command
+    timeout: str | None = None      # the Options field that bounds it
+
+
+def _steps(command_step: str) -> tuple[Step, ...]:
+    return (Step("drain", "drain {name}"),
+            Step("wait drained", "wait {name} drained {timeout}", "drain_timeout_s"),
+            Step(command_step, None, "update_timeout_s"),
+            Step("set version", "set version {name} {version}"),
+            Step("ready", "ready {name}"),
+            Step("wait up", "wait {name} up {timeout}", "health_timeout_s"))
+
+
+STEPS = {"forward": _steps("update"), "back": _steps("rollback")}
+COMMAND_INDEX = 2               # the shell command's place in both sequences
+
+
+@dataclass
+class NodeProgress:
+    direction: str = "forward"
+    done: int = 0                   # steps completed in `direction`
+    running: bool = False           # the step at index `done` was started
+    error: str | None = None
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return STEPS[self.direction]
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.steps)
+
+    @property
+    def next_step(self) -> Step | None:
+        return None if self.finished else self.steps[self.done]
+
+    @property
+    def code_touched(self) -> bool:
+        """Whether this node's update command ran (or may have run) at all."""
+        return self.direction == "back" or self.done > COMMAND_INDEX or \
+            (self.done == COMMAND_INDEX and self.running)
+
+    def restart_at_ready(self) -> None:
+        """Roll back a node whose code was never touched: only `ready` and `wait up` are left."""
+        self.direction, self.running = "back", False
+        self.done = [s.name for s in STEPS["back"]].index("ready")
+
+    def restore_plan(self) -> str:
+        """How a rollback brings this node back: 'none', 'ready' (code untouched,
+        only put back) or 'back' (drain, rollback command, old version, ready)."""
+        if self.direction == "back":
+            return "back"
+        if self.code_touched:
+            return "back"
+        return "ready" if self.done > 0 or self.running else "none"
+
+
+# -- the bake verdict ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sample:
+    """A group of nodes over the bake: requests and 5xx counted, p99 from lb's window."""
+    requests: int
+    errors: int
+    p99_ms: float | None = None
+    latency_requests: int = 0
+    label: str = ""
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reasons: list[str]
+    numbers: dict = field(default_factory=dict)
+
+
+def judge(batch: Sample, baseline: Sample | None, lb_failed: dict, opts: Options) -> Verdict:
+    """Whether a baked batch passes. `lb_failed` counts lb-made failures during the batch."""
+    reasons = []
+    base_rate = baseline.error_rate if baseline else 0.0
+    if batch.error_rate - base_rate > opts.max_error_rate:
+        reasons.append(f"error rate {batch.error_rate:.1%} ({batch.errors} of {batch.requests}) against "
+                       f"{base_rate:.1%} on {baseline.label if baseline else 'no baseline'}, over the bar "
+                       f"of +{opts.max_error_rate:.1%}")
+    ratio, p99_note = None, None
+    samples = min(batch.latency_requests, baseline.latency_requests if baseline else 0)
+    if baseline is None:
+        p99_note = "p99 not compared: no baseline in service"
+    elif samples < MIN_P99_REQUESTS:
+        p99_note = f"p99 not compared: {samples} requests in the smaller group, {MIN_P99_REQUESTS} needed"
+    elif batch.p99_ms is not None and baseline.p99_ms is not None:
+        ratio = batch.p99_ms / max(baseline.p99_ms, P99_FLOOR_MS)
+        if ratio > opts.max_p99_ratio:
+            reasons.append(f"p99 {batch.p99_ms:.1f} ms against {baseline.p99_ms:.1f} ms on "
+                           f"{baseline.label}: {ratio:.2f}x, over the bar of {opts.max_p99_ratio:g}x")
+    failed = sum(lb_failed.values())
+    if failed:
+        detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(lb_failed.items()))
+        reasons.append(f"lb failed {failed} client request(s) during the batch ({detail})")
+    numbers = {"requests": batch.requests, "errors": batch.errors, "error_rate": round(batch.error_rate, 4),
+               "p99_ms": batch.p99_ms, "baseline": baseline.label if baseline else None,
+               "baseline_requests": baseline.requests if baseline else 0,
+               "baseline_error_rate": round(base_rate, 4),
+               "baseline_p99_ms": baseline.p99_ms if baseline else None,
+               "p99_ratio": round(ratio, 2) if ratio is not None else None, "p99_note": p99_note,
+               "lb_failed": failed}
+    return Verdict(not reasons, reasons, numbers)
+
+
+def lb_made_failures(before: dict, after: dict) -> dict:
+    """lb-made failures between two `show stats` totals: 5xx lb answered and connections cut
+    mid-response. 400/408/431... are the clients' own doing, and `drain_deadline` (a
+    tunnel closed at the drain deadline, a WebSocket with close 1001) is how long-lived
+    connections end by design; neither counts against a deploy."""
+    out = {}
+    for reason, count in after.items():
+        if (reason == "cut" or reason.startswith("5")) and count > before.get(reason, 0):
+            out[reason] = count - before.get(reason, 0)
+    return out
+
+
+# -- what --resume needs ---------------------------------------------------------------
+
+PHASES = ("deploy", "rollback", "done", "rolled_back", "stuck")
+UNFINISHED = ("deploy", "rollback", "stuck")
+
+
+@dataclass
+class DeployState:
+    options: dict
+    batches: list[Batch]
+    old_versions: dict[str, str]
+    addresses: dict[str, tuple[str, int]]
+    batch: int = 0                              # the batch in progress
+    phase: str = "deploy"
+    progress: dict[str, NodeProgress] = field(default_factory=dict)
+    baked: list[str] = field(default_factory=list)     # nodes whose batch passed its bake
+    failure: dict | None = None
+    interrupted: bool = False
+
+    def node(self, name: str) -> NodeProgress:
+        return self.progress.setdefault(name, NodeProgress())
+
+    def to_dict(self) -> dict:
+        return {"format": 1, "options": self.options, "phase": self.phase, "batch": self.batch,
+                "batches": [{"nodes": list(b.nodes), "canary": b.canary} for b in self.batches],
+                "old_versions": self.old_versions,
+                "addresses": {n: list(a) for n, a in self.addresses.items()},
+                "progress": {n: asdict(p) for n, p in self.progress.items()},
+                "baked": self.baked, "failure": self.failure, "interrupted": self.interrupted}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeployState":
+        """Raises DeployError when the file is not a deploy state this version wrote."""
+        try:
+            if data.get("format") != 1 or data["phase"] not in PHASES:
+                raise KeyError("format")
+            return cls(options=data["options"],
+                       batches=[Batch(tuple(b["nodes"]), b["canary"]) for b in data["batches"]],
+                       old_versions=data["old_versions"],
+                       addresses={n: (a[0], a[1]) for n, a in data["addresses"].items()},
+                       batch=data["batch"], phase=data["phase"],
+                       progress={n: NodeProgress(**p) for n, p in data["progress"].items()},
+                       baked=data["baked"], failure=data.get("failure"),
+                       interrupted=data.get("interrupted", False))
+        except (KeyError, TypeError, IndexError, AttributeError):
+            raise DeployError("not a deploy state file written by this lb") from None

@@ -1,0 +1,544 @@
+"""`lb deploy` in action: admin commands, update commands, bakes, rollback, the state file.
+
+The decisions (plan, steps, verdicts) are in plan.py; this layer runs them,
+and view.py shows them. Admin commands go through client.py (a connection per
+command, retried while lb restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import time
+from collections import deque
+
+from ..core.config import parse_hostport
+from ..core.errors import DeployError
+from ..core.stats import iso_utc
+from ..files import atomic_write
+from .client import RECONNECT_S, AdminClient, StepFailed, Unreachable
+from .plan import (
+    EXIT_DONE,
+    EXIT_INTERRUPTED,
+    EXIT_ROLLED_BACK,
+    EXIT_STUCK,
+    EXIT_USAGE,
+    UNFINISHED,
+    Batch,
+    DeployState,
+    NodeProgress,
+    Options,
+    Sample,
+    command_env,
+    fill,
+    fit,
+    in_service,
+    judge,
+    lb_made_failures,
+    plan,
+)
+
+REPLY_SLACK_S = 15.0        # beyond a `wait`'s own timeout, before its reply counts as lost
+KILL_GRACE_S = 5.0          # SIGTERM to SIGKILL for an update command past its timeout
+OUTPUT_TAIL_LINES = 20
+WATCH_INTERVAL_S = 0.5
+
+
+async def run_command(command: str, env: dict, timeout_s: float, log, label: str) -> None:
+    """Run a shell command in its own session; its output goes to the deploy log.
+    Raises StepFailed (exit status, or timed out) with the output's last lines."""
+    proc = await asyncio.create_subprocess_shell(
+        command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
+    tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+
+    async def pump():
+        async for raw in proc.stdout:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(text)
+            log.write(f"{iso_utc(time.time())} {label} | {text}\n")
+            log.flush()
+
+    pumping = asyncio.create_task(pump())
+    try:
+        code = await asyncio.wait_for(proc.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        await _kill_group(proc)
+        await _finish(pumping)
+        raise StepFailed(f"timed out after {timeout_s:g}s (--update-timeout); killed", list(tail)) from None
+    await _finish(pumping)
+    if code != 0:
+        raise StepFailed(f"exited with status {code}", list(tail))
+
+
+async def _kill_group(proc) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+            return
+        except asyncio.TimeoutError:
+            continue
+
+
+async def _finish(task: asyncio.Task) -> None:
+    """Let the output pump drain; a background child still holding the pipe is not waited for."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), 1.0)
+    except asyncio.TimeoutError:
+        task.cancel()
+
+
+class Deployer:
+    def __init__(self, opts: Options, admin: AdminClient, view, state_path: str, log_path: str):
+        self.opts = opts
+        self.admin = admin
+        self.view = view
+        self.state_path = state_path
+        self.log = open(log_path, "a", encoding="utf-8")
+        self.log_path = log_path
+        self.state: DeployState | None = None
+        self.expect_to = opts.to if opts else None       # --resume checks it against the state file
+        self.stopping = False
+        self.main_task: asyncio.Task | None = None
+        self.batch_failed = False
+        self.timings: dict[str, dict[str, float]] = {}
+        self.started = time.monotonic()
+
+    # -- start ---------------------------------------------------------------------
+    async def prepare(self, resume: bool) -> tuple[list[Batch], list[str]]:
+        """Load or make the plan. Raises DeployError (exit 2)."""
+        servers = await self.admin.servers()
+        saved = load_state(self.state_path)
+        if resume:
+            if saved is None:
+                raise DeployError(f"--resume: no deploy state in {self.state_path}")
+            if saved.phase not in UNFINISHED:
+                raise DeployError(f"--resume: the deploy in {self.state_path} has ended ({saved.phase}); "
+                                  f"nothing to resume")
+            if self.expect_to and self.expect_to != saved.options["to"]:
+                raise DeployError(f"--resume: {self.state_path} is a deploy to {saved.options['to']}, "
+                                  f"not {self.expect_to}")
+            saved.interrupted = False
+            self.state, self.opts = saved, Options(**saved.options)
+            return saved.batches, [f"resuming the deploy to {self.opts.to} recorded in {self.state_path} "
+                                   f"with its options"]
+        if saved is not None and saved.phase in UNFINISHED:
+            raise DeployError(f"an unfinished deploy to {saved.options['to']} ({saved.phase}) is recorded in "
+                              f"{self.state_path}: finish it with --resume, or remove the file")
+        batches, notes = plan(servers, self.opts)
+        self.state = DeployState(
+            options=self.opts.to_dict(), batches=batches,
+            old_versions={s["name"]: s["version"] for s in servers},
+            addresses={s["name"]: parse_hostport(s["address"]) for s in servers})
+        return batches, notes
+
+    async def run(self) -> int:
+        state = self.state
+        self._event("start", to=self.opts.to, phase=state.phase, batches=len(state.batches),
+                    log=self.log_path, state_file=self.state_path)
+        if state.phase == "deploy":
+            await self.admin.ok(f"set target {self.opts.to}")
+            failure = await self.deploy()
+            if self.stopping and failure is None:
+                return self.interrupted()
+            if failure is None:
+                state.phase = "done"
+                self.save()
+                return EXIT_DONE
+            state.failure, state.phase = failure, "rollback"
+            self.save()
+            self._event("failed", **failure)
+        return await self.rollback()
+
+    # -- forward ---------------------------------------------------------------------
+    async def deploy(self) -> dict | None:
+        state = self.state
+        while state.batch < len(state.batches) and not self.stopping:
+            batch = state.batches[state.batch]
+            if not any(state.node(n).done or state.node(n).running for n in batch.nodes):
+                batch = await self.fit_batch(state.batch)
+                if isinstance(batch, dict):
+                    return batch
+            self._event("batch", index=state.batch + 1, of=len(state.batches), nodes=list(batch.nodes),
+                        canary=batch.canary)
+            try:
+                before = await self.snapshot()
+                failure = await self.walk_all(batch.nodes, "forward") or await self.bake(batch, before)
+            except (StepFailed, Unreachable) as exc:      # reading stats failed: judge nothing blind
+                failure = {"node": ",".join(batch.nodes), "step": "bake", "reason": str(exc)}
+            if failure or self.stopping:
+                return failure
+            state.baked.extend(batch.nodes)
+            state.batch += 1
+            self.save()
+        return None
+
+    async def fit_batch(self, index: int) -> Batch | dict:
+        """The batch shrunk to what --min-ready allows now (the rest becomes the next batch);
+        waits up to --health-timeout for capacity. A failure dict when there is none."""
+        batch = self.state.batches[index]
+        deadline = time.monotonic() + self.opts.health_timeout_s
+        while True:
+            servers = await self.admin.servers()
+            try:
+                taken = fit(list(batch.nodes), servers, len(batch.nodes), self.opts.min_ready_fraction)
+                break
+            except DeployError as exc:
+                if time.monotonic() > deadline or self.stopping:
+                    return {"node": batch.nodes[0], "step": "min-ready", "reason": exc.message}
+                await asyncio.sleep(1.0)
+        if len(taken) < len(batch.nodes):
+            rest = Batch(batch.nodes[len(taken):], batch.canary)
+            batch = Batch(tuple(taken), batch.canary)
+            self.state.batches[index:index + 1] = [batch, rest]
+            self._event("replan", reason="--min-ready", batches=[list(b.nodes) for b in self.state.batches])
+            self.save()
+        return batch
+
+    async def walk_all(self, names, direction: str) -> dict | None:
+        self.batch_failed = False
+        results = await asyncio.gather(*(self.walk(name, direction) for name in names))
+        failures = [r for r in results if r]
+        if failures:
+            first = dict(failures[0])
+            if len(failures) > 1:
+                first["also"] = failures[1:]
+            return first
+        return None
+
+    async def walk(self, name: str, direction: str) -> dict | None:
+        """Run the node's steps from where it is; a failure dict, or None."""
+        progress = self.state.node(name)
+        if progress.direction != direction:
+            progress.direction, progress.done, progress.running = direction, 0, False
+        while not progress.finished:
+            if self.stopping or (self.batch_failed and direction == "forward"):
+                return None
+            step = progress.next_step
+            progress.running = True
+            self.save()
+            self._event("step", node=name, step=step.name, direction=direction, status="start")
+            started = time.monotonic()
+            try:
+                await self.do_step(name, step, direction)
+            except StepFailed as exc:
+                # a refused admin command changed nothing; a failed shell command may have
+                # done half its work, so the step stays "started" (a rollback then restores)
+                progress.running = step.admin is None
+                progress.error = f"{step.name}: {exc.reason}"
+                self.save()
+                self.batch_failed = True
+                self._event("step", node=name, step=step.name, direction=direction, status="failed",
+                            reason=exc.reason, output=exc.output[-5:])
+                return {"node": name, "step": step.name, "reason": exc.reason, "output": exc.output}
+            took = time.monotonic() - started
+            if direction == "forward":
+                self.timings.setdefault(name, {})[step.name] = round(took, 2)
+            progress.done, progress.running, progress.error = progress.done + 1, False, None
+            self.save()
+            self._event("step", node=name, step=step.name, direction=direction, status="ok",
+                        seconds=round(took, 2))
+        return None
+
+    async def do_step(self, name: str, step, direction: str) -> None:
+        values = self.values(name, direction)
+        timeout_s = getattr(self.opts, step.timeout) if step.timeout else 30.0
+        if step.admin is None:
+            command = fill(self.opts.command(direction), values)
+            self.log.write(f"{iso_utc(time.time())} {name} $ {command}\n")
+            await run_command(command, command_env(values), timeout_s, self.log, name)
+            return
+        line = step.admin.format(name=name, version=values["version"], timeout=f"{timeout_s:g}")
+        try:
+            await self.admin.ok(line, timeout_s + REPLY_SLACK_S)
+        except Unreachable as exc:
+            raise StepFailed(exc.message) from None
+
+    def values(self, name: str, direction: str) -> dict:
+        old = self.state.old_versions[name]
+        host, port = self.state.addresses[name]
+        new, previous = (self.opts.to, old) if direction == "forward" else (old, self.opts.to)
+        return {"name": name, "host": host, "port": port, "version": new, "old_version": previous}
+
+    # -- bake ----------------------------------------------------------------------------
+    async def bake(self, batch: Batch, batch_before: dict) -> dict | None:
+        bake_s = self.opts.canary_bake_s if batch.canary else self.opts.bake_s
+        self._event("bake", nodes=list(batch.nodes), seconds=bake_s, canary=batch.canary)
+        while True:
+            before = await self.snapshot()
+            failure = await self.watch_bake(batch, before["at"] + bake_s)
+            if failure or self.stopping:
+                return failure
+            after = await self.snapshot()
+            if not restarted(before, after):
+                break
+            # lb restarted during the bake: its counters began again, so bake again
+            self._event("bake", nodes=list(batch.nodes), seconds=bake_s, canary=batch.canary,
+                        note="lb restarted during the bake; baking again")
+        if restarted(batch_before, after):
+            batch_before = {"failed": {}}         # counted since lb's restart
+        servers = await self.admin.servers()
+        group = await self.sample(list(batch.nodes), before, after, self.opts.to)
+        baseline = await self.baseline(servers, batch, before, after)
+        verdict = judge(group, baseline, lb_made_failures(batch_before["failed"], after["failed"]), self.opts)
+        self._event("baked", nodes=list(batch.nodes), ok=verdict.ok, reasons=verdict.reasons,
+                    **verdict.numbers)
+        if verdict.ok:
+            return None
+        return {"node": ",".join(batch.nodes), "step": "bake", "reason": "; ".join(verdict.reasons),
+                "numbers": verdict.numbers}
+
+    async def watch_bake(self, batch: Batch, deadline: float) -> dict | None:
+        """Wait out the bake; a failure as soon as a batch node leaves service."""
+        while time.monotonic() < deadline:
+            if self.stopping:
+                return None
+            await asyncio.sleep(min(WATCH_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+            servers = await self.admin.servers()
+            gone = [s for s in servers if s["name"] in batch.nodes and not in_service(s)]
+            if gone:
+                s = gone[0]
+                return {"node": s["name"], "step": "bake",
+                        "reason": f"left service during the bake: {s['state']}/{s['health']}"}
+        return None
+
+    async def baseline(self, servers, batch, before, after) -> Sample | None:
+        """The old-version nodes in service; when none is left, the nodes updated before."""
+        others = [s for s in servers if s["name"] not in batch.nodes and in_service(s)
+                  and s["name"] in before["servers"]]
+        old = [s["name"] for s in others if s["version"] != self.opts.to]
+        new = [s["name"] for s in others if s["version"] == self.opts.to]
+        if old:
+            label = "/".join(sorted({s["version"] for s in others if s["name"] in old}))
+            return await self.sample(old, before, after, label)
+        if new:
+            return await self.sample(new, before, after, f"{self.opts.to} (earlier batches)")
+        return None
+
+    async def snapshot(self) -> dict:
+        stats = (await self.admin.ok("show stats"))["stats"]
+        return {"at": time.monotonic(), "servers": {s["name"]: s for s in stats["servers"]},
+                "failed": stats["totals"]["failed"], "since": stats["totals"]["since"]}
+
+    async def sample(self, names: list[str], before: dict, after: dict, label: str) -> Sample:
+        def delta(key: str) -> int:       # never below 0: lb may have restarted in between
+            return sum(max(after["servers"][n][key] - before["servers"].get(n, {}).get(key, 0), 0)
+                       for n in names)
+
+        window_s = min(max(math.ceil(after["at"] - before["at"]), 1), 60)
+        latency = (await self.admin.ok(f"show latency {','.join(names)} {window_s}"))["latency"]
+        return Sample(delta("requests"), delta("5xx"), latency["p99_ms"], latency["requests"], label)
+
+    # -- back --------------------------------------------------------------------------
+    async def rollback(self) -> int:
+        state = self.state
+        self._event("rollback", failed_batch=state.batch + 1 if state.batch < len(state.batches) else None,
+                    finished_batches=state.batch if self.opts.rollback_done else 0)
+        try:
+            for group in self.restore_groups():
+                if self.stopping:
+                    return self.interrupted()
+                for sub in await self.restore_fits(group):
+                    await self.restore(sub)
+        except (StepFailed, Unreachable) as exc:
+            self._event("rollback_error", reason=str(exc))
+        if self.stopping:
+            return self.interrupted()
+        left = [n for n, p in state.progress.items() if self.needs_restore(n, p)]
+        state.phase = "stuck" if left else "rolled_back"
+        self.save()
+        return EXIT_STUCK if left else EXIT_ROLLED_BACK
+
+    def restore_groups(self) -> list[list[str]]:
+        """The failed batch first, then (with rollback of finished batches) the others, newest first."""
+        state = self.state
+        last = min(state.batch, len(state.batches) - 1)
+        indexes = range(last, -1, -1) if self.opts.rollback_done else [last]
+        groups = []
+        for index in indexes:
+            names = [n for n in state.batches[index].nodes if self.needs_restore(n, state.node(n))]
+            if names:
+                groups.append(names)
+        return groups
+
+    def needs_restore(self, name: str, progress: NodeProgress) -> bool:
+        if name in self.state.baked and not self.opts.rollback_done:
+            return False
+        return not (progress.direction == "back" and progress.finished) and progress.restore_plan() != "none"
+
+    async def restore_fits(self, names: list[str]) -> list[list[str]]:
+        """Split a group so that taking it out keeps --min-ready (out-of-service nodes cost nothing)."""
+        groups = []
+        while names:
+            servers = await self.admin.servers()
+            try:
+                taken = fit(names, servers, len(names), self.opts.min_ready_fraction)
+            except DeployError:
+                taken = names[:1]        # restoring one node at a time is all a rollback can do
+            groups.append(taken)
+            names = names[len(taken):]
+        return groups
+
+    async def restore(self, names: list[str]) -> None:
+        for name in names:
+            progress = self.state.node(name)
+            if progress.direction == "forward" and progress.restore_plan() == "ready":
+                progress.restart_at_ready()
+        await self.walk_all(names, "back")
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def interrupt(self) -> None:
+        if self.stopping and self.main_task is not None:
+            self.main_task.cancel()          # a second Ctrl-C: stop now; the step in progress is redone on resume
+            return
+        self.stopping = True
+        self._event("stopping", message="stopping after the current step (Ctrl-C again to stop now)")
+
+    def interrupted(self) -> int:
+        self.state.interrupted = True
+        self.save()
+        self._event("interrupted", resume=f"lb deploy -s {self.admin.path} --state {self.state_path} --resume")
+        return EXIT_INTERRUPTED
+
+    def save(self) -> None:
+        save_state(self.state_path, self.state)
+
+    def _event(self, kind: str, **fields) -> None:
+        self.log.write(f"{iso_utc(time.time())} {kind} {json.dumps(fields)}\n")
+        self.log.flush()
+        self.view.event(kind, fields)
+
+    async def watch(self) -> None:
+        """Per-version request rate, 5xx rate and p99 for the live view, every second or so."""
+        previous = None
+        while True:
+            try:
+                servers = await self.admin.servers()
+                snap = await self.snapshot()
+                if previous is not None:
+                    self.view.stats(await self.version_rows(servers, previous, snap))
+                previous = snap
+            except (DeployError, StepFailed):
+                pass
+            await asyncio.sleep(self.view.stats_interval_s)
+
+    async def version_rows(self, servers, before, after) -> list[dict]:
+        seconds = max(after["at"] - before["at"], 1e-3)
+        rows = []
+        for version in sorted({s["version"] for s in servers}, key=lambda v: (v == self.opts.to, v)):
+            names = [s["name"] for s in servers if s["version"] == version]
+            sample = await self.sample(names, before, after, version)
+            rows.append({"version": version, "nodes": len(names),
+                         "in_service": sum(in_service(s) for s in servers if s["version"] == version),
+                         "rps": round(sample.requests / seconds, 1),
+                         "error_rate": round(sample.error_rate, 4), "p99_ms": sample.p99_ms})
+        return rows
+
+
+def restarted(before: dict, after: dict) -> bool:
+    """Whether lb restarted between two snapshots (its counters began again)."""
+    return after["since"] != before["since"] or any(
+        row["requests"] < before["servers"].get(name, {}).get("requests", 0)
+        for name, row in after["servers"].items())
+
+
+def load_state(path: str) -> DeployState | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return DeployState.from_dict(json.load(handle))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"cannot read the deploy state {path}: {exc}") from None
+
+
+def save_state(path: str, state: DeployState) -> None:
+    atomic_write(path, json.dumps(state.to_dict(), indent=1))
+
+
+# -- the command ------------------------------------------------------------------------
+
+RESULTS = {EXIT_DONE: "done", EXIT_ROLLED_BACK: "failed and rolled back",
+           EXIT_STUCK: "failed and NOT fully rolled back", EXIT_INTERRUPTED: "interrupted"}
+
+
+def node_result(name: str, state: DeployState, progress: NodeProgress) -> str:
+    if progress.error:
+        return f"{progress.error}"
+    if progress.direction == "back":
+        return "rolled back" if progress.finished else f"rolling back, at {progress.next_step.name}"
+    if name in state.baked:
+        return "updated"
+    if progress.finished:
+        return "updated, bake not passed"
+    if progress.done or progress.running:
+        return f"at {progress.next_step.name}"
+    return "not started"
+
+
+async def report(deployer: Deployer, code: int) -> dict:
+    state = deployer.state
+    try:
+        servers = {s["name"]: s for s in await deployer.admin.servers()}
+    except (DeployError, StepFailed):
+        servers = {}
+    nodes = []
+    for name in [n for b in state.batches for n in b.nodes]:
+        server, times = servers.get(name, {}), deployer.timings.get(name, {})
+        nodes.append({"name": name, "was": state.old_versions[name], "version": server.get("version", "?"),
+                      "state": server.get("state", "?"), "health": server.get("health", "?"),
+                      "result": node_result(name, state, state.node(name)),
+                      "drain_s": times.get("wait drained", ""), "update_s": times.get("update", ""),
+                      "up_s": times.get("wait up", "")})
+    resume = None
+    if code in (EXIT_INTERRUPTED, EXIT_STUCK):
+        resume = f"lb deploy -s {deployer.admin.path} --state {deployer.state_path} --resume"
+    return {"to": deployer.opts.to, "result": RESULTS.get(code, "error"), "exit": code,
+            "seconds": round(time.monotonic() - deployer.started, 1), "failure": state.failure,
+            "nodes": nodes, "log": deployer.log_path, "resume": resume}
+
+
+async def deploy_command(opts: Options | None, socket_path: str, state_path: str, log_path: str,
+                         view, resume: bool, dry_run: bool, expect_to: str | None = None) -> int:
+    admin = AdminClient(socket_path, reconnect_s=1.0)     # at start, unreachable means exit 2
+    deployer = Deployer(opts, admin, view, state_path, log_path)
+    deployer.expect_to = expect_to or deployer.expect_to
+    try:
+        batches, notes = await deployer.prepare(resume)
+    except DeployError as exc:
+        view.error(exc.message)
+        return EXIT_USAGE
+    view.plan(batches, notes, dry_run)
+    if dry_run:
+        return EXIT_DONE
+    admin.reconnect_s = RECONNECT_S
+    loop = asyncio.get_running_loop()
+    deployer.main_task = asyncio.current_task()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, deployer.interrupt)
+    watcher = asyncio.create_task(deployer.watch())
+    try:
+        code = await deployer.run()
+    except asyncio.CancelledError:
+        asyncio.current_task().uncancel()
+        code = deployer.interrupted()
+    except (DeployError, StepFailed) as exc:     # lb unreachable for longer than RECONNECT_S
+        deployer.state.failure = {"node": "-", "step": "admin", "reason": str(exc)}
+        deployer.state.phase = "stuck"
+        deployer.save()
+        code = EXIT_STUCK
+    finally:
+        watcher.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    view.summary(await report(deployer, code))
+    view.close()
+    deployer.log.close()
+    return code

@@ -1,0 +1,186 @@
+"""What `lb deploy` shows: a live view on a terminal, one JSON event a line otherwise,
+and a summary table at the end (on stderr when stdout carries JSON lines)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from ..core.stats import iso_utc
+
+BAR_WIDTH = 30
+NODES_PER_LINE = 5
+
+
+class JsonView:
+    """One JSON object a line on stdout: {"t", "event", ...fields}."""
+
+    stats_interval_s = 5.0
+
+    def __init__(self, out=None, err=None):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def event(self, kind: str, fields: dict) -> None:
+        self.out.write(json.dumps({"t": iso_utc(time.time()), "event": kind, **fields}) + "\n")
+        self.out.flush()
+
+    def stats(self, rows: list[dict]) -> None:
+        self.event("stats", {"versions": rows})
+
+    def plan(self, batches, notes, dry_run: bool) -> None:
+        self.event("plan", {"batches": [{"nodes": list(b.nodes), "canary": b.canary} for b in batches],
+                            "notes": notes, "dry_run": dry_run})
+
+    def error(self, message: str) -> None:
+        self.event("error", {"error": message})
+        self.err.write(f"lb deploy: {message}\n")
+
+    def summary(self, report: dict) -> None:
+        self.event("summary", report)
+        self.err.write(format_report(report) + "\n")
+
+    def close(self) -> None:
+        pass
+
+
+class TtyView:
+    """A live block redrawn in place under the lines of what has happened."""
+
+    stats_interval_s = 1.0
+
+    def __init__(self, out=None):
+        self.out = out or sys.stdout
+        self.nodes: dict[str, str] = {}          # name -> its current step, as shown
+        self.order: list[str] = []
+        self.done = 0
+        self.total = 0
+        self.phase = "starting"
+        self.bake_until = None
+        self.versions: list[dict] = []
+        self._drawn = 0
+
+    def plan(self, batches, notes, dry_run: bool) -> None:
+        self.order = [n for b in batches for n in b.nodes]
+        self.nodes = {n: "waiting" for n in self.order}
+        self.total = len(self.order)
+        lines = [f"plan: {len(batches)} batch(es)"] + [
+            f"  {i}. {' '.join(b.nodes)}{'  (canary)' if b.canary else ''}" for i, b in enumerate(batches, 1)]
+        lines += [f"  note: {n}" for n in notes]
+        self._print("\n".join(lines))
+
+    def event(self, kind: str, fields: dict) -> None:
+        line = self._apply(kind, fields)
+        if line:
+            self._print(line)
+        else:
+            self._draw()
+
+    def _apply(self, kind: str, f: dict) -> str | None:
+        """Update the live model; returns a line worth keeping, if any."""
+        if kind == "step":
+            arrow = "↺ " if f["direction"] == "back" else ""
+            if f["status"] == "failed":
+                self.nodes[f["node"]] = f"{arrow}{f['step']} FAILED"
+                return f"✗ {f['node']}: {f['step']} failed: {f['reason']}"
+            if f["status"] == "start":
+                self.nodes[f["node"]] = f"{arrow}{f['step']}…"
+            elif f["step"] == "wait up":
+                self.nodes[f["node"]] = f"{arrow}up"
+            return None
+        if kind == "batch":
+            self.phase = f"batch {f['index']}/{f['of']}{' (canary)' if f['canary'] else ''}"
+            return f"▶ batch {f['index']}/{f['of']}: {' '.join(f['nodes'])}{' (canary)' if f['canary'] else ''}"
+        if kind == "bake":
+            self.bake_until = time.monotonic() + f["seconds"]
+            return None
+        if kind == "baked":
+            self.bake_until = None
+            if f["ok"]:
+                self.done += len(f["nodes"])
+                for name in f["nodes"]:
+                    self.nodes[name] = "done"
+                note = f" ({f['p99_note']})" if f.get("p99_note") else ""
+                return (f"✓ {' '.join(f['nodes'])} baked: {f['requests']} requests, "
+                        f"5xx {f['error_rate']:.2%}, p99 {_ms(f['p99_ms'])}{note}")
+            return f"✗ bake failed: {'; '.join(f['reasons'])}"
+        if kind in ("failed", "rollback", "stopping", "interrupted", "replan"):
+            self.phase = kind
+            text = f.get("message") or f.get("reason") or f.get("resume") or ""
+            return f"! {kind}{': ' + text if text else ''}"
+        return None
+
+    def stats(self, rows: list[dict]) -> None:
+        self.versions = rows
+        self._draw()
+
+    def error(self, message: str) -> None:
+        self._print(f"lb deploy: {message}")
+
+    def summary(self, report: dict) -> None:
+        self._clear()
+        self.out.write(format_report(report) + "\n")
+        self.out.flush()
+        self._drawn = 0
+
+    def close(self) -> None:
+        self._clear()
+
+    # -- drawing -------------------------------------------------------------------
+    def _print(self, text: str) -> None:
+        self._clear()
+        self.out.write(text + "\n")
+        self._draw()
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _draw(self) -> None:
+        self._clear()
+        lines = self._block()
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+        self._drawn = len(lines)
+
+    def _block(self) -> list[str]:
+        filled = BAR_WIDTH * self.done // self.total if self.total else 0
+        baking = ""
+        if self.bake_until is not None:
+            baking = f"  baking, {max(self.bake_until - time.monotonic(), 0):.0f}s left"
+        lines = [f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {self.done}/{self.total} nodes  "
+                 f"{self.phase}{baking}"]
+        for i in range(0, len(self.order), NODES_PER_LINE):
+            lines.append("  " + "  ".join(f"{n}: {self.nodes[n]:<14}" for n in self.order[i:i + NODES_PER_LINE]))
+        for row in self.versions:
+            lines.append(f"  {row['version']:<8} {row['in_service']}/{row['nodes']} in service  "
+                         f"{row['rps']:>7.1f} req/s  5xx {row['error_rate']:.2%}  p99 {_ms(row['p99_ms'])}")
+        return lines
+
+
+def _ms(value) -> str:
+    return f"{value:.1f} ms" if value is not None else "-"
+
+
+def format_report(report: dict) -> str:
+    """The final summary table a person reads."""
+    lines = [f"deploy to {report['to']}: {report['result']} in {report['seconds']:.0f}s "
+             f"(exit {report['exit']})"]
+    failure = report.get("failure")
+    if failure:
+        lines.append(f"  failed at {failure['node']}, step {failure['step']}: {failure['reason']}")
+        for line in failure.get("output", [])[-5:]:
+            lines.append(f"    | {line}")
+    header = ("node", "was", "now", "state", "health", "result", "drain s", "update s", "up s")
+    rows = [header] + [tuple(str(row.get(k, "")) for k in
+                             ("name", "was", "version", "state", "health", "result", "drain_s", "update_s", "up_s"))
+                       for row in report["nodes"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    if report.get("resume"):
+        lines.append(f"  resume with: {report['resume']}")
+    lines.append(f"  log: {report['log']}")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""The file operations several parts of lb share: reading a config, writing a file atomically.
+
+The embedded default config ships inside the package (`lb/data/lb.yaml`, read
+with importlib.resources, so it works from a wheel). Its relative runtime paths
+(admin socket, state file) resolve against the current directory, never inside
+the installed package: `lb serve` with no `-c` keeps them in `./run/`.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+from .core.config import Config, parse_config
+from .core.errors import ConfigError
+
+EMBEDDED = "<embedded lb.yaml>"
+
+
+def embedded_config_text() -> str:
+    return resources.files("lb").joinpath("data", "lb.yaml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | None) -> Config:
+    """The config file at `path`, or the embedded default when None.
+
+    Raises ConfigError naming file, key path and value (also for an unreadable file).
+    """
+    if path is None:
+        return parse_config(embedded_config_text(), EMBEDDED, runtime_dir=os.getcwd())
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse_config(text, os.path.abspath(path))
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old file or the new, never
+    half of one (temp file, fsync, rename). Raises OSError."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"     # two processes never share a temp file
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

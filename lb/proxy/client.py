@@ -1,0 +1,353 @@
+"""A client's connection: the request parser's sink, pipelining, deadlines, tunnels.
+
+A `ClientConnection` is an asyncio Protocol. Each parsed request head becomes
+an `Exchange` (exchange.py); requests on one connection are routed one by one,
+so a keep-alive client is never bound to a backend; pipelined requests queue
+in `pending` and are answered in order. Backpressure: a `FlowControl` pauses
+reading while any named reason holds (the upstream cannot take more, too much
+is buffered, a queue of pipelined requests); the response side pauses the
+upstream's reading while the client's write buffer is full. Deadlines are
+fields the data plane's one sweeper compares (`deadline`, `deadline_kind`).
+
+Anything other than an HttpError raised while handling the client's bytes is
+a bug: it is logged with its traceback and the client gets a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from ..core import http1
+from ..core.errors import HttpError
+from .exchange import Exchange
+from .responses import error_response
+
+log = logging.getLogger("lb.proxy")
+
+MAX_PIPELINED = 16
+INFINITY = float("inf")
+WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
+WEBSOCKET_CLOSE_WAIT_S = 2.0                    # for the client's side of the closing handshake
+# Client deadline kinds
+HEAD, IDLE, BODY, NONE = "head", "idle", "body", "none"
+
+
+class FlowControl:
+    """Pauses a transport's reading while any named reason holds."""
+
+    __slots__ = ("_transport", "_reasons")
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pause_reading()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons and not self._transport.is_closing():
+                self._transport.resume_reading()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client TCP connection; the request parser's sink."""
+
+    def __init__(self, plane):
+        self.plane = plane
+        self.transport = None
+        self.flow: FlowControl | None = None
+        self.ip = b"-"
+        self.parser = plane.request_parser_class(self, plane.config.limits.max_header_bytes)
+        self.current: Exchange | None = None
+        self.reading: Exchange | None = None     # the exchange whose request is being parsed
+        self.pending: deque[Exchange] = deque()
+        self.held = b""                          # bytes after an Upgrade request, until 101 or not
+        self.holding = False
+        self.tunnel = None                       # the UpstreamConnection after a 101
+        self.tunnel_route = None
+        self.tunnel_websocket = False
+        self.discarding = False                  # a WebSocket closed by lb, awaiting the client's end
+        self.deadline = INFINITY
+        self.deadline_kind = HEAD
+        self.got_bytes = False
+        self.write_paused = False
+        self.eof_written = False                 # a tunnel's backend half-closed towards us
+        self.eof_seen = False                    # the client half-closed its side of a tunnel
+        self._corked: list[bytes] | None = None  # writes held while one upstream read is parsed
+        self.closed = False
+        self.closing_after_current = False
+        self.deferred_error: HttpError | None = None   # a bad pipelined request, answered in turn
+
+    # -- asyncio Protocol ------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0].encode() if peer else b"-"
+        self.plane.clients.add(self)
+        self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
+        if len(self.plane.clients) > self.plane.config.limits.max_connections:
+            self.write(error_response(HttpError("too many connections", 503)))
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.discarding:
+            return                # a WebSocket's last frames after lb sent its close
+        if self.holding:
+            self.held += data
+            self.flow.pause("upgrade")
+            return
+        if self.deferred_error is not None:
+            return
+        self.got_bytes = True
+        if self.deadline_kind is BODY:
+            self.deadline = self.plane.now() + self.plane.config.timeouts.client_idle
+        try:
+            self.parser.feed(data)
+        except HttpError as exc:
+            self._parse_error(exc)
+        except Exception:
+            log.exception("bug while handling a client's request; answering 500")
+            self._internal_error()
+
+    def eof_received(self):
+        if self.discarding:
+            return False          # the client ended the closing handshake: close
+        if self.tunnel is not None:
+            # Both directions ended: close (connection_lost closes the other side too).
+            self.eof_seen = True
+            return not self.tunnel.eof_seen and self.tunnel.write_eof()
+        if self.current is not None and self.current.request_done and not self.pending:
+            # A half-close after a complete request: answer it, then close.
+            self.closing_after_current = True
+            return True
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.plane.clients.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+            self.plane.tunnel_closed(self, self.tunnel_route)
+        for exchange in (self.current, *self.pending):
+            if exchange is not None:
+                exchange.client_gone()
+        self.current = None
+        self.pending.clear()
+        self.plane.connection_closed()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        upstream = self._upstream()
+        if upstream is not None:
+            upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        upstream = self._upstream()
+        if upstream is not None:
+            upstream.resume_reading()
+
+    def _upstream(self):
+        if self.tunnel is not None:
+            return self.tunnel
+        current = self.current
+        return current.upstream if current is not None else None
+
+    # -- parser sink -------------------------------------------------------------
+    def on_request_begin(self) -> None:
+        if self.deadline_kind is not HEAD:
+            self.deadline_kind = HEAD
+            self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
+
+    def on_request(self, head: http1.RequestHead) -> None:
+        exchange = Exchange(self.plane, self, head)
+        self.reading = exchange
+        if head.has_body:
+            self.deadline_kind = BODY
+            self.deadline = self.plane.now() + self.plane.config.timeouts.client_idle
+        else:
+            self.deadline_kind = NONE
+            self.deadline = INFINITY
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            self.pending.append(exchange)
+            if len(self.pending) >= MAX_PIPELINED:
+                self.flow.pause("pipeline")
+
+    def on_request_body(self, data: bytes) -> None:
+        self.reading.add_body(data)
+
+    def on_request_end(self) -> None:
+        exchange = self.reading
+        if self.deadline_kind is BODY:
+            self.deadline_kind = NONE
+            self.deadline = INFINITY
+        exchange.end_body()
+        if exchange.head.upgrade is not None and not exchange.finished:
+            self.holding = True
+
+    # -- used by exchanges ---------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._corked is not None:
+            self._corked.append(data)
+        elif not self.closed and not self.eof_written:
+            self.transport.write(data)
+
+    def write_eof(self) -> bool:
+        """Half-close towards the client (tunnels); False when not possible."""
+        if self.closed or self.eof_written or not self.transport.can_write_eof():
+            return False
+        self.uncork()
+        self.transport.write_eof()
+        self.eof_written = True
+        return True
+
+    def cork(self) -> None:
+        """Hold writes until uncork(): a response head and body go out in one syscall."""
+        self._corked = []
+
+    def uncork(self) -> None:
+        held, self._corked = self._corked, None
+        if held and not self.closed:
+            self.transport.write(b"".join(held) if len(held) > 1 else held[0])
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        """The response went out whole (or failed): next request, idle, or close."""
+        if exchange is not self.current:
+            return
+        self.current = None
+        if not keep_alive or self.plane.closing:
+            self.close()
+            return
+        if self.holding:
+            self._refused_upgrade()
+        if self.pending:
+            # Not now: this may run inside the upstream parser's callback, and the
+            # next request could take that same connection from the idle pool.
+            self.current = self.pending.popleft()
+            self.flow.resume("pipeline")
+            self.plane.loop.call_soon(self._start_current)
+        elif self.deferred_error is not None:
+            self._answer_error(self.deferred_error)
+        elif self.closing_after_current:
+            self.close()
+        elif self.deadline_kind is NONE:
+            self.deadline_kind = IDLE
+            self.deadline = self.plane.now() + self.plane.config.timeouts.client_idle
+
+    def _start_current(self) -> None:
+        if self.current is not None and not self.closed and self.current.route is None \
+                and not self.current.finished:
+            self.current.start()
+
+    def _refused_upgrade(self) -> None:
+        """The backend did not switch: go on parsing HTTP from where the request ended."""
+        self.holding = False
+        held, self.held = self.held, b""
+        self.parser.leftover += held
+        self.flow.resume("upgrade")
+        try:
+            self.parser.reset()
+        except HttpError as exc:
+            self._parse_error(exc)
+
+    def start_tunnel(self, upstream, route) -> None:
+        self.holding = False
+        self.tunnel = upstream
+        self.tunnel_route = route
+        self.tunnel_websocket = (self.current.head.upgrade or b"").lower() == b"websocket"
+        self.plane.tunnels.setdefault(route.name, set()).add(self)
+        upstream.tunnel_peer = self
+        self.deadline = INFINITY
+        self.deadline_kind = NONE
+        data, self.held = self.parser.leftover + self.held, b""
+        if data:
+            self.tunnel.write(data)
+        self.flow.resume("upgrade")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.uncork()
+            self.closed = True
+            self.transport.close()
+
+    def end_tunnel(self) -> None:
+        """Close a tunnel at a drain deadline. Other tunnels close at once. A WebSocket
+        client gets a close frame (1001) and lb's half-close, then up to
+        WEBSOCKET_CLOSE_WAIT_S to answer with its own close and end the connection (the
+        closing handshake of RFC 6455 section 7): a client busy sending meets no reset,
+        and reads the close frame after what it sent."""
+        upstream, self.tunnel = self.tunnel, None
+        if upstream is not None:
+            upstream.tunnel_peer = None
+            upstream.close()
+        if not self.tunnel_websocket:
+            self.close()
+            return
+        self.discarding = True
+        self.write(WEBSOCKET_GOING_AWAY)
+        if not self.write_eof():
+            self.close()
+            return
+        self.deadline_kind = NONE
+        self.deadline = self.plane.now() + WEBSOCKET_CLOSE_WAIT_S
+
+    def _parse_error(self, exc: HttpError) -> None:
+        """A bad request: answered in order, after the good ones before it, then close."""
+        self.flow.pause("error")
+        self.deferred_error = exc
+        reading = self.reading
+        if reading is not None and not reading.request_done:
+            # The bad bytes are inside this request's body: it cannot be sent on.
+            if reading is self.current:
+                reading.fail(exc)
+                return
+            self.pending.remove(reading)
+        if self.current is None:
+            self._answer_error(exc)
+
+    def _internal_error(self) -> None:
+        """A bug: the request in progress gets a 500 (or is cut if its response began),
+        and the connection closes; nothing after it on this connection is read."""
+        exc = HttpError("internal error", 500)
+        self.flow.pause("error")
+        self.deferred_error = exc
+        current = self.current
+        try:
+            if current is not None and not current.finished:
+                current.fail(exc)
+            else:
+                self._answer_error(exc)
+        finally:
+            self.close()
+
+    def _answer_error(self, exc: HttpError) -> None:
+        self.plane.failed[str(exc.status)] += 1
+        self.write(error_response(exc))
+        self.plane.access_log.write_error(self, exc)
+        self.close()
+
+    def on_timeout(self) -> None:
+        kind = self.deadline_kind
+        self.deadline = INFINITY
+        if kind is HEAD and self.got_bytes:
+            self._answer_error(HttpError("request header not received in time", 408))
+            return
+        if kind is BODY and self.current is not None:
+            self.current.fail(HttpError("request body not received in time", 408))
+        self.close()
+
+

@@ -1,0 +1,208 @@
+"""The data plane: listeners, client connections, upstream pools, the sweeper, shutdown.
+
+Theory of operation
+-------------------
+Everything on the hot path is a callback; no coroutine or task is made per
+request (a task costs more than the whole llhttp parse). A request's path
+through the files: `ClientConnection` (client.py) reads bytes and feeds the
+request parser (lb/core/http1.py); each parsed head becomes an `Exchange`
+(exchange.py), which asks pinning (lb/core/pinning.py) for a version and the
+`RoutingTable` (lb/core/balance.py) for a route, takes an `UpstreamConnection`
+(upstream.py), forwards, and streams the response back; errors become bytes
+in responses.py; a line goes to the access log (accesslog.py).
+
+The data plane decides no node state. It meets the control plane through the
+one interface described in lb/core/planes.py: it applies the `RoutingView`
+and config it is given, cuts a node when told, and sends `Report`s; the
+methods below marked *interface* are all the control plane calls, and
+`self.report_to` is all it calls back.
+
+Timeouts run off one sweeper (`_sweep`, every `SWEEP_INTERVAL_S`) that
+compares deadlines, instead of a timer per request; it also writes the
+access log and sends the periodic report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Callable
+
+from ..core import http1
+from ..core.balance import POLICIES, RoutingTable
+from ..core.errors import HttpError
+from ..core.pinning import Pinning
+from ..core.planes import NodeReport, Report, RoutingView
+from ..core.stats import StatsDelta
+from .client import ClientConnection
+from .upstream import UpstreamPools
+
+log = logging.getLogger("lb.proxy")
+
+SWEEP_INTERVAL_S = 0.1
+
+
+class DataPlane:
+    """The listeners and everything that carries a request."""
+
+    def __init__(self, config, loop: asyncio.AbstractEventLoop, access_log,
+                 report_to: Callable[[Report], None]):
+        self.config = config
+        self.loop = loop
+        self.now = loop.time
+        self.report_to = report_to
+        self.table = RoutingTable(config.balance)
+        self.request_parser_class, response_parser_class = http1.parsers_for(config.http)
+        self.upstreams = UpstreamPools(loop, config.timeouts, response_parser_class)
+        self.clients: set[ClientConnection] = set()
+        self.access_log = access_log
+        self.closing = False
+        self.tunnels: dict[str, set[ClientConnection]] = {}
+        # counters for the next report
+        self.failed: Counter = Counter()        # lb-made failures by reason
+        self.retries = 0
+        pin = config.pinning
+        self.pinning = Pinning(pin.cookie, pin.max_age, pin.max_overload) if pin.mode == "version" else None
+        self._report_pending = False
+        self._servers: list[asyncio.base_events.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._all_closed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Bind every listener. Raises OSError when a port cannot be bound."""
+        for host, port in self.config.listen:
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self), host, port, backlog=2048, reuse_address=True)
+            self._servers.append(server)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
+
+    # -- interface: what the control plane calls ---------------------------------
+    def apply_view(self, view: RoutingView) -> None:
+        """A new routing view: routes that stopped taking traffic (or moved) lose their
+        idle connections; the control plane gets a report written under this view."""
+        for route in self.table.apply(view):
+            self.upstreams.close_idle(route.name)
+        self.report_soon()
+
+    def apply_config(self, config) -> None:
+        """A reloaded config: the settings a reload may change apply to new work."""
+        if config.balance != self.config.balance:
+            self.table.policy = POLICIES[config.balance]()
+        self.config = config
+        self.upstreams.timeouts = config.timeouts
+
+    def cut(self, name: str) -> None:
+        """drain.timeout passed on `name`: close what is left on it; the count is reported."""
+        route = self.table.routes.get(name)
+        if route is None:
+            return
+        cut = 0
+        for client in list(self.tunnels.pop(name, ())):
+            route.tunnels -= 1
+            client.end_tunnel()
+            # the designed end of a long-lived connection (WebSocket close 1001), not a
+            # failed request: its own reason, so a deploy's bake can tell it from a cut
+            self.failed["drain_deadline"] += 1
+            cut += 1
+        for conn in [c for c in self.upstreams.active if c.route is route and c.exchange]:
+            conn.exchange.fail(HttpError("the backend was drained before it answered", 503))
+            cut += 1
+        route.cut = (route.cut or 0) + cut
+        self.report_soon()
+
+    def collect(self) -> None:
+        """Report now (the control plane is about to answer with counts)."""
+        self.report()
+
+    # -- reports -------------------------------------------------------------------
+    def report_soon(self) -> None:
+        """Report on the next turn of the loop: never from inside a callback that is
+        still changing this data plane's state."""
+        if not self._report_pending:
+            self._report_pending = True
+            self.loop.call_soon(self.report)
+
+    def report(self) -> None:
+        self._report_pending = False
+        nodes = {}
+        for name, route in self.table.routes.items():
+            nodes[name] = NodeReport(route.inflight, route.tunnels, route.stats, route.outcomes,
+                                     route.cut)
+            route.stats, route.outcomes, route.cut = StatsDelta(), [], None
+        pins = self.pinning.take_counts() if self.pinning is not None else None
+        failed, self.failed = self.failed, Counter()
+        retries, self.retries = self.retries, 0
+        self.report_to(Report(self.table.generation, nodes, failed, retries, pins, len(self.clients)))
+
+    def outcome(self, route, failed: bool) -> None:
+        """A passive-health outcome (connect error or 5xx; or a success after one). A run
+        of failures long enough to eject is reported at once, not at the next sweep."""
+        route.fail_streak = route.fail_streak + 1 if failed else 0
+        runs = route.outcomes
+        if runs and runs[-1][0] == failed:
+            runs[-1][1] += 1
+        else:
+            runs.append([failed, 1])
+        if failed and route.fail_streak == self.config.passive.failures:
+            self.report_soon()
+
+    # -- used by client connections -------------------------------------------------
+    def tunnel_closed(self, client, route) -> None:
+        tunnels = self.tunnels.get(route.name)
+        if not tunnels or client not in tunnels:
+            return              # already counted out by cut()
+        tunnels.discard(client)
+        route.tunnels -= 1
+        if route.draining and route.idle:
+            self.report_soon()
+
+    def connection_closed(self) -> None:
+        if self.closing and not self.clients:
+            self._all_closed.set()
+
+    # -- the sweeper ------------------------------------------------------------------
+    def _sweep(self) -> None:
+        """Every timeout, the access log and the periodic report; it reschedules itself
+        whatever happens."""
+        try:
+            self.expire(self.now())
+        finally:
+            self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def expire(self, now: float) -> None:
+        """Act on every deadline passed at `now`; write the access log; report."""
+        due = [c.on_timeout for c in self.clients if c.deadline <= now]
+        due += [lambda: self.upstreams.expire(now), self.access_log.flush, self.report]
+        for action in due:
+            try:
+                action()
+            except Exception:  # a bug in one must not stop every other timeout
+                log.exception("timeout handling failed")
+
+    # -- shutdown ------------------------------------------------------------------------
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop accepting, let requests in flight finish (up to timeout_s), close the rest."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+        for client in list(self.clients):
+            if client.current is None and client.tunnel is None:
+                client.close()
+        if self.clients:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("shutdown: %d connections still busy after %.1fs; closing them",
+                            len(self.clients), timeout_s)
+        for client in list(self.clients):
+            client.transport.abort()
+        self.upstreams.close_idle()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.report()
+        self.access_log.flush()

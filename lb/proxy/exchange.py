@@ -1,0 +1,314 @@
+"""One request and its response, from the parsed head to the last byte back.
+
+An `Exchange` chooses a route (pinning, then the balancing policy), takes an
+idle pooled upstream connection or opens one, forwards the head and streams
+the body, then streams the response back through its client connection. The
+decisions it makes on the way (how the response is framed, whether a failed
+try goes again) are pure functions in lb/core/exchange.py. What it served is
+counted on its `Route` (in flight, `StatsDelta`, passive-health outcomes),
+which the data plane reports to the control plane.
+
+Retries: a request is tried on another backend when connecting fails, or
+when an upstream connection fails before any response byte and the request is
+idempotent and its body is still held (`REPLAY_LIMIT_BYTES`). Once a response
+byte has reached the client, a failure only ever closes the client connection:
+no fake end of body.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..core import http1
+from ..core.errors import HttpError
+from ..core.exchange import (
+    CHUNKED,
+    CONNECT_FAILED,
+    LOST_BEFORE_RESPONSE,
+    NO_BODY,
+    UNTIL_CLOSE,
+    may_retry,
+    response_framing,
+)
+from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
+from ..core.pinning import KEPT
+from .responses import error_response
+
+INFINITY = float("inf")
+
+
+class Exchange:
+    """One request and its response."""
+
+    __slots__ = ("plane", "client", "head", "head_bytes", "route", "upstream", "tried",
+                 "chunks", "held_bytes", "replayable", "request_done", "started", "status",
+                 "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
+                 "keep_client", "upstream_keep", "version", "set_cookie", "pin_how")
+
+    def __init__(self, plane, client, head: http1.RequestHead):
+        self.plane = plane
+        self.client = client
+        self.head = head
+        self.head_bytes = http1.serialize_request(head, client.ip, ())
+        self.route = None
+        self.upstream = None
+        self.tried: list = []
+        self.chunks: list[bytes] = []   # body held for sending or for a replay
+        self.held_bytes = 0
+        self.replayable = True
+        self.request_done = False
+        self.upstream_keep = False
+        self.started = time.monotonic()
+        self.status = 0                 # 0 until a response head went to the client
+        self.body_mode = NO_BODY
+        self.bytes_out = 0
+        self.response_bytes_seen = False
+        self.switching = False
+        self.finished = False
+        self.keep_client = head.keep_alive
+        self.version = None             # the code version this request is served by
+        self.set_cookie = b""           # a Set-Cookie line when the pin is new or moved
+        self.pin_how = None             # kept / assigned / forward / backward
+
+    # -- routing -------------------------------------------------------------
+    def start(self) -> None:
+        plane = self.plane
+        if plane.pinning is not None and not self._pick_version(plane.pinning):
+            self.fail(HttpError("no backend available", 503))
+            return
+        route = plane.table.choose(self.tried, self.version)
+        if route is None:
+            self.fail(HttpError("no backend available", 503))
+            return
+        self.route = route
+        self.tried.append(route)
+        route.inflight += 1
+        conn = plane.upstreams.acquire(route)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            plane.loop.create_task(self._connect(route))
+
+    def _pick_version(self, pinning) -> bool:
+        """Decide (first try) or revisit (a retry) the version; False when none is left."""
+        table = self.plane.table
+        if not self.tried:
+            version, how = pinning.route(pinning.read_pin(self.head.headers, table.versions), table,
+                                         self.plane.now())
+        else:
+            version, how = pinning.retry_version(self.version, table, self.tried)
+        if version is None:
+            return False
+        if how is not KEPT:
+            self.set_cookie = pinning.set_cookie(version)
+        self.version = version
+        self.pin_how = how
+        return True
+
+    async def _connect(self, route) -> None:
+        try:
+            conn = await self.plane.upstreams.connect(route)
+        except HttpError as exc:
+            route.stats.errors += 1
+            route.stats.connect_errors += 1
+            self.plane.outcome(route, failed=True)
+            self._retry_or_fail(CONNECT_FAILED, exc)
+            return
+        if self.finished or self.route is not route:
+            self.plane.upstreams.release(conn, reusable=True)
+            return
+        self._attach(conn)
+
+    def _attach(self, conn) -> None:
+        self.upstream = conn
+        conn.begin(self, self.head.method, self.head.upgrade is not None)
+        pieces = [self.head_bytes]
+        frame = chunk if self.head.chunked else bytes
+        pieces += map(frame, self.chunks)
+        if self.request_done and self.head.chunked:
+            pieces.append(LAST_CHUNK)
+        conn.write(b"".join(pieces) if len(pieces) > 1 else pieces[0])
+        if not self.replayable:
+            self.chunks = []
+        self.client.flow.resume("buffer")
+
+    def _retry_or_fail(self, failure: str, exc: HttpError) -> None:
+        if may_retry(failure, len(self.tried), self.plane.config.retries, self.head.idempotent,
+                     self.replayable, self.response_bytes_seen or self.status != 0,
+                     not self.client.closed):
+            if self.route is not None:
+                self.route.stats.retries += 1
+            self._leave_route()
+            self.plane.retries += 1
+            self.start()
+        else:
+            self.fail(exc)
+
+    def _leave_route(self) -> None:
+        route = self.route
+        if route is not None:
+            route.inflight -= 1
+            self.route = None
+            if route.draining and route.idle:
+                self.plane.report_soon()     # the control plane is waiting for this
+        self.upstream = None
+
+    # -- request body from the client ----------------------------------------
+    def add_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.write(chunk(data) if self.head.chunked else data)
+            if not self.replayable:
+                return
+        self.chunks.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes > REPLAY_LIMIT_BYTES:
+            if upstream is not None:
+                self.replayable = False
+                self.chunks = []
+            else:
+                self.client.flow.pause("buffer")
+
+    def end_body(self) -> None:
+        self.request_done = True
+        upstream = self.upstream
+        if upstream is not None and not self.finished:
+            if self.head.chunked:
+                upstream.write(LAST_CHUNK)
+            if not self.response_bytes_seen:
+                upstream.deadline = upstream.first_byte_deadline()
+
+    # -- response from the upstream ------------------------------------------
+    def on_response(self, head: http1.ResponseHead) -> None:
+        status = head.status
+        if status < 200:
+            self._interim(head)
+            return
+        request = self.head
+        self.body_mode, framing, self.keep_client = response_framing(
+            request.method, request.version, status, head.content_length, self.keep_client,
+            self.request_done, self.plane.closing)
+        self.status = status
+        self.upstream_keep = head.keep_alive
+        if self.set_cookie:
+            framing += self.set_cookie
+        self.client.write(http1.serialize_response(status, head.reason, head.headers, framing))
+
+    def _interim(self, head: http1.ResponseHead) -> None:
+        if head.status == 101:
+            if self.head.upgrade is None:
+                raise HttpError("backend switched protocols without being asked", 502)
+            self.status = 101
+            self.switching = True
+            self.client.write(http1.serialize_response(
+                101, head.reason, head.headers,
+                b"Connection: upgrade\r\nUpgrade: " + (head.upgrade or self.head.upgrade) + b"\r\n"))
+        elif self.head.version == b"1.1":
+            self.client.write(http1.serialize_response(head.status, head.reason, head.headers, b""))
+
+    def on_response_body(self, data: bytes) -> None:
+        mode = self.body_mode
+        if mode == NO_BODY:
+            return
+        self.bytes_out += len(data)
+        self.client.write(chunk(data) if mode == CHUNKED else data)
+
+    def on_response_end(self) -> None:
+        if self.switching:
+            return  # complete_switch runs once the parser hands over what followed
+        if self.body_mode == CHUNKED:
+            self.client.write(LAST_CHUNK)
+        self._done(reusable=self.request_done and self.upstream_keep)
+        self.client.exchange_done(self, self.keep_client and self.request_done)
+
+    def complete_switch(self, upstream_leftover: bytes) -> None:
+        """The backend answered 101: from now on bytes flow both ways untouched."""
+        self.switching = False
+        upstream, route = self.upstream, self.route
+        route.tunnels += 1
+        self._done(reusable=None)
+        upstream.exchange = None
+        upstream.deadline = INFINITY
+        self.client.start_tunnel(upstream, route)
+        if upstream_leftover:
+            self.client.write(upstream_leftover)
+
+    # -- the end of an exchange -----------------------------------------------
+    def _done(self, reusable: bool | None) -> None:
+        """Count, log, and hand the upstream back (None: it becomes a tunnel)."""
+        self.finished = True
+        route = self.route
+        now = time.monotonic()
+        route.stats.record(route.version, self.status, now - self.started, now)
+        if self.status >= 500:
+            route.stats.errors += 1
+            self.plane.outcome(route, failed=True)
+        elif route.fail_streak:
+            self.plane.outcome(route, failed=False)
+        if reusable is not None:
+            self.plane.upstreams.release(self.upstream, reusable)
+        self._leave_route()
+        self.plane.access_log.write(self, route)
+
+    def fail(self, exc: HttpError) -> None:
+        """Answer with an error if nothing was sent yet; otherwise cut the client."""
+        if self.finished:
+            return
+        self.finished = True
+        # After retries the request holds no route: the last one tried answers for it.
+        route = self.route or (self.tried[-1] if self.tried else None)
+        if self.upstream is not None:
+            self.upstream.abort()
+        self._leave_route()
+        if route is not None:
+            route.stats.lb_failures += 1
+        if self.status == 0 and not self.client.closed:
+            self.status = exc.status
+            self.client.write(error_response(exc))
+            self.plane.failed[str(exc.status)] += 1
+        else:
+            self.plane.failed["cut"] += 1       # the client connection is cut
+        self.plane.access_log.write(self, route)
+        self.client.exchange_done(self, keep_alive=False)
+
+    def upstream_failed(self, conn, exc: HttpError) -> None:
+        """The backend sent something unparseable."""
+        if conn is self.upstream and not self.finished:
+            if conn.route is not None:
+                conn.route.stats.errors += 1
+            self.fail(exc)
+
+    def upstream_lost(self, conn) -> None:
+        """The upstream connection closed under this exchange."""
+        if conn is not self.upstream or self.finished:
+            return
+        if self.body_mode == UNTIL_CLOSE and self.status:
+            self._done(reusable=False)
+            self.client.exchange_done(self, keep_alive=False)
+            return
+        if self.response_bytes_seen or self.status:
+            self.fail(HttpError("backend closed the connection mid-response", 502))
+            return
+        # Nothing came back: safe to resend when idempotent and the body is still held.
+        self.upstream = None
+        self._retry_or_fail(LOST_BEFORE_RESPONSE,
+                            HttpError("backend closed the connection before answering", 502))
+
+    def upstream_timed_out(self, conn) -> None:
+        if self.response_bytes_seen:
+            self.fail(HttpError("backend stalled mid-response", 504))
+        else:
+            self.fail(HttpError("backend did not answer in time", 504))
+
+    def client_gone(self) -> None:
+        """The client went away: nothing of this exchange is worth finishing."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.upstream is not None:
+            self.upstream.abort()
+        route = self.route
+        self._leave_route()
+        self.plane.access_log.write(self, route)

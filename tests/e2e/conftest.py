@@ -1,0 +1,385 @@
+"""Shared test harness: real `lb backend` and `lb serve` processes on free ports.
+
+Every process a test starts is stopped by its pid at teardown. Waits are on
+conditions (a line printed, a port accepting) and bounded in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+START_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.02):
+    """Poll `predicate` until it returns a truthy value; fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Process:
+    """A child process stopped by pid at teardown."""
+
+    def __init__(self, args: list[str], **kwargs):
+        self.args = args
+        self.proc = subprocess.Popen(args, cwd=ROOT, **kwargs)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+class Backend(Process):
+    def __init__(self, name: str, version: str = "v1", port: int | None = None,
+                 warmup_s: float = 0.0, fail_rate: float = 0.0):
+        self.name = name
+        self.version = version
+        self.port = port or free_port()
+        super().__init__([PYTHON, "-m", "lb.cli", "backend", "--listen", f"127.0.0.1:{self.port}",
+                          "--version", version, "--name", name, "--warmup", str(warmup_s),
+                          "--fail-rate", str(fail_rate)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else b""
+        assert line.startswith(b"{"), f"backend {name} did not start: {line!r}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def config(self, **extra) -> dict:
+        return {"name": self.name, "address": self.address, "version": self.version, **extra}
+
+
+class Lb(Process):
+    """`lb serve` on a config written to tmp_path; restartable on the same config and state."""
+
+    def __init__(self, tmp_path: Path, backends: list[dict], **overrides):
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.access_log = tmp_path / f"access-{self.port}.log"
+        # Unix socket paths are limited to 108 bytes: keep them short, outside tmp_path.
+        self.socket_path = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp")) / "lb.sock"
+        self.config = {"listen": f"127.0.0.1:{self.port}", "backends": backends,
+                       "access_log": str(self.access_log),
+                       "admin": {"socket": str(self.socket_path)},
+                       "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+                       "state_file": str(tmp_path / f"lb-{self.port}.state"), **overrides}
+        self.config_path = tmp_path / f"lb-{self.port}.yaml"
+        self.write_config()
+        self.stderr_path = tmp_path / f"lb-{self.port}.err"
+        self._start()
+
+    def write_config(self, **changes) -> None:
+        self.config.update(changes)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def _start(self) -> None:
+        self._stderr = open(self.stderr_path, "ab")
+        super().__init__([PYTHON, "-m", "lb.cli", "serve", "-c", str(self.config_path)],
+                         stdout=subprocess.DEVNULL, stderr=self._stderr)
+        wait_for(lambda: (port_open(self.port) and self.socket_path.exists())
+                 or self.proc.poll() is not None, START_TIMEOUT_S, "lb to listen")
+        assert self.proc.poll() is None, self.stderr_path.read_text()
+
+    def restart(self) -> None:
+        assert self.stop() == 0
+        self._start()
+
+    def ctl(self, line: str, timeout_s: float = 30.0) -> dict:
+        """One admin command over the Unix socket."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(str(self.socket_path))
+            sock.sendall(line.encode() + b"\n")
+            return json.loads(sock.makefile("rb").readline())
+
+    def server(self, name: str) -> dict:
+        reply = self.ctl(f"show server {name}")
+        assert reply["ok"], reply
+        return reply["server"]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def access_lines(self) -> list[dict]:
+        if not self.access_log.exists():
+            return []
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} for pid {self.pid}")
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        code = super().stop(timeout_s)
+        self._stderr.close()
+        return code
+
+
+@pytest.fixture
+def spawn(request):
+    """Start processes that are stopped at teardown: spawn(Backend, ...), spawn(Lb, ...)."""
+    started: list[Process] = []
+
+    def start(cls, *args, **kwargs):
+        proc = cls(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def http_impl(request) -> str:
+    """Proxy tests run against both parser implementations."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def module_backends():
+    """Three backends shared by the tests of a module that do not disturb them."""
+    backends = [Backend(f"web{i}") for i in (1, 2, 3)]
+    yield backends
+    for backend in backends:
+        backend.stop()
+
+
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def shared_lb(request, module_backends, tmp_path_factory):
+    """One lb per parser implementation over the module's backends."""
+    lb = Lb(tmp_path_factory.mktemp("lb"), [b.config() for b in module_backends],
+            http=request.param)
+    yield lb
+    lb.stop()
+
+
+class _KeepOpen:
+    """The connection's one buffered reader, which http.client may not close."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def close(self):
+        pass
+
+
+class _SharedFile:
+    def __init__(self, handle):
+        self.handle = _KeepOpen(handle)
+
+    def makefile(self, *args, **kwargs):
+        return self.handle
+
+
+class RawClient:
+    """A raw socket client; responses are parsed by the stdlib (not lb's code)."""
+
+    def __init__(self, port: int, timeout_s: float = 10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self._file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, method: str = "GET") -> http.client.HTTPResponse:
+        resp = http.client.HTTPResponse(_SharedFile(self._file), method=method)
+        resp.begin()
+        resp.body = resp.read()
+        return resp
+
+    def head_lines(self) -> list[bytes]:
+        """One raw response head (for 1xx, which http.client skips over)."""
+        lines = []
+        while (line := self._file.readline()) not in (b"\r\n", b""):
+            lines.append(line.rstrip(b"\r\n"))
+        return lines
+
+    def closed_by_peer(self) -> bool:
+        """True when the peer closed (EOF or reset) with nothing more to read."""
+        try:
+            return self._file.read(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def get(port: int, path: str = "/", headers: dict | None = None, timeout_s: float = 10.0):
+    """One GET on a fresh connection, parsed by http.client."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        resp.body = resp.read()
+        return resp
+    finally:
+        conn.close()
+
+
+class FakeBackend:
+    """A scripted TCP peer for what a real backend does only when broken.
+
+    `behaviour(conn, head)` runs for each request head received; the default
+    closes the connection without answering. Counts the request heads it saw.
+    """
+
+    def __init__(self, behaviour=None):
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []     # proxied request heads (health checks apart)
+        self.health_checks = 0
+        self.behaviour = behaviour or (lambda conn, head: None)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                buffer = b""
+                try:
+                    while b"\r\n\r\n" not in buffer:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        buffer += data
+                except OSError:
+                    continue
+                if b"\r\n\r\n" in buffer:
+                    head = buffer.split(b"\r\n\r\n", 1)[0]
+                    if b"User-Agent: lb-health" in head:
+                        self.health_checks += 1
+                        continue
+                    self.requests.append(head)
+                    self.behaviour(conn, head)
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+class SteadyLoad:
+    """Keep-alive aiohttp workers hitting lb until stopped; records every result.
+
+    Each record is (sent_at, status, node) with status 0 for a transport error.
+    """
+
+    def __init__(self, url: str, workers: int = 6, path: str = "/"):
+        self.url, self.workers, self.path = url, workers, path
+        self.records: list[tuple[float, int, str | None]] = []
+        self._stop = False
+        self._tasks = []
+
+    async def __aenter__(self):
+        import asyncio
+
+        import aiohttp
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+        return self
+
+    async def _worker(self):
+        import asyncio
+
+        import aiohttp
+        while not self._stop:
+            sent = time.monotonic()
+            try:
+                async with self._session.get(self.url + self.path) as resp:
+                    await resp.read()
+                    self.records.append((sent, resp.status, resp.headers.get("X-Backend-Node")))
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                self.records.append((sent, 0, None))
+            await asyncio.sleep(0.002)
+
+    async def wait_for_count(self, count: int, timeout_s: float = 10):
+        import asyncio
+        deadline = time.monotonic() + timeout_s
+        while len(self.records) < count:
+            assert time.monotonic() < deadline, f"only {len(self.records)} requests in {timeout_s}s"
+            await asyncio.sleep(0.01)
+
+    async def __aexit__(self, *exc):
+        import asyncio
+        self._stop = True
+        await asyncio.gather(*self._tasks)
+        await self._session.close()
+
+    @property
+    def failures(self):
+        return [r for r in self.records if r[1] != 200]

@@ -1,0 +1,66 @@
+"""The layout's rules, checked on the source: core is pure, the planes meet only in serve.py,
+and no private name crosses a module boundary."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+LB = Path(__file__).resolve().parents[2] / "lb"
+# Modules that do I/O, run things, or reach the OS; core must not import them.
+IO_MODULES = {"asyncio", "socket", "os", "subprocess", "signal", "threading", "select", "selectors",
+              "ssl", "pathlib", "shutil", "tempfile", "io", "uvloop", "multiprocessing", "urllib",
+              "http.client", "http.server", "importlib", "logging", "sys", "prometheus_client"}
+
+
+def modules(folder: str = ""):
+    return sorted((LB / folder).rglob("*.py"))
+
+
+def imports(path: Path):
+    """(absolute module name, names imported) for every import in a file."""
+    package = ".".join(path.relative_to(LB.parent).with_suffix("").parts[:-1])
+    return imports_of(path.read_text(), package)
+
+
+def imports_of(source: str, package: str):
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module
+            yield name, [alias.name for alias in node.names]
+
+
+@pytest.mark.parametrize("path", modules("core"), ids=lambda p: p.name)
+def test_core_imports_nothing_outside_core_and_no_io(path):
+    for name, _ in imports(path):
+        top = name.split(".")[0]
+        assert not (top == "lb" and not name.startswith("lb.core")), f"{path.name} imports {name}"
+        assert top not in IO_MODULES and name not in IO_MODULES, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("plane, other", [("proxy", "lb.control"), ("control", "lb.proxy")])
+def test_the_planes_do_not_import_each_other(plane, other):
+    for path in modules(plane):
+        for name, _ in imports(path):
+            assert not name.startswith(other), f"{path.relative_to(LB)} imports {name}"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(LB)))
+def test_no_private_name_is_imported_across_modules(path):
+    for name, names in imports(path):
+        private = [n for n in names if n.startswith("_")]
+        assert not private or name == "__future__", f"{path.relative_to(LB)} imports {private} from {name}"
+
+
+def test_the_walker_resolves_what_the_rules_need():
+    found = list(imports_of("import asyncio\nfrom ..proxy import client\nfrom .config import _private\n"
+                            "from . import nodes\n", "lb.core"))
+    assert found == [("asyncio", []), ("lb.proxy", ["client"]), ("lb.core.config", ["_private"]),
+                     ("lb.core", ["nodes"])]

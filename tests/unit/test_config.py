@@ -1,0 +1,100 @@
+"""config.py: the schema, defaults, and errors that name file, key path and value."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lb.core.config import parse_config, parse_duration
+from lb.core.errors import ConfigError, InvalidValue
+from lb.files import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MINIMAL = "backends:\n  - {name: web1, address: '127.0.0.1:9001'}\n"
+
+
+def test_minimal_file_gets_every_default():
+    config = parse_config(MINIMAL, "lb.yaml")
+    assert config.listen == (("127.0.0.1", 8080),)
+    assert config.http == "auto" and config.balance == "least_conn"
+    assert config.backends[0].version == "v1" and config.backends[0].weight == 100
+    assert config.health.interval == 1.0 and config.health.rise == 2
+    assert config.timeouts.connect == 2.0 and config.pinning.max_age == 86400.0
+    assert config.admin.mode == 0o600 and config.retries == 2
+
+
+def test_embedded_default_config_loads():
+    config = load_config(str(ROOT / "config" / "lb.yaml"))
+    assert [b.name for b in config.backends] == [f"web{i}" for i in range(1, 11)]
+    assert [b.port for b in config.backends] == list(range(9001, 9011))
+    assert config.listen == (("127.0.0.1", 8080),)
+
+
+@pytest.mark.parametrize("value, expected", [("off", "off"), ("'off'", "off"), ("stdout", "stdout"),
+                                             ("/var/log/lb.log", "/var/log/lb.log")])
+def test_access_log_off_unquoted_is_off_not_a_boolean(value, expected):
+    assert parse_config(MINIMAL + f"access_log: {value}\n").access_log == expected
+
+
+@pytest.mark.parametrize("text, port", [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1h", 3600.0),
+                                        ("1d", 86400.0), (3, 3.0), ("1.5s", 1.5)])
+def test_durations(text, port):
+    assert parse_duration(text) == port
+
+
+@pytest.mark.parametrize("text", ["2", "fast", "-1s", "1w", True, ""])
+def test_bad_durations(text):
+    with pytest.raises(InvalidValue):
+        parse_duration(text)
+
+
+BAD = [
+    ("backends:\n  - {name: a, address: '127.0.0.1:1'}\n  - {name: b, address: '127.0.0.1:2'}\n"
+     "  - {name: c, address: '9001'}\n",
+     "lb.yaml: backends[2].address: expected HOST:PORT, got '9001'"),
+    (MINIMAL + "balanse: round_robin\n", "lb.yaml: balanse: unknown key"),
+    (MINIMAL + "balance: fastest\n", "lb.yaml: balance: expected one of least_conn, round_robin, random_two, got 'fastest'"),
+    (MINIMAL + "health: {interval: soon}\n", "lb.yaml: health.interval: expected a duration"),
+    (MINIMAL + "health: {rise: 0}\n", "lb.yaml: health.rise: expected an integer from 1 to 100, got 0"),
+    (MINIMAL + "timeouts: {conect: 1s}\n", "lb.yaml: timeouts.conect: unknown key"),
+    (MINIMAL + "http: nghttp2\n", "lb.yaml: http: expected one of auto, httptools, h11"),
+    (MINIMAL + "listen: [127.0.0.1:80, nope]\n", "lb.yaml: listen: expected HOST:PORT, got 'nope'"),
+    (MINIMAL + "admin: {mode: 777777}\n", "lb.yaml: admin.mode: expected an octal file mode"),
+    ("backends:\n  - {name: a, address: '127.0.0.1:1', weight: -1}\n",
+     "lb.yaml: backends[0].weight: expected an integer from 0 to 1000, got -1"),
+    ("backends:\n  - {name: a, address: '127.0.0.1:1', colour: red}\n", "lb.yaml: backends[0].colour: unknown key"),
+    ("backends:\n  - {address: '127.0.0.1:1'}\n", "lb.yaml: backends[0].name: required key is missing"),
+    ("backends:\n  - {name: a, address: '127.0.0.1:1'}\n  - {name: a, address: '127.0.0.1:2'}\n",
+     "lb.yaml: backends[1].name: duplicate of backends[0], got 'a'"),
+    ("backends:\n  - {name: a, address: '127.0.0.1:1', version: 'v 2'}\n",
+     "lb.yaml: backends[0].version: expected a version label"),
+    ("backends: []\n", "lb.yaml: backends: expected at least one backend"),
+    ("backends: {web1: x}\n", "lb.yaml: backends: expected a list of backends"),
+    ("- just\n- a list\n", "lb.yaml: <top>: expected a mapping"),
+    ("backends: [\n", "lb.yaml: line"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_bad_config_names_file_key_path_and_value(text, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "lb.yaml")
+    assert info.value.message.startswith(message), info.value.message
+
+
+def test_lb_serve_with_a_typo_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "lb.yaml"
+    path.write_text(MINIMAL + "timeouts: {client_idel: 5s}\n")
+    result = subprocess.run([sys.executable, "-m", "lb.cli", "serve", "-c", str(path)],
+                            capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"lb: {path}: timeouts.client_idel: unknown key (known keys: connect, client_header, "
+        "client_idle, upstream_first_byte, upstream_idle)"]
+
+
+def test_unreadable_config_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(str(tmp_path / "missing.yaml"))

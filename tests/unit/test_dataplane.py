@@ -1,0 +1,190 @@
+"""The data plane in-process: fake transports and a fake clock, no sockets, no subprocesses.
+
+A client connection and a pooled upstream connection are driven by hand: bytes in
+with data_received, bytes out read from the fake transports' buffers.
+"""
+
+import asyncio
+
+import pytest
+
+from lb.core.config import parse_config
+from lb.core.planes import NodeView, RoutingView
+from lb.proxy.accesslog import AccessLog
+from lb.proxy.client import ClientConnection
+from lb.proxy.dataplane import DataPlane
+from lb.proxy.upstream import UpstreamConnection
+
+CONFIG = """
+backends:
+  - {name: web1, address: '127.0.0.1:9001'}
+pinning: {mode: none}
+timeouts: {client_header: 10s, upstream_first_byte: 30s}
+"""
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class FakeTransport:
+    def __init__(self):
+        self.out = bytearray()
+        self.paused = False
+        self.closed = False
+        self.events = []
+
+    def write(self, data):
+        self.out += data
+
+    def pause_reading(self):
+        self.paused = True
+        self.events.append("pause")
+
+    def resume_reading(self):
+        self.paused = False
+        self.events.append("resume")
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    abort = close
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        self.events.append("eof")
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def take(self) -> bytes:
+        data, self.out = bytes(self.out), bytearray()
+        return data
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+class Rig:
+    """A data plane with one route, a fake clock, and a pooled fake upstream connection."""
+
+    def __init__(self, http="httptools"):
+        self.reports = []
+        config = parse_config(CONFIG + f"http: {http}\n")
+        self.plane = DataPlane(config, asyncio.get_running_loop(), AccessLog("off"), self.reports.append)
+        self.clock = Clock()
+        self.plane.now = self.clock
+        self.plane.upstreams.now = self.clock
+        self.plane.apply_view(RoutingView(1, (NodeView("web1", "127.0.0.1", 9001, "v1", 100.0, True, False),),
+                                          ("v1",)))
+        self.route = self.plane.table.routes["web1"]
+        self.upstream = UpstreamConnection(self.plane.upstreams, self.route)
+        self.upstream_transport = FakeTransport()
+        self.upstream.connection_made(self.upstream_transport)
+        self.plane.upstreams.idle["web1"] = [self.upstream]
+        self.client = ClientConnection(self.plane)
+        self.client_transport = FakeTransport()
+        self.client.connection_made(self.client_transport)
+
+    def respond(self, data: bytes) -> None:
+        self.upstream.data_received(data)
+        self.plane.upstreams.idle["web1"] = [self.upstream]      # keep it the only connection
+
+
+@pytest.fixture(params=["httptools", "h11"])
+async def rig(request):
+    return Rig(request.param)
+
+
+async def test_pipelined_requests_go_upstream_one_at_a_time_and_are_answered_in_order(rig):
+    rig.client.data_received(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    first = rig.upstream_transport.take()
+    assert first.startswith(b"GET /1 ") and b"GET /2" not in first
+    assert rig.route.inflight == 1
+    rig.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none")
+    assert rig.client_transport.take().endswith(b"one")
+    await asyncio.sleep(0)                  # the next pipelined request starts on the next turn
+    assert rig.upstream_transport.take().startswith(b"GET /2 ")
+    rig.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo")
+    assert rig.client_transport.take().endswith(b"two") and rig.route.inflight == 0
+    assert not rig.client_transport.closed
+
+
+async def test_a_head_not_received_in_time_gets_408(rig):
+    rig.client.data_received(b"GET / HTTP/1.1\r\nHo")
+    rig.clock.t += 9.9
+    rig.plane.expire(rig.clock.t)
+    assert rig.client_transport.out == b"" and not rig.client_transport.closed
+    rig.clock.t += 0.2
+    rig.plane.expire(rig.clock.t)
+    assert rig.client_transport.take().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert rig.client_transport.closed
+    assert rig.upstream_transport.out == b""
+
+
+async def test_a_backend_that_does_not_answer_in_time_gets_504(rig):
+    rig.client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.clock.t += 29.0
+    rig.plane.expire(rig.clock.t)
+    assert rig.client_transport.out == b""
+    rig.clock.t += 2.0
+    rig.plane.expire(rig.clock.t)
+    assert rig.client_transport.take().startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert rig.upstream_transport.closed and rig.route.inflight == 0
+    assert sum(r.failed["504"] for r in rig.reports) == 1          # expire() reports too
+    assert sum(r.nodes["web1"].stats.lb_failures for r in rig.reports) == 1
+
+
+async def test_flow_control_pauses_each_side_while_the_other_is_full(rig):
+    rig.client.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+    rig.upstream.pause_writing()            # the backend takes no more of the body
+    assert rig.client_transport.paused
+    rig.upstream.resume_writing()
+    assert not rig.client_transport.paused
+    rig.client.data_received(b"67890")
+    rig.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    rig.client.pause_writing()              # the client reads slowly: stop reading the backend
+    assert rig.upstream_transport.paused
+    rig.client.resume_writing()
+    assert not rig.upstream_transport.paused
+    rig.respond(b"done")
+    assert rig.client_transport.take().endswith(b"done")
+
+
+async def test_too_many_pipelined_requests_pause_reading_until_answered(rig):
+    requests = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 18
+    rig.client.data_received(requests)
+    assert rig.client_transport.paused and len(rig.client.pending) >= 16
+    for _ in range(18):
+        rig.respond(OK)
+        await asyncio.sleep(0)
+    assert not rig.client_transport.paused and not rig.client.pending
+
+
+async def test_a_bug_while_handling_a_request_is_a_500_and_a_closed_connection(rig, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(rig.plane.table, "choose", broken)
+    rig.client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert rig.client_transport.take().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert rig.client_transport.closed
+    assert "a bug" in caplog.text
+
+
+async def test_a_draining_route_reports_when_its_last_request_ends(rig):
+    rig.client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.plane.apply_view(RoutingView(2, (NodeView("web1", "127.0.0.1", 9001, "v1", 100.0, False, True),),
+                                     ("v1",)))
+    await asyncio.sleep(0)
+    assert rig.reports[-1].generation == 2 and rig.reports[-1].nodes["web1"].inflight == 1
+    rig.respond(OK)
+    await asyncio.sleep(0)
+    assert rig.reports[-1].nodes["web1"].inflight == 0
+    assert rig.reports[-1].nodes["web1"].stats.requests == 1

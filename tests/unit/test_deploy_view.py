@@ -1,0 +1,63 @@
+"""What `lb deploy` shows: the live view's block, JSON lines, the summary table."""
+
+import io
+import json
+
+from lb.deploy.plan import Batch
+from lb.deploy.view import JsonView, TtyView, format_report
+
+REPORT = {"to": "v2", "result": "failed and rolled back", "exit": 1, "seconds": 42.4,
+          "failure": {"node": "web1", "step": "update", "reason": "exited with status 3",
+                      "output": ["line 1", "no space left on device"]},
+          "nodes": [{"name": "web1", "was": "v1", "version": "v1", "state": "ready", "health": "up",
+                     "result": "rolled back", "drain_s": 0.1, "update_s": 2.5, "up_s": 1.2},
+                    {"name": "web10", "was": "v1", "version": "v1", "state": "ready", "health": "up",
+                     "result": "not started", "drain_s": "", "update_s": "", "up_s": ""}],
+          "log": "lb-deploy.log", "resume": None}
+
+
+def test_the_summary_table_names_the_failure_and_every_node():
+    lines = format_report(REPORT).splitlines()
+    assert lines[0] == "deploy to v2: failed and rolled back in 42s (exit 1)"
+    assert lines[1] == "  failed at web1, step update: exited with status 3"
+    assert lines[3] == "    | no space left on device"
+    assert lines[4].split() == ["node", "was", "now", "state", "health", "result", "drain", "s", "update",
+                                "s", "up", "s"]
+    assert lines[5].split()[:6] == ["web1", "v1", "v1", "ready", "up", "rolled"]
+    assert lines[5].index("v1") == lines[6].index("v1")        # columns line up
+    assert lines[-1] == "  log: lb-deploy.log"
+
+
+def test_json_view_writes_one_event_a_line_and_the_table_to_stderr():
+    out, err = io.StringIO(), io.StringIO()
+    view = JsonView(out, err)
+    view.plan([Batch(("web1",), True)], ["web4 is in maint: left alone"], False)
+    view.event("step", {"node": "web1", "step": "drain", "status": "start"})
+    view.summary(REPORT)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["plan", "step", "summary"]
+    assert events[0]["batches"] == [{"nodes": ["web1"], "canary": True}]
+    assert err.getvalue().startswith("deploy to v2: failed and rolled back")
+
+
+def test_the_live_view_tracks_steps_bakes_and_versions():
+    out = io.StringIO()
+    view = TtyView(out)
+    view.plan([Batch(("web1",), True), Batch(("web2", "web3"), False)], [], False)
+    view.event("batch", {"index": 1, "of": 2, "nodes": ["web1"], "canary": True})
+    view.event("step", {"node": "web1", "step": "update", "direction": "forward", "status": "start"})
+    view.stats([{"version": "v1", "nodes": 2, "in_service": 2, "rps": 120.0, "error_rate": 0.0, "p99_ms": 4.2}])
+    block = view._block()
+    assert block[0].startswith("[" + "." * 30 + "] 0/3 nodes  batch 1/2 (canary)")
+    assert "web1: update…" in block[1] and "web2: waiting" in block[1]
+    assert block[2].split() == ["v1", "2/2", "in", "service", "120.0", "req/s", "5xx", "0.00%", "p99",
+                                "4.2", "ms"]
+    view.event("baked", {"nodes": ["web1"], "ok": True, "reasons": [], "requests": 80, "error_rate": 0.0,
+                         "p99_ms": 5.0, "p99_note": "p99 not compared: 80 requests in the smaller group"})
+    assert view._block()[0].startswith("[" + "#" * 10 + "." * 20 + "] 1/3 nodes")
+    assert "✓ web1 baked: 80 requests, 5xx 0.00%, p99 5.0 ms (p99 not compared" in out.getvalue()
+    view.event("step", {"node": "web2", "step": "update", "direction": "forward", "status": "failed",
+                        "reason": "exited with status 1"})
+    assert "✗ web2: update failed: exited with status 1" in out.getvalue()
+    # each redraw first moves back over the previous block
+    assert out.getvalue().count("\x1b[") >= 5
