@@ -26,19 +26,8 @@ from ..core import health
 from ..core.config import BackendConfig, Config
 from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Node, Pool, transition
 from ..core.planes import Report
-from ..core.reload import (
-    ADD,
-    ADDRESS,
-    AT_RESTART,
-    BALANCE,
-    KEEP,
-    REMOVE,
-    VERSION,
-    WEIGHT,
-    RunningNode,
-    plan_reload,
-    running_config,
-)
+from ..core.reload import (ADD, ADDRESS, AT_RESTART, BALANCE, KEEP, REMOVE, VERSION, WEIGHT, RunningNode,
+                           plan_reload, running_config)
 from ..core.stats import PoolStats
 from .checker import Checker
 

@@ -225,6 +225,23 @@ def analyze_response(status: int, reason: bytes, version: bytes, raw_headers) ->
 # ---------------------------------------------------------------------------
 # httptools (llhttp): the fast path
 
+def _feed_llhttp(parser, data: bytes, what: str, status: int) -> bytes | None:
+    """Feed llhttp. Returns the bytes after an Upgrade head (None when there was none).
+    Raises HttpError(status) on bad bytes, or the HttpError a callback raised."""
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade as exc:
+        return data[exc.args[0]:]
+    except httptools.HttpParserCallbackError as exc:
+        cause = exc.__context__
+        if isinstance(cause, HttpError):
+            raise cause from None
+        raise
+    except httptools.HttpParserError as exc:
+        raise HttpError(f"{what}: {exc}", status) from None
+    return None
+
+
 class HttptoolsRequestParser:
     """Request parser over llhttp. `leftover` holds bytes after an Upgrade head."""
 
@@ -242,18 +259,10 @@ class HttptoolsRequestParser:
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises HttpError(400/431) on a bad or oversized request."""
         self._feeding = len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.leftover = data[exc.args[0]:]
+        upgraded = _feed_llhttp(self._parser, data, "malformed request", 400)
+        if upgraded is not None:
+            self.leftover = upgraded
             return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, HttpError):
-                raise cause from None
-            raise
-        except httptools.HttpParserError as exc:
-            raise HttpError(f"malformed request: {exc}", 400) from None
         if self.in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_header_bytes:
@@ -320,17 +329,9 @@ class HttptoolsResponseParser:
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises HttpError(502) on a malformed response."""
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.leftover = data[exc.args[0]:]
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, HttpError):
-                raise cause from None
-            raise
-        except httptools.HttpParserError as exc:
-            raise HttpError(f"bad response from backend: {exc}", 502) from None
+        upgraded = _feed_llhttp(self._parser, data, "bad response from backend", 502)
+        if upgraded is not None:
+            self.leftover = upgraded
 
     def on_message_begin(self) -> None:
         if self._finished:

@@ -17,104 +17,20 @@ catches it and the deploy rolls back.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
-
-import h11
 
 from ..core.errors import ConfigError
 from ..files import load_config
 from .backend import start_detached, stop_pidfile
+from .users import Users
 
 THINK_S = 0.01
 USER_LIFE = (20, 60)           # requests before a user leaves and a new one comes
 STEADY_S = 5.0
-
-
-class Users:
-    """Keep-alive users with their own cookie; counts what they see, phase by phase."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.phase = "before"
-        self.latencies: dict[str, list[float]] = defaultdict(list)
-        self.failures: Counter = Counter()           # reason -> count
-        self.statuses: Counter = Counter()
-        self.flips = 0                               # users who saw v2 and then v1
-        self.users = 0
-        self.stopping = False
-
-    async def slot(self) -> None:
-        while not self.stopping:
-            self.users += 1
-            await self.user(random.randint(*USER_LIFE))
-
-    async def user(self, requests: int) -> None:
-        cookie, seen = None, []
-        try:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-        except OSError:
-            self.failures["connect"] += 1
-            await asyncio.sleep(0.2)
-            return
-        try:
-            conn = h11.Connection(h11.CLIENT)
-            for _ in range(requests):
-                if self.stopping:
-                    return
-                cookie = await self.request(conn, reader, writer, cookie, seen)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return                   # lb closed the connection: this user leaves
-                conn.start_next_cycle()
-                await asyncio.sleep(THINK_S)
-        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
-            self.failures[type(exc).__name__] += 1
-        finally:
-            writer.close()
-            if "v2" in seen and "v1" in seen[seen.index("v2"):]:
-                self.flips += 1
-
-    async def request(self, conn, reader, writer, cookie, seen):
-        headers = [("Host", f"{self.host}:{self.port}"), ("User-Agent", "lb-demo")]
-        if cookie:
-            headers.append(("Cookie", cookie))
-        started = time.monotonic()
-        writer.write(conn.send(h11.Request(method="GET", target="/", headers=headers)))
-        writer.write(conn.send(h11.EndOfMessage()))
-        response, body = await self.response(conn, reader)
-        self.latencies[self.phase].append((time.monotonic() - started) * 1000)
-        self.statuses[response.status_code] += 1
-        for name, value in response.headers:
-            if name == b"set-cookie" and value.startswith(b"lb_version="):
-                cookie = value.split(b";", 1)[0].decode()
-        if response.status_code == 200:
-            seen.append(json.loads(body)["version"])
-        else:
-            self.failures[f"status {response.status_code}"] += 1
-        return cookie
-
-    @staticmethod
-    async def response(conn, reader):
-        response, body = None, b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await asyncio.wait_for(reader.read(65536), 10)
-                if not data:
-                    raise ConnectionResetError("lb closed the connection")
-                conn.receive_data(data)
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return response, body
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -142,12 +58,12 @@ async def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout_s: fl
 
 async def _steady(users: Users, seconds: float) -> None:
     """Print a line a second while nothing else owns the terminal."""
-    started, last = time.monotonic(), sum(users.statuses.values())
+    started, last = time.monotonic(), users.requests
     while time.monotonic() - started < seconds:
         await asyncio.sleep(1)
-        done = sum(users.statuses.values())
-        recent = users.latencies[users.phase][-(done - last) or -1:]
-        print(f"  {users.phase:<7} {done - last:5d} req/s  failed {sum(users.failures.values())}  "
+        done = users.requests
+        recent = [r.latency_s * 1000 for r in users.records[last:done]]
+        print(f"  {users.phase:<7} {done - last:5d} req/s  failed {len(users.failures)}  "
               f"p99 {_percentile(recent, 0.99):6.1f} ms", flush=True)
         last = done
 
@@ -208,8 +124,9 @@ async def _run(demo: Demo, users_count: int) -> int:
     print(f"demo: {len(demo.config.backends)} backends (v1) and lb on {host}:{port}; {users_count} users "
           f"at a time, each leaving after {USER_LIFE[0]}-{USER_LIFE[1]} requests; access log "
           f"{demo.access_path}", flush=True)
-    users = Users(host, port)
-    slots = [asyncio.create_task(users.slot()) for _ in range(users_count)]
+    users = Users(host, port, slots=users_count, life=USER_LIFE, think_s=THINK_S)
+    users.phase = "before"
+    users.start()
     await _steady(users, STEADY_S)
     release = "v2 with 10% of requests answered 500" if demo.bad else "v2"
     print(f"demo: lb deploy --to v2 (canary 1, then 3 at a time), the update command restarts each "
@@ -220,26 +137,26 @@ async def _run(demo: Demo, users_count: int) -> int:
     deploy_s = time.monotonic() - started
     users.phase = "after"
     await _steady(users, STEADY_S)
-    users.stopping = True
-    await asyncio.wait(slots, timeout=15)
+    await users.stop()
     return _summary(users, code, deploy_s, demo.bad)
 
 
 def _summary(users: Users, code: int, deploy_s: float, bad: bool) -> int:
-    total = sum(users.statuses.values())
-    app_errors = users.statuses.get(500, 0)
-    failed = sum(users.failures.values())
+    total = users.requests
+    app_errors = sum(1 for r in users.records if r.status == 500)
+    failed = len(users.failures)
+    flips = len(users.backward_flips(["v1", "v2"]))
     print(f"\ndemo summary: deploy exit {code} in {deploy_s:.0f}s; {total} requests by {users.users} users, "
-          f"{failed} failed, {users.flips} users sent back from v2 to v1")
+          f"{failed} failed, {flips} users sent back from v2 to v1")
     for phase in ("before", "during", "after"):
-        values = users.latencies[phase]
+        values = [r.latency_s * 1000 for r in users.records if r.phase == phase]
         print(f"  {phase:<7} {len(values):6d} requests  p50 {_percentile(values, 0.5):5.1f} ms  "
               f"p99 {_percentile(values, 0.99):6.1f} ms")
     if bad:
         print(f"  {app_errors} of the failures are the bad release's own 500s, served to the canary's "
               f"users before the bake caught it; the rest of the failures: {failed - app_errors}")
         return 0 if code == 1 and failed == app_errors else 1
-    return 0 if code == 0 and failed == 0 and users.flips == 0 else 1
+    return 0 if code == 0 and failed == 0 and flips == 0 else 1
 
 
 def run_demo(args) -> int:

@@ -21,15 +21,8 @@ import time
 
 from ..core import http1
 from ..core.errors import HttpError
-from ..core.exchange import (
-    CHUNKED,
-    CONNECT_FAILED,
-    LOST_BEFORE_RESPONSE,
-    NO_BODY,
-    UNTIL_CLOSE,
-    may_retry,
-    response_framing,
-)
+from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_BODY, UNTIL_CLOSE, may_retry,
+                             response_framing)
 from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
 from .responses import error_response

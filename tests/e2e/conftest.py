@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lb.demo.users import Users
+from lb.deploy.client import request
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 START_TIMEOUT_S = 15.0
@@ -135,12 +138,8 @@ class Lb(Process):
         self._start()
 
     def ctl(self, line: str, timeout_s: float = 30.0) -> dict:
-        """One admin command over the Unix socket."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout_s)
-            sock.connect(str(self.socket_path))
-            sock.sendall(line.encode() + b"\n")
-            return json.loads(sock.makefile("rb").readline())
+        """One admin command over the Unix socket (lb's own client, as `lb ctl` uses)."""
+        return request(str(self.socket_path), line, timeout_s)
 
     def server(self, name: str) -> dict:
         reply = self.ctl(f"show server {name}")
@@ -333,53 +332,7 @@ class FakeBackend:
         self.sock.close()
 
 
-class SteadyLoad:
-    """Keep-alive aiohttp workers hitting lb until stopped; records every result.
-
-    Each record is (sent_at, status, node) with status 0 for a transport error.
-    """
-
-    def __init__(self, url: str, workers: int = 6, path: str = "/"):
-        self.url, self.workers, self.path = url, workers, path
-        self.records: list[tuple[float, int, str | None]] = []
-        self._stop = False
-        self._tasks = []
-
-    async def __aenter__(self):
-        import asyncio
-
-        import aiohttp
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
-        return self
-
-    async def _worker(self):
-        import asyncio
-
-        import aiohttp
-        while not self._stop:
-            sent = time.monotonic()
-            try:
-                async with self._session.get(self.url + self.path) as resp:
-                    await resp.read()
-                    self.records.append((sent, resp.status, resp.headers.get("X-Backend-Node")))
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                self.records.append((sent, 0, None))
-            await asyncio.sleep(0.002)
-
-    async def wait_for_count(self, count: int, timeout_s: float = 10):
-        import asyncio
-        deadline = time.monotonic() + timeout_s
-        while len(self.records) < count:
-            assert time.monotonic() < deadline, f"only {len(self.records)} requests in {timeout_s}s"
-            await asyncio.sleep(0.01)
-
-    async def __aexit__(self, *exc):
-        import asyncio
-        self._stop = True
-        await asyncio.gather(*self._tasks)
-        await self._session.close()
-
-    @property
-    def failures(self):
-        return [r for r in self.records if r[1] != 200]
+def steady_load(lb: Lb, workers: int = 6) -> Users:
+    """Keep-alive clients hitting lb until stopped (async with), every answer recorded.
+    No cookie is kept: each request is routed afresh."""
+    return Users("127.0.0.1", lb.port, slots=workers, life=None, think_s=0.002, keep_cookie=False)

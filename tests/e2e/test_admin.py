@@ -14,7 +14,7 @@ import time
 import aiohttp
 import pytest
 
-from conftest import ROOT, Backend, Lb, RawClient, SteadyLoad, free_port, get, wait_for
+from conftest import ROOT, Backend, Lb, RawClient, free_port, get, steady_load, wait_for
 
 
 async def ctl(lb, line, timeout_s=30.0):
@@ -25,23 +25,23 @@ async def test_drain_update_ready_under_load_fails_nothing(spawn, tmp_path):
     backends = [spawn(Backend, f"web{i}") for i in (1, 2, 3)]
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], health={"interval": "200ms"},
                slow_start="0s")
-    async with SteadyLoad(lb.url, workers=6) as load:
-        await load.wait_for_count(100)
+    async with steady_load(lb, 6) as load:
+        await load.wait_for_requests(100)
         assert (await ctl(lb, "drain web3"))["ok"]
         drained_at = time.monotonic()
         waited = await ctl(lb, "wait web3 drained 10")
         assert waited["ok"] and waited["server"]["state"] == "drained"
         backends[2].stop()                                   # the update: stop...
-        await load.wait_for_count(len(load.records) + 100)
+        await load.wait_for_requests(len(load.records) + 100)
         web3 = spawn(Backend, "web3", port=backends[2].port)  # ...and start again
         ready_at = time.monotonic()
         assert (await ctl(lb, "ready web3"))["ok"]
         assert (await ctl(lb, "wait web3 up 10"))["ok"]       # checked before it gets traffic
-        await load.wait_for_count(len(load.records) + 300)
+        await load.wait_for_requests(len(load.records) + 300)
     assert load.failures == []
-    during = [r for r in load.records if drained_at < r[0] < ready_at]
-    assert len(during) > 100 and all(node != "web3" for _, _, node in during)
-    assert any(node == "web3" for sent, _, node in load.records if sent > ready_at)
+    during = [r for r in load.records if drained_at < r.sent < ready_at]
+    assert len(during) > 100 and all(r.node != "web3" for r in during)
+    assert any(r.node == "web3" for r in load.records if r.sent > ready_at)
     assert web3.proc.poll() is None
 
 
@@ -98,8 +98,10 @@ def test_a_websocket_client_busy_at_the_deadline_gets_a_clean_close_not_a_reset(
         wait_for(lambda: lb.server("web1")["state"] == "drained", 5, "the drain deadline")
         mask = b"\x01\x02\x03\x04"
         payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"late"))
-        client.send(b"\x81\x84" + mask + payload)           # a text frame, sent after the deadline
-        time.sleep(0.2)                                      # it reaches lb before we read
+        # A text frame sent after the deadline, unread by the client: lb must read and drop it,
+        # not close with it unread (that is a reset). It reaches lb before the close reply
+        # below (one TCP stream), and lb closes only after that reply or 2 s.
+        client.send(b"\x81\x84" + mask + payload)
         assert client._file.read(4) == b"\x88\x02\x03\xe9"  # close, 1001
         client.send(b"\x88\x82" + mask + bytes(b ^ mask[i] for i, b in enumerate(b"\x03\xe9")))
         assert client.closed_by_peer()
@@ -122,12 +124,12 @@ async def test_reload_adds_removes_and_changes_backends_without_failing_requests
     web1, web2, web3, web4 = (spawn(Backend, f"web{i}") for i in (1, 2, 3, 4))
     lb = spawn(Lb, tmp_path, [web1.config(), web2.config(), web3.config(weight=100)])
     assert lb.ctl("drain web1")["ok"]                      # a runtime state a reload must keep
-    async with SteadyLoad(lb.url, workers=4) as load:
-        await load.wait_for_count(50)
+    async with steady_load(lb, 4) as load:
+        await load.wait_for_requests(50)
         lb.write_config(backends=[web1.config(), web3.config(weight=300), web4.config()])
         reply = await ctl(lb, "reload")
         assert reply["ok"], reply
-        await load.wait_for_count(len(load.records) + 100)
+        await load.wait_for_requests(len(load.records) + 100)
     assert load.failures == []
     changed = "\n".join(reply["changed"])
     assert "added web4" in changed and "removed web2" in changed and "web3: weight 100 -> 300" in changed
@@ -307,9 +309,9 @@ async def test_many_admin_clients_at_once_do_not_disturb_traffic(spawn, tmp_path
         writer.close()
         return replies
 
-    async with SteadyLoad(lb.url, workers=4) as load:
-        await load.wait_for_count(20)
+    async with steady_load(lb, 4) as load:
+        await load.wait_for_requests(20)
         results = await asyncio.wait_for(asyncio.gather(*(client() for _ in range(60))), 30)
-        await load.wait_for_count(len(load.records) + 50)
+        await load.wait_for_requests(len(load.records) + 50)
     assert all(r["ok"] and len(r["servers"]) == 2 for replies in results for r in replies)
     assert load.failures == []

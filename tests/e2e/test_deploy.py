@@ -3,16 +3,15 @@ restarts, cookie-keeping client sessions, the deploy run as the CLI a user runs.
 
 import asyncio
 import json
-import random
 import signal
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-import aiohttp
 import pytest
 
 from lb.demo.backend import read_pidfile, start_detached, stop_pidfile
+from lb.demo.users import Users
 from lb.deploy.plan import STEPS
 
 from conftest import PYTHON, ROOT, Lb, free_port
@@ -64,56 +63,10 @@ def fleet(tmp_path):
         made.stop()
 
 
-class Sessions:
+def sessions(lb, users: int) -> Users:
     """Users who keep their cookies; each leaves after a few requests and a new one comes.
-
-    A new user is what a canary gets: pinned users stay on their version.
-    """
-
-    def __init__(self, url: str, users: int = 20, think_s: float = 0.02, life=(10, 30)):
-        self.url, self.users, self.think_s, self.life = url, users, think_s, life
-        self.seen: dict[int, list[str]] = defaultdict(list)      # user -> versions in order
-        self.failures: list = []
-        self.requests = 0
-        self._next_id = 0
-        self._stop = False
-        self._tasks = []
-
-    async def __aenter__(self):
-        self._tasks = [asyncio.create_task(self._slot()) for _ in range(self.users)]
-        return self
-
-    async def __aexit__(self, *exc):
-        self._stop = True
-        await asyncio.gather(*self._tasks)
-
-    async def _slot(self):
-        while not self._stop:
-            self._next_id += 1
-            await self._user(self._next_id, random.randint(*self.life))
-
-    async def _user(self, user: int, requests: int):
-        # unsafe=True: aiohttp's jar otherwise refuses cookies from an IP-address host.
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
-                                         cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            for _ in range(requests):
-                if self._stop:
-                    return
-                try:
-                    async with session.get(self.url + "/") as resp:
-                        self.requests += 1
-                        if resp.status == 200:
-                            self.seen[user].append((await resp.json())["version"])
-                        else:
-                            self.failures.append((user, resp.status))
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    self.failures.append((user, repr(exc)))
-                await asyncio.sleep(self.think_s)
-
-    def backward_flips(self, order=("v1", "v2")) -> list:
-        rank = {v: i for i, v in enumerate(order)}
-        return [(user, seq) for user, seq in self.seen.items()
-                if any(rank[b] < rank[a] for a, b in zip(seq, seq[1:]))]
+    A new user is what a canary gets: pinned users stay on their version."""
+    return Users("127.0.0.1", lb.port, slots=users, life=(10, 30), think_s=0.02)
 
 
 class Deploy:
@@ -177,19 +130,21 @@ def assert_all(lb, version: str):
 async def test_a_full_deploy_under_load_fails_no_request_and_sends_nobody_back(spawn, fleet, tmp_path):
     nodes = fleet(10)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
-    async with Sessions(lb.url, users=30) as users:
-        await asyncio.sleep(1.0)
+    async with sessions(lb, 30) as users:
+        await users.wait_for_requests(300)                 # steady load before the deploy
+        before = users.requests
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--batch", "3",
                                         "--canary", "1", "--min-ready", "70%", "--bake", "1s",
                                         "--canary-bake", "2s")
-        await asyncio.sleep(1.0)
+        during = users.requests - before
+        await users.wait_for_requests(users.requests + 300)   # and after it, on v2
     assert code == 0, (deploy.stderr, deploy.of("failed"))
     plan = deploy.of("plan")[0]["batches"]
     assert [len(b["nodes"]) for b in plan] == [1, 3, 3, 3] and plan[0]["canary"]
     assert_all(lb, "v2")
     assert users.failures == []
-    assert users.backward_flips() == []
-    assert users.requests > 2000
+    assert users.backward_flips(["v1", "v2"]) == []
+    assert during >= 100, during              # the deploy ran under load
     baked = deploy.of("baked")
     assert len(baked) == 4 and all(b["ok"] for b in baked)
     assert baked[0]["requests"] > 0, "the canary got no traffic: the bake judged nothing"
@@ -206,8 +161,8 @@ async def test_a_full_deploy_under_load_fails_no_request_and_sends_nobody_back(s
 async def test_a_bad_release_fails_the_canary_and_is_rolled_back(spawn, fleet, tmp_path):
     nodes = fleet(4)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
-    async with Sessions(lb.url, users=20) as users:
-        await asyncio.sleep(0.5)
+    async with sessions(lb, 20) as users:
+        await users.wait_for_requests(100)
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command("--fail-rate 0.5"),
                                         "--rollback", nodes.update_command(), "--min-ready", "50%",
                                         "--canary-bake", "3s")
@@ -221,7 +176,7 @@ async def test_a_bad_release_fails_the_canary_and_is_rolled_back(spawn, fleet, t
     assert rows["web1"]["result"] == "rolled back" and rows["web2"]["result"] == "not started"
     assert "failed at web1, step bake: error rate" in deploy.stderr
     # only the canary's users met the bad code; everyone else never saw an error
-    assert users.failures and all(status == 500 for _, status in users.failures)
+    assert users.failures and all(what == "status 500" for _, what in users.failures)
 
 
 @pytest.mark.parametrize("update, extra, step, reason", [

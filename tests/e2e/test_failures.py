@@ -1,12 +1,11 @@
 """What lb does when backends, clients or the clock misbehave. Each test runs its own lb."""
 
-import asyncio
 import json
 import signal
 import socket
 import time
 
-import aiohttp
+from lb.demo.users import Users
 
 from conftest import Backend, FakeBackend, Lb, RawClient, free_port, get, port_open, wait_for
 
@@ -70,22 +69,13 @@ def test_garbage_from_a_backend_is_502(spawn, tmp_path, http_impl):
 async def test_killing_a_backend_under_load_fails_no_request(spawn, tmp_path, http_impl):
     backends = [spawn(Backend, f"web{i}") for i in (1, 2, 3)]
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], http=http_impl)
-    statuses: list[int] = []
-    stop_at = time.monotonic() + 2.5
-
-    async def worker(session):
-        while time.monotonic() < stop_at:
-            async with session.get(f"{lb.url}/slow?ms=20") as resp:
-                await resp.read()
-                statuses.append(resp.status)
-
-    async with aiohttp.ClientSession() as session:
-        workers = [asyncio.create_task(worker(session)) for _ in range(8)]
-        while len(statuses) < 100:
-            await asyncio.sleep(0.01)
+    async with Users("127.0.0.1", lb.port, slots=8, life=None, think_s=0, path="/slow?ms=20",
+                     keep_cookie=False) as load:
+        await load.wait_for_requests(100)
         backends[1].signal(signal.SIGKILL)        # requests are in flight on it now
-        await asyncio.gather(*workers)
-    assert len(statuses) > 200 and set(statuses) == {200}
+        await load.wait_for_requests(300)
+    statuses = [r.status for r in load.records]
+    assert load.failures == [] and set(statuses) == {200}
     lines = wait_for(lambda: len(lb.access_lines()) >= len(statuses) and lb.access_lines(), 5, "log")
     assert any(line["retries"] for line in lines)    # the dead backend was hit, and covered
 

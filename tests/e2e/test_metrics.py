@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Backend, Lb, RawClient, free_port, get
+from conftest import Backend, Lb, RawClient, free_port, get, wait_for
 
 
 def scrape(lb) -> dict:
@@ -44,7 +44,13 @@ def test_scripted_run_gives_exact_counts(spawn, tmp_path):
     assert value(samples, "lb_inflight_requests", backend="web1") == 0
     assert value(samples, "lb_version_capacity", version="v1") == 100
     assert value(samples, "lb_pin_assignments_total", version="v1") == 15   # no client kept a cookie
-    assert value(samples, "lb_client_connections") is not None
+    clients = [RawClient(lb.port) for _ in range(3)]       # open, nothing sent
+    try:
+        wait_for(lambda: value(scrape(lb), "lb_client_connections") == 3, 5, "3 client connections")
+    finally:
+        for client in clients:
+            client.close()
+    wait_for(lambda: value(scrape(lb), "lb_client_connections") == 0, 5, "the connections to close")
     assert lb.ctl("drain web1")["ok"]
     samples = scrape(lb)
     assert value(samples, "lb_drains_total") == 1

@@ -4,7 +4,7 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 
-import aiohttp
+from lb.demo.users import Users
 
 from conftest import Backend, Lb
 
@@ -14,43 +14,12 @@ FAST = {"health": {"interval": "200ms", "timeout": "500ms", "rise": 1, "fall": 2
         "slow_start": "0s", "pinning": {"max_overload": 1.5}}
 
 
-class Sessions:
-    """SESSIONS independent clients, each with its own cookie jar and connection."""
+class Sessions(Users):
+    """SESSIONS independent clients, each with its own cookie and connection, all along."""
 
-    def __init__(self, url: str):
-        self.url = url
-        self.seen: dict[int, list[tuple[float, str]]] = defaultdict(list)   # (time, version)
-        self.records: list[tuple[float, str]] = []        # (time, node)
-        self.failures: list = []
-        self.stopping = False
+    def __init__(self, lb: Lb):
+        super().__init__("127.0.0.1", lb.port, slots=SESSIONS, life=None, think_s=THINK_S)
         self.switches: dict[str, list[tuple[float, float]]] = defaultdict(list)  # node -> (drain, up)
-
-    async def one(self, index: int) -> None:
-        # unsafe=True: aiohttp's jar otherwise refuses cookies from an IP-address host.
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
-                                         cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            while not self.stopping:
-                try:
-                    async with session.get(self.url + "/") as resp:
-                        body = await resp.json() if resp.status == 200 else None
-                        if resp.status != 200:
-                            self.failures.append((index, resp.status))
-                        else:
-                            self.seen[index].append((time.monotonic(), body["version"]))
-                            self.records.append((time.monotonic(), body["node"]))
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    self.failures.append((index, repr(exc)))
-                await asyncio.sleep(THINK_S)
-
-    def backward_flips(self, order: list[str], before: float = float("inf")) -> list:
-        """Sessions that saw an older version after a newer one (among responses before `before`)."""
-        rank = {v: i for i, v in enumerate(order)}
-        flips = []
-        for index, seq in self.seen.items():
-            versions = [v for at, v in seq if at < before]
-            if any(rank[b] < rank[a] for a, b in zip(versions, versions[1:])):
-                flips.append((index, versions))
-        return flips
 
     def worst_share_ratio(self, since: float) -> float:
         """Max over 1 s windows of a node's requests / the mean of the nodes in service.
@@ -59,9 +28,9 @@ class Sessions:
         only part of it: it counts in neither the numerator nor the mean.
         """
         windows: dict[int, Counter] = defaultdict(Counter)
-        for at, node in self.records:
-            if at >= since:
-                windows[int(at - since)][node] += 1
+        for r in self.records:
+            if r.sent >= since and r.node is not None:
+                windows[int(r.sent - since)][r.node] += 1
         worst = 0.0
         for second, counts in sorted(windows.items())[:-1]:   # the last window is partial
             start, end = since + second, since + second + 1
@@ -85,12 +54,14 @@ async def switch(lb, spawn, backends, index, version):
         assert reply["ok"], (line, reply)
 
 
-async def run_rollout(spawn, tmp_path, plan, settle_s=1.5):
+async def run_rollout(spawn, tmp_path, plan, until=lambda sessions: True):
+    """Switch nodes as `plan` says under SESSIONS users; then keep the load on until every
+    session made a request after the rollout and `until(sessions)` holds (at most 30 s)."""
     backends = [spawn(Backend, f"web{i}") for i in range(1, 11)]
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], **FAST)
-    sessions = Sessions(lb.url)
-    tasks = [asyncio.create_task(sessions.one(i)) for i in range(SESSIONS)]
-    await asyncio.sleep(settle_s)                         # steady traffic before the rollout
+    sessions = Sessions(lb)
+    sessions.start()
+    await sessions.wait_for_requests(SESSIONS * 3)      # steady traffic before the rollout
     started = time.monotonic()
     marks = {}
     for step in plan:
@@ -102,9 +73,12 @@ async def run_rollout(spawn, tmp_path, plan, settle_s=1.5):
         await switch(lb, spawn, backends, index, version)
         sessions.switches[f"web{index + 1}"].append((marks[index, version], time.monotonic()))
     sessions.marks = marks
-    await asyncio.sleep(settle_s)
-    sessions.stopping = True
-    await asyncio.gather(*tasks)
+    ended = time.monotonic()
+    deadline = ended + 30
+    while not (all(seq and seq[-1][0] > ended for seq in sessions.seen.values()) and until(sessions)):
+        assert time.monotonic() < deadline, "no request after the rollout from some sessions, or not until()"
+        await asyncio.sleep(0.05)
+    await sessions.stop()
     return lb, sessions, started
 
 
@@ -112,7 +86,11 @@ async def test_a_rollout_one_node_at_a_time_never_sends_anyone_back(spawn, tmp_p
     lb, sessions, started = await run_rollout(spawn, tmp_path,
                                               [("target", "v2")] + [(i, "v2") for i in range(10)])
     assert sessions.failures == []
-    assert len(sessions.records) > 2000 and len(sessions.seen) == SESSIONS
+    assert len(sessions.seen) == SESSIONS
+    # under load all along: requests were served while each node was being switched
+    for node, windows in sessions.switches.items():
+        for drain_at, up_at in windows:
+            assert any(drain_at <= r.sent <= up_at for r in sessions.records), node
     assert sessions.backward_flips(["v1", "v2"]) == []
     assert all(seq[-1][1] == "v2" for seq in sessions.seen.values())
     versions = lb.ctl("show versions")
@@ -127,7 +105,9 @@ async def test_a_rollout_one_node_at_a_time_never_sends_anyone_back(spawn, tmp_p
 async def test_three_versions_in_flight_are_monotonic(spawn, tmp_path):
     plan = [("target", "v2")] + [(i, "v2") for i in range(3)] + \
            [("target", "v3")] + [(i, "v3") for i in range(3, 6)]
-    lb, sessions, started = await run_rollout(spawn, tmp_path, plan)
+    # v3 gets its users as v2 sheds its overload forward: wait for that, then judge
+    lb, sessions, started = await run_rollout(spawn, tmp_path, plan, until=lambda s: any(
+        version == "v3" for seq in s.seen.values() for _, version in seq))
     assert sessions.failures == []
     assert sessions.backward_flips(["v1", "v2", "v3"]) == []
     rows = {r["version"]: r for r in lb.ctl("show versions")["versions"]}

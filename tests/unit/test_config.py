@@ -95,6 +95,28 @@ def test_lb_serve_with_a_typo_exits_2_with_one_line(tmp_path):
         "client_idle, upstream_first_byte, upstream_idle)"]
 
 
+@pytest.mark.parametrize("extra, code, output", [
+    ("", 0, "ok, 1 backends"),
+    ("retries: many\n", 2, "retries: expected an integer from 0 to 10, got 'many'"),
+])
+def test_lb_check(tmp_path, extra, code, output):
+    path = tmp_path / "lb.yaml"
+    path.write_text(MINIMAL + extra)
+    result = subprocess.run([sys.executable, "-m", "lb.cli", "check", "-c", str(path)],
+                            capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert result.returncode == code and output in result.stdout + result.stderr
+
+
+def test_the_embedded_config_is_the_shipped_file_and_resolves_under_the_cwd(tmp_path, monkeypatch):
+    assert (ROOT / "config" / "lb.yaml").read_text() == (ROOT / "lb" / "data" / "lb.yaml").read_text()
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    assert len(config.backends) == 10
+    assert config.resolve(config.admin.socket) == str(tmp_path / "run" / "lb.sock")
+    # a file of yours: relative to the folder it was named in (config/run/ for -c config/lb.yaml)
+    assert load_config(str(ROOT / "config" / "lb.yaml")).resolve("run/x") == str(ROOT / "config" / "run" / "x")
+
+
 def test_unreadable_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(str(tmp_path / "missing.yaml"))
