@@ -9,6 +9,7 @@ the installed package: `lb serve` with no `-c` keeps them in `./run/`.
 from __future__ import annotations
 
 import os
+import tempfile
 from importlib import resources
 
 from .core.config import Config, parse_config
@@ -38,11 +39,20 @@ def load_config(path: str | None) -> Config:
 
 def atomic_write(path: str, text: str) -> None:
     """Replace `path` with `text` so that a reader sees the old file or the new, never
-    half of one (temp file, fsync, rename). Raises OSError."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"     # two processes never share a temp file
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    half of one (temp file, fsync, rename). The temp file is made by mkstemp (a new
+    name, O_EXCL: never a symlink someone left there), mode 0600. Raises OSError."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

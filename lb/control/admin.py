@@ -231,13 +231,14 @@ class AdminServer:
             if _someone_listens(self.path):
                 raise CommandError(f"another lb is listening on the admin socket {self.path}")
             os.unlink(self.path)              # stale, from a run that crashed
+        # The socket is created with its mode (umask), never chmod-ed after the fact: the path
+        # could be something else by then.
         old_umask = os.umask(0o777 & ~self.mode)
         try:
             self._server = await asyncio.start_unix_server(self._serve, self.path,
                                                            limit=MAX_LINE_BYTES)
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, self.mode)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)

@@ -15,7 +15,8 @@ import logging
 import time
 
 from ..core.commands import backend_config
-from ..core.errors import CommandError, LbError
+from ..core.config import check_name, check_version_label, format_hostport, parse_hostport, parse_weight_value
+from ..core.errors import CommandError, InvalidValue
 from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Node, transition
 from ..files import atomic_write
 
@@ -54,26 +55,50 @@ def load_state(control) -> list[str]:
         log.error("state file %s unreadable (%s); starting from the config alone", path, exc)
         return []
     pool, applied = control.pool, []
-    for name, saved in state.get("servers", {}).items():
+    servers = state.get("servers") if isinstance(state, dict) else None
+    for name, saved in (servers.items() if isinstance(servers, dict) else ()):
+        entry = _checked(path, name, saved)
+        if entry is None:
+            continue
         node = pool.backends.get(name)
         if node is None and saved.get("added"):
-            try:
-                node = Node(backend_config({"name": name, "address": saved["address"],
-                                            "version": saved["version"], "weight": saved["weight"]}),
-                            time.time())
-            except (LbError, KeyError):
-                continue
+            node = Node(backend_config({"name": name, "address": entry["address"], "version": entry["version"],
+                                        "weight": entry["weight"]}), time.time())
             pool.backends[name] = node
-        event = RESTORE_EVENTS.get(saved.get("state", READY))
-        if node is None or node.admin_state != NEW or event is None:
-            continue                          # removed from the config since, or unreadable
-        transition(node, event, control.now())
-        node.version = saved.get("version", node.version)
-        node.set_weight(saved.get("weight", node.weight))
+        if node is None or node.admin_state != NEW:
+            continue                          # removed from the config since
+        transition(node, RESTORE_EVENTS[entry["state"]], control.now())
+        node.version = entry["version"]
+        node.set_weight(entry["weight"])
         pool.note_version(node.version)
         if node.admin_state != READY:
             applied.append(f"{name} {node.admin_state}")
-    for version in state.get("versions", []):
+    versions = state.get("versions") if isinstance(state, dict) else None
+    for version in (versions if isinstance(versions, list) else ()):
         if version in pool.versions:
             pool.set_target(version)
     return applied
+
+
+def _checked(path: str, name, saved) -> dict | None:
+    """One saved server, checked with the config's own rules (a version with a CR LF in it
+    would end up in every pin cookie); None, with the reason in the log, when it fails."""
+    where = f"servers.{name}"
+    try:
+        if not isinstance(saved, dict):
+            raise InvalidValue(f"expected a mapping, got {saved!r}")
+        check_name(name)
+        state = saved.get("state", READY)
+        if state not in RESTORE_EVENTS:
+            where += ".state"
+            raise InvalidValue(f"expected one of {', '.join(RESTORE_EVENTS)}, got {state!r}")
+        where = f"servers.{name}.version"
+        version = check_version_label(saved.get("version"))
+        where = f"servers.{name}.weight"
+        weight = parse_weight_value(saved.get("weight"))
+        where = f"servers.{name}.address"
+        address = format_hostport(*parse_hostport(saved.get("address")))
+    except InvalidValue as exc:
+        log.error("state file %s: %s: %s; that entry is ignored", path, where, exc.message)
+        return None
+    return {"state": state, "version": version, "weight": weight, "address": address}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 
+from .config import format_hostport
 from .planes import NodeView, RoutingView
 from .stats import StatsDelta
 
@@ -53,7 +54,7 @@ class Route:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
     @property
     def idle(self) -> bool:

@@ -10,6 +10,7 @@ Unknown keys are errors, never ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -22,8 +23,63 @@ from .errors import ConfigError, InvalidValue
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _DURATION_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Host names (and so IPv4 literals): dot-separated labels of letters, digits and inner
+# hyphens (RFC 1123), and underscores, which container service names use.
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*$")
 # Versions travel in a cookie value: keep them to a short token.
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+
+
+def format_hostport(host: str, port: int) -> str:
+    """The inverse of parse_hostport: an IPv6 literal goes in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_name(value: Any) -> str:
+    """A backend name. Raises InvalidValue."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise InvalidValue(f"expected a name of letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def check_version_label(value: Any) -> str:
+    """A version label (it travels in a cookie). Raises InvalidValue."""
+    if not isinstance(value, str) or not VERSION_RE.match(value):
+        raise InvalidValue(f"expected a version label of letters, digits, '.', '_' or '-' (max 32), "
+                           f"got {value!r}")
+    return value
+
+
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|kB|MB)/s$")
+_RATE_UNIT = {"B": 1, "KiB": 1024, "MiB": 1024 * 1024, "kB": 1000, "MB": 1000 * 1000}
+
+
+def parse_rate(value: Any) -> float:
+    """'1KiB/s', '500B/s', '2MB/s' -> bytes per second; 0 turns the check off."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    match = _RATE_RE.match(str(value).strip())
+    if not match:
+        raise InvalidValue(f"expected a rate like 1KiB/s, 500B/s or 0 (off), got {value!r}")
+    return float(match.group(1)) * _RATE_UNIT[match.group(2)]
+
+
+def _cidr_list(value: Any) -> tuple[str, ...]:
+    """A list of CIDRs ('10.0.0.0/8', '::1/128'); each checked, kept as text."""
+    if not isinstance(value, list):
+        raise InvalidValue(f"expected a list of CIDRs like 10.0.0.0/8, got {value!r}")
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise InvalidValue(f"expected a CIDR like 10.0.0.0/8, got {item!r}") from None
+    return tuple(str(item) for item in value)
+
+
+def parse_weight_value(value: Any) -> int:
+    """A backend weight, 0..1000. Raises InvalidValue."""
+    return _int_range(0, 1000)(value)
 
 
 def parse_duration(value: Any) -> float:
@@ -39,13 +95,27 @@ def parse_duration(value: Any) -> float:
 
 
 def parse_hostport(value: Any) -> tuple[str, int]:
-    """'HOST:PORT' (or '[v6]:PORT') -> (host, port)."""
+    """'HOST:PORT' (or '[v6]:PORT') -> (host, port). HOST is a DNS name or an IP literal:
+    an address reaches shell commands (`lb deploy --update 'ssh {host} ...'`), so nothing
+    else, and no leading '-' (an ssh option), ever passes."""
     text = str(value)
     host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidValue(f"expected HOST:PORT, got {value!r}")
+    if not _valid_host(host, bracketed):
+        raise InvalidValue(f"expected HOST:PORT with HOST a host name or IP address, got {value!r}")
     return host, int(port)
+
+
+def _valid_host(host: str, bracketed: bool) -> bool:
+    if bracketed:
+        try:
+            return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address) and "%" not in host
+        except ValueError:
+            return False
+    return bool(_HOST_RE.match(host))
 
 
 def _listen_list(value: Any) -> tuple[tuple[str, int], ...]:
@@ -135,7 +205,7 @@ class BackendConfig:
     name: str = _field(None, _matching(_NAME_RE, "a name of letters, digits, '.', '_' or '-'"))
     address: tuple[str, int] = _field(None, parse_hostport)
     version: str = _field("v1", _matching(VERSION_RE, "a version label of letters, digits, '.', '_' or '-' (max 32)"))
-    weight: int = _field(100, _int_range(0, 1000))
+    weight: int = _field(100, parse_weight_value)
 
     @property
     def host(self) -> str:
@@ -181,11 +251,16 @@ class TimeoutsConfig:
     client_idle: float = _field(60.0, parse_duration)
     upstream_first_byte: float = _field(30.0, parse_duration)
     upstream_idle: float = _field(60.0, parse_duration)
+    tunnel: float = _field(3600.0, parse_duration)       # an upgraded connection with no traffic
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     max_header_bytes: int = _field(16384, _int_range(1024, 1 << 20))
+    max_headers: int = _field(100, _int_range(1, 10000))
+    max_target_bytes: int = _field(8192, _int_range(256, 1 << 20))
+    max_response_header_bytes: int = _field(65536, _int_range(1024, 1 << 24))
+    min_body_rate: float = _field(1024.0, parse_rate)     # bytes/s a request body must average
     max_connections: int = _field(10000, _int_range(1, 1_000_000))
 
 
@@ -204,6 +279,7 @@ class Config:
     pinning: PinningConfig = _field(PinningConfig(), PinningConfig)
     timeouts: TimeoutsConfig = _field(TimeoutsConfig(), TimeoutsConfig)
     limits: LimitsConfig = _field(LimitsConfig(), LimitsConfig)
+    trusted_proxies: tuple[str, ...] = _field((), _cidr_list)   # peers whose X-Forwarded-For is kept
     retries: int = _field(2, _int_range(0, 10))
     access_log: str = _field("stdout", _log_target)
     state_file: str = _field("run/lb.state", _text)

@@ -22,6 +22,7 @@ why its header list is never forwarded as-is but goes through the same analysis.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import h11
@@ -35,9 +36,14 @@ HOP_BY_HOP = frozenset({
     b"transfer-encoding", b"upgrade",
 })
 # Request headers lb sets itself; a client's copy is dropped, never trusted.
-REQUEST_OWNED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+REQUEST_OWNED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+                           b"x-real-ip", b"x-forwarded-port", b"x-forwarded-prefix"})
+# A Host: a reg-name or IPv4 (RFC 3986 characters) or a bracketed IPv6, and a port.
+_HOST_VALUE_RE = re.compile(rb"^(?:(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
+_ABSOLUTE_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 REPLAY_LIMIT_BYTES = 64 * 1024
+REQUEST_LINE_SLACK = 32          # a request line is its target plus a method and a version
 MAX_CONTENT_LENGTH_DIGITS = 18
 
 
@@ -45,10 +51,10 @@ class RequestHead:
     """A parsed, validated request head. `headers` are end-to-end only."""
 
     __slots__ = ("method", "target", "version", "headers", "host", "content_length",
-                 "chunked", "keep_alive", "upgrade", "expect_continue", "via")
+                 "chunked", "keep_alive", "upgrade", "expect_continue", "via", "forwarded_by")
 
     def __init__(self, method, target, version, headers, host, content_length,
-                 chunked, keep_alive, upgrade, expect_continue, via):
+                 chunked, keep_alive, upgrade, expect_continue, via, forwarded_by=None):
         self.method: bytes = method
         self.target: bytes = target
         self.version: bytes = version          # b"1.1" or b"1.0"
@@ -60,6 +66,9 @@ class RequestHead:
         self.upgrade: bytes | None = upgrade   # the protocol asked for, e.g. b"websocket"
         self.expect_continue: bool = expect_continue
         self.via: bytes | None = via
+        # (X-Forwarded-For, Forwarded) as the client sent them, or None: kept only when the
+        # peer is a trusted proxy (trusted_proxies), dropped otherwise
+        self.forwarded_by: tuple[bytes | None, bytes | None] | None = forwarded_by
 
     @property
     def has_body(self) -> bool:
@@ -160,11 +169,27 @@ def _framing(specials: dict) -> tuple[int | None, bool]:
     return None, True
 
 
+def head_size(target: bytes, raw_headers) -> int:
+    """The bytes of a request head that count against max_header_bytes."""
+    return len(target) + sum(len(n) + len(v) + 4 for n, v in raw_headers)
+
+
 def check_head_size(target: bytes, raw_headers, max_header_bytes: int) -> None:
     """Raises HttpError(431) when the request line target and headers exceed the limit."""
-    size = len(target) + sum(len(n) + len(v) + 4 for n, v in raw_headers)
-    if size > max_header_bytes:
+    if head_size(target, raw_headers) > max_header_bytes:
         raise HttpError("request header section too large", 431)
+
+
+def check_target(target: bytes, max_target_bytes: int) -> None:
+    """Raises HttpError(414) for a request target over the limit."""
+    if len(target) > max_target_bytes:
+        raise HttpError("request target too long", 414)
+
+
+def check_header_count(count: int, max_headers: int) -> None:
+    """Raises HttpError(431) for more header fields than the limit."""
+    if count > max_headers:
+        raise HttpError(f"more than {max_headers} header fields", 431)
 
 
 def analyze_request(method: bytes, target: bytes, version: bytes, raw_headers) -> RequestHead:
@@ -180,6 +205,8 @@ def analyze_request(method: bytes, target: bytes, version: bytes, raw_headers) -
         raise HttpError("more than one Host header", 400)
     if hosts is None and version == b"1.1":
         raise HttpError("HTTP/1.1 request without Host", 400)
+    host = hosts[0].strip() if hosts else None
+    _check_host(host, target)
     connection = _connection_tokens(specials)
     kept = _drop_named(kept, connection)
     if version == b"1.1":
@@ -201,12 +228,41 @@ def analyze_request(method: bytes, target: bytes, version: bytes, raw_headers) -
     expect = specials.get(b"expect")
     expect_continue = bool(expect) and expect[0].strip().lower() == b"100-continue"
     via = b", ".join(specials[b"via"]) if b"via" in specials else None
-    return RequestHead(method, target, version, kept, hosts[0].strip() if hosts else None,
-                       content_length, chunked, keep_alive, upgrade, expect_continue, via)
+    xff, forwarded = specials.get(b"x-forwarded-for"), specials.get(b"forwarded")
+    forwarded_by = (b", ".join(xff) if xff else None, b", ".join(forwarded) if forwarded else None) \
+        if xff or forwarded else None
+    return RequestHead(method, target, version, kept, host, content_length, chunked, keep_alive, upgrade,
+                       expect_continue, via, forwarded_by)
+
+
+_GOOD_HOSTS: set[bytes] = set()      # Host values seen valid (a site has few): no regex per request
+_GOOD_HOSTS_MAX = 1024
+
+
+def _check_host(host: bytes | None, target: bytes) -> None:
+    """A Host that is a host[:port], and an absolute-form target whose authority is that
+    Host (HAProxy 2.6 refuses a mismatch). Raises HttpError(400)."""
+    if host is not None and host not in _GOOD_HOSTS:
+        if not _HOST_VALUE_RE.match(host):
+            raise HttpError(f"malformed Host: {host[:60]!r}", 400)
+        if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+            _GOOD_HOSTS.clear()
+        _GOOD_HOSTS.add(host)
+    if target[:1] != b"/" and target != b"*":
+        absolute = _ABSOLUTE_RE.match(target)
+        if absolute is None:
+            raise HttpError(f"malformed request target: {target[:60]!r}", 400)
+        authority = absolute.group(1)
+        if b"@" in authority:
+            raise HttpError("a request target with user info", 400)
+        if host is None or authority.lower() != host.lower():
+            raise HttpError("the request target's authority is not the Host", 400)
 
 
 def analyze_response(status: int, reason: bytes, version: bytes, raw_headers) -> ResponseHead:
     """Validate a response head and decide its framing. Raises HttpError(502)."""
+    if not 100 <= status <= 599:
+        raise HttpError(f"bad response from backend: status {status} is outside 100-599", 502)
     try:
         kept, specials = _split_headers(raw_headers, _RESPONSE_SPECIAL)
         content_length, chunked = _framing(specials)
@@ -243,30 +299,52 @@ def _feed_llhttp(parser, data: bytes, what: str, status: int) -> bytes | None:
 
 
 class HttptoolsRequestParser:
-    """Request parser over llhttp. `leftover` holds bytes after an Upgrade head."""
+    """Request parser over llhttp. `leftover` holds bytes after an Upgrade head.
 
-    def __init__(self, sink, max_header_bytes: int):
+    What one peer can make it hold is bounded: a head counts the bytes fed since it
+    began (the piece it began in counts only what was parsed of it) against
+    max_header_bytes; the target and the number of header fields have their own
+    limits; in a body, bytes that make llhttp call nothing back (a chunk-size line,
+    a chunk extension, a trailer being read) and complete trailer fields count against
+    max_header_bytes too. Each limit is checked on every piece fed."""
+
+    def __init__(self, sink, max_header_bytes: int, max_headers: int = 100, max_target_bytes: int = 8192):
         self._sink = sink
         self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self._max_target_bytes = max_target_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._headers: list = []
         self._url = b""
-        self._head_bytes = 0     # bytes fed since the head began, before this feed
+        self._head_bytes = 0     # bytes of the head being parsed, as far as counted
         self._feeding = 0        # the size of the piece being fed now
+        self._began_here = False # the head being parsed began in the piece being fed
+        self._in_body = False
+        self._heard = False      # llhttp called back about the body during this piece
+        self._quiet_bytes = 0    # body bytes fed with no callback (framing, trailers)
+        self._trailer_bytes = 0
         self.in_head = False
         self.leftover = b""
 
     def feed(self, data: bytes) -> None:
-        """Parse `data`; raises HttpError(400/431) on a bad or oversized request."""
+        """Parse `data`; raises HttpError(400/414/431) on a bad or oversized request."""
         self._feeding = len(data)
+        self._began_here = self._heard = False
         upgraded = _feed_llhttp(self._parser, data, "malformed request", 400)
         if upgraded is not None:
             self.leftover = upgraded
             return
         if self.in_head:
-            self._head_bytes += len(data)
+            if self._began_here:
+                self._head_bytes = head_size(self._url, self._headers)
+            else:
+                self._head_bytes += len(data)
             if self._head_bytes > self._max_header_bytes:
                 raise HttpError("request header section too large", 431)
+        elif self._in_body:
+            self._quiet_bytes = 0 if self._heard else self._quiet_bytes + len(data)
+            if self._quiet_bytes > self._max_header_bytes:
+                raise HttpError("request chunk framing or trailer section too large", 431)
 
     def reset(self) -> None:
         """Start over on the same connection (after a refused Upgrade)."""
@@ -278,16 +356,30 @@ class HttptoolsRequestParser:
     # llhttp callbacks
     def on_message_begin(self) -> None:
         self.in_head = True
+        self._began_here = True
         self._head_bytes = 0
         self._headers = []
         self._url = b""
+        self._trailer_bytes = 0
         self._sink.on_request_begin()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._max_target_bytes:
+            check_target(self._url, self._max_target_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self.in_head:
+            headers = self._headers
+            headers.append((name, value))
+            if len(headers) > self._max_headers:
+                check_header_count(len(headers), self._max_headers)
+            return
+        # A trailer field: counted, never kept (lb forwards no trailers).
+        self._heard = True
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailer_bytes > self._max_header_bytes:
+            raise HttpError("request trailer section too large", 431)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -297,26 +389,43 @@ class HttptoolsRequestParser:
         parser = self._parser
         head = analyze_request(parser.get_method(), self._url,
                                parser.get_http_version().encode(), self._headers)
+        self._in_body = True
+        self._quiet_bytes = 0
         self._sink.on_request(head)
 
     def on_body(self, body: bytes) -> None:
+        self._heard = True
         self._sink.on_request_body(body)
 
+    def on_chunk_header(self) -> None:
+        self._heard = True
+
+    def on_chunk_complete(self) -> None:
+        self._heard = True
+
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._sink.on_request_end()
 
 
 class HttptoolsResponseParser:
-    """Response parser over llhttp; `expect()` before each response."""
+    """Response parser over llhttp; `expect()` before each response. A head counts the
+    bytes fed since it began against max_response_header_bytes (nginx: "upstream sent
+    too big header")."""
 
-    def __init__(self, sink):
+    def __init__(self, sink, max_response_header_bytes: int = 65536):
         self._sink = sink
+        self._max_head_bytes = max_response_header_bytes
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list = []
         self._reason = b""
         self._head_only = False
         self._interim = False
         self._finished = False
+        self._in_head = False
+        self._began_here = False     # the head being parsed began in the piece being fed
+        self._head_bytes = 0
+        self._feeding = 0
         self.leftover = b""
 
     def expect(self, method: bytes, upgrade: bool) -> None:
@@ -328,23 +437,42 @@ class HttptoolsResponseParser:
         self._finished = False
 
     def feed(self, data: bytes) -> None:
-        """Parse `data`; raises HttpError(502) on a malformed response."""
+        """Parse `data`; raises HttpError(502) on a malformed or oversized response."""
+        self._began_here = False
+        self._feeding = len(data)
         upgraded = _feed_llhttp(self._parser, data, "bad response from backend", 502)
         if upgraded is not None:
             self.leftover = upgraded
+        if self._in_head:
+            if self._began_here:
+                self._head_bytes = head_size(self._reason, self._headers)
+            else:
+                self._head_bytes += len(data)
+            if self._head_bytes > self._max_head_bytes:
+                raise HttpError("backend sent too big a response header", 502)
 
     def on_message_begin(self) -> None:
         if self._finished:
             raise HttpError("backend sent bytes after its response", 502)
         self._headers = []
+        self._reason = b""
+        self._in_head = self._began_here = True
+        self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
+        if len(self._reason) > 1024:
+            raise HttpError("backend sent too long a reason phrase", 502)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        # A head that came whole in one piece: what was fed bounds it; count exactly only past it.
+        if self._head_bytes + self._feeding > self._max_head_bytes and \
+                head_size(self._reason, self._headers) > self._max_head_bytes:
+            raise HttpError("backend sent too big a response header", 502)
         parser = self._parser
         status = parser.get_status_code()
         head = analyze_response(status, self._reason, parser.get_http_version().encode(),
@@ -383,9 +511,11 @@ class H11RequestParser:
     state machine fed with the bytes that followed the last one: lb decides
     keep-alive and framing itself, and h11 alone would refuse HTTP/1.0 keep-alive."""
 
-    def __init__(self, sink, max_header_bytes: int):
+    def __init__(self, sink, max_header_bytes: int, max_headers: int = 100, max_target_bytes: int = 8192):
         self._sink = sink
         self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self._max_target_bytes = max_target_bytes
         self._conn = self._new_conn()
         self._begun = False
         self._upgrade = False            # the request being parsed asks to switch protocols
@@ -402,6 +532,7 @@ class H11RequestParser:
             if not data:
                 return
         self._conn.receive_data(data)
+        self._check_request_line()
         while True:
             conn = self._conn
             try:
@@ -440,6 +571,16 @@ class H11RequestParser:
             data, self._pending_cr = b"", data
         return data
 
+    def _check_request_line(self) -> None:
+        """A request line still arriving that is already longer than a target may be: 414,
+        as llhttp says, before h11's own limit on a whole head could say 431."""
+        conn = self._conn
+        if conn.their_state is h11.IDLE:
+            pending = conn.trailing_data[0]
+            end = pending.find(b"\r\n", 0, self._max_target_bytes + REQUEST_LINE_SLACK)
+            if end == -1 and len(pending) > self._max_target_bytes + REQUEST_LINE_SLACK:
+                raise HttpError("request target too long", 414)
+
     def _between_requests(self) -> bool:
         conn = self._conn
         return conn.their_state is h11.IDLE and not conn.trailing_data[0] and not self._begun
@@ -450,7 +591,10 @@ class H11RequestParser:
                 self._sink.on_request_begin()
             self._begun = False
             # h11 bounds only heads that arrive in pieces; one that came whole is checked here.
-            check_head_size(event.target, event.headers.raw_items(), self._max_header_bytes)
+            raw = event.headers.raw_items()
+            check_target(event.target, self._max_target_bytes)
+            check_header_count(len(raw), self._max_headers)
+            check_head_size(event.target, raw, self._max_header_bytes)
             head = analyze_request(event.method, event.target, event.http_version,
                                    event.headers.raw_items())
             self._upgrade = head.upgrade is not None
@@ -472,9 +616,10 @@ class H11ResponseParser:
     """Response parser over h11 (client role); `expect()` replays a stand-in
     request so h11 knows about HEAD and Upgrade."""
 
-    def __init__(self, sink):
+    def __init__(self, sink, max_response_header_bytes: int = 65536):
         self._sink = sink
-        self._conn = h11.Connection(h11.CLIENT)
+        self._max_head_bytes = max_response_header_bytes
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_response_header_bytes)
         self.leftover = b""
 
     def expect(self, method: bytes, upgrade: bool) -> None:
@@ -490,6 +635,8 @@ class H11ResponseParser:
     def feed(self, data: bytes) -> None:
         """Parse `data` (b"" means the backend closed); raises HttpError(502)."""
         conn = self._conn
+        if data and conn.their_state is h11.DONE:
+            raise HttpError("backend sent bytes after its response", 502)
         conn.receive_data(data)
         while True:
             try:
@@ -501,14 +648,20 @@ class H11ResponseParser:
                     self.leftover = conn.trailing_data[0]
                 return
             if isinstance(event, (h11.Response, h11.InformationalResponse)):
+                raw = event.headers.raw_items()
+                # h11 bounds only heads that arrive in pieces; one that came whole is checked here.
+                if head_size(event.reason, raw) > self._max_head_bytes:
+                    raise HttpError("backend sent too big a response header", 502)
                 self._sink.on_response(analyze_response(
-                    event.status_code, event.reason, event.http_version, event.headers.raw_items()))
+                    event.status_code, event.reason, event.http_version, raw))
                 if event.status_code == 101:
                     self._sink.on_response_end()
             elif isinstance(event, h11.Data):
                 self._sink.on_response_body(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 self._sink.on_response_end()
+                if conn.trailing_data[0]:
+                    raise HttpError("backend sent bytes after its response", 502)
             elif isinstance(event, h11.ConnectionClosed):
                 return
 
@@ -527,8 +680,32 @@ def parsers_for(name: str):
 # ---------------------------------------------------------------------------
 # Serialization: every forwarded head is rebuilt from parsed fields.
 
-def serialize_request(head: RequestHead, client_ip: bytes, extra: list) -> bytes:
-    """The head lb sends upstream: HTTP/1.1, end-to-end headers, lb's own headers."""
+def forwarded_element(client_ip: bytes, host: bytes | None) -> bytes:
+    """lb's hop as an RFC 7239 Forwarded element; an IPv6 address or a host:port is quoted."""
+    node = b'"[%s]"' % client_ip if b":" in client_ip else client_ip
+    element = b"for=" + node
+    if host:
+        element += b';host="%s"' % host if b":" in host or b'"' in host else b";host=" + host
+    return element + b";proto=http"
+
+
+def client_address(forwarded_for: bytes | None, peer: bytes, trusted) -> bytes:
+    """Whom a request came from: the rightmost address of the X-Forwarded-For chain plus the
+    peer that `trusted` (a predicate) does not vouch for; the leftmost when it vouches for all."""
+    chain = [part.strip() for part in forwarded_for.split(b",")] if forwarded_for else []
+    chain.append(peer)
+    for address in reversed(chain):
+        if not trusted(address):
+            return address
+    return chain[0]
+
+
+def serialize_request(head: RequestHead, client_ip: bytes, extra: list, trusted: bool = False,
+                      forwarded: bytes | None = None) -> bytes:
+    """The head lb sends upstream: HTTP/1.1, end-to-end headers, lb's own headers. From a
+    trusted proxy, the X-Forwarded-For and Forwarded chains it sent are kept and lb's hop
+    appended; from anyone else they are lb's alone. `forwarded` is lb's Forwarded element
+    when the caller has it ready (forwarded_element(client_ip, head.host))."""
     # Forwarded as HTTP/1.1, which requires Host: an HTTP/1.0 request without one
     # gets an empty Host, as RFC 9112 3.2 prescribes for a target with no authority.
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nHost: ", head.host or b"", b"\r\n"]
@@ -542,9 +719,13 @@ def serialize_request(head: RequestHead, client_ip: bytes, extra: list) -> bytes
         parts.append(b"Expect: 100-continue\r\n")
     if head.upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
-    parts += (b"X-Forwarded-For: ", client_ip, b"\r\nX-Forwarded-Proto: http\r\n")
+    xff, chain = head.forwarded_by if trusted and head.forwarded_by else (None, None)
+    parts += (b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip,
+              b"\r\nX-Forwarded-Proto: http\r\n")
     if head.host is not None:
         parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")
+    element = forwarded or forwarded_element(client_ip, head.host)
+    parts += (b"Forwarded: ", chain + b", " + element if chain else element, b"\r\n")
     via = b"%s lb" % head.version
     parts += (b"Via: ", head.via + b", " + via if head.via else via, b"\r\n")
     for name, value in extra:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from typing import Iterable
 
-from .config import BackendConfig
+from .config import BackendConfig, format_hostport
 from .errors import CommandError
 from .planes import NodeView, RoutingView
 from .stats import BackendStats
@@ -142,7 +142,7 @@ class Node:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
     @property
     def idle(self) -> bool:

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
-from ..core.config import VERSION_RE, parse_duration
+from ..core.config import VERSION_RE, check_name, check_version_label, parse_duration, parse_hostport
 from ..core.errors import DeployError, InvalidValue
 
 # Exit codes of `lb deploy`.
@@ -125,9 +126,25 @@ def parse_seconds(text: str, flag: str) -> float:
 
 
 def fill(template: str, values: dict) -> str:
-    """The command with {name} {host} {port} {version} {old_version} replaced; other
-    braces (a shell's ${VAR}) are left alone. Values are plain labels and addresses."""
-    return _PLACEHOLDER_RE.sub(lambda m: str(values[m.group(1)]), template)
+    """The command with {name} {host} {port} {version} {old_version} replaced, each value
+    shell-quoted; other braces (a shell's ${VAR}) are left alone. The values were checked
+    (check_servers) and are plain labels and addresses, so quoting changes nothing for
+    them; it is the second line of defence. The LB_* environment variables are the
+    recommended way to use them."""
+    return _PLACEHOLDER_RE.sub(lambda m: shlex.quote(str(values[m.group(1)])), template)
+
+
+def check_servers(servers: list[dict]) -> None:
+    """What `show servers` returned, checked like the config before any of it reaches a
+    shell command. Raises DeployError naming the entry."""
+    for server in servers:
+        try:
+            check_name(server.get("name"))
+            check_version_label(server.get("version"))
+            parse_hostport(server.get("address"))
+        except InvalidValue as exc:
+            raise DeployError(f"lb listed a server this deploy will not use ({server.get('name')!r}): "
+                              f"{exc.message}") from None
 
 
 def command_env(values: dict) -> dict:

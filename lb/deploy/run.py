@@ -21,8 +21,8 @@ from ..core.stats import iso_utc
 from ..files import atomic_write
 from .client import RECONNECT_S, AdminClient, StepFailed, Unreachable
 from .plan import (EXIT_DONE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, EXIT_STUCK, EXIT_USAGE, UNFINISHED, Batch,
-                   DeployState, NodeProgress, Options, Sample, command_env, fill, fit, in_service, judge,
-                   lb_made_failures, plan)
+                   DeployState, NodeProgress, Options, Sample, check_servers, command_env, fill, fit, in_service,
+                   judge, lb_made_failures, plan)
 
 REPLY_SLACK_S = 15.0        # beyond a `wait`'s own timeout, before its reply counts as lost
 KILL_GRACE_S = 5.0          # SIGTERM to SIGKILL for an update command past its timeout
@@ -98,6 +98,7 @@ class Deployer:
     async def prepare(self, resume: bool) -> tuple[list[Batch], list[str]]:
         """Load or make the plan. Raises DeployError (exit 2)."""
         servers = await self.admin.servers()
+        check_servers(servers)
         saved = load_state(self.state_path)
         if resume:
             if saved is None:

@@ -13,6 +13,8 @@ import json
 import sys
 import time
 
+from ..core import http1
+
 
 class AccessLog:
     """Where access lines go: 'stdout', 'off', or a file path (appended)."""
@@ -44,7 +46,7 @@ class AccessLog:
         head = exchange.head
         path = head.target.split(b"?", 1)[0].decode("latin-1")
         self._lines.append(json.dumps({
-            "time": self._timestamp(), "client": exchange.client.ip.decode(),
+            "time": self._timestamp(), "client": self._client(exchange),
             "method": head.method.decode("latin-1"), "path": path,
             "status": exchange.status, "bytes": exchange.bytes_out,
             "backend": route.name if route else None,
@@ -52,7 +54,17 @@ class AccessLog:
             "duration_ms": round((time.monotonic() - exchange.started) * 1000, 2),
             "retries": max(len(exchange.tried) - 1, 0),
             "pin": {"version": exchange.version, "how": exchange.pin_how}
-            if exchange.pin_how else None}))
+            if exchange.pin_how else None,
+            **({"error": exchange.error} if exchange.error else {})}))
+
+    @staticmethod
+    def _client(exchange) -> str:
+        """The client's address: behind a trusted proxy, the rightmost untrusted one."""
+        client = exchange.client
+        if client.trusted and exchange.head.forwarded_by:
+            return http1.client_address(exchange.head.forwarded_by[0], client.ip,
+                                        client.plane.is_trusted).decode("latin-1")
+        return client.ip.decode()
 
     def write_error(self, client, exc) -> None:
         """A request refused before it had a parsed head (bad bytes, timeout)."""

@@ -30,8 +30,9 @@ MAX_PIPELINED = 16
 INFINITY = float("inf")
 WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
 WEBSOCKET_CLOSE_WAIT_S = 2.0                    # for the client's side of the closing handshake
+BODY_RATE_GRACE_S = 10.0                        # before limits.min_body_rate applies
 # Client deadline kinds
-HEAD, IDLE, BODY, NONE = "head", "idle", "body", "none"
+HEAD, IDLE, BODY, TUNNEL, NONE = "head", "idle", "body", "tunnel", "none"
 
 
 class FlowControl:
@@ -63,7 +64,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
         self.flow: FlowControl | None = None
         self.ip = b"-"
-        self.parser = plane.request_parser_class(self, plane.config.limits.max_header_bytes)
+        self.trusted = False                     # the peer is one of trusted_proxies
+        self._forwarded: tuple | None = None     # (Host, lb's Forwarded element) last made
+        limits = plane.config.limits
+        self.parser = plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
+                                                 limits.max_target_bytes)
         self.current: Exchange | None = None
         self.reading: Exchange | None = None     # the exchange whose request is being parsed
         self.pending: deque[Exchange] = deque()
@@ -76,6 +81,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = INFINITY
         self.deadline_kind = HEAD
         self.got_bytes = False
+        self.body_started = 0.0                  # when the body being read began (min_body_rate)
+        self.body_bytes = 0
         self.write_paused = False
         self.eof_written = False                 # a tunnel's backend half-closed towards us
         self.eof_seen = False                    # the client half-closed its side of a tunnel
@@ -90,6 +97,7 @@ class ClientConnection(asyncio.Protocol):
         self.flow = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0].encode() if peer else b"-"
+        self.trusted = self.plane.is_trusted(self.ip)
         self.plane.clients.add(self)
         self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
         if len(self.plane.clients) > self.plane.config.limits.max_connections:
@@ -99,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
+            self.deadline = self.plane.now() + self.plane.config.timeouts.tunnel
             return
         if self.discarding:
             return                # a WebSocket's last frames after lb sent its close
@@ -109,8 +118,6 @@ class ClientConnection(asyncio.Protocol):
         if self.deferred_error is not None:
             return
         self.got_bytes = True
-        if self.deadline_kind is BODY:
-            self.deadline = self.plane.now() + self.plane.config.timeouts.client_idle
         try:
             self.parser.feed(data)
         except HttpError as exc:
@@ -118,6 +125,12 @@ class ClientConnection(asyncio.Protocol):
         except Exception:
             log.exception("bug while handling a client's request; answering 500")
             self._internal_error()
+            return
+        if self.deadline_kind is BODY:
+            # Progress moves the body deadline on, but never past what the bytes received so
+            # far earn at limits.min_body_rate: a trickle cannot hold both connections.
+            self.deadline = min(self.plane.now() + self.plane.config.timeouts.client_idle,
+                                self.body_earned_until())
 
     def eof_received(self):
         if self.discarding:
@@ -175,7 +188,9 @@ class ClientConnection(asyncio.Protocol):
         self.reading = exchange
         if head.has_body:
             self.deadline_kind = BODY
-            self.deadline = self.plane.now() + self.plane.config.timeouts.client_idle
+            self.body_started = now = self.plane.now()
+            self.body_bytes = 0
+            self.deadline = min(now + self.plane.config.timeouts.client_idle, self.body_earned_until())
         else:
             self.deadline_kind = NONE
             self.deadline = INFINITY
@@ -188,7 +203,17 @@ class ClientConnection(asyncio.Protocol):
                 self.flow.pause("pipeline")
 
     def on_request_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
         self.reading.add_body(data)
+
+    def body_earned_until(self) -> float:
+        """When the body received so far stops covering limits.min_body_rate: after a grace
+        (BODY_RATE_GRACE_S, at most client_idle), the body must average that rate."""
+        rate = self.plane.config.limits.min_body_rate
+        if not rate:
+            return INFINITY
+        grace = min(BODY_RATE_GRACE_S, self.plane.config.timeouts.client_idle)
+        return self.body_started + grace + self.body_bytes / rate
 
     def on_request_end(self) -> None:
         exchange = self.reading
@@ -200,6 +225,16 @@ class ClientConnection(asyncio.Protocol):
             self.holding = True
 
     # -- used by exchanges ---------------------------------------------------------
+    def forwarded(self, host: bytes | None) -> bytes:
+        """lb's Forwarded element for a request on this connection (cached: a connection's
+        requests mostly name one Host)."""
+        cached = self._forwarded
+        if cached is not None and cached[0] == host:
+            return cached[1]
+        element = http1.forwarded_element(self.ip, host)
+        self._forwarded = (host, element)
+        return element
+
     def write(self, data: bytes) -> None:
         if self._corked is not None:
             self._corked.append(data)
@@ -271,8 +306,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_websocket = (self.current.head.upgrade or b"").lower() == b"websocket"
         self.plane.tunnels.setdefault(route.name, set()).add(self)
         upstream.tunnel_peer = self
-        self.deadline = INFINITY
-        self.deadline_kind = NONE
+        self.deadline = self.plane.now() + self.plane.config.timeouts.tunnel
+        self.deadline_kind = TUNNEL
         data, self.held = self.parser.leftover + self.held, b""
         if data:
             self.tunnel.write(data)
@@ -285,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def end_tunnel(self) -> None:
-        """Close a tunnel at a drain deadline. Other tunnels close at once. A WebSocket
+        """Close a tunnel at a drain deadline or its idle timeout. Other tunnels close at once. A WebSocket
         client gets a close frame (1001) and lb's half-close, then up to
         WEBSOCKET_CLOSE_WAIT_S to answer with its own close and end the connection (the
         closing handshake of RFC 6455 section 7): a client busy sending meets no reset,
@@ -341,13 +376,25 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def on_timeout(self) -> None:
+        """A client deadline passed. A 408 goes out in turn, never into the middle of a
+        response still streaming: it fails the request being read (the current one, or a
+        pipelined one after it), and is answered once what came before it is done."""
         kind = self.deadline_kind
         self.deadline = INFINITY
-        if kind is HEAD and self.got_bytes:
-            self._answer_error(HttpError("request header not received in time", 408))
+        if kind is TUNNEL and self.tunnel is not None:
+            # timeouts.tunnel with no byte either way (HAProxy's `timeout tunnel`): closed
+            # as at a drain deadline, a WebSocket with close 1001
+            self.plane.failed["tunnel_timeout"] += 1
+            self.plane.tunnel_closed(self, self.tunnel_route)
+            self.end_tunnel()
             return
-        if kind is BODY and self.current is not None:
-            self.current.fail(HttpError("request body not received in time", 408))
+        if kind is HEAD and self.got_bytes:
+            self._parse_error(HttpError("request header not received in time", 408))
+            return
+        reading = self.reading
+        if kind is BODY and reading is not None and not reading.request_done:
+            self._parse_error(HttpError("request body not received in time", 408))
+            return
         self.close()
 
 

@@ -25,6 +25,7 @@ access log and sends the periodic report.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections import Counter
 from typing import Callable
@@ -54,7 +55,8 @@ class DataPlane:
         self.report_to = report_to
         self.table = RoutingTable(config.balance)
         self.request_parser_class, response_parser_class = http1.parsers_for(config.http)
-        self.upstreams = UpstreamPools(loop, config.timeouts, response_parser_class)
+        self.upstreams = UpstreamPools(loop, config.timeouts, response_parser_class,
+                                       config.limits.max_response_header_bytes)
         self.clients: set[ClientConnection] = set()
         self.access_log = access_log
         self.closing = False
@@ -64,6 +66,7 @@ class DataPlane:
         self.retries = 0
         pin = config.pinning
         self.pinning = Pinning(pin.cookie, pin.max_age, pin.max_overload) if pin.mode == "version" else None
+        self._trusted = _networks(config.trusted_proxies)
         self._report_pending = False
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -94,7 +97,9 @@ class DataPlane:
         if config.balance != self.config.balance:
             self.table.policy = POLICIES[config.balance]()
         self.config = config
+        self._trusted = _networks(config.trusted_proxies)
         self.upstreams.timeouts = config.timeouts
+        self.upstreams.max_response_header_bytes = config.limits.max_response_header_bytes
 
     def cut(self, name: str) -> None:
         """drain.timeout passed on `name`: close what is left on it; the count is reported."""
@@ -152,6 +157,16 @@ class DataPlane:
             self.report_soon()
 
     # -- used by client connections -------------------------------------------------
+    def is_trusted(self, address: bytes) -> bool:
+        """Whether `address` is one of trusted_proxies (its X-Forwarded-For is kept)."""
+        if not self._trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.decode("ascii").strip("[]"))
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return any(ip in network for network in self._trusted)
+
     def tunnel_closed(self, client, route) -> None:
         tunnels = self.tunnels.get(route.name)
         if not tunnels or client not in tunnels:
@@ -206,3 +221,7 @@ class DataPlane:
             self._sweeper.cancel()
         self.report()
         self.access_log.flush()
+
+
+def _networks(cidrs) -> tuple:
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)

@@ -21,7 +21,7 @@ import time
 
 from ..core import http1
 from ..core.errors import HttpError
-from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_BODY, UNTIL_CLOSE, may_retry,
+from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_BODY, may_retry,
                              response_framing)
 from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
@@ -36,13 +36,14 @@ class Exchange:
     __slots__ = ("plane", "client", "head", "head_bytes", "route", "upstream", "tried",
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
-                 "keep_client", "upstream_keep", "version", "set_cookie", "pin_how")
+                 "keep_client", "upstream_keep", "version", "set_cookie", "pin_how", "error",
+                 "close_delimited")
 
     def __init__(self, plane, client, head: http1.RequestHead):
         self.plane = plane
         self.client = client
         self.head = head
-        self.head_bytes = http1.serialize_request(head, client.ip, ())
+        self.head_bytes = http1.serialize_request(head, client.ip, (), client.trusted, client.forwarded(head.host))
         self.route = None
         self.upstream = None
         self.tried: list = []
@@ -54,6 +55,7 @@ class Exchange:
         self.started = time.monotonic()
         self.status = 0                 # 0 until a response head went to the client
         self.body_mode = NO_BODY
+        self.close_delimited = False    # the backend's close ends the response body
         self.bytes_out = 0
         self.response_bytes_seen = False
         self.switching = False
@@ -62,6 +64,7 @@ class Exchange:
         self.version = None             # the code version this request is served by
         self.set_cookie = b""           # a Set-Cookie line when the pin is new or moved
         self.pin_how = None             # kept / assigned / forward / backward
+        self.error = None               # why lb answered or cut it itself (for the access log)
 
     # -- routing -------------------------------------------------------------
     def start(self) -> None:
@@ -185,6 +188,7 @@ class Exchange:
             self.request_done, self.plane.closing)
         self.status = status
         self.upstream_keep = head.keep_alive
+        self.close_delimited = self.body_mode != NO_BODY and head.content_length is None and not head.chunked
         if self.set_cookie:
             framing += self.set_cookie
         self.client.write(http1.serialize_response(status, head.reason, head.headers, framing))
@@ -250,6 +254,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        self.error = exc.message
         # After retries the request holds no route: the last one tried answers for it.
         route = self.route or (self.tried[-1] if self.tried else None)
         if self.upstream is not None:
@@ -277,9 +282,13 @@ class Exchange:
         """The upstream connection closed under this exchange."""
         if conn is not self.upstream or self.finished:
             return
-        if self.body_mode == UNTIL_CLOSE and self.status:
+        if self.close_delimited:
+            # The backend's close is this body's end (neither length nor chunks): end it for
+            # the client too, with the last chunk when it was re-chunked.
+            if self.body_mode == CHUNKED:
+                self.client.write(LAST_CHUNK)
             self._done(reusable=False)
-            self.client.exchange_done(self, keep_alive=False)
+            self.client.exchange_done(self, self.keep_client and self.request_done)
             return
         if self.response_bytes_seen or self.status:
             self.fail(HttpError("backend closed the connection mid-response", 502))

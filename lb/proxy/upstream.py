@@ -31,7 +31,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pools = pools
         self.route = route
         self.transport: asyncio.Transport | None = None
-        self.parser = pools.response_parser_class(self)
+        self.parser = pools.response_parser_class(self, pools.max_response_header_bytes)
         self.exchange = None
         self.client = None          # the ClientConnection served now: backpressure goes there
         self.reading_paused = False
@@ -49,8 +49,10 @@ class UpstreamConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel_peer is not None:
-            self.tunnel_peer.write(data)
+        peer = self.tunnel_peer
+        if peer is not None:
+            peer.write(data)
+            peer.deadline = self.pools.now() + self.pools.timeouts.tunnel
             return
         exchange = self.exchange
         if exchange is None:
@@ -68,9 +70,11 @@ class UpstreamConnection(asyncio.Protocol):
             # The detail is for the operator; the client only learns the backend misbehaved.
             log.warning("backend %s: %s", self.route.name, exc.message)
             exchange.upstream_failed(self, HttpError("bad response from backend", exc.status))
+            self.close()        # never reused: what it sends next cannot be trusted
         except Exception:
             log.exception("bug while handling a response from %s; answering 500", self.route.name)
             exchange.upstream_failed(self, HttpError("internal error", 500))
+            self.close()
         finally:
             client.uncork()
 
@@ -161,10 +165,12 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPools:
     """Idle connections per backend, and new connections when none is idle."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeouts, response_parser_class):
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeouts, response_parser_class,
+                 max_response_header_bytes: int = 65536):
         self.loop = loop
         self.now = loop.time
         self.timeouts = timeouts
+        self.max_response_header_bytes = max_response_header_bytes
         self.response_parser_class = response_parser_class
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.active: set[UpstreamConnection] = set()

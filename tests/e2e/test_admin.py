@@ -167,6 +167,11 @@ def test_sighup_reloads(spawn, tmp_path):
     (b"del server web1\n", "'del server' expects a server in drained or maint"),
     (b"maint web1\xff\xfe\n", "not UTF-8 text"),
     (b"show stats web11\n", "unknown server 'web11'"),
+    (b"add server evil $(touch${IFS}pwned):80\n", "address: expected HOST:PORT with HOST a host name or IP address"),
+    (b"add server evil $(touch):80\n", "address: expected HOST:PORT with HOST a host name or IP address"),
+    (b"add server evil -oProxyCommand=x:22\n", "address: expected HOST:PORT with HOST a host name or IP address"),
+    (b"set version web1 v1\rSet-Cookie:x\n", "usage: set version NAME VERSION"),
+    (b"set version web1 v1;x=1\n", "expected a version label"),
 ])
 def test_bad_admin_commands_get_clear_errors(spawn, tmp_path, line, error):
     web = spawn(Backend, "web1")
@@ -293,7 +298,9 @@ def test_drain_deadline_cuts_a_request_that_never_answers(spawn, tmp_path):
     waited = lb.ctl("wait web1 drained 5")
     thread.join(10)
     assert waited["ok"] and waited["cut"] == 1 and waited["waited_s"] < 2
-    assert result["resp"].status == 503 and b"drained before it answered" in result["resp"].body
+    assert result["resp"].status == 503
+    entry = wait_for(lambda: [e for e in lb.access_lines() if e["status"] == 503], 5, "the access line")[0]
+    assert entry["error"] == "the backend was drained before it answered"
 
 
 async def test_many_admin_clients_at_once_do_not_disturb_traffic(spawn, tmp_path):

@@ -61,6 +61,10 @@ BAD = [
     (MINIMAL + "timeouts: {conect: 1s}\n", "lb.yaml: timeouts.conect: unknown key"),
     (MINIMAL + "http: nghttp2\n", "lb.yaml: http: expected one of auto, httptools, h11"),
     (MINIMAL + "listen: [127.0.0.1:80, nope]\n", "lb.yaml: listen: expected HOST:PORT, got 'nope'"),
+    ("backends:\n  - {name: web1, address: '$(touch x):80'}\n",
+     "lb.yaml: backends[0].address: expected HOST:PORT with HOST a host name or IP address, got '$(touch x):80'"),
+    ("backends:\n  - {name: web1, address: '-oProxyCommand=x:22'}\n",
+     "lb.yaml: backends[0].address: expected HOST:PORT with HOST a host name or IP address"),
     (MINIMAL + "admin: {mode: 777777}\n", "lb.yaml: admin.mode: expected an octal file mode"),
     ("backends:\n  - {name: a, address: '127.0.0.1:1', weight: -1}\n",
      "lb.yaml: backends[0].weight: expected an integer from 0 to 1000, got -1"),
@@ -74,7 +78,25 @@ BAD = [
     ("backends: {web1: x}\n", "lb.yaml: backends: expected a list of backends"),
     ("- just\n- a list\n", "lb.yaml: <top>: expected a mapping"),
     ("backends: [\n", "lb.yaml: line"),
+    (MINIMAL + "limits: {min_body_rate: fast}\n",
+     "lb.yaml: limits.min_body_rate: expected a rate like 1KiB/s, 500B/s or 0 (off), got 'fast'"),
+    (MINIMAL + "timeouts: {tunnel: forever}\n", "lb.yaml: timeouts.tunnel: expected a duration"),
 ]
+
+
+@pytest.mark.parametrize("text, rate", [("1KiB/s", 1024.0), ("500B/s", 500.0), ("2MB/s", 2e6), (0, 0.0)])
+def test_body_rates(text, rate):
+    config = parse_config(MINIMAL + f"limits: {{min_body_rate: {text}}}\n")
+    assert config.limits.min_body_rate == rate
+
+
+@pytest.mark.parametrize("address, host", [
+    ("127.0.0.1:9001", "127.0.0.1"), ("web-1.internal:80", "web-1.internal"), ("[::1]:80", "::1"),
+    ("app_server:8000", "app_server"),
+])
+def test_addresses_that_pass(address, host):
+    config = parse_config(f"backends:\n  - {{name: web1, address: '{address}'}}\n")
+    assert config.backends[0].host == host
 
 
 @pytest.mark.parametrize("text, message", BAD)
@@ -92,7 +114,7 @@ def test_lb_serve_with_a_typo_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"lb: {path}: timeouts.client_idel: unknown key (known keys: connect, client_header, "
-        "client_idle, upstream_first_byte, upstream_idle)"]
+        "client_idle, upstream_first_byte, upstream_idle, tunnel)"]
 
 
 @pytest.mark.parametrize("extra, code, output", [

@@ -6,7 +6,7 @@ import pytest
 
 from lb.core.errors import DeployError
 from lb.deploy.plan import (COMMAND_INDEX, STEPS, Batch, DeployState, NodeProgress, Options, Sample,
-                            command_env, fill, judge, lb_made_failures, parse_percent, plan)
+                            check_servers, command_env, fill, judge, lb_made_failures, parse_percent, plan)
 
 
 def servers(count=10, weight=100, **overrides):
@@ -109,6 +109,29 @@ def test_percent_and_placeholders():
                                    "LB_VERSION": "v2", "LB_OLD_VERSION": "v1"}
     assert opts(rollback=None).command("back") == "deploy {host} {version}"
     assert opts(rollback="undo {name}").command("back") == "undo {name}"
+
+
+def test_substituted_values_are_shell_quoted():
+    # check_servers refuses such values first; quoting is the second line of defence
+    values = {"name": "web3", "host": "$(touch pwned)", "port": 9003, "version": "v2; rm -rf x",
+              "old_version": "-oProxyCommand=x"}
+    assert fill("ssh {host} deploy {version} {old_version}", values) == \
+        "ssh '$(touch pwned)' deploy 'v2; rm -rf x' -oProxyCommand=x"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("address", "evil $(touch pwned):80", "with HOST a host name or IP address"),
+    ("address", "-oProxyCommand=touch:22", "with HOST a host name or IP address"),
+    ("version", "v1\r\nSet-Cookie: x", "expected a version label"),
+    ("name", "-web", "expected a name"),
+])
+def test_what_lb_lists_is_checked_before_it_reaches_a_shell(field, value, message):
+    rows = servers(3)
+    rows[1][field] = value
+    with pytest.raises(DeployError) as info:
+        check_servers(rows)
+    assert "will not use" in info.value.message and message in info.value.message
+    check_servers(servers(3))          # the normal case passes
 
 
 # -- steps ----------------------------------------------------------------------------

@@ -259,7 +259,62 @@ def test_serialize_request_rebuilds_the_head():
     out = http1.serialize_request(messages[0]["head"], b"10.1.2.3", [(b"X-Extra", b"e")])
     assert out == (b"POST /p HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n"
                    b"X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
+                   b"Forwarded: for=10.1.2.3;host=h;proto=http\r\n"
                    b"Via: 1.0 a, 1.1 lb\r\nX-Extra: e\r\n\r\n")
+
+
+SPOOFED = (b"GET / HTTP/1.1\r\nHost: app.example:8080\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n"
+           b"X-Real-IP: 6.6.6.6\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Prefix: /evil\r\n\r\n")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("trusted, xff, forwarded", [
+    (False, b"X-Forwarded-For: ::1\r\n", b'Forwarded: for="[::1]";host="app.example:8080";proto=http\r\n'),
+    (True, b"X-Forwarded-For: 6.6.6.6, ::1\r\n",
+     b'Forwarded: for=6.6.6.6, for="[::1]";host="app.example:8080";proto=http\r\n'),
+])
+def test_forwarding_headers_are_lbs_own_unless_a_trusted_proxy_sent_them(impl, trusted, xff, forwarded):
+    messages, _ = parse_requests(impl, SPOOFED)
+    out = http1.serialize_request(messages[0]["head"], b"::1", [], trusted)
+    assert xff in out and forwarded in out
+    for spoofed in (b"X-Real-IP", b"X-Forwarded-Port", b"X-Forwarded-Prefix", b"/evil"):
+        assert spoofed not in out
+
+
+@pytest.mark.parametrize("chain, peer, expected", [
+    (None, b"10.0.0.5", b"10.0.0.5"),                              # not behind a proxy
+    (b"1.2.3.4", b"10.0.0.5", b"1.2.3.4"),                         # behind a trusted balancer
+    (b"6.6.6.6, 1.2.3.4", b"10.0.0.5", b"1.2.3.4"),                # the client's own claim is ignored
+    (b"1.2.3.4, 10.0.0.7", b"10.0.0.5", b"1.2.3.4"),               # two trusted hops
+    (b"10.0.0.9", b"10.0.0.5", b"10.0.0.9"),                       # all trusted: the leftmost
+])
+def test_the_client_address_is_the_rightmost_untrusted(chain, peer, expected):
+    assert http1.client_address(chain, peer, lambda a: a.startswith(b"10.")) == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("target, host, ok", [
+    (b"/p", b"a.example", True),
+    (b"http://a.example/p", b"a.example", True),
+    (b"http://A.example:80/p", b"a.example:80", True),
+    (b"http://b.example/p", b"a.example", False),                  # authority is not the Host
+    (b"http://user@a.example/p", b"a.example", False),
+    (b"@evil/x", b"a.example", False),
+    (b"!", b"a.example", False),
+    (b"/p", b"a b", False),
+    (b"/p", b"a.example:80:80", False),
+    (b"/p", b"[::1]:8080", True),
+    (b"/p", b"a/b", False),
+])
+def test_host_and_absolute_form(impl, target, host, ok):
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    if ok:
+        messages, _ = parse_requests(impl, data)
+        assert messages[0]["head"].host == host
+    else:
+        with pytest.raises(HttpError) as info:
+            parse_requests(impl, data)
+        assert info.value.status == 400
 
 
 def test_chunk_framing():
@@ -283,3 +338,102 @@ def test_an_upgrade_header_without_connection_upgrade_is_a_plain_request(impl):
     messages, parser = parse_requests(impl, data)
     assert [m["head"].target for m in messages] == [b"/1", b"/2"]
     assert messages[0]["head"].upgrade is None and parser.leftover == b""
+
+
+# -- what one peer can make a parser hold (hardening) ------------------------------------
+
+def feed_in_pieces(parser, data: bytes, size: int = 4096) -> None:
+    for i in range(0, len(data), size):
+        parser.feed(data[i:i + size])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("trailer", [b"X-T: aaaaaaaa\r\n" * 5000, b"X-T: " + b"a" * 100000])
+def test_a_trailer_flood_is_431(impl, trailer):
+    sink = Sink()
+    parser = http1.PARSERS[impl][0](sink, 16384)
+    with pytest.raises(HttpError) as info:
+        feed_in_pieces(parser, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               b"5\r\nhello\r\n0\r\n" + trailer)
+    assert info.value.status == 431
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_few_trailers_are_fine_and_not_forwarded(impl):
+    data = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nX-Checksum: 1\r\n\r\n")
+    messages, _ = parse_requests(impl, data, "odd")
+    assert messages[0]["body"] == b"hello" and messages[0]["ended"]
+    assert b"x-checksum" not in names(messages[0]["head"])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_endless_chunk_size_line_is_431(impl):
+    sink = Sink()
+    parser = http1.PARSERS[impl][0](sink, 16384)
+    with pytest.raises(HttpError) as info:
+        feed_in_pieces(parser, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               b"5;ext=" + b"x" * 100000)
+    assert info.value.status in (400, 431)          # h11 bounds the line itself
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("count, status", [(100, None), (101, 431)])
+def test_header_count_limit(impl, count, status):
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(count - 1)) + b"\r\n"
+    if status is None:
+        messages, _ = parse_requests(impl, data, "odd")
+        assert len(messages[0]["head"].headers) == count - 1
+    else:
+        with pytest.raises(HttpError) as info:
+            parse_requests(impl, data, "odd")
+        assert info.value.status == status
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("length, status", [(8192, None), (8193, 414), (20000, 414)])
+def test_target_length_limit(impl, length, status):
+    target = b"/" + b"a" * (length - 1)
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    if status is None:
+        messages, _ = parse_requests(impl, data, "odd")
+        assert messages[0]["head"].target == target
+    else:
+        with pytest.raises(HttpError) as info:
+            parse_requests(impl, data, "odd")
+        assert info.value.status == status
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("piece", [175000, 4096, 37])
+def test_many_small_pipelined_requests_are_not_one_big_head(impl, piece):
+    # Only the bytes of the head being parsed count: 5,000 GETs in one write are 5,000 heads.
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 5000
+    sink = Sink()
+    parser = http1.PARSERS[impl][0](sink, 16384)
+    feed_in_pieces(parser, data, piece)
+    assert len(sink.messages) == 5000 and all(m["ended"] for m in sink.messages)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X-A: 0123456789\r\n" * 5000,
+])
+@pytest.mark.parametrize("piece", [4096, 1 << 20])
+def test_a_response_head_over_the_limit_is_502(impl, head, piece):
+    sink = Sink()
+    parser = http1.PARSERS[impl][1](sink, 65536)
+    parser.expect(b"GET", False)
+    with pytest.raises(HttpError) as info:
+        feed_in_pieces(parser, head + b"Content-Length: 0\r\n\r\n", piece)
+    assert info.value.status == 502
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_response_head_under_the_limit_is_fine(impl):
+    sink = Sink()
+    parser = http1.PARSERS[impl][1](sink, 65536)
+    parser.expect(b"GET", False)
+    feed_in_pieces(parser, b"HTTP/1.1 200 OK\r\n" + b"X-A: 0123456789\r\n" * 2000 + b"Content-Length: 0\r\n\r\n")
+    assert sink.messages[0]["ended"] and len(sink.messages[0]["head"].headers) == 2000
