@@ -41,15 +41,16 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     admin_server = AdminServer(admin, config.resolve(config.admin.socket), config.admin.mode)
     await admin_server.start()
     metrics = MetricsServer(control, *config.metrics.listen) if config.metrics.listen else None
-    control.start()                  # nodes in service before the first client can connect
+    control.place_nodes()            # nodes in service before the first client can connect
     try:
         await data.start()
         if metrics is not None:
             await metrics.start()
     except OSError:
         await admin_server.close()
-        await control.stop()
         raise
+    control.start()                  # checks once the listeners are bound: no probe's source
+                                     # port can take a listening port first
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -42,6 +42,16 @@ REQUEST_OWNED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forward
 _HOST_VALUE_RE = re.compile(rb"^(?:(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
 _ABSOLUTE_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+# The methods llhttp knows (it refuses any other token); h11 accepts any token, so the
+# shared analysis holds both to this list.
+METHODS = frozenset(m.encode() for m in (
+    "DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH UNLOCK "
+    "BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE "
+    "PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY").split())
+# In a raw request head (h11 mode, which normalises these away before lb could see them):
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 REPLAY_LIMIT_BYTES = 64 * 1024
 REQUEST_LINE_SLACK = 32          # a request line is its target plus a method and a version
 MAX_CONTENT_LENGTH_DIGITS = 18
@@ -196,6 +206,8 @@ def analyze_request(method: bytes, target: bytes, version: bytes, raw_headers) -
     """Validate a request and decide its framing. Raises HttpError(400/405)."""
     if method == b"CONNECT":
         raise HttpError("CONNECT is not supported by this proxy", 405)
+    if method not in METHODS:
+        raise HttpError(f"unknown method {method[:20]!r}", 400)
     if version not in (b"1.1", b"1.0"):
         raise HttpError(f"unsupported HTTP version {version[:10]!r}", 400)
     kept, specials = _split_headers(raw_headers, _REQUEST_SPECIAL)
@@ -533,6 +545,7 @@ class H11RequestParser:
                 return
         self._conn.receive_data(data)
         self._check_request_line()
+        self._check_raw_head()
         while True:
             conn = self._conn
             try:
@@ -580,6 +593,25 @@ class H11RequestParser:
             end = pending.find(b"\r\n", 0, self._max_target_bytes + REQUEST_LINE_SLACK)
             if end == -1 and len(pending) > self._max_target_bytes + REQUEST_LINE_SLACK:
                 raise HttpError("request target too long", 414)
+
+    def _check_raw_head(self) -> None:
+        """What llhttp refuses in a head and h11 quietly accepts (bare LF or CR, obs-fold,
+        control bytes), checked on the raw bytes while the head arrives. Raises HttpError(400)."""
+        conn = self._conn
+        if conn.their_state is not h11.IDLE:
+            return
+        pending = conn.trailing_data[0]
+        end = pending.find(b"\r\n\r\n")
+        if end >= 0:
+            head = pending[:end + 2]
+        else:
+            head = pending[:-1] if pending.endswith(b"\r") else pending   # half a CRLF, maybe
+        if _BARE_LF.search(head) or _BARE_CR.search(head):
+            raise HttpError("malformed request: a line not ended by CRLF", 400)
+        if b"\r\n " in head or b"\r\n\t" in head:
+            raise HttpError("malformed request: obsolete line folding", 400)
+        if _CTL.search(head):
+            raise HttpError("malformed request: a control character in the head", 400)
 
     def _between_requests(self) -> bool:
         conn = self._conn

@@ -44,16 +44,22 @@ def _spawn(args: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lb.cli", *args], **kwargs)
 
 
-async def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout_s: float = 15) -> None:
+async def _wait_ready(host: str, port: int, admin_socket: str, proc: subprocess.Popen,
+                      timeout_s: float = 15) -> None:
+    """Until lb listens and its admin socket exists (the socket is made first: a port that
+    answers while it is missing is some other program's)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port} (exit code {proc.poll()})")
+        if os.path.exists(admin_socket):
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+                writer.close()
+                return
+            except OSError:
+                pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"lb is not serving on {host}:{port} with admin socket {admin_socket} "
+                       f"(exit code {proc.poll()}; see {os.path.dirname(admin_socket)} and the demo log)")
 
 
 async def _steady(users: Users, seconds: float) -> None:
@@ -120,7 +126,7 @@ class Demo:
 async def _run(demo: Demo, users_count: int) -> int:
     demo.start()
     host, port = demo.config.listen[0]
-    await _wait_port(host, port, demo.lb)
+    await _wait_ready(host, port, demo.config.resolve(demo.config.admin.socket), demo.lb)
     print(f"demo: {len(demo.config.backends)} backends (v1) and lb on {host}:{port}; {users_count} users "
           f"at a time, each leaving after {USER_LIFE[0]}-{USER_LIFE[1]} requests; access log "
           f"{demo.access_path}", flush=True)

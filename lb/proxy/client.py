@@ -27,6 +27,7 @@ from .responses import error_response
 log = logging.getLogger("lb.proxy")
 
 MAX_PIPELINED = 16
+PARSE_SLICE = 2048          # outside a body, the most parsed at once (bounds heads past the queue's limit)
 INFINITY = float("inf")
 WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
 WEBSOCKET_CLOSE_WAIT_S = 2.0                    # for the client's side of the closing handshake
@@ -66,6 +67,7 @@ class ClientConnection(asyncio.Protocol):
         self.ip = b"-"
         self.trusted = False                     # the peer is one of trusted_proxies
         self._forwarded: tuple | None = None     # (Host, lb's Forwarded element) last made
+        self.unparsed = b""                      # bytes behind a full pipelining queue
         limits = plane.config.limits
         self.parser = plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
                                                  limits.max_target_bytes)
@@ -115,11 +117,17 @@ class ClientConnection(asyncio.Protocol):
             self.held += data
             self.flow.pause("upgrade")
             return
-        if self.deferred_error is not None:
+        if self.deferred_error is not None or self.closed:
+            return
+        if self.unparsed:
+            self.unparsed += data         # behind requests still waiting to be parsed, in order
             return
         self.got_bytes = True
         try:
-            self.parser.feed(data)
+            if len(data) <= PARSE_SLICE and len(self.pending) < MAX_PIPELINED:
+                self.parser.feed(data)        # the common case: one piece, nothing queued
+            else:
+                self._parse(data)
         except HttpError as exc:
             self._parse_error(exc)
         except Exception:
@@ -132,6 +140,44 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = min(self.plane.now() + self.plane.config.timeouts.client_idle,
                                 self.body_earned_until())
 
+    def _parse(self, data: bytes) -> None:
+        """Feed the parser, but no further than MAX_PIPELINED waiting requests (HAProxy and
+        nginx read the next pipelined request only when the one before is done): outside a
+        request body bytes go in PARSE_SLICE pieces, and once the queue is full the rest
+        waits in `unparsed`, reading paused, until a request leaves the queue."""
+        parser = self.parser
+        while data:
+            if len(self.pending) >= MAX_PIPELINED:
+                self.unparsed = data
+                self.flow.pause("pipeline")
+                return
+            reading = self.reading
+            if len(data) <= PARSE_SLICE or (reading is not None and not reading.request_done):
+                piece, data = data, b""
+            else:
+                piece, data = data[:PARSE_SLICE], data[PARSE_SLICE:]
+            parser.feed(piece)
+            if data and (self.holding or self.deferred_error is not None or self.closed):
+                self.data_received(data)  # it belongs to an upgrade, or to nobody
+                return
+
+    def _parse_unparsed(self) -> None:
+        """A request left the queue: parse what waited behind it, then read again."""
+        data, self.unparsed = self.unparsed, b""
+        if not data or self.closed:
+            return
+        try:
+            self._parse(data)
+        except HttpError as exc:
+            self._parse_error(exc)
+            return
+        except Exception:
+            log.exception("bug while handling a client's request; answering 500")
+            self._internal_error()
+            return
+        if not self.unparsed:
+            self.flow.resume("pipeline")
+
     def eof_received(self):
         if self.discarding:
             return False          # the client ended the closing handshake: close
@@ -139,8 +185,10 @@ class ClientConnection(asyncio.Protocol):
             # Both directions ended: close (connection_lost closes the other side too).
             self.eof_seen = True
             return not self.tunnel.eof_seen and self.tunnel.write_eof()
-        if self.current is not None and self.current.request_done and not self.pending:
-            # A half-close after a complete request: answer it, then close.
+        reading = self.reading
+        if self.current is not None and reading is not None and reading.request_done:
+            # A half-close after complete requests: answer them (and any still unparsed),
+            # then close.
             self.closing_after_current = True
             return True
         return False
@@ -273,7 +321,10 @@ class ClientConnection(asyncio.Protocol):
             # Not now: this may run inside the upstream parser's callback, and the
             # next request could take that same connection from the idle pool.
             self.current = self.pending.popleft()
-            self.flow.resume("pipeline")
+            if self.unparsed:
+                self.plane.loop.call_soon(self._parse_unparsed)
+            else:
+                self.flow.resume("pipeline")
             self.plane.loop.call_soon(self._start_current)
         elif self.deferred_error is not None:
             self._answer_error(self.deferred_error)

@@ -79,10 +79,12 @@ async def test_a_flood_is_refused_in_bounded_memory_while_users_see_nothing(lbs,
 @pytest.mark.parametrize("impl", ["httptools", "h11"])
 def test_five_thousand_pipelined_requests_in_one_write_are_all_answered(lbs, impl):
     lb = lbs[impl]
+    before_kib = lb.rss_kib("VmHWM")
     with RawClient(lb.port, timeout_s=30) as client:
         client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 5000)
         statuses = [client.response().status for _ in range(5000)]
     assert statuses == [200] * 5000
+    assert (lb.rss_kib("VmHWM") - before_kib) / 1024 < RSS_GROWTH_LIMIT_MIB
 
 
 @pytest.mark.parametrize("impl", ["httptools", "h11"])

@@ -11,7 +11,7 @@ import pytest
 from lb.core.config import parse_config
 from lb.core.planes import NodeView, RoutingView
 from lb.proxy.accesslog import AccessLog
-from lb.proxy.client import ClientConnection
+from lb.proxy.client import MAX_PIPELINED, PARSE_SLICE, ClientConnection
 from lb.proxy.dataplane import DataPlane
 from lb.proxy.upstream import UpstreamConnection
 
@@ -158,14 +158,23 @@ async def test_flow_control_pauses_each_side_while_the_other_is_full(rig):
     assert rig.client_transport.take().endswith(b"done")
 
 
-async def test_too_many_pipelined_requests_pause_reading_until_answered(rig):
-    requests = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 18
-    rig.client.data_received(requests)
-    assert rig.client_transport.paused and len(rig.client.pending) >= 16
-    for _ in range(18):
-        rig.respond(OK)
+@pytest.mark.parametrize("count", [18, 2000])
+async def test_a_pipelining_flood_is_parsed_no_further_than_the_queue_and_all_answered(rig, count):
+    # One write of `count` tiny requests: at most MAX_PIPELINED wait as parsed requests (plus
+    # what one PARSE_SLICE holds); the rest waits as bytes, and reading pauses until answered.
+    rig.client.data_received(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(count)))
+    assert rig.client_transport.paused
+    assert MAX_PIPELINED <= len(rig.client.pending) <= MAX_PIPELINED + PARSE_SLICE // 28
+    answered = []
+    for i in range(count):
+        assert rig.upstream_transport.take().startswith(b"GET /%d " % i)
+        rig.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(i)), i))
+        answered.append(rig.client_transport.take())
+        assert len(rig.client.pending) <= MAX_PIPELINED + PARSE_SLICE // 28
         await asyncio.sleep(0)
-    assert not rig.client_transport.paused and not rig.client.pending
+        await asyncio.sleep(0)
+    assert [a.endswith(b"\r\n\r\n%d" % i) for i, a in enumerate(answered)] == [True] * count
+    assert not rig.client_transport.paused and not rig.client.pending and not rig.client.unparsed
 
 
 async def test_a_bug_while_handling_a_request_is_a_500_and_a_closed_connection(rig, monkeypatch, caplog):
