@@ -19,7 +19,8 @@ import socket
 import time
 from collections import Counter
 
-from ..core.commands import backend_config, check_version, help_lines, parse, parse_timeout, parse_weight
+from ..core.commands import (backend_config, check_version, help_lines, parse, parse_maxconn, parse_timeout,
+                             parse_weight)
 from ..core.errors import CommandError, ConfigError, LbError
 from ..core.nodes import DRAINED, MAINT, READY, UP
 from ..core.stats import WINDOW_S, bucket_quantiles, iso_utc, ms
@@ -71,7 +72,8 @@ class Admin:
 
     def show_servers(self) -> dict:
         now = self.control.now()
-        return {"servers": [b.describe(now) for b in self.pool.backends.values()]}
+        return {"servers": [b.describe(now) for b in self.pool.backends.values()],
+                "queued": self.control.queued}
 
     def show_server(self, name: str) -> dict:
         return self._server(self.pool.get(name))
@@ -102,7 +104,7 @@ class Admin:
         totals = {key: sum(s[key] for s in servers)
                   for key in ("requests", "2xx", "3xx", "4xx", "5xx", "lb_failures", "connect_errors")}
         pool_stats = self.control.stats
-        totals.update(retries=pool_stats.retries, failed=dict(pool_stats.failed),
+        totals.update(retries=pool_stats.retries, failed=dict(pool_stats.failed), queued=self.control.queued,
                       since=iso_utc(pool_stats.since))
         return {"stats": {"totals": totals, "servers": servers}}
 
@@ -174,6 +176,12 @@ class Admin:
     def set_weight(self, name: str, weight: str) -> dict:
         node = self.pool.get(name)
         node.set_weight(parse_weight(weight))
+        self.control.changed()
+        return self._server(node)
+
+    def set_maxconn(self, name: str, count: str) -> dict:
+        node = self.pool.get(name)
+        node.max_conns = parse_maxconn(count)
         self.control.changed()
         return self._server(node)
 

@@ -71,6 +71,8 @@ class LbCollector:
             capacity.add_metric([version], cap)
         clients = GaugeMetricFamily("lb_client_connections", "Open client connections")
         clients.add_metric([], control.clients)
+        queued = GaugeMetricFamily("lb_queued_requests", "Requests waiting for a backend at max_conns")
+        queued.add_metric([], control.queued)
         drains = CounterMetricFamily("lb_drains", "Drains started")
         drains.add_metric([], control.stats.drains)
         drain_time = HistogramMetricFamily("lb_drain_duration_seconds",
@@ -79,7 +81,7 @@ class LbCollector:
         drain_time.add_metric([], [("+Inf" if b == float("inf") else repr(b),
                                     sum(1 for d in durations if d <= b))
                                    for b in (*DRAIN_BOUNDS_S, float("inf"))], sum(durations))
-        yield from (retries, failed, capacity, clients, drains, drain_time)
+        yield from (retries, failed, capacity, clients, queued, drains, drain_time)
         if control.pinning_on:
             assigned = CounterMetricFamily("lb_pin_assignments", "Clients assigned a version",
                                            labels=["version"])

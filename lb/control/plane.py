@@ -26,8 +26,8 @@ from ..core import health
 from ..core.config import BackendConfig, Config
 from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Node, Pool, transition
 from ..core.planes import Report
-from ..core.reload import (ADD, ADDRESS, AT_RESTART, BALANCE, KEEP, REMOVE, VERSION, WEIGHT, RunningNode,
-                           plan_reload, running_config)
+from ..core.reload import (ADD, ADDRESS, AT_RESTART, BALANCE, KEEP, MAX_CONNS, REMOVE, VERSION, WEIGHT,
+                           RunningNode, plan_reload, running_config)
 from ..core.stats import PoolStats
 from .checker import Checker
 
@@ -50,6 +50,7 @@ class Control:
                                          "pinned_requests": Counter()}
         self.pinning_on = config.pinning.mode == "version"
         self.clients = 0                         # client connections, as last reported
+        self.queued = 0                          # requests waiting for a capped backend, as reported
         self.link = None
         self.generation = 0                      # of the last view published
         self.reported_generation = -1            # of the view the last report was written under
@@ -161,6 +162,7 @@ class Control:
             for key, counts in report.pins.items():
                 self.pins[key].update(counts)
         self.clients = report.clients
+        self.queued = report.queued
         for node in list(self.pool.backends.values()):
             if node.admin_state == DRAINING and node.idle and \
                     self.reported_generation >= self.drain_generation.get(node.name, 0):
@@ -225,7 +227,7 @@ class Control:
     # -- reload ---------------------------------------------------------------------------------
     def reload(self, new: Config) -> list[str]:
         """Apply a re-read config (see lb/core/reload.py); returns what changed."""
-        running = {n.name: RunningNode(n.host, n.port, n.weight, n.version)
+        running = {n.name: RunningNode(n.host, n.port, n.weight, n.version, n.max_conns)
                    for n in self.pool.backends.values()}
         changes = []
         for action in plan_reload(self.config, new, running, self.removing):
@@ -248,6 +250,9 @@ class Control:
     def _reload_weight(self, action) -> None:
         self.pool.backends[action.name].set_weight(action.value)
 
+    def _reload_max_conns(self, action) -> None:
+        self.pool.backends[action.name].max_conns = action.value
+
     def _reload_version(self, action) -> None:
         self.pool.backends[action.name].version = action.value
         self.pool.note_version(action.value)
@@ -269,6 +274,7 @@ class Control:
         pass                     # balance goes to the data plane with the config; the rest at restart
 
     _RELOAD_ACTIONS = {ADD: _reload_add, ADDRESS: _reload_address, WEIGHT: _reload_weight,
+                       MAX_CONNS: _reload_max_conns,
                        VERSION: _reload_version, KEEP: _reload_keep, REMOVE: _reload_remove,
                        BALANCE: _reload_nothing, AT_RESTART: _reload_nothing}
 

@@ -15,7 +15,8 @@ import logging
 import time
 
 from ..core.commands import backend_config
-from ..core.config import check_name, check_version_label, format_hostport, parse_hostport, parse_weight_value
+from ..core.config import (check_name, check_version_label, format_hostport, parse_hostport, parse_max_conns_value,
+                           parse_weight_value)
 from ..core.errors import CommandError, InvalidValue
 from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Node, transition
 from ..files import atomic_write
@@ -33,7 +34,7 @@ def save_state(control) -> None:
     path = config.resolve(config.state_file)
     config_names = {b.name for b in config.backends}
     state = {"format": FORMAT, "versions": control.pool.versions, "servers": {
-        n.name: {"state": str(n.admin_state), "version": n.version, "weight": n.weight,
+        n.name: {"state": str(n.admin_state), "version": n.version, "weight": n.weight, "max_conns": n.max_conns,
                  "address": n.address, "added": n.name not in config_names}
         for n in control.pool.backends.values()}}
     try:
@@ -70,6 +71,7 @@ def load_state(control) -> list[str]:
         transition(node, RESTORE_EVENTS[entry["state"]], control.now())
         node.version = entry["version"]
         node.set_weight(entry["weight"])
+        node.max_conns = entry["max_conns"]
         pool.note_version(node.version)
         if node.admin_state != READY:
             applied.append(f"{name} {node.admin_state}")
@@ -96,9 +98,11 @@ def _checked(path: str, name, saved) -> dict | None:
         version = check_version_label(saved.get("version"))
         where = f"servers.{name}.weight"
         weight = parse_weight_value(saved.get("weight"))
+        where = f"servers.{name}.max_conns"
+        max_conns = parse_max_conns_value(saved.get("max_conns", 0))
         where = f"servers.{name}.address"
         address = format_hostport(*parse_hostport(saved.get("address")))
     except InvalidValue as exc:
         log.error("state file %s: %s: %s; that entry is ignored", path, where, exc.message)
         return None
-    return {"state": state, "version": version, "weight": weight, "address": address}
+    return {"state": state, "version": version, "weight": weight, "address": address, "max_conns": max_conns}

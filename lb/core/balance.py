@@ -31,7 +31,7 @@ class Route:
 
     __slots__ = ("name", "host", "port", "version", "effective_weight", "takes_traffic",
                  "draining", "inflight", "tunnels", "rr_current", "removed",
-                 "stats", "outcomes", "fail_streak", "cut")
+                 "stats", "outcomes", "fail_streak", "cut", "max_conns")
 
     def __init__(self, view: NodeView):
         self.inflight = 0
@@ -51,6 +51,7 @@ class Route:
         self.effective_weight = view.effective_weight
         self.takes_traffic = view.takes_traffic
         self.draining = view.draining
+        self.max_conns = view.max_conns
 
     @property
     def address(self) -> str:
@@ -121,6 +122,7 @@ class RoutingTable:
         self._eligible: list[Route] = []
         self._by_version: dict[str, list[Route]] = {}
         self._capacity: dict[str, float] = {}
+        self._capped = False             # some route has max_conns: choose() skips full ones
         if view is not None:
             self.apply(view)
 
@@ -157,6 +159,7 @@ class RoutingTable:
             groups.setdefault(route.version, []).append(route)
         self._by_version = groups
         self._capacity = {v: sum(r.effective_weight for r in routes) for v, routes in groups.items()}
+        self._capped = any(r.max_conns for r in self._eligible)
 
     def by_version(self) -> dict[str, list[Route]]:
         """The routes taking traffic, of each version that has any."""
@@ -165,6 +168,13 @@ class RoutingTable:
     def version_capacity(self) -> dict[str, float]:
         """Ready capacity per version: the summed effective weights of routes taking traffic."""
         return self._capacity
+
+    def full(self, version: str | None = None) -> bool:
+        """Whether routes would take the request but every one is at its max_conns (the
+        request should wait in the queue rather than be refused)."""
+        candidates = self._eligible if version is None else self._by_version.get(version, [])
+        return bool(candidates) and self._capped and \
+            all(r.max_conns and r.inflight >= r.max_conns for r in candidates)
 
     def eligible(self) -> list[Route]:
         return self._eligible
@@ -176,6 +186,8 @@ class RoutingTable:
         while any other candidate is eligible.
         """
         candidates = self._eligible if version is None else self._by_version.get(version, [])
+        if self._capped:
+            candidates = [r for r in candidates if not r.max_conns or r.inflight < r.max_conns]
         if exclude:
             others = [r for r in candidates if r not in exclude]
             candidates = others or candidates

@@ -46,6 +46,8 @@ COMMANDS = [
     Command(("set", "version"), ("NAME", "VERSION"), (), "relabel a server's version", "set_version", True),
     Command(("set", "weight"), ("NAME", "WEIGHT"), (), "0..1000", "set_weight", True),
     Command(("set", "target"), ("VERSION",), (), "declare the newest version", "set_target", True),
+    Command(("set", "maxconn"), ("NAME", "N"), (), "requests at once on a server, 0 = no cap; more wait "
+            "(timeouts.queue)", "set_maxconn", True),
     Command(("add", "server"), ("NAME", "HOST:PORT"), ("VERSION", "WEIGHT"), "joins in maint", "add_server", True),
     Command(("del", "server"), ("NAME",), (), "only when drained or maint", "del_server", True),
     Command(("reload",), (), (), "re-read the config file", "reload", True),
@@ -89,6 +91,13 @@ def check_version(version: str) -> None:
     if not VERSION_RE.match(version):
         raise CommandError(f"expected a version label of letters, digits, '.', '_' or '-' (max 32), "
                            f"got {version!r}")
+
+
+def parse_maxconn(text: str) -> int:
+    """A max_conns argument, 0..100000 (0: no cap). Raises CommandError."""
+    if not text.isdigit() or int(text) > 100000:
+        raise CommandError(f"'set maxconn' expects a whole number from 0 to 100000, got {text!r}")
+    return int(text)
 
 
 def parse_weight(text: str) -> int:

@@ -82,6 +82,11 @@ def parse_weight_value(value: Any) -> int:
     return _int_range(0, 1000)(value)
 
 
+def parse_max_conns_value(value: Any) -> int:
+    """A backend's max_conns, 0..100000 (0: no cap). Raises InvalidValue."""
+    return _int_range(0, 100000)(value)
+
+
 def parse_duration(value: Any) -> float:
     """'500ms', '2s', '1m', '1h', '1d' or a plain number of seconds -> seconds."""
     if isinstance(value, bool):
@@ -206,6 +211,7 @@ class BackendConfig:
     address: tuple[str, int] = _field(None, parse_hostport)
     version: str = _field("v1", _matching(VERSION_RE, "a version label of letters, digits, '.', '_' or '-' (max 32)"))
     weight: int = _field(100, parse_weight_value)
+    max_conns: int = _field(0, parse_max_conns_value)       # requests at once; 0: no cap (HAProxy maxconn)
 
     @property
     def host(self) -> str:
@@ -252,6 +258,7 @@ class TimeoutsConfig:
     upstream_first_byte: float = _field(30.0, parse_duration)
     upstream_idle: float = _field(60.0, parse_duration)
     tunnel: float = _field(3600.0, parse_duration)       # an upgraded connection with no traffic
+    queue: float = _field(5.0, parse_duration)           # a request waiting for a capped backend
 
 
 @dataclass(frozen=True)

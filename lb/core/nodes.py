@@ -112,13 +112,14 @@ class Node:
 
     __slots__ = ("name", "host", "port", "version", "weight", "admin_state", "health",
                  "inflight", "tunnels", "requests", "errors", "drain_started", "drain_cut",
-                 "hstate", "ramp_factor", "effective_weight", "stats")
+                 "hstate", "ramp_factor", "effective_weight", "stats", "max_conns")
 
     def __init__(self, config: BackendConfig, since: float = 0.0):
         self.name = config.name
         self.host, self.port = config.address
         self.version = config.version
         self.weight = config.weight
+        self.max_conns = config.max_conns
         self.admin_state = NEW
         self.health = UP
         self.inflight = 0           # as last reported by the data plane
@@ -154,12 +155,13 @@ class Node:
 
     def view(self) -> NodeView:
         return NodeView(self.name, self.host, self.port, self.version, self.effective_weight,
-                        self.takes_traffic, self.admin_state == DRAINING)
+                        self.takes_traffic, self.admin_state == DRAINING, self.max_conns)
 
     def describe(self, now: float | None = None) -> dict:
         hstate = self.hstate
         info = {"name": self.name, "address": self.address, "version": self.version,
-                "weight": self.weight, "state": str(self.admin_state), "health": str(self.health),
+                "weight": self.weight, "max_conns": self.max_conns,
+                "state": str(self.admin_state), "health": str(self.health),
                 "inflight": self.inflight, "tunnels": self.tunnels,
                 "requests": self.requests, "errors": self.errors,
                 "effective_weight": round(self.effective_weight, 1),

@@ -49,6 +49,7 @@ class NodeView:
     effective_weight: float
     takes_traffic: bool          # ready, up, weight > 0
     draining: bool               # the control plane waits for the node's work to end
+    max_conns: int = 0           # requests at once on this node in this data plane; 0: no cap
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,4 @@ class Report:
     retries: int
     pins: dict[str, Counter] | None   # assignments, migrations, pinned_requests (pinning on)
     clients: int                 # client connections open now
+    queued: int = 0              # requests waiting for a capped backend now

@@ -17,8 +17,8 @@ from typing import Any
 
 from .config import BackendConfig, Config
 
-ADD, ADDRESS, WEIGHT, VERSION, KEEP, REMOVE, BALANCE, AT_RESTART = (
-    "add", "address", "weight", "version", "keep", "remove", "balance", "at_restart")
+ADD, ADDRESS, WEIGHT, VERSION, MAX_CONNS, KEEP, REMOVE, BALANCE, AT_RESTART = (
+    "add", "address", "weight", "version", "max_conns", "keep", "remove", "balance", "at_restart")
 RESTART_ONLY = ("access_log", "admin", "http", "listen", "metrics", "state_file")
 
 
@@ -29,6 +29,7 @@ class RunningNode:
     port: int
     weight: int
     version: str
+    max_conns: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def _node_changes(cfg: BackendConfig, node: RunningNode, previous: BackendConfig
     if (node.host, node.port) != cfg.address:
         actions.append(Action(ADDRESS, cfg.name, cfg.address,
                               f"{cfg.name}: address {node.host}:{node.port} -> {cfg.host}:{cfg.port}"))
-    for kind, field in ((WEIGHT, "weight"), (VERSION, "version")):
+    for kind, field in ((WEIGHT, "weight"), (VERSION, "version"), (MAX_CONNS, "max_conns")):
         wanted, now = getattr(cfg, field), getattr(node, field)
         file_changed = previous is None or getattr(previous, field) != wanted
         if file_changed and now != wanted:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 from ..core import http1
@@ -61,6 +61,8 @@ class DataPlane:
         self.access_log = access_log
         self.closing = False
         self.tunnels: dict[str, set[ClientConnection]] = {}
+        self.queue: deque = deque()             # exchanges waiting for a backend under max_conns
+        self._dequeue_pending = False
         # counters for the next report
         self.failed: Counter = Counter()        # lb-made failures by reason
         self.retries = 0
@@ -142,7 +144,44 @@ class DataPlane:
         pins = self.pinning.take_counts() if self.pinning is not None else None
         failed, self.failed = self.failed, Counter()
         retries, self.retries = self.retries, 0
-        self.report_to(Report(self.table.generation, nodes, failed, retries, pins, len(self.clients)))
+        self.report_to(Report(self.table.generation, nodes, failed, retries, pins, len(self.clients),
+                              len(self.queue)))
+
+    # -- the queue for backends at max_conns (HAProxy's per-server maxconn) -------------------
+    def enqueue(self, exchange) -> None:
+        exchange.queued_at = self.now()
+        self.queue.append(exchange)
+
+    def dequeue_soon(self) -> None:
+        if not self._dequeue_pending:
+            self._dequeue_pending = True
+            self.loop.call_soon(self._dequeue)
+
+    def _dequeue(self) -> None:
+        """Start waiting requests, oldest first, while a backend they may use has a free slot.
+        First come, first served: the oldest waits for its own version even when a later
+        one could go elsewhere (no overtaking, bounded work per freed slot)."""
+        self._dequeue_pending = False
+        queue = self.queue
+        while queue:
+            exchange = queue[0]
+            if exchange.finished or exchange.client.closed:
+                queue.popleft()
+                continue
+            if self.table.full(exchange.version):
+                return
+            queue.popleft()
+            exchange.queued_at = 0.0
+            exchange.start()
+
+    def _expire_queue(self, now: float) -> None:
+        limit = now - self.config.timeouts.queue
+        queue = self.queue
+        while queue and queue[0].queued_at <= limit:
+            exchange = queue.popleft()
+            exchange.queued_at = 0.0
+            if not exchange.finished:
+                exchange.fail(HttpError("no backend slot free in time (timeouts.queue)", 503))
 
     def outcome(self, route, failed: bool) -> None:
         """A passive-health outcome (connect error or 5xx; or a success after one). A run
@@ -192,7 +231,8 @@ class DataPlane:
     def expire(self, now: float) -> None:
         """Act on every deadline passed at `now`; write the access log; report."""
         due = [c.on_timeout for c in self.clients if c.deadline <= now]
-        due += [lambda: self.upstreams.expire(now), self.access_log.flush, self.report]
+        due += [lambda: self.upstreams.expire(now), lambda: self._expire_queue(now), self.access_log.flush,
+                self.report]
         for action in due:
             try:
                 action()

@@ -37,7 +37,7 @@ class Exchange:
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
                  "keep_client", "upstream_keep", "version", "set_cookie", "pin_how", "error",
-                 "close_delimited")
+                 "close_delimited", "queued_at")
 
     def __init__(self, plane, client, head: http1.RequestHead):
         self.plane = plane
@@ -56,6 +56,7 @@ class Exchange:
         self.status = 0                 # 0 until a response head went to the client
         self.body_mode = NO_BODY
         self.close_delimited = False    # the backend's close ends the response body
+        self.queued_at = 0.0            # when it began to wait for a capped backend (0: not waiting)
         self.bytes_out = 0
         self.response_bytes_seen = False
         self.switching = False
@@ -69,12 +70,17 @@ class Exchange:
     # -- routing -------------------------------------------------------------
     def start(self) -> None:
         plane = self.plane
-        if plane.pinning is not None and not self._pick_version(plane.pinning):
+        # the version is picked once (and again for a retry), not when leaving the queue
+        if plane.pinning is not None and (self.version is None or self.tried) and \
+                not self._pick_version(plane.pinning):
             self.fail(HttpError("no backend available", 503))
             return
         route = plane.table.choose(self.tried, self.version)
         if route is None:
-            self.fail(HttpError("no backend available", 503))
+            if plane.table.full(self.version):
+                plane.enqueue(self)      # every backend it may use is at max_conns: wait
+            else:
+                self.fail(HttpError("no backend available", 503))
             return
         self.route = route
         self.tried.append(route)
@@ -147,6 +153,8 @@ class Exchange:
             self.route = None
             if route.draining and route.idle:
                 self.plane.report_soon()     # the control plane is waiting for this
+            if self.plane.queue:
+                self.plane.dequeue_soon()    # a slot may have freed for a waiting request
         self.upstream = None
 
     # -- request body from the client ----------------------------------------

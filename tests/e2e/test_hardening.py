@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from lb.demo.users import Users
+
 from conftest import FakeBackend, Lb, RawClient, steady_load, wait_for
 
 RSS_GROWTH_LIMIT_MIB = 16          # what lb may grow by (VmHWM) during one attack
@@ -268,3 +270,47 @@ def test_a_target_or_host_that_disagrees_is_400(lbs, impl, request_line, host):
     with RawClient(lbs[impl].port) as client:
         client.send(request_line + b"\r\nHost: " + host + b"\r\n\r\n")
         assert client.response().status == 400
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+async def test_max_conns_caps_a_backend_and_the_rest_wait_then_succeed(spawn, tmp_path, module_backends, impl):
+    web1 = module_backends[0]
+    lb = spawn(Lb, tmp_path, [web1.config(max_conns=2)], http=impl)
+    seen_inflight, seen_queued = [], []
+
+    def watch():
+        servers = lb.ctl("show servers")
+        seen_inflight.append(servers["servers"][0]["inflight"])
+        seen_queued.append(servers["queued"])
+
+    async with Users("127.0.0.1", lb.port, slots=8, life=None, think_s=0, path="/slow?ms=100",
+                     keep_cookie=False) as load:
+        await load.wait_for_requests(5)
+        for _ in range(10):
+            await asyncio.to_thread(watch)
+        await load.wait_for_requests(60)
+    assert load.failures == []
+    assert max(seen_inflight) <= 2 and max(seen_queued) >= 1, (seen_inflight, seen_queued)
+    assert lb.server("web1")["max_conns"] == 2
+
+
+def test_a_request_that_waits_longer_than_the_queue_timeout_is_503(spawn, tmp_path, module_backends):
+    lb = spawn(Lb, tmp_path, [module_backends[0].config(max_conns=1)], timeouts={"queue": "300ms"})
+    with RawClient(lb.port) as busy, RawClient(lb.port) as waiting:
+        busy.send(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(lambda: lb.server("web1")["inflight"] == 1, 5, "the first request in flight")
+        waiting.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert waiting.response().status == 503
+        assert busy.response().status == 200
+    entry = wait_for(lambda: [e for e in lb.access_lines() if e["status"] == 503], 5, "the 503's line")[0]
+    assert entry["error"] == "no backend slot free in time (timeouts.queue)"
+
+
+def test_set_maxconn_at_run_time(spawn, tmp_path, module_backends):
+    lb = spawn(Lb, tmp_path, [module_backends[0].config()])
+    reply = lb.ctl("set maxconn web1 3")
+    assert reply["ok"] and reply["server"]["max_conns"] == 3
+    bad = lb.ctl("set maxconn web1 lots")
+    assert not bad["ok"] and bad["error"].startswith("'set maxconn' expects a whole number")
+    lb.restart()
+    assert lb.server("web1")["max_conns"] == 3          # kept by the state file

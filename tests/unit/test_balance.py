@@ -121,3 +121,23 @@ def test_least_conn_shares_ties_evenly_whatever_sits_between_them():
     seen = picks(fleet, 6000)
     assert seen["web4"] == seen["web5"] == 0
     assert all(abs(seen[f"web{i}"] - 2000) <= 30 for i in range(1, 4)), seen
+
+
+def test_a_route_at_max_conns_is_skipped_and_full_says_when_all_are():
+    fleet = make([100, 100])
+    fleet.node("web1").max_conns = 1
+    fleet.node("web2").max_conns = 2
+    fleet.publish()
+    r1, r2 = fleet.route("web1"), fleet.route("web2")
+    r1.inflight = 1
+    assert {fleet.table.choose().name for _ in range(20)} == {"web2"} and not fleet.table.full()
+    r2.inflight = 2
+    assert fleet.table.choose() is None and fleet.table.full()
+    r2.inflight = 1
+    assert fleet.table.choose() is r2
+
+
+def test_no_cap_is_never_full():
+    fleet = make([100])
+    fleet.route("web1").inflight = 10_000
+    assert fleet.table.choose() is not None and not fleet.table.full()

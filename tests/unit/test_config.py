@@ -114,7 +114,7 @@ def test_lb_serve_with_a_typo_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"lb: {path}: timeouts.client_idel: unknown key (known keys: connect, client_header, "
-        "client_idle, upstream_first_byte, upstream_idle, tunnel)"]
+        "client_idle, upstream_first_byte, upstream_idle, tunnel, queue)"]
 
 
 @pytest.mark.parametrize("extra, code, output", [

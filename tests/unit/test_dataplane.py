@@ -197,3 +197,33 @@ async def test_a_draining_route_reports_when_its_last_request_ends(rig):
     await asyncio.sleep(0)
     assert rig.reports[-1].nodes["web1"].inflight == 0
     assert rig.reports[-1].nodes["web1"].stats.requests == 1
+
+
+async def test_requests_beyond_max_conns_wait_their_turn_then_time_out(rig):
+    rig.plane.apply_view(RoutingView(2, (NodeView("web1", "127.0.0.1", 9001, "v1", 100.0, True, False, 1),),
+                                     ("v1",)))
+    second = ClientConnection(rig.plane)
+    second_transport = FakeTransport()
+    second.connection_made(second_transport)
+    third = ClientConnection(rig.plane)
+    third_transport = FakeTransport()
+    third.connection_made(third_transport)
+    rig.client.data_received(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    second.data_received(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert rig.route.inflight == 1 and len(rig.plane.queue) == 1
+    assert rig.upstream_transport.take().startswith(b"GET /1 ")
+    rig.respond(OK)                                   # a slot frees: /2 goes, in turn
+    await asyncio.sleep(0)
+    assert rig.upstream_transport.take().startswith(b"GET /2 ") and not rig.plane.queue
+    rig.plane.report()
+    third.data_received(b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.plane.report()
+    assert rig.reports[-1].queued == 1
+    rig.clock.t += 4.9
+    rig.plane.expire(rig.clock.t)
+    assert third_transport.out == b""
+    rig.clock.t += 0.2                                # timeouts.queue: 5 s
+    rig.plane.expire(rig.clock.t)
+    assert third_transport.take().startswith(b"HTTP/1.1 503 ") and not rig.plane.queue
+    rig.respond(OK)
+    assert second_transport.take().endswith(b"ok")
