@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import random
 
-from .config import format_hostport
-from .planes import NodeView, RoutingView
+from .planes import Endpoint, NodeView, RoutingView
 from .stats import StatsDelta
 
 
-class Route:
+class Route(Endpoint):
     """One node as the data plane sees it."""
 
     __slots__ = ("name", "host", "port", "version", "effective_weight", "takes_traffic",
@@ -52,14 +51,6 @@ class Route:
         self.takes_traffic = view.takes_traffic
         self.draining = view.draining
         self.max_conns = view.max_conns
-
-    @property
-    def address(self) -> str:
-        return format_hostport(self.host, self.port)
-
-    @property
-    def idle(self) -> bool:
-        return self.inflight == 0 and self.tunnels == 0
 
 
 class LeastConn:

@@ -28,9 +28,9 @@ from __future__ import annotations
 import enum
 from typing import Iterable
 
-from .config import BackendConfig, format_hostport
+from .config import BackendConfig
 from .errors import CommandError
-from .planes import NodeView, RoutingView
+from .planes import Endpoint, NodeView, RoutingView
 from .stats import BackendStats
 
 
@@ -107,7 +107,7 @@ class HealthState:
         self.last_check: dict | None = None
 
 
-class Node:
+class Node(Endpoint):
     """One backend server: its states, and the counters the data plane reported."""
 
     __slots__ = ("name", "host", "port", "version", "weight", "admin_state", "health",
@@ -140,14 +140,6 @@ class Node:
     def set_ramp(self, factor: float) -> None:
         self.ramp_factor = factor
         self.effective_weight = self.weight * factor
-
-    @property
-    def address(self) -> str:
-        return format_hostport(self.host, self.port)
-
-    @property
-    def idle(self) -> bool:
-        return self.inflight == 0 and self.tunnels == 0
 
     @property
     def takes_traffic(self) -> bool:

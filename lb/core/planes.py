@@ -9,7 +9,8 @@ below is plain data.
 
 Control -> data plane (`DataPlane` methods, lb/proxy/dataplane.py):
 - `apply_view(RoutingView)`: the nodes (address, version, effective weight,
-  takes traffic, draining) and the versions in order, published on every change;
+  takes traffic, draining, max_conns) and the versions in order, published on
+  every change;
 - `apply_config(Config)`: the settings a reload may change (timeouts, limits,
   retries, balance);
 - `cut(name)`: drain.timeout passed on that node: close what is left on it;
@@ -24,7 +25,8 @@ what was served since the last report (`StatsDelta`: requests by status class
 and latency bucket, connect errors, upstream errors, retries, lb-made
 failures), the passive-health outcomes in order, and the result of a `cut`;
 and for the whole data plane the lb-made failures by reason, retries, pin
-counters and open client connections.
+counters, open client connections and requests waiting for a backend at its
+max_conns.
 
 A report names the view generation it was written under: the control plane
 calls a draining node drained only on a report written after the data plane
@@ -37,7 +39,23 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .config import format_hostport
 from .stats import StatsDelta
+
+
+class Endpoint:
+    """What a node is on both sides of the interface (the control plane's `Node`, the data
+    plane's `Route`): an address, and work in flight on it."""
+
+    __slots__ = ()
+
+    @property
+    def address(self) -> str:
+        return format_hostport(self.host, self.port)
+
+    @property
+    def idle(self) -> bool:
+        return self.inflight == 0 and self.tunnels == 0
 
 
 @dataclass(frozen=True)
