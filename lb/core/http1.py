@@ -518,6 +518,88 @@ def _h11_error(exc: h11.ProtocolError, default_status: int) -> HttpError:
     return HttpError(f"malformed {'request' if default_status == 400 else 'response'}: {exc}", status)
 
 
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+SIZE, EXT, SIZE_LF, DATA, DATA_CR, DATA_LF, LINE_START, LINE, LINE_LF, END_LF, DONE = range(11)
+
+
+class ChunkFraming:
+    """The framing of a chunked body, checked on the raw bytes as strictly as llhttp does:
+    a chunk size of hex digits, an extension without CR or LF in it, CRLF after the size
+    line, after the data and after each trailer line. h11 reads these leniently (a CR inside
+    an extension, a space after the size, bare LFs), which lets a proxy in front of lb and lb
+    disagree on where a chunk ends; in h11 mode every chunked body goes through this."""
+
+    __slots__ = ("state", "size", "digits", "left")
+
+    def __init__(self):
+        self.state, self.size, self.digits, self.left = SIZE, 0, 0, 0
+
+    def feed(self, data: bytes) -> int:
+        """Check `data`; returns how many of its bytes belong to the body (all of them until
+        the last CRLF). Raises HttpError(400) at the first byte llhttp would refuse."""
+        i, n = 0, len(data)
+        while i < n and self.state != DONE:
+            state = self.state
+            if state == DATA:
+                take = min(self.left, n - i)
+                self.left -= take
+                i += take
+                if not self.left:
+                    self.state = DATA_CR
+                continue
+            byte = data[i]
+            i += 1
+            if state == SIZE:
+                if byte in _HEX and self.digits < MAX_CONTENT_LENGTH_DIGITS:
+                    self.size = self.size * 16 + int(chr(byte), 16)
+                    self.digits += 1
+                elif byte == 0x3B and self.digits:          # ';' an extension
+                    self.state = EXT
+                elif byte == 0x0D and self.digits:
+                    self.state = SIZE_LF
+                else:
+                    raise HttpError("malformed chunk size line", 400)
+            elif state == EXT:
+                if byte == 0x0D:
+                    self.state = SIZE_LF
+                elif byte == 0x0A or byte < 0x20 and byte != 0x09 or byte == 0x7F:
+                    raise HttpError("malformed chunk extension", 400)
+            elif state == SIZE_LF:
+                if byte != 0x0A:
+                    raise HttpError("malformed chunk size line: CR without LF", 400)
+                if self.size:
+                    self.state, self.left = DATA, self.size
+                else:
+                    self.state = LINE_START
+                self.size = self.digits = 0
+            elif state == DATA_CR:
+                if byte != 0x0D:
+                    raise HttpError("chunk data not followed by CRLF", 400)
+                self.state = DATA_LF
+            elif state == DATA_LF:
+                if byte != 0x0A:
+                    raise HttpError("chunk data not followed by CRLF", 400)
+                self.state = SIZE
+            elif state == LINE_START:
+                self.state = END_LF if byte == 0x0D else LINE
+                if byte == 0x0A:
+                    raise HttpError("malformed trailer section: bare LF", 400)
+            elif state == LINE:
+                if byte == 0x0D:
+                    self.state = LINE_LF
+                elif byte == 0x0A:
+                    raise HttpError("malformed trailer section: bare LF", 400)
+            elif state == LINE_LF:
+                if byte != 0x0A:
+                    raise HttpError("malformed trailer section: CR without LF", 400)
+                self.state = LINE_START
+            elif state == END_LF:
+                if byte != 0x0A:
+                    raise HttpError("malformed chunked body end: CR without LF", 400)
+                self.state = DONE
+        return i
+
+
 class H11RequestParser:
     """Request parser over h11 (server role). Each request gets a fresh h11
     state machine fed with the bytes that followed the last one: lb decides
@@ -532,6 +614,7 @@ class H11RequestParser:
         self._begun = False
         self._upgrade = False            # the request being parsed asks to switch protocols
         self._pending_cr = b""           # a CR between requests, maybe half of an empty line
+        self._chunks: ChunkFraming | None = None   # the chunked body being read, checked raw
         self.leftover = b""
 
     def _new_conn(self) -> h11.Connection:
@@ -543,6 +626,8 @@ class H11RequestParser:
             data = self._skip_empty_lines(data)
             if not data:
                 return
+        if self._chunks is not None:
+            self._check_chunks(data)
         self._conn.receive_data(data)
         self._check_request_line()
         self._check_raw_head()
@@ -613,6 +698,12 @@ class H11RequestParser:
         if _CTL.search(head):
             raise HttpError("malformed request: a control character in the head", 400)
 
+    def _check_chunks(self, data: bytes) -> None:
+        checker = self._chunks
+        checker.feed(data)
+        if checker.state == DONE:
+            self._chunks = None
+
     def _between_requests(self) -> bool:
         conn = self._conn
         return conn.their_state is h11.IDLE and not conn.trailing_data[0] and not self._begun
@@ -630,6 +721,9 @@ class H11RequestParser:
             head = analyze_request(event.method, event.target, event.http_version,
                                    event.headers.raw_items())
             self._upgrade = head.upgrade is not None
+            if head.chunked:
+                self._chunks = ChunkFraming()
+                self._check_chunks(self._conn.trailing_data[0])    # what came with the head
             self._sink.on_request(head)
         elif isinstance(event, h11.Data):
             self._sink.on_request_body(bytes(event.data))

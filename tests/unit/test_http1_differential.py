@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from lb.core import http1
 from lb.core.errors import HttpError
 
-from test_http1 import Sink
+from test_http1 import Sink, pieces
 
 HEADERS = [
     b"Host: a", b"Host: b", b"Content-Length: 5", b"Content-Length: 3", b"Content-Length: 5, 5",
@@ -78,17 +78,27 @@ CORPUS = [
     ("a high byte in a value is fine", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\xffb\r\n\r\n"),
     ("PATCH is fine", b"PATCH / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
 ]
-# Differences left, each pinned so the test fails the day it is gone: h11 reads chunk
-# framing more leniently than llhttp (issue 13, item 16, not done yet); llhttp accepts two
-# spaces after the method, h11 refuses them (the stricter side is the safe one); h11 merges
-# "5,5" (test_http1.H11_MERGES).
-KNOWN = [
+CORPUS += [
     ("a CR inside a chunk extension",
      b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\rhello\r\n0\r\n\r\n"),
     ("a chunk size with a trailing space",
      b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n"),
     ("a last chunk with bare LFs",
      b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\n\n"),
+    ("chunk data not followed by CRLF",
+     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n"),
+    ("a bare LF after a trailer",
+     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX: 1\n\r\n"),
+    ("a chunk extension and a trailer are fine",
+     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX: 1\r\n\r\n"),
+    ("two chunked requests back to back",
+     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;x\r\nd\r\n0\r\n\r\n"),
+]
+# Differences left, each pinned so the test fails the day it is gone: llhttp accepts two
+# spaces after the method, h11 refuses them (the stricter side is the safe one); h11 merges
+# "5,5" (test_http1.H11_MERGES).
+KNOWN = [
     ("two spaces after the method", b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n"),
     ("Content-Length: 5,5", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,5\r\n\r\nhello"),
 ]
@@ -103,3 +113,36 @@ def test_the_corpus_gets_one_decision(name, data):
 @pytest.mark.xfail(strict=True, reason="a known difference between the parsers (see KNOWN)")
 def test_known_differences_are_still_there(name, data):
     assert outcome("httptools", data) == outcome("h11", data)
+
+
+def outcome_in_pieces(impl, data, split):
+    """outcome(), the bytes fed in `split` pieces (test_http1.pieces)."""
+    sink = Sink()
+    parser = http1.PARSERS[impl][0](sink, 16384)
+    refused = None
+    try:
+        for piece in pieces(data, split):
+            parser.feed(piece)
+    except HttpError as exc:
+        refused = exc.status
+    done = [m for m in sink.messages if m["ended"]]
+    return [(m["head"].target, m["body"]) for m in done], refused
+
+
+chunk_line = st.tuples(
+    st.sampled_from([b"5", b"05", b"a", b"0x5", b"5 ", b" 5", b"5\t", b""]),          # the size
+    st.sampled_from([b"", b";a=b", b";a", b";a=\"b c\"", b";a=b\r"]),                # an extension
+    st.sampled_from([b"\r\n", b"\n", b"\r"]),                                        # its line end
+    st.sampled_from([b"hello", b"hell", b"hello!", b"helloworld"]),                  # the data
+    st.sampled_from([b"\r\n", b"\n", b""]))                                          # after the data
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=st.lists(chunk_line, min_size=1, max_size=3),
+       last=st.sampled_from([b"0\r\n\r\n", b"0\n\n", b"0\r\nX: 1\r\n\r\n", b"0\r\nX: 1\n\r\n", b"0;x\r\n\r\n"]),
+       split=st.sampled_from(["whole", "bytewise", "odd"]))
+def test_both_parsers_read_chunk_framing_alike(chunks, last, split):
+    body = b"".join(size + ext + end + data + after for size, ext, end, data, after in chunks) + last
+    data = (b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body +
+            b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert outcome_in_pieces("httptools", data, "whole") == outcome_in_pieces("h11", data, split)
