@@ -22,6 +22,7 @@ from collections import deque
 from ..core import http1
 from ..core.errors import HttpError
 from .exchange import Exchange
+from .upstream import WRITE_HIGH_BYTES
 from .responses import error_response
 
 log = logging.getLogger("lb.proxy")
@@ -96,6 +97,7 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio Protocol ------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)
         self.flow = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0].encode() if peer else b"-"

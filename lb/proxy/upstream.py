@@ -21,10 +21,12 @@ from ..core.errors import HttpError
 
 log = logging.getLogger("lb.upstream")
 MAX_IDLE_PER_BACKEND = 128
+READ_BYTES = 32 * 1024            # one read from a backend at most
+WRITE_HIGH_BYTES = 32 * 1024      # a client's unsent bytes past which the backend is paused
 INFINITY = float("inf")
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One TCP connection to a backend."""
 
     def __init__(self, pools: "UpstreamPools", route):
@@ -44,9 +46,19 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio Protocol --------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)   # a slow backend pauses the client
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # Reads go into one buffer shared by every upstream connection (one thread: each read is
+    # copied out before the next), READ_BYTES at a time: what one slow client can make lb
+    # hold is its write buffer plus one read, not uvloop's 256 KiB read.
+    def get_buffer(self, sizehint: int):
+        return self.pools.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.pools.read_buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         peer = self.tunnel_peer
@@ -171,6 +183,7 @@ class UpstreamPools:
         self.now = loop.time
         self.timeouts = timeouts
         self.max_response_header_bytes = max_response_header_bytes
+        self.read_buffer = memoryview(bytearray(READ_BYTES))
         self.response_parser_class = response_parser_class
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.active: set[UpstreamConnection] = set()

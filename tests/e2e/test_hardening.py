@@ -314,3 +314,27 @@ def test_set_maxconn_at_run_time(spawn, tmp_path, module_backends):
     assert not bad["ok"] and bad["error"].startswith("'set maxconn' expects a whole number")
     lb.restart()
     assert lb.server("web1")["max_conns"] == 3          # kept by the state file
+
+
+PER_SLOW_READER_LIMIT_KIB = 128     # measured ~66 KiB (a 32 KiB write buffer and one 32 KiB read)
+
+
+async def test_slow_readers_cost_a_bounded_amount_each_and_do_not_stop_others(spawn, tmp_path, module_backends):
+    lb = spawn(Lb, tmp_path, [module_backends[0].config()], access_log="off")
+    readers = []
+    async with steady_load(lb, workers=4) as load:
+        await load.wait_for_requests(50)
+        before_kib = lb.rss_kib()
+        for _ in range(100):                 # each asks for 64 MiB and reads nothing
+            sock = socket.create_connection(("127.0.0.1", lb.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /bytes?n=67108864 HTTP/1.1\r\nHost: a\r\n\r\n")
+            readers.append(sock)
+        wait_for(lambda: lb.server("web1")["inflight"] >= 100, 10, "100 responses in flight")
+        count = load.requests
+        await load.wait_for_requests(count + 200)    # the others are served meanwhile
+        per_reader_kib = (lb.rss_kib() - before_kib) / 100
+    for sock in readers:
+        sock.close()
+    assert load.failures == []
+    assert per_reader_kib < PER_SLOW_READER_LIMIT_KIB, per_reader_kib

@@ -53,6 +53,9 @@ class FakeTransport:
     def can_write_eof(self):
         return True
 
+    def set_write_buffer_limits(self, high=None, low=None):
+        self.high = high
+
     def write_eof(self):
         self.events.append("eof")
 
