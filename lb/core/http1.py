@@ -310,6 +310,13 @@ def _feed_llhttp(parser, data: bytes, what: str, status: int) -> bytes | None:
     return None
 
 
+def _head_bytes_so_far(counted: int, began_here: bool, first_line: bytes, headers, piece_bytes: int) -> int:
+    """The bytes of a head llhttp is still reading, after one more piece: in the piece the
+    head began in, what was parsed of it (the bytes before it were another message's);
+    after that, whole pieces, since every byte of them belongs to the head."""
+    return head_size(first_line, headers) if began_here else counted + piece_bytes
+
+
 class HttptoolsRequestParser:
     """Request parser over llhttp. `leftover` holds bytes after an Upgrade head.
 
@@ -347,10 +354,8 @@ class HttptoolsRequestParser:
             self.leftover = upgraded
             return
         if self.in_head:
-            if self._began_here:
-                self._head_bytes = head_size(self._url, self._headers)
-            else:
-                self._head_bytes += len(data)
+            self._head_bytes = _head_bytes_so_far(self._head_bytes, self._began_here, self._url,
+                                                  self._headers, len(data))
             if self._head_bytes > self._max_header_bytes:
                 raise HttpError("request header section too large", 431)
         elif self._in_body:
@@ -456,10 +461,8 @@ class HttptoolsResponseParser:
         if upgraded is not None:
             self.leftover = upgraded
         if self._in_head:
-            if self._began_here:
-                self._head_bytes = head_size(self._reason, self._headers)
-            else:
-                self._head_bytes += len(data)
+            self._head_bytes = _head_bytes_so_far(self._head_bytes, self._began_here, self._reason,
+                                                  self._headers, len(data))
             if self._head_bytes > self._max_head_bytes:
                 raise HttpError("backend sent too big a response header", 502)
 
@@ -520,6 +523,13 @@ def _h11_error(exc: h11.ProtocolError, default_status: int) -> HttpError:
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 SIZE, EXT, SIZE_LF, DATA, DATA_CR, DATA_LF, LINE_START, LINE, LINE_LF, END_LF, DONE = range(11)
+# States where one byte must follow: (that byte, the next state, what it is when it does not)
+_CHUNK_EXPECT = {
+    DATA_CR: (0x0D, DATA_LF, "chunk data not followed by CRLF"),
+    DATA_LF: (0x0A, SIZE, "chunk data not followed by CRLF"),
+    LINE_LF: (0x0A, LINE_START, "malformed trailer section: CR without LF"),
+    END_LF: (0x0A, DONE, "malformed chunked body end: CR without LF"),
+}
 
 
 class ChunkFraming:
@@ -572,14 +582,11 @@ class ChunkFraming:
                 else:
                     self.state = LINE_START
                 self.size = self.digits = 0
-            elif state == DATA_CR:
-                if byte != 0x0D:
-                    raise HttpError("chunk data not followed by CRLF", 400)
-                self.state = DATA_LF
-            elif state == DATA_LF:
-                if byte != 0x0A:
-                    raise HttpError("chunk data not followed by CRLF", 400)
-                self.state = SIZE
+            elif state in _CHUNK_EXPECT:
+                wanted, following, problem = _CHUNK_EXPECT[state]
+                if byte != wanted:
+                    raise HttpError(problem, 400)
+                self.state = following
             elif state == LINE_START:
                 self.state = END_LF if byte == 0x0D else LINE
                 if byte == 0x0A:
@@ -589,14 +596,6 @@ class ChunkFraming:
                     self.state = LINE_LF
                 elif byte == 0x0A:
                     raise HttpError("malformed trailer section: bare LF", 400)
-            elif state == LINE_LF:
-                if byte != 0x0A:
-                    raise HttpError("malformed trailer section: CR without LF", 400)
-                self.state = LINE_START
-            elif state == END_LF:
-                if byte != 0x0A:
-                    raise HttpError("malformed chunked body end: CR without LF", 400)
-                self.state = DONE
         return i
 
 
