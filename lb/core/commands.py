@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import VERSION_RE, BackendConfig, build, parse_duration
+from .config import (MAX_CONNS_MAX, WEIGHT_MAX, BackendConfig, build, check_version_label, parse_duration,
+                     parse_max_conns_value, parse_weight_value)
 from .errors import CommandError, ConfigError, InvalidValue
 
 
@@ -87,24 +88,29 @@ def parse_timeout(text: str) -> float:
 
 
 def check_version(version: str) -> None:
-    """Raises CommandError unless `version` is a valid version label."""
-    if not VERSION_RE.match(version):
-        raise CommandError(f"expected a version label of letters, digits, '.', '_' or '-' (max 32), "
-                           f"got {version!r}")
+    """Raises CommandError unless `version` is a valid version label (the config's rule)."""
+    try:
+        check_version_label(version)
+    except InvalidValue as exc:
+        raise CommandError(exc.message) from None
+
+
+def _whole_number(text: str, parse, command: str, high: int) -> int:
+    """A number argument checked by the config's own parser. Raises CommandError."""
+    try:
+        return parse(int(text) if text.isdigit() else text)
+    except InvalidValue:
+        raise CommandError(f"'{command}' expects a whole number from 0 to {high}, got {text!r}") from None
 
 
 def parse_maxconn(text: str) -> int:
-    """A max_conns argument, 0..100000 (0: no cap). Raises CommandError."""
-    if not text.isdigit() or int(text) > 100000:
-        raise CommandError(f"'set maxconn' expects a whole number from 0 to 100000, got {text!r}")
-    return int(text)
+    """A max_conns argument (0: no cap). Raises CommandError."""
+    return _whole_number(text, parse_max_conns_value, "set maxconn", MAX_CONNS_MAX)
 
 
 def parse_weight(text: str) -> int:
-    """A WEIGHT argument, 0..1000. Raises CommandError."""
-    if not text.isdigit() or int(text) > 1000:
-        raise CommandError(f"'set weight' expects a whole number from 0 to 1000, got {text!r}")
-    return int(text)
+    """A WEIGHT argument. Raises CommandError."""
+    return _whole_number(text, parse_weight_value, "set weight", WEIGHT_MAX)
 
 
 def backend_config(fields: dict) -> BackendConfig:

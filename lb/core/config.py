@@ -77,14 +77,18 @@ def _cidr_list(value: Any) -> tuple[str, ...]:
     return tuple(str(item) for item in value)
 
 
+WEIGHT_MAX = 1000
+MAX_CONNS_MAX = 100000
+
+
 def parse_weight_value(value: Any) -> int:
-    """A backend weight, 0..1000. Raises InvalidValue."""
-    return _int_range(0, 1000)(value)
+    """A backend weight, 0..WEIGHT_MAX. Raises InvalidValue."""
+    return _int_range(0, WEIGHT_MAX)(value)
 
 
 def parse_max_conns_value(value: Any) -> int:
-    """A backend's max_conns, 0..100000 (0: no cap). Raises InvalidValue."""
-    return _int_range(0, 100000)(value)
+    """A backend's max_conns, 0..MAX_CONNS_MAX (0: no cap). Raises InvalidValue."""
+    return _int_range(0, MAX_CONNS_MAX)(value)
 
 
 def parse_duration(value: Any) -> float:
@@ -207,9 +211,9 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    name: str = _field(None, _matching(_NAME_RE, "a name of letters, digits, '.', '_' or '-'"))
+    name: str = _field(None, check_name)
     address: tuple[str, int] = _field(None, parse_hostport)
-    version: str = _field("v1", _matching(VERSION_RE, "a version label of letters, digits, '.', '_' or '-' (max 32)"))
+    version: str = _field("v1", check_version_label)
     weight: int = _field(100, parse_weight_value)
     max_conns: int = _field(0, parse_max_conns_value)       # requests at once; 0: no cap (HAProxy maxconn)
 
