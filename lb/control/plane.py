@@ -67,8 +67,7 @@ class Control:
         self.publish()
 
     def start(self) -> None:
-        """Nodes go into service, the sweeper and the checks begin."""
-        self.place_nodes()
+        """The sweeper and the checks begin (after `place_nodes` and the listeners)."""
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
         self.checker.start()
 

@@ -44,7 +44,7 @@ def save_state(control) -> None:
 
 
 def load_state(control) -> list[str]:
-    """Apply a saved state over the config (before `control.start()`); returns what it
+    """Apply a saved state over the config (before `control.place_nodes()`); returns what it
     changed, for the log."""
     path = control.config.resolve(control.config.state_file)
     try:

@@ -68,8 +68,8 @@ class Connection:
             elif isinstance(event, h11.EndOfMessage):
                 return response, body
 
-    @property
-    def reusable(self) -> bool:
+    def next_cycle(self) -> bool:
+        """Ready the connection for the next request; False when lb ended it (Connection: close)."""
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
             return True
@@ -138,7 +138,7 @@ class Users:
                     if conn is None:
                         return
                 cookie = await self._request(user, conn, cookie)
-                if not conn.reusable:
+                if not conn.next_cycle():
                     conn.close()
                     conn = None
                 done += 1

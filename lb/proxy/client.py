@@ -164,19 +164,11 @@ class ClientConnection(asyncio.Protocol):
                 return
 
     def _parse_unparsed(self) -> None:
-        """A request left the queue: parse what waited behind it, then read again."""
+        """A request left the queue: what waited behind it goes in as if just read (parsed,
+        or handed to an upgrade, or dropped after a bad request), then reading resumes."""
         data, self.unparsed = self.unparsed, b""
-        if not data or self.closed:
-            return
-        try:
-            self._parse(data)
-        except HttpError as exc:
-            self._parse_error(exc)
-            return
-        except Exception:
-            log.exception("bug while handling a client's request; answering 500")
-            self._internal_error()
-            return
+        if data:
+            self.data_received(data)
         if not self.unparsed:
             self.flow.resume("pipeline")
 
