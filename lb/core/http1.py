@@ -349,19 +349,24 @@ class HttptoolsRequestParser:
         """Parse `data`; raises HttpError(400/414/431) on a bad or oversized request."""
         self._feeding = len(data)
         self._began_here = self._heard = False
-        upgraded = _feed_llhttp(self._parser, data, "malformed request", 400)
-        if upgraded is not None:
-            self.leftover = upgraded
-            return
-        if self.in_head:
-            self._head_bytes = _head_bytes_so_far(self._head_bytes, self._began_here, self._url,
-                                                  self._headers, len(data))
-            if self._head_bytes > self._max_header_bytes:
-                raise HttpError("request header section too large", 431)
-        elif self._in_body:
-            self._quiet_bytes = 0 if self._heard else self._quiet_bytes + len(data)
-            if self._quiet_bytes > self._max_header_bytes:
-                raise HttpError("request chunk framing or trailer section too large", 431)
+        try:
+            upgraded = _feed_llhttp(self._parser, data, "malformed request", 400)
+            if upgraded is not None:
+                self.leftover = upgraded
+                return
+            if self.in_head:
+                self._head_bytes = _head_bytes_so_far(self._head_bytes, self._began_here, self._url,
+                                                      self._headers, len(data))
+                if self._head_bytes > self._max_header_bytes:
+                    raise HttpError("request header section too large", 431)
+            elif self._in_body:
+                self._quiet_bytes = 0 if self._heard else self._quiet_bytes + len(data)
+                if self._quiet_bytes > self._max_header_bytes:
+                    raise HttpError("request chunk framing or trailer section too large", 431)
+        except HttpError:
+            # The connection ends here; drop the head so far now (see HttptoolsResponseParser.feed).
+            self._headers, self._url = [], b""
+            raise
 
     def reset(self) -> None:
         """Start over on the same connection (after a refused Upgrade)."""
@@ -457,14 +462,21 @@ class HttptoolsResponseParser:
         """Parse `data`; raises HttpError(502) on a malformed or oversized response."""
         self._began_here = False
         self._feeding = len(data)
-        upgraded = _feed_llhttp(self._parser, data, "bad response from backend", 502)
-        if upgraded is not None:
-            self.leftover = upgraded
-        if self._in_head:
-            self._head_bytes = _head_bytes_so_far(self._head_bytes, self._began_here, self._reason,
-                                                  self._headers, len(data))
-            if self._head_bytes > self._max_head_bytes:
-                raise HttpError("backend sent too big a response header", 502)
+        try:
+            upgraded = _feed_llhttp(self._parser, data, "bad response from backend", 502)
+            if upgraded is not None:
+                self.leftover = upgraded
+            if self._in_head:
+                self._head_bytes = _head_bytes_so_far(self._head_bytes, self._began_here, self._reason,
+                                                      self._headers, len(data))
+                if self._head_bytes > self._max_head_bytes:
+                    raise HttpError("backend sent too big a response header", 502)
+        except HttpError:
+            # The connection ends here. The head so far is dropped now: this object and llhttp's
+            # refer to each other, so it would otherwise wait for the cyclic GC's oldest
+            # generation (measured: 20 clients asking for 256 KiB heads kept lb 28 MiB larger).
+            self._headers, self._reason = [], b""
+            raise
 
     def on_message_begin(self) -> None:
         if self._finished:

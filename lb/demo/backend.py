@@ -9,6 +9,8 @@ Routes:
   *   /echo             method, path, headers and body (latin-1 text) as JSON
   *   /sink             reads the body without keeping it: {"bytes": N}
   GET /bytes?n=N        N bytes of body, streamed with Content-Length
+  GET /headers?kib=N    a response head of about N KiB (N headers of 1 KiB): a proxy's
+                        response-head limit, for the tests and bench/abuse.py
   GET /slow?ms=N        answers after N ms
   GET /stream?chunks=N&ms=M   a chunked body, N chunks M ms apart
   GET /setcookie        sets the app's own cookie (app=1)
@@ -172,6 +174,10 @@ class BackendApp:
             await self._stream(conn, writer, int(query.get("chunks", "5")), int(query.get("ms", "10")))
         elif path == "/bytes":
             await self._bytes(conn, writer, int(query.get("n", "1024")))
+        elif path == "/headers":
+            pad = b"p" * 1010
+            await self._json(conn, writer, 200, {"node": self.name, "version": self.version},
+                             extra=[(b"x-pad-%d" % i, pad) for i in range(int(query.get("kib", "1")))])
         elif path.startswith("/status/"):
             status = int(path.rsplit("/", 1)[1])
             await self._json(conn, writer, status, {"status": status, "node": self.name,
