@@ -298,16 +298,23 @@ def _feed_llhttp(parser, data: bytes, what: str, status: int) -> bytes | None:
     Raises HttpError(status) on bad bytes, or the HttpError a callback raised."""
     try:
         parser.feed_data(data)
+        return None
     except httptools.HttpParserUpgrade as exc:
         return data[exc.args[0]:]
     except httptools.HttpParserCallbackError as exc:
-        cause = exc.__context__
-        if isinstance(cause, HttpError):
-            raise cause from None
-        raise
+        failure = exc.__context__
+        if not isinstance(failure, HttpError):
+            raise
     except httptools.HttpParserError as exc:
-        raise HttpError(f"{what}: {exc}", status) from None
-    return None
+        failure = HttpError(f"{what}: {exc}", status)
+    # Raised outside the except blocks and with no local left naming it: raised inside them,
+    # the error, llhttp's, their tracebacks and this frame (holding `data`, up to 256 KiB a
+    # read) form a cycle only the cyclic GC frees, and a flood of bad requests piles them up.
+    failure.__context__ = None
+    try:
+        raise failure.with_traceback(None)
+    finally:
+        del failure
 
 
 def _head_bytes_so_far(counted: int, began_here: bool, first_line: bytes, headers, piece_bytes: int) -> int:

@@ -148,19 +148,20 @@ class ClientConnection(asyncio.Protocol):
         request body bytes go in PARSE_SLICE pieces, and once the queue is full the rest
         waits in `unparsed`, reading paused, until a request leaves the queue."""
         parser = self.parser
-        while data:
+        at, size = 0, len(data)         # an offset: slicing off the rest each time is quadratic
+        while at < size:
             if len(self.pending) >= MAX_PIPELINED:
-                self.unparsed = data
+                self.unparsed = data[at:]
                 self.flow.pause("pipeline")
                 return
             reading = self.reading
-            if len(data) <= PARSE_SLICE or (reading is not None and not reading.request_done):
-                piece, data = data, b""
+            if size - at <= PARSE_SLICE or (reading is not None and not reading.request_done):
+                piece, at = (data[at:] if at else data), size
             else:
-                piece, data = data[:PARSE_SLICE], data[PARSE_SLICE:]
+                piece, at = data[at:at + PARSE_SLICE], at + PARSE_SLICE
             parser.feed(piece)
-            if data and (self.holding or self.deferred_error is not None or self.closed):
-                self.data_received(data)  # it belongs to an upgrade, or to nobody
+            if at < size and (self.holding or self.deferred_error is not None or self.closed):
+                self.data_received(data[at:])  # it belongs to an upgrade, or to nobody
                 return
 
     def _parse_unparsed(self) -> None:
@@ -388,7 +389,9 @@ class ClientConnection(asyncio.Protocol):
     def _parse_error(self, exc: HttpError) -> None:
         """A bad request: answered in order, after the good ones before it, then close."""
         self.flow.pause("error")
-        self.deferred_error = exc
+        # Kept without its traceback: the frames hold the bytes read (up to 256 KiB) and this
+        # connection, a cycle that would wait for the cyclic GC.
+        self.deferred_error = exc.with_traceback(None)
         reading = self.reading
         if reading is not None and not reading.request_done:
             # The bad bytes are inside this request's body: it cannot be sent on.
