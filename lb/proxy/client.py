@@ -30,6 +30,7 @@ log = logging.getLogger("lb.proxy")
 MAX_PIPELINED = 16
 PARSE_SLICE = 2048          # outside a body, the most parsed at once (bounds heads past the queue's limit)
 INFINITY = float("inf")
+EMPTY: deque = deque(maxlen=0)             # every connection's `pending` until a request waits
 WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
 WEBSOCKET_CLOSE_WAIT_S = 2.0                    # for the client's side of the closing handshake
 BODY_RATE_GRACE_S = 10.0                        # before limits.min_body_rate applies
@@ -44,16 +45,18 @@ class FlowControl:
 
     def __init__(self, transport):
         self._transport = transport
-        self._reasons: set[str] = set()
+        self._reasons: tuple[str, ...] = ()      # a tuple: an idle connection's costs nothing
 
     def pause(self, reason: str) -> None:
-        if not self._reasons:
+        reasons = self._reasons
+        if not reasons:
             self._transport.pause_reading()
-        self._reasons.add(reason)
+        if reason not in reasons:
+            self._reasons = reasons + (reason,)
 
     def resume(self, reason: str) -> None:
         if reason in self._reasons:
-            self._reasons.discard(reason)
+            self._reasons = tuple(r for r in self._reasons if r != reason)
             if not self._reasons and not self._transport.is_closing():
                 self._transport.resume_reading()
 
@@ -69,12 +72,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.trusted = False                     # the peer is one of trusted_proxies
         self._forwarded: tuple | None = None     # (Host, lb's Forwarded element) last made
         self.unparsed = b""                      # bytes behind a full pipelining queue
-        limits = plane.config.limits
-        self.parser = plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
-                                                 limits.max_target_bytes)
+        self.parser = None                       # made at the first byte: idle connections are cheap
         self.current: Exchange | None = None
         self.reading: Exchange | None = None     # the exchange whose request is being parsed
-        self.pending: deque[Exchange] = deque()
+        self.pending: deque[Exchange] = EMPTY    # a deque of its own once a request waits
         self.held = b""                          # bytes after an Upgrade request, until 101 or not
         self.holding = False
         self.tunnel = None                       # the UpstreamConnection after a 101
@@ -133,7 +134,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.unparsed:
             self.unparsed += data         # behind requests still waiting to be parsed, in order
             return
-        self.got_bytes = True
+        if not self.got_bytes:
+            self.got_bytes = True
+            limits = self.plane.config.limits
+            self.parser = self.plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
+                                                          limits.max_target_bytes)
         try:
             if len(data) <= PARSE_SLICE and len(self.pending) < MAX_PIPELINED:
                 self.parser.feed(data)        # the common case: one piece, nothing queued
@@ -250,6 +255,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.current = exchange
             exchange.start()
         else:
+            if self.pending is EMPTY:
+                self.pending = deque()
             self.pending.append(exchange)
             if len(self.pending) >= MAX_PIPELINED:
                 self.flow.pause("pipeline")
@@ -364,6 +371,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.deadline = self.plane.now() + self.plane.config.timeouts.tunnel
         self.deadline_kind = TUNNEL
         data, self.held = self.parser.leftover + self.held, b""
+        self.parser = upstream.parser = None     # a tunnel parses nothing more: free both heads
         if data:
             self.tunnel.write(data)
         self.flow.resume("upgrade")
