@@ -38,6 +38,9 @@ def cmd_serve(args) -> int:
     except OSError as exc:
         print(f"lb: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        print(f"lb: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ the reply's error. A command that changes state is written to the state file
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import inspect
 import json
 import logging
@@ -40,6 +41,13 @@ WAIT_STATES = {
 }
 
 
+def lb_version() -> str:
+    try:
+        return importlib.metadata.version("lb")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Admin:
     """The handlers of the admin commands, over the control plane."""
 
@@ -56,7 +64,7 @@ class Admin:
         """Run one command line; never raises for bad input."""
         try:
             command, args = parse(line)
-            self.control.sync()
+            await self.control.synced()
             payload = getattr(self, command.handler)(*args)
             if inspect.isawaitable(payload):
                 payload = await payload
@@ -91,6 +99,12 @@ class Admin:
                 {"from": f, "to": t, "direction": d, "count": n}
                 for (f, t, d), n in sorted(pins["migrations"].items())]}
         return {"versions": rows}
+
+    def show_info(self) -> dict:
+        link = self.control.link
+        return {"pid": os.getpid(), "version": lb_version(), "started": round(self.control.started, 3),
+                "workers": link.info() if hasattr(link, "info") else [],
+                "worker_restarts": getattr(link, "restarts", 0)}
 
     def show_stats(self, name: str | None = None) -> dict:
         now = time.monotonic()
@@ -132,9 +146,10 @@ class Admin:
     def maint(self, name: str) -> dict:
         return self._set_state(name, "maint")
 
-    def _set_state(self, name: str, event: str) -> dict:
+    async def _set_state(self, name: str, event: str) -> dict:
         node = self.pool.get(name)
         self.control.set_admin_state(node, event)
+        await self.control.applied()      # the reply means every worker routes by the new state
         return self._server(node)
 
     def _server(self, node) -> dict:
@@ -240,13 +255,23 @@ class AdminServer:
                 raise CommandError(f"another lb is listening on the admin socket {self.path}")
             os.unlink(self.path)              # stale, from a run that crashed
         # The socket is created with its mode (umask), never chmod-ed after the fact: the path
-        # could be something else by then.
+        # could be something else by then. It is bound and listening under a temporary name and
+        # renamed into place, so whoever sees the path can connect (the path means "lb is up").
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o777 & ~self.mode)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, self.path,
-                                                           limit=MAX_LINE_BYTES)
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+            sock.bind(temporary)
+            sock.listen(64)
+            os.rename(temporary, self.path)
+        except OSError:
+            sock.close()
+            raise
         finally:
             os.umask(old_umask)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE_BYTES)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)

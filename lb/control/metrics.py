@@ -24,7 +24,6 @@ class LbCollector:
 
     def collect(self):
         control = self.control
-        control.sync()
         backends = list(control.pool.backends.values())
         requests = CounterMetricFamily("lb_requests", "Requests answered by a backend",
                                        labels=["backend", "version", "code_class"])
@@ -81,7 +80,11 @@ class LbCollector:
         drain_time.add_metric([], [("+Inf" if b == float("inf") else repr(b),
                                     sum(1 for d in durations if d <= b))
                                    for b in (*DRAIN_BOUNDS_S, float("inf"))], sum(durations))
-        yield from (retries, failed, capacity, clients, queued, drains, drain_time)
+        restarts = CounterMetricFamily("lb_worker_restarts", "Worker processes started again after exiting")
+        restarts.add_metric([], getattr(control.link, "restarts", 0))
+        workers = GaugeMetricFamily("lb_workers", "Worker processes serving")
+        workers.add_metric([], len(control.link.info()) if hasattr(control.link, "info") else 0)
+        yield from (retries, failed, capacity, clients, queued, drains, drain_time, restarts, workers)
         if control.pinning_on:
             assigned = CounterMetricFamily("lb_pin_assignments", "Clients assigned a version",
                                            labels=["version"])
@@ -98,6 +101,7 @@ class MetricsServer:
     """GET /metrics on metrics.listen (never the public port); anything else is 404."""
 
     def __init__(self, control, host: str, port: int):
+        self.control = control
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LbCollector(control))
         self.host, self.port = host, port
@@ -112,6 +116,7 @@ class MetricsServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             line = head.split(b"\r\n", 1)[0].split()
             if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+                await self.control.synced()
                 body, status, ctype = generate_latest(self.registry), b"200 OK", CONTENT_TYPE_LATEST
             else:
                 body, status, ctype = b"not found: try /metrics\n", b"404 Not Found", "text/plain"

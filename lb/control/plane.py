@@ -34,6 +34,7 @@ from .checker import Checker
 log = logging.getLogger("lb.control")
 
 SWEEP_INTERVAL_S = 0.1
+SYNC_TIMEOUT_S = 1.0         # the longest an answer waits for every worker's report
 
 
 class Control:
@@ -43,7 +44,7 @@ class Control:
         self.config = config
         self.loop = loop
         self.now = loop.time
-        started = time.time()
+        self.started = started = time.time()
         self.pool = Pool(config.backends, started)
         self.stats = PoolStats(started)
         self.pins: dict[str, Counter] = {"assignments": Counter(), "migrations": Counter(),
@@ -58,6 +59,7 @@ class Control:
         self.cutting: set[str] = set()           # nodes told to cut, awaiting the report
         self.removing: set[str] = set()          # dropped from the config: gone once drained
         self.state_changed = asyncio.Event()     # set and replaced on every node change
+        self._reported = asyncio.Event()         # set and replaced on every report
         self.checker = Checker(self)
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -95,10 +97,29 @@ class Control:
         self.state_changed.set()
         self.state_changed = asyncio.Event()
 
-    def sync(self) -> None:
-        """Bring the reported counters up to date before answering with them."""
+    async def applied(self) -> None:
+        """Until the data plane has reported under the latest view (with workers: every one
+        of them has applied it), so that a reply to `drain` means no new request goes there.
+        Bounded: a worker that does not answer is being replaced, and starts on the new view."""
+        generation = self.generation
+        deadline = self.now() + SYNC_TIMEOUT_S
+        while self.reported_generation < generation and self.now() < deadline:
+            try:
+                await asyncio.wait_for(self._reported.wait(), deadline - self.now())
+            except asyncio.TimeoutError:
+                break
+
+    async def synced(self) -> None:
+        """Bring the reported counters up to date before answering with them: the data plane
+        reports now (in this process), or every worker has reported (bounded wait)."""
         if self.link is not None:
-            self.link.collect()
+            waiting = self.link.collect()
+            if waiting is not None:
+                try:
+                    await asyncio.wait_for(waiting, SYNC_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    log.warning("a worker did not report within %.1fs; answering with older counts",
+                                SYNC_TIMEOUT_S)
 
     # -- admin states ---------------------------------------------------------------
     def set_admin_state(self, node: Node, event: str) -> str:
@@ -141,6 +162,8 @@ class Control:
     # -- reports from the data plane -------------------------------------------------------
     def on_report(self, report: Report) -> None:
         self.reported_generation = report.generation
+        self._reported.set()
+        self._reported = asyncio.Event()
         for name, got in report.nodes.items():
             node = self.pool.backends.get(name)
             if node is None:

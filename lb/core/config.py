@@ -179,6 +179,18 @@ def _log_target(value: Any) -> str:
     return _text(value)
 
 
+WORKERS_MAX = 64
+
+
+def _workers(value: Any) -> int:
+    """`auto` (0: the CPUs lb may run on, counted at start) or a count of worker processes."""
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= WORKERS_MAX:
+        raise InvalidValue(f"expected auto or a whole number from 1 to {WORKERS_MAX}, got {value!r}")
+    return value
+
+
 def _file_mode(value: Any) -> int:
     text = str(value)
     if not re.fullmatch(r"0?[0-7]{3}", text):
@@ -279,6 +291,7 @@ class LimitsConfig:
 class Config:
     listen: tuple[tuple[str, int], ...] = _field((("127.0.0.1", 8080),), _listen_list)
     http: str = _field("auto", _one_of("auto", "httptools", "h11"))
+    workers: int = _field(0, _workers)     # 0: auto
     admin: AdminConfig = _field(AdminConfig(), AdminConfig)
     metrics: MetricsConfig = _field(MetricsConfig(), MetricsConfig)
     balance: str = _field("least_conn", _one_of("least_conn", "round_robin", "random_two"))

@@ -4,8 +4,8 @@ Runtime admin states are kept. A backend new in the file joins in maint; one
 gone from the file drains and is dropped once drained; a changed address
 applies to new connections. A weight or version applies only when the file
 changed it, so a reload never undoes a runtime `set` the file did not touch.
-Settings that live in sockets or files (listen, http, admin, metrics,
-access_log, state_file) take effect at the next restart; the reply says so.
+Settings that live in sockets, files or processes (listen, http, admin, metrics,
+access_log, state_file, workers) take effect at the next restart; the reply says so.
 The control plane (lb/control/plane.py) carries the actions out.
 """
 
@@ -19,7 +19,7 @@ from .config import BackendConfig, Config
 
 ADD, ADDRESS, WEIGHT, VERSION, MAX_CONNS, KEEP, REMOVE, BALANCE, AT_RESTART = (
     "add", "address", "weight", "version", "max_conns", "keep", "remove", "balance", "at_restart")
-RESTART_ONLY = ("access_log", "admin", "http", "listen", "metrics", "state_file")
+RESTART_ONLY = ("access_log", "admin", "http", "listen", "metrics", "state_file", "workers")
 
 
 @dataclass(frozen=True)

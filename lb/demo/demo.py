@@ -46,17 +46,18 @@ def _spawn(args: list[str], **kwargs) -> subprocess.Popen:
 
 async def _wait_ready(host: str, port: int, admin_socket: str, proc: subprocess.Popen,
                       timeout_s: float = 15) -> None:
-    """Until lb listens and its admin socket exists (the socket is made first: a port that
-    answers while it is missing is some other program's)."""
+    """Until lb's admin socket accepts a connection (lb shows it once its workers serve; a
+    stale file from a killed lb refuses) and its port answers."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
-        if os.path.exists(admin_socket):
-            try:
-                _, writer = await asyncio.open_connection(host, port)
-                writer.close()
-                return
-            except OSError:
-                pass
+        try:
+            _, writer = await asyncio.open_unix_connection(admin_socket)
+            writer.close()
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        except OSError:
+            pass
         await asyncio.sleep(0.05)
     raise RuntimeError(f"lb is not serving on {host}:{port} with admin socket {admin_socket} "
                        f"(exit code {proc.poll()}; see {os.path.dirname(admin_socket)} and the demo log)")

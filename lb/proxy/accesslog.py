@@ -10,25 +10,40 @@ logged (no cookies, no Authorization) and the path is logged without its query.
 from __future__ import annotations
 
 import json
+import os
+import select
+import stat
 import sys
 import time
 
 from ..core import http1
 
+PIPE_BUF = select.PIPE_BUF       # a pipe write up to this size is atomic
+FILE_CHUNK = 1 << 20             # O_APPEND file writes: whole lines, up to this much at once
+
 
 class AccessLog:
-    """Where access lines go: 'stdout', 'off', or a file path (appended)."""
+    """Where access lines go: 'stdout', 'off', or a file path (appended).
 
-    def __init__(self, target: str):
+    Several workers write to one file or one stdout: each write() carries whole lines
+    only, to a file opened O_APPEND (appends are never interleaved), and to a pipe at most
+    PIPE_BUF bytes (atomic), so no line is ever cut by another worker's. With `worker`
+    set, every line names it."""
+
+    def __init__(self, target: str, worker: int | None = None):
         self._lines: list[str] = []
         self._owned = False
-        if target == "off":
-            self._out = None
-        elif target == "stdout":
-            self._out = sys.stdout
-        else:
-            self._out = open(target, "a", encoding="utf-8")
+        self._fd: int | None = None
+        self._chunk = PIPE_BUF
+        if target == "stdout":
+            sys.stdout.flush()
+            self._fd = sys.stdout.fileno()
+        elif target != "off":
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             self._owned = True
+        if self._fd is not None and stat.S_ISREG(os.fstat(self._fd).st_mode):
+            self._chunk = FILE_CHUNK
+        self._worker = {"worker": worker} if worker is not None else {}
         self._second = -1
         self._second_text = ""
 
@@ -41,7 +56,7 @@ class AccessLog:
         return "%s.%03dZ" % (self._second_text, int((now - second) * 1000))
 
     def write(self, exchange, route) -> None:
-        if self._out is None:
+        if self._fd is None:
             return
         head = exchange.head
         path = head.target.split(b"?", 1)[0].decode("latin-1")
@@ -55,7 +70,7 @@ class AccessLog:
             "retries": max(len(exchange.tried) - 1, 0),
             "pin": {"version": exchange.version, "how": exchange.pin_how}
             if exchange.pin_how else None,
-            **({"error": exchange.error} if exchange.error else {})}))
+            **({"error": exchange.error} if exchange.error else {}), **self._worker}))
 
     @staticmethod
     def _client(exchange) -> str:
@@ -68,20 +83,38 @@ class AccessLog:
 
     def write_error(self, client, exc) -> None:
         """A request refused before it had a parsed head (bad bytes, timeout)."""
-        if self._out is None:
+        if self._fd is None:
             return
         self._lines.append(json.dumps({
             "time": self._timestamp(), "client": client.ip.decode(), "method": None,
             "path": None, "status": exc.status, "bytes": 0, "backend": None,
-            "version": None, "duration_ms": 0, "retries": 0, "error": exc.message}))
+            "version": None, "duration_ms": 0, "retries": 0, "error": exc.message, **self._worker}))
 
     def flush(self) -> None:
-        if self._lines and self._out is not None:
-            lines, self._lines = self._lines, []
-            self._out.write("\n".join(lines) + "\n")
-            self._out.flush()
+        if not self._lines or self._fd is None:
+            return
+        lines, self._lines = self._lines, []
+        chunk, size, limit = [], 0, self._chunk
+        for line in lines:
+            data = line.encode() + b"\n"
+            if chunk and size + len(data) > limit:
+                self._write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except BlockingIOError:
+            pass                 # a full stdout pipe: the lines are dropped, traffic goes on
+        except OSError as exc:
+            print(f"lb: access log: {exc}", file=sys.stderr)
 
     def close(self) -> None:
         self.flush()
         if self._owned:
-            self._out.close()
+            os.close(self._fd)
+        self._fd = None

@@ -42,6 +42,7 @@ from .upstream import UpstreamPools
 log = logging.getLogger("lb.proxy")
 
 SWEEP_INTERVAL_S = 0.1
+LISTEN_BACKLOG = 2048
 
 
 class DataPlane:
@@ -74,11 +75,16 @@ class DataPlane:
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed = asyncio.Event()
 
-    async def start(self) -> None:
-        """Bind every listener. Raises OSError when a port cannot be bound."""
-        for host, port in self.config.listen:
+    async def start(self, listeners=None) -> None:
+        """Serve on `listeners` (bound sockets a master shares with its other workers), or bind
+        config.listen. Raises OSError when a port cannot be bound."""
+        if listeners is not None:
+            for sock in listeners:
+                self._servers.append(await self.loop.create_server(
+                    lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG))
+        for host, port in (self.config.listen if listeners is None else ()):
             server = await self.loop.create_server(
-                lambda: ClientConnection(self), host, port, backlog=2048, reuse_address=True)
+                lambda: ClientConnection(self), host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
             self._servers.append(server)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
@@ -184,15 +190,16 @@ class DataPlane:
                 exchange.fail(HttpError("no backend slot free in time (timeouts.queue)", 503))
 
     def outcome(self, route, failed: bool) -> None:
-        """A passive-health outcome (connect error or 5xx; or a success after one). A run
-        of failures long enough to eject is reported at once, not at the next sweep."""
+        """A passive-health outcome (connect error or 5xx; or a success after one). A failure
+        is reported at once, not at the next sweep: the control plane counts the runs of every
+        worker together, and ejects after passive.failures in a row across all of them."""
         route.fail_streak = route.fail_streak + 1 if failed else 0
         runs = route.outcomes
         if runs and runs[-1][0] == failed:
             runs[-1][1] += 1
         else:
             runs.append([failed, 1])
-        if failed and route.fail_streak == self.config.passive.failures:
+        if failed:
             self.report_soon()
 
     # -- used by client connections -------------------------------------------------

@@ -46,6 +46,16 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.02):
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def admin_answers(path: Path) -> bool:
+    """The admin socket accepts a connection (a stale file left by a killed lb does not)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def port_open(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -129,7 +139,8 @@ class Lb(Process):
         self._stderr = open(self.stderr_path, "ab")
         super().__init__([PYTHON, "-m", "lb.cli", "serve", "-c", str(self.config_path)],
                          stdout=subprocess.DEVNULL, stderr=self._stderr)
-        wait_for(lambda: (port_open(self.port) and self.socket_path.exists())
+        # The master shows its admin socket once its workers serve.
+        wait_for(lambda: (admin_answers(self.socket_path) and port_open(self.port))
                  or self.proc.poll() is not None, START_TIMEOUT_S, "lb to listen")
         assert self.proc.poll() is None, self.stderr_path.read_text()
 
@@ -155,11 +166,19 @@ class Lb(Process):
             return []
         return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
 
+    def worker_pids(self) -> list[int]:
+        """The master's children: its worker processes."""
+        return [int(pid) for task in Path(f"/proc/{self.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+
     def rss_kib(self, field: str = "VmRSS") -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise AssertionError(f"no {field} for pid {self.pid}")
+        """`field` of /proc/PID/status summed over the master and its workers."""
+        total = 0
+        for pid in [self.pid, *self.worker_pids()]:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        return total
 
     def stop(self, timeout_s: float = 10.0) -> int:
         code = super().stop(timeout_s)

@@ -88,7 +88,8 @@ def test_show_stats_quantiles_match_what_the_client_measured(spawn, tmp_path):
 
 def test_show_latency_merges_a_group_over_a_short_window(spawn, tmp_path):
     fast, slow = spawn(Backend, "web1"), spawn(Backend, "web2")
-    lb = spawn(Lb, tmp_path, [fast.config(), slow.config()], balance="round_robin")
+    # One worker: round robin alternates within one data plane (each worker keeps its own turn).
+    lb = spawn(Lb, tmp_path, [fast.config(), slow.config()], balance="round_robin", workers=1)
     for _ in range(10):
         get(lb.port, "/slow?ms=20")       # round robin: web1 gets these...
         get(lb.port, "/slow?ms=150")      # ...and web2 these

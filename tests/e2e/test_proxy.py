@@ -221,7 +221,8 @@ def test_access_log_has_one_json_line_per_request_without_secrets(shared_lb):
                                   if entry.get("path") == "/echo" and entry["bytes"] == len(resp.body)),
                                  None), 5, "the access log line")
     assert set(line) == {"time", "client", "method", "path", "status", "bytes", "backend",
-                         "version", "duration_ms", "retries", "pin"}
+                         "version", "duration_ms", "retries", "pin", "worker"}
+    assert line["worker"] in range(len(shared_lb.ctl("show info")["workers"]))
     assert line["pin"] == {"version": "v1", "how": "assigned"}     # http.client keeps no cookie
     assert line["status"] == 200 and line["method"] == "GET" and line["version"] == "v1"
     assert line["backend"] in {"web1", "web2", "web3"} and line["retries"] == 0

@@ -1,0 +1,99 @@
+"""A worker process: the data plane on listening sockets inherited from the master.
+
+Started by the master (lb/control/workers.py) as `python -m lb.worker CHANNEL_FD
+LISTENER_FD...`. Everything else comes over the channel (lb/channel.py): first the
+config and the routing view, then views, reloads, cuts and collects as they
+happen; the worker sends its data plane's reports back. It decides nothing about
+node state.
+
+The worker never outlives its master: EOF on the channel (the master exited or
+was killed) stops it within `drain.client_grace`. SIGTERM from the master's
+`("stop", timeout)` or from an operator is a graceful stop; SIGINT and SIGHUP,
+which a terminal sends to the whole process group, are left to the master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from .channel import open_channel
+from .proxy.accesslog import AccessLog
+from .proxy.dataplane import DataPlane
+
+log = logging.getLogger("lb.worker")
+ORPHAN_GRACE_S = 2.0          # how long connections get when the master is gone
+
+
+async def run(channel_fd: int, listener_fds: list[int]) -> int:
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    stop = asyncio.Event()
+    state: dict = {"data": None, "stop_timeout": ORPHAN_GRACE_S, "config": None, "view": None,
+                   "worker": 0}
+
+    def on_message(kind: str, payload) -> None:
+        data = state["data"]
+        if kind == "config":
+            if data is None:
+                state["config"], state["worker"] = payload
+            else:
+                data.apply_config(payload[0])
+        elif kind == "view":
+            if data is None:
+                state["view"] = payload
+                started.set()
+            else:
+                data.apply_view(payload)
+        elif kind == "cut" and data is not None:
+            data.cut(payload)
+        elif kind == "collect" and data is not None:
+            data.collect()
+        elif kind == "stop":
+            state["stop_timeout"] = payload
+            stop.set()
+
+    def on_closed() -> None:
+        if not stop.is_set():
+            log.warning("worker %d: the master is gone; stopping", state["worker"])
+            state["stop_timeout"] = min(ORPHAN_GRACE_S, state["stop_timeout"])
+            stop.set()
+            started.set()
+
+    sock = socket.socket(fileno=channel_fd)
+    channel = await open_channel(sock, on_message, on_closed)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await started.wait()
+    if state["config"] is None:
+        return 1
+    config = state["config"]
+    access_log = AccessLog(config.access_log if config.access_log in ("stdout", "off")
+                           else config.resolve(config.access_log), worker=state["worker"])
+    data = DataPlane(config, loop, access_log, lambda report: channel.send("report", report))
+    state["data"] = data
+    data.apply_view(state["view"])
+    listeners = [socket.socket(fileno=fd) for fd in listener_fds]
+    await data.start(listeners)
+    channel.send("ready", os.getpid())
+    await stop.wait()
+    await data.shutdown(state["stop_timeout"])
+    access_log.close()
+    channel.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the master decides (a terminal's ^C)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .cli import run_async
+    fds = [int(a) for a in argv]
+    return run_async(run(fds[0], fds[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
