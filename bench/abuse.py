@@ -3,7 +3,7 @@
     .venv/bin/python bench/abuse.py [--seconds 20] [--attacks slowloris,slow_body,...]
         [--proxies lb,haproxy] [--backends 4] [--users 20] [--newconn 4] [--tag T]
 
-The same `lb backend` processes (v1) sit behind lb and behind HAProxy (one
+The same `lb backend` processes (v1) sit behind lb (one worker) and behind HAProxy (one
 thread, timeouts set like lb's defaults: 10 s for a request head, 60 s idle, 1 h
 tunnels, leastconn, backend keep-alive). For each phase, lb and then HAProxy, each
 freshly started (no phase inherits another's memory):
@@ -327,6 +327,7 @@ def start_lb(workdir: Path, ports: list[int], procs: list) -> tuple[int, int]:
     backends = "\n".join(f"  - {{name: web{i + 1}, address: '127.0.0.1:{p}', version: v1}}" for i, p in enumerate(ports))
     conf = workdir / "lb.yaml"
     conf.write_text(f"""listen: 127.0.0.1:{port}
+workers: 1
 admin: {{socket: {workdir}/lb.sock}}
 metrics: {{listen: 127.0.0.1:{free_port()}}}
 state_file: {workdir}/lb.state

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|restart-lb|websocket]
         [--sessions 200] [--rate 1000] [--life 100] [--steady 10] [--baseline 5]
-        [--bake 10s] [--canary-bake 30s] [--tag T]
+        [--bake 10s] [--canary-bake 30s] [--tag T] [--workers N]
 
 10 `lb backend` processes (v1), lb on the embedded default config (free ports,
 its own admin socket, state and access log), and a load generator that shares
@@ -80,7 +80,7 @@ def percentiles(values: list[float]) -> dict:
 class System:
     """10 backends and lb in a scratch directory; everything stopped by pid at the end."""
 
-    def __init__(self, workdir: Path, scenario: str):
+    def __init__(self, workdir: Path, scenario: str, workers: int | None = None):
         self.dir = workdir
         self.names = [f"web{i}" for i in range(1, NODES + 1)]
         self.ports = {name: free_port() for name in self.names}
@@ -89,6 +89,8 @@ class System:
         config.update(listen=f"127.0.0.1:{self.port}", metrics={"listen": f"127.0.0.1:{free_port()}"},
                       admin={"socket": str(workdir / "lb.sock")}, state_file=str(workdir / "lb.state"),
                       access_log=str(workdir / "access.log"))
+        if workers is not None:
+            config["workers"] = workers
         if scenario == "websocket":
             config["drain"] = {"timeout": "5s"}
         for backend in config["backends"]:
@@ -517,13 +519,14 @@ def main() -> int:
     parser.add_argument("--bake", default="10s")
     parser.add_argument("--canary-bake", default="30s")
     parser.add_argument("--tag", help="suffix of the result files (run number)")
+    parser.add_argument("--workers", type=int, help="lb's worker processes (default: the config's, auto)")
     parser.add_argument("--update-nice", type=int, default=0,
                         help="run the update command under nice -n N (default 0: as is)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.scenario + (f"-{args.tag}" if args.tag else "")
     workdir = Path(tempfile.mkdtemp(prefix="lb-proof-", dir="/tmp"))
-    system = System(workdir, args.scenario)
+    system = System(workdir, args.scenario, args.workers)
     args.slow_start_s = system.slow_start_s
     try:
         system.start()

@@ -63,13 +63,13 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen]) -> tuple[int, int]:
-    """HAProxy over the same backends: one thread, leastconn, keep-alive and reuse both ways."""
+def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen], threads: int = 1) -> tuple[int, int]:
+    """HAProxy over the same backends: `threads` threads, leastconn, keep-alive and reuse both ways."""
     port = free_port()
     servers = "\n".join(f"  server web{i + 1} 127.0.0.1:{p}" for i, p in enumerate(ports))
-    conf = workdir / "haproxy.cfg"
+    conf = workdir / f"haproxy-{port}.cfg"
     conf.write_text(f"""global
-  nbthread 1
+  nbthread {threads}
   maxconn 4096
 defaults
   mode http
@@ -92,14 +92,15 @@ backend be
     return proc.pid, port
 
 
-def start_nginx_proxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen]) -> tuple[int, int]:
-    """nginx as a reverse proxy over the same backends: one worker, least_conn, upstream keep-alive."""
+def start_nginx_proxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen],
+                      threads: int = 1) -> tuple[int, int]:
+    """nginx as a reverse proxy over the same backends: `threads` workers, least_conn, upstream keep-alive."""
     port = free_port()
-    proxy_dir = workdir / "nginx-proxy"
+    proxy_dir = workdir / f"nginx-proxy-{port}"
     proxy_dir.mkdir()
     servers = " ".join(f"server 127.0.0.1:{p};" for p in ports)
     conf = proxy_dir / "nginx.conf"
-    conf.write_text(f"""worker_processes 1; daemon off; pid {proxy_dir}/nginx.pid;
+    conf.write_text(f"""worker_processes {threads}; daemon off; pid {proxy_dir}/nginx.pid;
 error_log {proxy_dir}/error.log;
 events {{ worker_connections 8192; }}
 http {{ access_log off; keepalive_requests 1000000;
@@ -135,15 +136,16 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s; {serv
 
 
 def start_lb(workdir: Path, ports: list[int], access_log: bool,
-             procs: list[subprocess.Popen]) -> tuple[subprocess.Popen, int]:
+             procs: list[subprocess.Popen], workers: int = 1) -> tuple[subprocess.Popen, int]:
     port = free_port()
     backends = "\n".join(f"  - {{name: web{i + 1}, address: '127.0.0.1:{p}', version: v1}}"
                          for i, p in enumerate(ports))
-    conf = workdir / "lb.yaml"
+    conf = workdir / f"lb-{port}.yaml"
     conf.write_text(f"""listen: 127.0.0.1:{port}
-admin: {{socket: {workdir}/lb.sock}}
+workers: {workers}
+admin: {{socket: {workdir}/lb-{port}.sock}}
 metrics: {{listen: 127.0.0.1:{free_port()}}}
-state_file: {workdir}/lb.state
+state_file: {workdir}/lb-{port}.state
 access_log: {workdir / 'access.log' if access_log else 'off'}
 backends:
 {backends}
@@ -187,9 +189,19 @@ def _latency(out: str, percentile: str) -> float:
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def box_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
 def measure(port: int, pid: int | None, seconds: float, connections: int, close: bool) -> dict:
     before = cpu_seconds(pid) if pid else 0.0
+    busy0, total0 = box_busy()
     result = run_wrk(port, seconds, connections, close)
+    busy1, total1 = box_busy()
+    result["box_busy_pct"] = round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1)
     if pid:
         used = cpu_seconds(pid) - before
         result["cpu_s"] = round(used, 3)
@@ -204,8 +216,11 @@ def main() -> int:
     parser.add_argument("--access-log", action="store_true", help="lb writes its access log to a file")
     parser.add_argument("--peers", action="store_true",
                         help="also HAProxy and nginx as proxies over the same backends (one thread/worker each)")
+    parser.add_argument("--workers", default="1",
+                        help="lb worker counts to run, e.g. 1,2 (peers get as many threads/workers)")
     parser.add_argument("--out", default=str(RESULTS / "throughput.json"))
     args = parser.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
     if not shutil.which("wrk") or not shutil.which("nginx") or (args.peers and not shutil.which("haproxy")):
         subprocess.run(["bash", str(ROOT / "bench" / "setup.sh")], check=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -216,17 +231,23 @@ def main() -> int:
         procs: list[subprocess.Popen] = []
         try:
             procs += start_backends(workdir, ports)
-            lb, lb_port = start_lb(workdir, ports, args.access_log, procs)
-            run_wrk(lb_port, 2, args.connections, False)          # warm up pools and caches
             rows["direct keep-alive"] = measure(ports[0], None, args.seconds, args.connections, False)
-            rows["lb keep-alive"] = measure(lb_port, lb.pid, args.seconds, args.connections, False)
-            rows["lb Connection: close"] = measure(lb_port, lb.pid, args.seconds, args.connections, True)
-            if args.peers:
-                for name, start in (("haproxy", start_haproxy), ("nginx", start_nginx_proxy)):
-                    pid, port = start(workdir, ports, procs)
-                    run_wrk(port, 2, args.connections, False)
-                    rows[f"{name} keep-alive"] = measure(port, pid, args.seconds, args.connections, False)
-                    rows[f"{name} Connection: close"] = measure(port, pid, args.seconds, args.connections, True)
+            for count in counts:
+                # Rows for 1 keep their old names ("lb keep-alive"); "lb x2 keep-alive" for 2.
+                tag = "" if count == 1 else f" x{count}"
+                lb, lb_port = start_lb(workdir, ports, args.access_log, procs, count)
+                run_wrk(lb_port, 2, args.connections, False)          # warm up pools and caches
+                rows[f"lb{tag} keep-alive"] = measure(lb_port, lb.pid, args.seconds, args.connections, False)
+                rows[f"lb{tag} Connection: close"] = measure(lb_port, lb.pid, args.seconds, args.connections, True)
+                lb.terminate()
+                lb.wait(40)
+                if args.peers:
+                    for name, start in (("haproxy", start_haproxy), ("nginx", start_nginx_proxy)):
+                        pid, port = start(workdir, ports, procs, count)
+                        run_wrk(port, 2, args.connections, False)
+                        rows[f"{name}{tag} keep-alive"] = measure(port, pid, args.seconds, args.connections, False)
+                        rows[f"{name}{tag} Connection: close"] = measure(port, pid, args.seconds,
+                                                                         args.connections, True)
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -240,13 +261,14 @@ def main() -> int:
     }
     if args.peers:
         report["versions"] = {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"])}
-        report["ratios_to_haproxy"] = ratios(rows)
+        report["ratios_to_haproxy"] = ratios(rows, counts)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'':26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'errors':>7}")
+    print(f"{'':29} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'box busy %':>10} {'errors':>7}")
     for name, row in rows.items():
         cpu = row.get("cpu_us_per_request", "-")
-        print(f"{name:26} {row['requests_per_s']:>9.0f} {row['latency_p50_ms']:>8.2f} "
-              f"{row['latency_p99_ms']:>8.2f} {cpu:>11} {row['non_2xx'] + row['socket_errors']:>7}")
+        print(f"{name:29} {row['requests_per_s']:>9.0f} {row['latency_p50_ms']:>8.2f} "
+              f"{row['latency_p99_ms']:>8.2f} {cpu:>11} {row['box_busy_pct']:>10} "
+              f"{row['non_2xx'] + row['socket_errors']:>7}")
     if args.peers:
         print("\nas a ratio to HAProxy (req/s: higher is better; latency and CPU: lower is better)")
         for name, ratio in report["ratios_to_haproxy"].items():
@@ -255,9 +277,9 @@ def main() -> int:
     return 0
 
 
-def ratios(rows: dict) -> dict:
+def ratios(rows: dict, counts: list[int]) -> dict:
     out = {}
-    for mode in ("keep-alive", "Connection: close"):
+    for mode in [f"{'' if c == 1 else f'x{c} '}{m}" for c in counts for m in ("keep-alive", "Connection: close")]:
         base = rows[f"haproxy {mode}"]
         for proxy in ("lb", "nginx"):
             row = rows[f"{proxy} {mode}"]

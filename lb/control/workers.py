@@ -122,8 +122,13 @@ class Workers:
         if worker.ready is not None and not worker.ready.done():
             worker.ready.set_exception(RuntimeError("exited before serving"))
             worker.ready.exception()          # retrieved: _spawn reports it
+        cuts = {}
         for name in list(self._cuts):
-            self._cut_answered(name, worker.slot, 0)
+            total = self._cut_answered(name, worker.slot, 0)
+            if total is not None:
+                cuts[name] = total
+        if worker.report is not None or cuts:
+            self._report_now(cuts)           # its requests and tunnels died with it
         for waiting, done in self._collects:
             waiting.discard(worker.slot)
         self._finish_collects()
@@ -199,8 +204,8 @@ class Workers:
         self._cuts[name] = (live, [0])
         for worker in self.slots.values():
             worker.channel.send("cut", name)
-        if not live:
-            self._cut_answered(name, None, 0)
+        if not live:                        # nobody carries anything: the cut closed nothing
+            self._report_now({name: self._cut_answered(name, None, 0)})
 
     def collect(self) -> asyncio.Future:
         """Ask every worker to report now; the future is done once each has."""
@@ -219,7 +224,7 @@ class Workers:
         for name, got in report.nodes.items():
             cut = None
             if got.cut is not None:
-                cut = self._cut_answered(name, worker.slot, got.cut, forward=False)
+                cut = self._cut_answered(name, worker.slot, got.cut)
             nodes[name] = NodeReport(sum(r.nodes[name].inflight for r in live if name in r.nodes),
                                      sum(r.nodes[name].tunnels for r in live if name in r.nodes),
                                      got.stats, got.outcomes, cut)
@@ -229,7 +234,7 @@ class Workers:
             waiting.discard(worker.slot)
         self._finish_collects()
 
-    def _cut_answered(self, name: str, slot: int | None, cut: int, forward: bool = True) -> int | None:
+    def _cut_answered(self, name: str, slot: int | None, cut: int) -> int | None:
         """Count one worker's answer to a cut; the total once every asked worker answered."""
         pending = self._cuts.get(name)
         if pending is None:
@@ -240,15 +245,21 @@ class Workers:
         if waiting:
             return None
         del self._cuts[name]
-        if forward:       # the last answer came from a worker's exit: say it in a report of its own
-            live = [w.report for w in self.slots.values() if w.report is not None]
-            generation = min((r.generation for r in live), default=self.view.generation if self.view else 0)
-            self.report_to(Report(generation, {name: NodeReport(
-                sum(r.nodes[name].inflight for r in live if name in r.nodes),
-                sum(r.nodes[name].tunnels for r in live if name in r.nodes),
-                StatsDelta(), [], total[0])}, Counter(), 0, None,
-                sum(r.clients for r in live), sum(r.queued for r in live)))
         return total[0]
+
+    def _report_now(self, cuts: dict[str, int]) -> None:
+        """A report of what is true now over the live workers, with no deltas (after a worker
+        exited), carrying the cuts that completed."""
+        live = [w.report for w in self.slots.values() if w.report is not None]
+        names = {name for r in live for name in r.nodes} | set(cuts)
+        if self.view is not None:
+            names |= {n.name for n in self.view.nodes}
+        generation = min((r.generation for r in live), default=self.view.generation if self.view else 0)
+        self.report_to(Report(generation, {name: NodeReport(
+            sum(r.nodes[name].inflight for r in live if name in r.nodes),
+            sum(r.nodes[name].tunnels for r in live if name in r.nodes),
+            StatsDelta(), [], cuts.get(name)) for name in names}, Counter(), 0, None,
+            sum(r.clients for r in live), sum(r.queued for r in live)))
 
     def _finish_collects(self) -> None:
         keep = []
