@@ -34,7 +34,7 @@ freshly started (no phase inherits another's memory):
     whole length.
 
 Measured per phase: the users' requests, failures, p50/p99 (keep-alive users and
-new-connection clients apart), the proxy's peak RSS (VmHWM after resetting it
+new-connection clients apart), the proxy's peak RSS (lb: its master and worker summed) (VmHWM after resetting it
 through /proc/PID/clear_refs at the phase start, and VmRSS sampled every 50 ms),
 its peak anonymous memory (RssAnon: the heap, without the mapped executable and
 libraries), its CPU (utime+stime over the phase, as % of one core), the bytes it wrote (/proc/PID/io wchar), and what the
@@ -60,7 +60,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from throughput import cpu_seconds, free_port, wait_port  # noqa: E402  (bench/ is this script's directory)
+import throughput  # noqa: E402  (bench/ is this script's directory)
+from throughput import cpu_seconds, free_port, wait_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ATTACKS = ("slowloris", "slow_body", "slow_reader", "pipeline_flood", "trailer_flood", "big_head",
@@ -344,36 +345,13 @@ backends:
 
 def start_haproxy(workdir: Path, ports: list[int], procs: list) -> tuple[int, int]:
     """HAProxy with lb's default limits: 10 s for a head, 60 s idle, 30 s to a first byte, 1 h tunnels."""
-    port = free_port()
-    servers = "\n".join(f"  server web{i + 1} 127.0.0.1:{p}" for i, p in enumerate(ports))
-    conf = workdir / "haproxy.cfg"
-    conf.write_text(f"""global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 2s
+    return throughput.start_haproxy(workdir, ports, procs, maxconn=9000, timeouts="""  timeout connect 2s
   timeout client 60s
   timeout http-request 10s
   timeout http-keep-alive 60s
   timeout server 30s
   timeout tunnel 1h
-  timeout queue 5s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:{port}
-  maxconn 9000
-  default_backend be
-backend be
-  balance leastconn
-  http-reuse safe
-{servers}
-""")
-    proc = subprocess.Popen(["haproxy", "-f", str(conf), "-db"], stdout=subprocess.DEVNULL,
-                            stderr=open(workdir / "haproxy.err", "wb"))
-    procs.append(proc)
-    wait_port(port, proc=proc)
-    return proc.pid, port
+  timeout queue 5s""")
 
 
 def wait_serving(port: int, timeout_s: float = 30.0) -> None:
@@ -398,35 +376,50 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (lb's master and its workers)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            pids += process_tree(int(child))
+    return pids
+
+
 class Sampler:
-    """Peak RSS and CPU of one process over a phase."""
+    """Peak RSS and CPU of a process and its children (lb's master and workers) over a phase.
+    Peaks of the tree are sums over its processes."""
 
     def __init__(self, pid: int):
         self.pid = pid
 
+    def kib(self, field: str) -> int:
+        return sum(status_kib(pid, field) for pid in process_tree(self.pid))
+
     def start(self) -> None:
-        try:
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")     # resets VmHWM to the current RSS
-            self.hwm = True
-        except OSError:
-            self.hwm = False
+        self.hwm = True
+        for pid in process_tree(self.pid):
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")     # resets VmHWM to the current RSS
+            except OSError:
+                self.hwm = False
         self.cpu0, self.t0 = cpu_seconds(self.pid), time.monotonic()
-        self.wrote0 = written_bytes(self.pid)
-        self.rss0 = self.peak = status_kib(self.pid, "VmRSS")
-        self.anon0 = self.anon_peak = status_kib(self.pid, "RssAnon")
+        self.wrote0 = sum(written_bytes(pid) for pid in process_tree(self.pid))
+        self.rss0 = self.peak = self.kib("VmRSS")
+        self.anon0 = self.anon_peak = self.kib("RssAnon")
 
     def sample(self) -> None:
-        self.peak = max(self.peak, status_kib(self.pid, "VmRSS"))
-        self.anon_peak = max(self.anon_peak, status_kib(self.pid, "RssAnon"))
+        self.peak = max(self.peak, self.kib("VmRSS"))
+        self.anon_peak = max(self.anon_peak, self.kib("RssAnon"))
 
     def result(self) -> dict:
         if self.hwm:
-            self.peak = max(self.peak, status_kib(self.pid, "VmHWM"))
+            self.peak = max(self.peak, self.kib("VmHWM"))
         elapsed = time.monotonic() - self.t0
         return {"rss_start_mib": round(self.rss0 / 1024, 1), "rss_peak_mib": round(self.peak / 1024, 1),
                 "anon_start_mib": round(self.anon0 / 1024, 1), "anon_peak_mib": round(self.anon_peak / 1024, 1),
                 "cpu_pct": round(100 * (cpu_seconds(self.pid) - self.cpu0) / elapsed, 1),
-                "wrote_mib": round((written_bytes(self.pid) - self.wrote0) / 1048576, 1)}
+                "wrote_mib": round((sum(written_bytes(pid) for pid in process_tree(self.pid))
+                                    - self.wrote0) / 1048576, 1)}
 
 
 def written_bytes(pid: int) -> int:

@@ -63,22 +63,27 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen], threads: int = 1) -> tuple[int, int]:
+HAPROXY_TIMEOUTS = """  timeout connect 2s
+  timeout client 60s
+  timeout server 60s"""
+
+
+def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen], threads: int = 1,
+                  maxconn: int = 4096, timeouts: str = HAPROXY_TIMEOUTS) -> tuple[int, int]:
     """HAProxy over the same backends: `threads` threads, leastconn, keep-alive and reuse both ways."""
     port = free_port()
     servers = "\n".join(f"  server web{i + 1} 127.0.0.1:{p}" for i, p in enumerate(ports))
     conf = workdir / f"haproxy-{port}.cfg"
     conf.write_text(f"""global
   nbthread {threads}
-  maxconn 4096
+  maxconn {maxconn}
 defaults
   mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
+{timeouts}
   option http-keep-alive
 frontend fe
   bind 127.0.0.1:{port}
+  maxconn {maxconn}
   default_backend be
 backend be
   balance leastconn
