@@ -73,6 +73,7 @@ class Workers:
         self.view: RoutingView | None = None
         self.slots: dict[int, Worker] = {}
         self.restarts = 0
+        self.restarts_by_slot: Counter = Counter()
         self.stopping = False
         self._cuts: dict[str, tuple[set[int], list[int]]] = {}   # name -> (slots to answer, [cut])
         self._collects: list[tuple[set[int], asyncio.Future]] = []
@@ -141,6 +142,7 @@ class Workers:
     async def _replace(self, worker: Worker) -> None:
         code = await self.loop.run_in_executor(None, _reap, worker.proc)
         self.restarts += 1
+        self.restarts_by_slot[worker.slot] += 1
         lived = time.time() - worker.started
         log.error("worker %d (pid %d) exited (%s) after %.1fs; starting it again", worker.slot,
                   worker.proc.pid, _how(code), lived)
@@ -155,7 +157,8 @@ class Workers:
                 await asyncio.sleep(CRASH_LOOP_S)
 
     def info(self) -> list[dict]:
-        return [{"worker": w.slot, "pid": w.proc.pid, "started": round(w.started, 3)}
+        return [{"worker": w.slot, "pid": w.proc.pid, "started": round(w.started, 3),
+                 "restarts": self.restarts_by_slot[w.slot]}
                 for w in sorted(self.slots.values(), key=lambda w: w.slot)]
 
     @property

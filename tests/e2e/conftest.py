@@ -216,11 +216,14 @@ def module_backends():
         backend.stop()
 
 
-@pytest.fixture(scope="module", params=["httptools", "h11"])
+@pytest.fixture(scope="module", params=[("httptools", "auto"), ("h11", "auto"), ("httptools", 1)],
+                ids=["httptools", "h11", "httptools-1-worker"])
 def shared_lb(request, module_backends, tmp_path_factory):
-    """One lb per parser implementation over the module's backends."""
+    """One lb per parser implementation over the module's backends, with `workers: auto` (2 on
+    the CI box), and once more with one worker: the proxy's tests run both ways."""
+    http, workers = request.param
     lb = Lb(tmp_path_factory.mktemp("lb"), [b.config() for b in module_backends],
-            http=request.param)
+            http=http, workers=workers)
     yield lb
     lb.stop()
 

@@ -23,8 +23,9 @@ async def ctl(lb, line, timeout_s=30.0):
 
 async def test_drain_update_ready_under_load_fails_nothing(spawn, tmp_path):
     backends = [spawn(Backend, f"web{i}") for i in (1, 2, 3)]
+    # Two workers: after the drain's reply neither sends web3 a new request.
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], health={"interval": "200ms"},
-               slow_start="0s")
+               slow_start="0s", workers=2)
     async with steady_load(lb, 6) as load:
         await load.wait_for_requests(100)
         assert (await ctl(lb, "drain web3"))["ok"]

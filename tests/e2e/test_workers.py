@@ -49,6 +49,7 @@ async def test_a_killed_worker_fails_only_its_own_connections_and_is_replaced(sp
     assert all("Closed" in what or "Error" in what for _, what in load.failures), load.failures
     info = lb.ctl("show info")
     assert info["worker_restarts"] == 1 and len(info["workers"]) == 2
+    assert sorted(w["restarts"] for w in info["workers"]) == [0, 1]
     servers = wait_for(lambda: all(s["inflight"] == 0 for s in lb.ctl("show servers")["servers"])
                        and lb.ctl("show servers")["servers"], 5, "nothing in flight")
     assert all(s["inflight"] >= 0 and s["tunnels"] == 0 for s in servers)
