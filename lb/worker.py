@@ -36,26 +36,34 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
     state: dict = {"data": None, "stop_timeout": ORPHAN_GRACE_S, "config": None, "view": None,
                    "worker": 0}
 
+    early: list = []               # what came before the data plane existed, replayed in order
+
     def on_message(kind: str, payload) -> None:
         data = state["data"]
-        if kind == "config":
-            if data is None:
+        if kind == "stop":
+            state["stop_timeout"] = payload
+            stop.set()
+            started.set()
+        elif data is None:
+            if kind == "config" and state["config"] is None:
                 state["config"], state["worker"] = payload
-            else:
-                data.apply_config(payload[0])
-        elif kind == "view":
-            if data is None:
+            elif kind == "view" and state["view"] is None:
                 state["view"] = payload
                 started.set()
             else:
-                data.apply_view(payload)
-        elif kind == "cut" and data is not None:
+                early.append((kind, payload))
+        else:
+            handle(data, kind, payload)
+
+    def handle(data, kind: str, payload) -> None:
+        if kind == "config":
+            data.apply_config(payload[0])
+        elif kind == "view":
+            data.apply_view(payload)
+        elif kind == "cut":
             data.cut(payload)
-        elif kind == "collect" and data is not None:
+        elif kind == "collect":
             data.collect()
-        elif kind == "stop":
-            state["stop_timeout"] = payload
-            stop.set()
 
     def on_closed() -> None:
         if not stop.is_set():
@@ -68,14 +76,16 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
     channel = await open_channel(sock, on_message, on_closed)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await started.wait()
-    if state["config"] is None:
-        return 1
+    if state["config"] is None or state["view"] is None:
+        return 1                   # stopped, or the master went away, before it said what to serve
     config = state["config"]
     access_log = AccessLog(config.access_log if config.access_log in ("stdout", "off")
                            else config.resolve(config.access_log), worker=state["worker"])
     data = DataPlane(config, loop, access_log, lambda report: channel.send("report", report))
-    state["data"] = data
     data.apply_view(state["view"])
+    for kind, payload in early:
+        handle(data, kind, payload)
+    state["data"] = data
     listeners = [socket.socket(fileno=fd) for fd in listener_fds]
     await data.start(listeners)
     channel.send("ready", os.getpid())

@@ -65,11 +65,13 @@ class Admin:
         try:
             command, args = parse(line)
             await self.control.synced()
+            await self.control.applied()      # and what the reports changed, every worker routes by
             payload = getattr(self, command.handler)(*args)
             if inspect.isawaitable(payload):
                 payload = await payload
             if command.mutates:
                 save_state(self.control)
+                await self.control.applied()  # the reply means every worker routes by the change
             return {"ok": True, **payload}
         except LbError as exc:
             return {"ok": False, "error": exc.message}
@@ -146,10 +148,9 @@ class Admin:
     def maint(self, name: str) -> dict:
         return self._set_state(name, "maint")
 
-    async def _set_state(self, name: str, event: str) -> dict:
+    def _set_state(self, name: str, event: str) -> dict:
         node = self.pool.get(name)
         self.control.set_admin_state(node, event)
-        await self.control.applied()      # the reply means every worker routes by the new state
         return self._server(node)
 
     def _server(self, node) -> dict:
