@@ -66,11 +66,12 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     restored = load_state(control)
     if restored:
         log.info("state file: %s", ", ".join(restored))
+    admin = Admin(control, config_path)
+    admin_server = AdminServer(admin, config.resolve(config.admin.socket), config.admin.mode)
+    admin_server.check_free()        # before any worker serves a client for a doomed lb
     listeners = bind(config.listen)
     workers = Workers(config, loop, listeners, control.on_report, worker_count(config.workers))
     control.attach(workers)
-    admin = Admin(control, config_path)
-    admin_server = AdminServer(admin, config.resolve(config.admin.socket), config.admin.mode)
     metrics = MetricsServer(control, *config.metrics.listen) if config.metrics.listen else None
     control.place_nodes()            # nodes in service before the first client can connect
     admin_up = False

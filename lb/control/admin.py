@@ -248,12 +248,17 @@ class AdminServer:
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
 
+    def check_free(self) -> None:
+        """Raises CommandError when another lb is listening on the socket (checked before the
+        workers start, and again when binding)."""
+        if os.path.exists(self.path) and _someone_listens(self.path):
+            raise CommandError(f"another lb is listening on the admin socket {self.path}")
+
     async def start(self) -> None:
         """Bind the socket. Raises CommandError when another lb is listening on it."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         if os.path.exists(self.path):
-            if _someone_listens(self.path):
-                raise CommandError(f"another lb is listening on the admin socket {self.path}")
+            self.check_free()
             os.unlink(self.path)              # stale, from a run that crashed
         # The socket is created with its mode (umask), never chmod-ed after the fact: the path
         # could be something else by then. It is bound and listening under a temporary name and
