@@ -142,3 +142,15 @@ def test_the_embedded_config_is_the_shipped_file_and_resolves_under_the_cwd(tmp_
 def test_unreadable_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("text, workers", [("", 0), ("workers: auto\n", 0), ("workers: 1\n", 1), ("workers: 64\n", 64)])
+def test_workers_auto_or_a_count(text, workers):
+    assert parse_config(MINIMAL + text).workers == workers
+
+
+@pytest.mark.parametrize("value", ["0", "65", "-1", "two", "true", "1.5", "[2]"])
+def test_bad_workers_name_the_key_and_value(value):
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL + f"workers: {value}\n", "lb.yaml")
+    assert info.value.message.startswith("lb.yaml: workers: expected auto or a whole number from 1 to 64")
