@@ -186,7 +186,9 @@ class Control:
         self.clients = report.clients
         self.queued = report.queued
         for node in list(self.pool.backends.values()):
-            if node.admin_state == DRAINING and node.idle and \
+            # Once a cut was asked for, the drain ends with its answer (which may come after
+            # the in-flight counts have dropped: with workers it waits for every one of them).
+            if node.admin_state == DRAINING and node.idle and node.name not in self.cutting and \
                     self.reported_generation >= self.drain_generation.get(node.name, 0):
                 self._drained(node, "idle")
 

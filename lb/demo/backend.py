@@ -200,11 +200,13 @@ class BackendApp:
         headers = self.headers([(b"content-type", b"application/json"), *extra])
         if with_body:
             headers.append((b"content-length", str(len(body)).encode()))
-        writer.write(conn.send(h11.Response(status_code=status, headers=headers,
-                                            reason=reason_phrase(status))))
+        # One write for the whole response: a backend killed at any instant has sent all of it
+        # or none (three writes could leave a head without its body, which no proxy may retry).
+        out = [conn.send(h11.Response(status_code=status, headers=headers, reason=reason_phrase(status)))]
         if body and conn.our_state is h11.SEND_BODY:
-            writer.write(conn.send(h11.Data(data=body)))
-        writer.write(conn.send(h11.EndOfMessage()))
+            out.append(conn.send(h11.Data(data=body)))
+        out.append(conn.send(h11.EndOfMessage()))
+        writer.write(b"".join(out))
         await writer.drain()
 
     async def _stream(self, conn, writer, chunks: int, ms: int) -> None:

@@ -101,6 +101,20 @@ async def test_a_drain_deadline_cuts_and_the_report_ends_the_drain(plane):
     assert web2.admin_state == DRAINED and web2.drain_cut == 2
 
 
+async def test_once_a_cut_is_asked_the_drain_ends_with_its_answer_not_with_idle(plane):
+    """With workers, one worker's cut empties the node before every worker has answered."""
+    control, data = plane
+    web2 = control.pool.backends["web2"]
+    control.set_admin_state(web2, "drain")
+    report(control, web2=(1, 0))
+    control.tick(control.now() + 31.0)
+    assert data.cuts == ["web2"]
+    report(control, web2=(0, 0))                        # nothing in flight, the cut not answered yet
+    assert web2.admin_state == DRAINING
+    report(control, web2=(0, 0, None, [], 1))
+    assert web2.admin_state == DRAINED and web2.drain_cut == 1
+
+
 @pytest.mark.parametrize("outcomes, ejected", [
     ([[True, 3]], True),
     ([[True, 2], [False, 1], [True, 2]], False),        # a success between breaks the run
