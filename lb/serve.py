@@ -74,6 +74,11 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     control.attach(workers)
     metrics = MetricsServer(control, *config.metrics.listen) if config.metrics.listen else None
     control.place_nodes()            # nodes in service before the first client can connect
+    # Signals are ours before anything shows lb is up (a SIGHUP's default action is to exit).
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(admin)))
     admin_up = False
     try:
         await workers.start()
@@ -88,10 +93,6 @@ async def serve(config: Config, config_path: str | None = None) -> None:
         raise
     control.start()                  # checks once the listeners are bound: no probe's source
                                      # port can take a listening port first
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(admin)))
     addresses = ", ".join(f"{h}:{p}" for h, p in workers.addresses)
     log.info("lb listening on %s with %d backends, %d workers (http: %s); admin socket %s",
              addresses, len(control.pool.backends), workers.count, config.http, admin_server.path)

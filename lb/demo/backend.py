@@ -50,6 +50,7 @@ from ..core.http1 import reason_phrase
 from ..files import atomic_write
 
 _CONN_ID: contextvars.ContextVar[int] = contextvars.ContextVar("conn_id", default=0)
+_HEAD: contextvars.ContextVar[bool] = contextvars.ContextVar("head", default=False)   # answering a HEAD
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 READ_SIZE = 65536
 MAX_ECHO_BYTES = 1 << 20
@@ -135,6 +136,7 @@ class BackendApp:
 
     async def _serve(self, conn, request: h11.Request, reader, writer) -> bool:
         """Answer one request; True when the connection must end (an upgrade)."""
+        _HEAD.set(request.method == b"HEAD")   # h11 refuses body bytes for it
         url = urlsplit(request.target.decode("latin-1"))
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path
@@ -203,7 +205,7 @@ class BackendApp:
         # One write for the whole response: a backend killed at any instant has sent all of it
         # or none (three writes could leave a head without its body, which no proxy may retry).
         out = [conn.send(h11.Response(status_code=status, headers=headers, reason=reason_phrase(status)))]
-        if body and conn.our_state is h11.SEND_BODY:
+        if body and conn.our_state is h11.SEND_BODY and not _HEAD.get():
             out.append(conn.send(h11.Data(data=body)))
         out.append(conn.send(h11.EndOfMessage()))
         writer.write(b"".join(out))
