@@ -26,10 +26,9 @@ from .control.metrics import MetricsServer
 from .control.plane import Control
 from .control.statefile import load_state
 from .control.workers import Workers, worker_count
-from .core.config import Config
+from .core.config import LISTEN_BACKLOG, Config
 
 log = logging.getLogger("lb")
-LISTEN_BACKLOG = 2048
 
 
 def bind(listen) -> list[socket.socket]:

@@ -59,7 +59,6 @@ class Worker:
     started: float = field(default_factory=time.time)
     ready: asyncio.Future | None = None
     report: Report | None = None          # the latest, for the counts that are true now
-    gone: bool = False
 
 
 class Workers:
@@ -117,7 +116,6 @@ class Workers:
             worker.ready.set_result(payload)
 
     def _on_closed(self, worker: Worker) -> None:
-        worker.gone = True
         if self.slots.get(worker.slot) is worker:
             del self.slots[worker.slot]
         if worker.ready is not None and not worker.ready.done():
@@ -222,17 +220,11 @@ class Workers:
     # -- reports --------------------------------------------------------------------------
     def _on_report(self, worker: Worker, report: Report) -> None:
         worker.report = report
-        live = [w.report for w in self.slots.values() if w.report is not None]
-        nodes = {}
+        deltas = {}
         for name, got in report.nodes.items():
-            cut = None
-            if got.cut is not None:
-                cut = self._cut_answered(name, worker.slot, got.cut)
-            nodes[name] = NodeReport(sum(r.nodes[name].inflight for r in live if name in r.nodes),
-                                     sum(r.nodes[name].tunnels for r in live if name in r.nodes),
-                                     got.stats, got.outcomes, cut)
-        self.report_to(Report(min(r.generation for r in live), nodes, report.failed, report.retries,
-                              report.pins, sum(r.clients for r in live), sum(r.queued for r in live)))
+            cut = self._cut_answered(name, worker.slot, got.cut) if got.cut is not None else None
+            deltas[name] = (got.stats, got.outcomes, cut)
+        self._send_merged(deltas, report.failed, report.retries, report.pins)
         for waiting, done in self._collects:
             waiting.discard(worker.slot)
         self._finish_collects()
@@ -253,16 +245,21 @@ class Workers:
     def _report_now(self, cuts: dict[str, int]) -> None:
         """A report of what is true now over the live workers, with no deltas (after a worker
         exited), carrying the cuts that completed."""
+        names = {name for w in self.slots.values() if w.report is not None for name in w.report.nodes}
+        names |= set(cuts) | ({n.name for n in self.view.nodes} if self.view is not None else set())
+        self._send_merged({name: (StatsDelta(), [], cuts.get(name)) for name in names}, Counter(), 0, None)
+
+    def _send_merged(self, deltas: dict, failed: Counter, retries: int, pins) -> None:
+        """One report for the control plane: per node, what is true now (in flight, tunnels)
+        summed over every live worker's latest report, with `deltas` (name -> stats, outcomes,
+        cut); the pool-wide deltas pass through, clients and queued are sums."""
         live = [w.report for w in self.slots.values() if w.report is not None]
-        names = {name for r in live for name in r.nodes} | set(cuts)
-        if self.view is not None:
-            names |= {n.name for n in self.view.nodes}
         generation = min((r.generation for r in live), default=self.view.generation if self.view else 0)
-        self.report_to(Report(generation, {name: NodeReport(
-            sum(r.nodes[name].inflight for r in live if name in r.nodes),
-            sum(r.nodes[name].tunnels for r in live if name in r.nodes),
-            StatsDelta(), [], cuts.get(name)) for name in names}, Counter(), 0, None,
-            sum(r.clients for r in live), sum(r.queued for r in live)))
+        nodes = {name: NodeReport(sum(r.nodes[name].inflight for r in live if name in r.nodes),
+                                  sum(r.nodes[name].tunnels for r in live if name in r.nodes), *delta)
+                 for name, delta in deltas.items()}
+        self.report_to(Report(generation, nodes, failed, retries, pins,
+                              sum(r.clients for r in live), sum(r.queued for r in live)))
 
     def _finish_collects(self) -> None:
         keep = []

@@ -180,6 +180,7 @@ def _log_target(value: Any) -> str:
 
 
 WORKERS_MAX = 64
+LISTEN_BACKLOG = 2048      # the master's listen(); a worker serving the socket says it again
 
 
 def _workers(value: Any) -> int:

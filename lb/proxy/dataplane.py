@@ -32,6 +32,7 @@ from typing import Callable
 
 from ..core import http1
 from ..core.balance import POLICIES, RoutingTable
+from ..core.config import LISTEN_BACKLOG
 from ..core.errors import HttpError
 from ..core.pinning import Pinning
 from ..core.planes import NodeReport, Report, RoutingView
@@ -42,7 +43,6 @@ from .upstream import UpstreamPools
 log = logging.getLogger("lb.proxy")
 
 SWEEP_INTERVAL_S = 0.1
-LISTEN_BACKLOG = 2048
 
 
 class DataPlane:
@@ -75,17 +75,11 @@ class DataPlane:
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed = asyncio.Event()
 
-    async def start(self, listeners=None) -> None:
-        """Serve on `listeners` (bound sockets a master shares with its other workers), or bind
-        config.listen. Raises OSError when a port cannot be bound."""
-        if listeners is not None:
-            for sock in listeners:
-                self._servers.append(await self.loop.create_server(
-                    lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG))
-        for host, port in (self.config.listen if listeners is None else ()):
-            server = await self.loop.create_server(
-                lambda: ClientConnection(self), host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
-            self._servers.append(server)
+    async def start(self, listeners) -> None:
+        """Serve on `listeners`: the bound sockets the master shares with its other workers."""
+        for sock in listeners:
+            self._servers.append(await self.loop.create_server(
+                lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG))
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
     @property
