@@ -24,23 +24,17 @@ def run_async(coro):
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from .serve import failure_message, serve
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"lb: {exc.message}", file=sys.stderr)
         return 2
     try:
-        run_async(serve(config, args.config))
-    except LbError as exc:
-        print(f"lb: {exc.message}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"lb: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"lb: {exc}", file=sys.stderr)
-        return 1
+        run_async(serve(config, args.config, args.upgrade_fd))
+    except (LbError, OSError, RuntimeError) as exc:
+        print(f"lb: {failure_message(exc)}", file=sys.stderr)
+        return 1 if isinstance(exc, RuntimeError) else 2
     return 0
 
 
@@ -151,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the proxy in the foreground")
     serve.add_argument("-c", "--config", help="config file (default: the embedded one, "
                        "with its admin socket and state file in ./run/)")
+    serve.add_argument("--upgrade-fd", type=int, help=argparse.SUPPRESS)   # a new master's handoff channel
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a config: exit 0, or 2 naming the key path")

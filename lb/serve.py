@@ -1,7 +1,8 @@
 """`lb serve`: the master. It wires the control plane to the workers, in the foreground until
-SIGTERM/SIGINT.
+SIGTERM/SIGINT, and hands everything to a new master at an upgrade.
 
-The master binds the listeners once and never touches request bytes: it owns the
+The master binds the listeners once (or takes them from systemd socket activation,
+or from the old master at an upgrade) and never touches request bytes: it owns the
 control plane (pool, admin socket, state file, checks, /metrics) and the worker
 processes (lb/control/workers.py), which carry all traffic on the inherited
 listening sockets. The control plane meets the workers through the one interface
@@ -10,104 +11,291 @@ reloads and cuts go to every worker.
 
 One listening socket is shared by every worker, not one SO_REUSEPORT socket each:
 the kernel resets the connections queued on a reuseport socket when it closes, so
-a worker that exits or is replaced (and the hitless upgrade, which hands the same
-sockets to a new master) would fail the clients waiting in its queue.
+a worker that exits or is replaced, and the old master's workers at an upgrade,
+would fail the clients waiting in its queue. A shared socket closes only with its
+last holder, and the new master holds it before the old one lets go.
+
+Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads, SIGUSR2 upgrades (the
+`upgrade` command: lb/control/handoff.py), SIGUSR1 reopens the access log file.
+systemd hears READY=1, RELOADING=1, STOPPING=1 and, from a new master, MAINPID=.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 
+from . import systemd
+from .control import handoff
 from .control.admin import Admin, AdminServer
 from .control.metrics import MetricsServer
 from .control.plane import Control
 from .control.statefile import load_state
 from .control.workers import Workers, worker_count
-from .core.config import LISTEN_BACKLOG, Config
+from .core.config import LISTEN_BACKLOG, Config, format_hostport
+from .core.errors import CommandError, LbError
 
 log = logging.getLogger("lb")
 
 
-def bind(listen) -> list[socket.socket]:
-    """Bind and listen on every address, inheritable by the workers. Raises OSError."""
-    socks: list[socket.socket] = []
+def failure_message(exc: BaseException) -> str:
+    """What `lb serve` prints when it cannot start (and a new master tells the old one)."""
+    if isinstance(exc, LbError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return f"cannot listen: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _address(host: str, port: int) -> tuple[int, tuple]:
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                  flags=socket.AI_PASSIVE)[0]
+    return family, address
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, inheritable by the workers. Raises OSError."""
+    family, address = _address(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        for host, port in listen:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-            sock = socket.socket(family, kind, proto)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-            sock.set_inheritable(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
     except OSError:
-        for sock in socks:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _take(available: list[socket.socket], host: str, port: int) -> socket.socket | None:
+    """The socket of `available` bound to host:port (removed from the list), or None."""
+    family, address = _address(host, port)
+    for sock in available:
+        if sock.family == family and sock.getsockname()[:2] == address[:2]:
+            available.remove(sock)
+            return sock
+    return None
+
+
+def systemd_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (socket activation). Raises LbError for one that
+    is not a listening TCP socket."""
+    sockets = []
+    for fd, name in systemd.listen_fds():
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) \
+                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise LbError(f"systemd passed fd {fd} ({name}) that is not a listening TCP socket")
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets
+
+
+def take_sockets(config: Config, available: list[socket.socket], origin: str) -> tuple[list, socket.socket | None]:
+    """The listeners of `config` (and the /metrics socket) from `available`, binding what is
+    missing. What is left in `available` is the caller's to refuse or close. Raises OSError."""
+    made: list[socket.socket] = []
+    try:
+        listeners = []
+        for host, port in config.listen:
+            sock = _take(available, host, port)
+            if sock is None:
+                sock = bind(host, port)
+                made.append(sock)
+            else:
+                log.info("listening on %s: socket from %s", format_hostport(host, port), origin)
+            listeners.append(sock)
+        metrics = None
+        if config.metrics.listen:
+            metrics = _take(available, *config.metrics.listen)
+            if metrics is None:
+                metrics = bind(*config.metrics.listen)
+                made.append(metrics)
+    except OSError:
+        for sock in made:
             sock.close()
         raise
-    return socks
+    return listeners, metrics
 
 
-async def serve(config: Config, config_path: str | None = None) -> None:
-    """Run until a stop signal; then drain gracefully (bounded by drain.timeout).
+class Master:
+    """The master of `lb serve`: its start, its signals, its stop, and its upgrade."""
 
-    Raises CommandError when the admin socket is taken, OSError when a port is,
-    RuntimeError when a worker cannot start.
-    """
-    loop = asyncio.get_running_loop()
-    control = Control(config, loop)
-    restored = load_state(control)
-    if restored:
-        log.info("state file: %s", ", ".join(restored))
-    admin = Admin(control, config_path)
-    admin_server = AdminServer(admin, config.resolve(config.admin.socket), config.admin.mode)
-    admin_server.check_free()        # before any worker serves a client for a doomed lb
-    listeners = bind(config.listen)
-    workers = Workers(config, loop, listeners, control.on_report, worker_count(config.workers))
-    control.attach(workers)
-    metrics = MetricsServer(control, *config.metrics.listen) if config.metrics.listen else None
-    control.place_nodes()            # nodes in service before the first client can connect
-    # Signals are ours before anything shows lb is up (a SIGHUP's default action is to exit).
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(admin)))
-    admin_up = False
-    try:
-        await workers.start()
-        await admin_server.start()   # the admin socket appears once the workers serve
-        admin_up = True
-        if metrics is not None:
-            await metrics.start()
-    except BaseException:
-        if admin_up:                 # never unlink a socket another lb still serves
-            await admin_server.close()
-        await workers.shutdown(0)
-        raise
-    control.start()                  # checks once the listeners are bound: no probe's source
-                                     # port can take a listening port first
-    addresses = ", ".join(f"{h}:{p}" for h, p in workers.addresses)
-    log.info("lb listening on %s with %d backends, %d workers (http: %s); admin socket %s",
-             addresses, len(control.pool.backends), workers.count, config.http, admin_server.path)
-    await stop.wait()
-    log.info("stopping: finishing requests in flight (up to %.0fs)", config.drain.timeout)
-    await admin_server.close()
-    if metrics is not None:
-        await metrics.close()
-    await workers.shutdown(config.drain.timeout)
-    await control.stop()
-    log.info("stopped")
+    def __init__(self, config: Config, config_path: str | None, upgrade_fd: int | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.upgrade_fd = upgrade_fd
+        self.upgrading = False
+        self.successor: handoff.Successor | None = None
+        self.metrics_sock: socket.socket | None = None
+
+    async def run(self) -> None:
+        """Serve until a stop signal (or until a new master took over), then finish gracefully.
+
+        Raises LbError when the admin socket is taken or a config does not fit, OSError when
+        a port is, RuntimeError when a worker cannot start."""
+        self.loop = asyncio.get_running_loop()
+        self.stop = asyncio.Event()
+        inherited = None
+        if self.upgrade_fd is not None:
+            inherited = await handoff.receive(self.upgrade_fd)
+        try:
+            await self._start(inherited)
+        except (LbError, OSError, RuntimeError) as exc:
+            if inherited is not None:
+                inherited.send("error", failure_message(exc))
+            raise
+        await self.stop.wait()
+        if self.successor is not None:
+            await self._retire()
+        else:
+            await self._stop()
+
+    async def _start(self, inherited) -> None:
+        config, loop = self.config, self.loop
+        control = self.control = Control(config, loop)
+        restored = load_state(control)
+        if restored:
+            log.info("state file: %s", ", ".join(restored))
+        if inherited is not None:
+            said = handoff.restore(control, inherited.state, control.now())
+            log.info("upgrade: taking over from pid %d%s", inherited.state["pid"],
+                     f" ({', '.join(said)})" if said else "")
+        admin = self.admin = Admin(control, self.config_path)
+        admin.upgrader = self.upgrade
+        admin_server = self.admin_server = AdminServer(admin, config.resolve(config.admin.socket),
+                                                       config.admin.mode)
+        if inherited is None:
+            admin_server.check_free()     # before any worker serves a client for a doomed lb
+            available, origin = systemd_sockets(), "systemd"
+        else:
+            available, origin = inherited.sockets, f"pid {inherited.state['pid']}"
+        listeners, self.metrics_sock = take_sockets(config, available, origin)
+        for sock in available:
+            if inherited is None:
+                raise LbError(f"systemd passed a socket on {format_hostport(*sock.getsockname()[:2])} that "
+                              f"the config names in neither listen nor metrics.listen")
+            sock.close()                  # no longer in the config: the old workers let go of it too
+        workers = self.workers = Workers(config, loop, listeners, control.on_report,
+                                         worker_count(config.workers))
+        control.attach(workers)
+        if inherited is not None:
+            workers.adopt(handoff.Predecessor(inherited, workers))
+        metrics = self.metrics = MetricsServer(control, self.metrics_sock) if self.metrics_sock else None
+        control.place_nodes()             # nodes in service before the first client can connect
+        # Signals are ours before anything shows lb is up (a SIGHUP's default action is to exit).
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._command("reload", "SIGHUP")))
+        loop.add_signal_handler(signal.SIGUSR2, lambda: loop.create_task(self._command("upgrade", "SIGUSR2")))
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        try:
+            await workers.start()
+            if metrics is not None:
+                await metrics.start()
+            # The admin socket's path shows lb up: it is taken once the workers serve (and at an
+            # upgrade, renamed over the old master's socket as the last step, nothing can fail after).
+            await admin_server.start(replace=inherited is not None)
+        except BaseException:
+            workers.predecessor = None            # a failed new master leaves the old one alone
+            await workers.shutdown(0)
+            raise
+        control.start()                   # checks once the listeners are bound: no probe's source
+                                          # port can take a listening port first
+        addresses = ", ".join(format_hostport(h, p) for h, p in workers.addresses)
+        log.info("lb listening on %s with %d backends, %d workers (http: %s); admin socket %s",
+                 addresses, len(control.pool.backends), workers.count, config.http, admin_server.path)
+        if inherited is not None:
+            inherited.send("serving", {"pid": os.getpid(), "admin": admin_server.path, "workers": workers.info()})
+            systemd.notify(f"MAINPID={os.getpid()}", "READY=1", f"STATUS=upgraded from pid {inherited.state['pid']}")
+        else:
+            systemd.notify("READY=1")
+
+    async def _stop(self) -> None:
+        log.info("stopping: finishing requests in flight (up to %.0fs)", self.config.drain.timeout)
+        systemd.notify("STOPPING=1")
+        await self.admin_server.close()
+        if self.metrics is not None:
+            await self.metrics.close()
+        await self.workers.shutdown(self.config.drain.timeout)
+        await self.control.stop()
+        log.info("stopped")
+
+    async def _retire(self) -> None:
+        """A new master serves: the workers finish what they carry, the admin socket relays to
+        the new master meanwhile, and then this one exits."""
+        log.info("upgraded: pid %d serves; the old workers finish their connections (up to %.0fs)",
+                 self.successor.proc.pid, self.config.drain.timeout)
+        await self.workers.shutdown(self.config.drain.timeout)
+        self.successor.close()
+        await self.admin_server.close()
+        log.info("old master done")
+
+    # -- the upgrade (the old master's side; the new one's is `_start` with `inherited`) -----
+    async def upgrade(self) -> dict:
+        """Start a new master and hand it everything; the reply once it serves. Raises
+        CommandError when it cannot start: this master then serves on as before."""
+        if self.upgrading:
+            raise CommandError("an upgrade is in progress already; its reply tells how it went")
+        if self.stop.is_set():
+            raise CommandError("lb is stopping; nothing to upgrade")
+        self.upgrading = True
+        control, workers, admin = self.control, self.workers, self.admin
+        held: list = []
+        workers.report_to = held.append           # frozen: nothing is decided from here on
+        await control.stop()
+        gate = self.loop.create_future()
+        admin.frozen = gate                       # other commands wait for the outcome
+        state = handoff.snapshot(control, control.now())
+        successor = handoff.Successor(self.loop, workers, self.config_path)
+        sockets = [*workers.listeners, *([self.metrics_sock] if self.metrics_sock else [])]
+        log.info("upgrade: starting a new master")
+        try:
+            serving = await successor.start(state, sockets)
+        except handoff.UpgradeFailed as exc:
+            workers.report_to = control.on_report
+            for report in held:
+                control.on_report(report)
+            control.start()
+            self.upgrading = False
+            admin.frozen = None
+            gate.set_result(None)
+            log.error("upgrade failed, this master serves on: %s", exc.message)
+            raise CommandError(f"upgrade failed; lb (pid {os.getpid()}) serves on as before: {exc.message}") \
+                from None
+        for report in held:
+            successor.relay(report)
+        successor.take_over()
+        self.successor = successor
+        admin.relay_to, admin.successor_pid = serving["admin"], serving["pid"]
+        admin.frozen = None
+        gate.set_result(None)                     # the waiting commands go to the new master
+        if self.metrics is not None:
+            await self.metrics.close()            # the new master serves /metrics on the socket
+        self.stop.set()
+        log.info("upgrade: pid %d serves", serving["pid"])
+        return {"upgrade": {"old_pid": os.getpid(), "new_pid": serving["pid"],
+                            "upgrades": state["upgrades"] + 1, "workers": serving["workers"]}}
+
+    async def _command(self, line: str, why: str) -> None:
+        reply = await self.admin.execute(line)
+        if not reply["ok"]:
+            log.error("%s %s: %s", why, line, reply["error"])
+        elif line == "reload":
+            log.info("%s reload: %s", why, "; ".join(reply["changed"]) or "no change")
+
+    def _reopen_logs(self) -> None:
+        log.info("SIGUSR1: the workers reopen the access log file")
+        self.workers.reopen_logs()
 
 
-async def _reload(admin: Admin) -> None:
-    reply = await admin.execute("reload")
-    if reply["ok"]:
-        log.info("SIGHUP reload: %s", "; ".join(reply["changed"]) or "no change")
-    else:
-        log.error("SIGHUP reload: %s", reply["error"])
+async def serve(config: Config, config_path: str | None = None, upgrade_fd: int | None = None) -> None:
+    await Master(config, config_path, upgrade_fd).run()

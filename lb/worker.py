@@ -8,8 +8,10 @@ node state.
 
 The worker never outlives its master: EOF on the channel (the master exited or
 was killed) stops it within `drain.client_grace`. SIGTERM from the master's
-`("stop", timeout)` or from an operator is a graceful stop; SIGINT and SIGHUP,
-which a terminal sends to the whole process group, are left to the master.
+`("stop", timeout)` or from an operator is a graceful stop (lb/proxy/dataplane.py:
+`shutdown`); SIGINT and SIGHUP, which a terminal sends to the whole process group,
+and SIGUSR1/SIGUSR2, which `systemctl kill` sends to every process of the unit, are
+left to the master, which tells the workers what to do.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
             data.cut(payload)
         elif kind == "collect":
             data.collect()
+        elif kind == "reopen":
+            data.access_log.reopen()
 
     def on_closed() -> None:
         if not stop.is_set():
@@ -90,7 +94,8 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
     await data.start(listeners)
     channel.send("ready", os.getpid())
     await stop.wait()
-    await data.shutdown(state["stop_timeout"])
+    timeout = state["stop_timeout"]
+    await data.shutdown(timeout, min(data.config.drain.client_grace, timeout))
     access_log.close()
     channel.close()
     return 0
@@ -99,6 +104,8 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the master decides (a terminal's ^C)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)     # the master relays them (`systemctl kill`
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)     # signals every process of the unit)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from .cli import run_async
     fds = [int(a) for a in argv]

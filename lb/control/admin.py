@@ -25,6 +25,7 @@ from ..core.commands import (backend_config, check_version, help_lines, parse, p
 from ..core.errors import CommandError, ConfigError, LbError
 from ..core.nodes import DRAINED, MAINT, READY, UP
 from ..core.stats import WINDOW_S, bucket_quantiles, iso_utc, ms
+from .. import systemd
 from ..files import load_config
 from .statefile import save_state
 
@@ -54,6 +55,10 @@ class Admin:
     def __init__(self, control, config_path: str | None):
         self.control = control
         self.config_path = config_path
+        self.upgrader = None              # the master's upgrade (serve.py), when there is one
+        self.frozen: asyncio.Future | None = None   # while an upgrade hands over: commands wait
+        self.relay_to: str | None = None  # after it: the new master's admin socket
+        self.successor_pid: int | None = None
 
     @property
     def pool(self):
@@ -61,9 +66,17 @@ class Admin:
 
     # -- one line in, one reply out -------------------------------------------------
     async def execute(self, line: str) -> dict:
-        """Run one command line; never raises for bad input."""
+        """Run one command line; never raises for bad input. While an upgrade hands over, a
+        command waits for its outcome; once a new master serves, commands that still reach
+        this one (on connections opened before) are relayed to it."""
         try:
+            if self.relay_to is not None:
+                return await self._relay(line)
             command, args = parse(line)
+            if self.frozen is not None and command.handler != "upgrade":
+                await asyncio.shield(self.frozen)
+                if self.relay_to is not None:
+                    return await self._relay(line)
             await self.control.synced()
             await self.control.applied()      # and what the reports changed, every worker routes by
             payload = getattr(self, command.handler)(*args)
@@ -75,6 +88,24 @@ class Admin:
             return {"ok": True, **payload}
         except LbError as exc:
             return {"ok": False, "error": exc.message}
+
+    async def _relay(self, line: str) -> dict:
+        """The new master's reply to `line`. Raises CommandError when it does not answer."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.relay_to, limit=1 << 24)
+            try:
+                writer.write(line.rstrip("\r\n").encode() + b"\n")
+                await writer.drain()
+                raw = await reader.readline()
+            finally:
+                writer.close()
+            if raw:
+                return json.loads(raw)
+            why = "it closed the connection without a reply"
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        raise CommandError(f"lb was upgraded (new master pid {self.successor_pid}) and its admin socket "
+                           f"{self.relay_to} did not answer: {why}; retry")
 
     # -- handlers ------------------------------------------------------------------
     def help(self) -> dict:
@@ -104,9 +135,11 @@ class Admin:
 
     def show_info(self) -> dict:
         link = self.control.link
+        predecessor = getattr(link, "predecessor", None)
         return {"pid": os.getpid(), "version": lb_version(), "started": round(self.control.started, 3),
                 "workers": link.info() if hasattr(link, "info") else [],
-                "worker_restarts": getattr(link, "restarts", 0)}
+                "worker_restarts": getattr(link, "restarts", 0), "upgrades": self.control.upgrades,
+                "old_master": {"pid": predecessor.pid} if predecessor is not None else None}
 
     def show_stats(self, name: str | None = None) -> dict:
         now = time.monotonic()
@@ -229,11 +262,20 @@ class Admin:
     def reload(self) -> dict:
         if self.config_path is None:
             raise CommandError("this lb was started without a config file; nothing to reload")
+        systemd.notify("RELOADING=1", systemd.monotonic_usec())
         try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            raise CommandError(f"reload refused, the running config stays: {exc.message}") from None
-        return {"changed": self.control.reload(new)}
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                raise CommandError(f"reload refused, the running config stays: {exc.message}") from None
+            return {"changed": self.control.reload(new)}
+        finally:
+            systemd.notify("READY=1")
+
+    async def upgrade(self) -> dict:
+        if self.upgrader is None:
+            raise CommandError("'upgrade' needs lb serve's master")
+        return await self.upgrader()
 
 
 # -- the Unix socket --------------------------------------------------------------
@@ -247,6 +289,7 @@ class AdminServer:
         self.mode = mode
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._inode: int | None = None        # of the socket file this server made
 
     def check_free(self) -> None:
         """Raises CommandError when another lb is listening on the socket (checked before the
@@ -254,10 +297,11 @@ class AdminServer:
         if os.path.exists(self.path) and _someone_listens(self.path):
             raise CommandError(f"another lb is listening on the admin socket {self.path}")
 
-    async def start(self) -> None:
-        """Bind the socket. Raises CommandError when another lb is listening on it."""
+    async def start(self, replace: bool = False) -> None:
+        """Bind the socket. Raises CommandError when another lb is listening on it, unless
+        `replace` (a new master at an upgrade takes the path over from the old one)."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        if os.path.exists(self.path):
+        if os.path.exists(self.path) and not replace:
             self.check_free()
             os.unlink(self.path)              # stale, from a run that crashed
         # The socket is created with its mode (umask), never chmod-ed after the fact: the path
@@ -271,6 +315,7 @@ class AdminServer:
                 os.unlink(temporary)
             sock.bind(temporary)
             sock.listen(64)
+            self._inode = os.stat(temporary).st_ino
             os.rename(temporary, self.path)
         except OSError:
             sock.close()
@@ -313,7 +358,8 @@ class AdminServer:
             for writer in list(self._clients):
                 writer.close()
         try:
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self._inode:   # not a new master's, after an upgrade
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 

@@ -84,7 +84,10 @@ class LbCollector:
         restarts.add_metric([], getattr(control.link, "restarts", 0))
         workers = GaugeMetricFamily("lb_workers", "Worker processes serving")
         workers.add_metric([], len(control.link.info()) if hasattr(control.link, "info") else 0)
-        yield from (retries, failed, capacity, clients, queued, drains, drain_time, restarts, workers)
+        upgrades = CounterMetricFamily("lb_upgrades", "Hitless upgrades of lb itself (each master hands "
+                                       "the count on)")
+        upgrades.add_metric([], control.upgrades)
+        yield from (retries, failed, capacity, clients, queued, drains, drain_time, restarts, workers, upgrades)
         if control.pinning_on:
             assigned = CounterMetricFamily("lb_pin_assignments", "Clients assigned a version",
                                            labels=["version"])
@@ -100,16 +103,15 @@ class LbCollector:
 class MetricsServer:
     """GET /metrics on metrics.listen (never the public port); anything else is 404."""
 
-    def __init__(self, control, host: str, port: int):
+    def __init__(self, control, sock):
         self.control = control
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LbCollector(control))
-        self.host, self.port = host, port
+        self.sock = sock                  # bound by the master (handed to a new one at an upgrade)
         self._server = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  reuse_address=True, limit=8192)
+        self._server = await asyncio.start_server(self._serve, sock=self.sock, limit=8192)
 
     async def _serve(self, reader, writer) -> None:
         try:

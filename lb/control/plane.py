@@ -45,6 +45,7 @@ class Control:
         self.loop = loop
         self.now = loop.time
         self.started = started = time.time()
+        self.upgrades = 0                        # hitless upgrades this lb went through (handoff.py)
         self.pool = Pool(config.backends, started)
         self.stats = PoolStats(started)
         self.pins: dict[str, Counter] = {"assignments": Counter(), "migrations": Counter(),
@@ -81,9 +82,11 @@ class Control:
         self.changed()
 
     async def stop(self) -> None:
+        """No more checks and sweeps (at exit, and while an upgrade hands the state over)."""
         await self.checker.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
+            self._sweeper = None
 
     # -- publishing ---------------------------------------------------------------
     def publish(self) -> None:

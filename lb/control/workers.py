@@ -16,7 +16,10 @@ data plane runs in worker processes, and their supervisor:
   when every worker that was asked has answered, with the sum of what they closed;
 - a worker that exits is started again (after a second when it lived less than one,
   so a crash loop does not spin), and what it reported is dropped with it: its
-  connections died with it.
+  connections died with it;
+- after a hitless upgrade the old master is one more member (`Predecessor`,
+  lb/control/handoff.py): views, cuts and collects go to it as to a worker, and its
+  reports are merged like a worker's until it is gone; it is never restarted.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class Workers:
         self._cuts: dict[str, tuple[set[int], list[int]]] = {}   # name -> (slots to answer, [cut])
         self._collects: list[tuple[set[int], asyncio.Future]] = []
         self._respawns: set[asyncio.Task] = set()
+        self.predecessor = None               # the old master, after an upgrade, until it is gone
+        self._predecessor_gone = asyncio.Event()
 
     # -- supervision ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -115,9 +120,12 @@ class Workers:
         elif kind == "ready" and not worker.ready.done():
             worker.ready.set_result(payload)
 
-    def _on_closed(self, worker: Worker) -> None:
+    def _on_closed(self, worker) -> None:
         if self.slots.get(worker.slot) is worker:
             del self.slots[worker.slot]
+        if worker is self.predecessor:
+            self.predecessor = None
+            self._predecessor_gone.set()
         if worker.ready is not None and not worker.ready.done():
             worker.ready.set_exception(RuntimeError("exited before serving"))
             worker.ready.exception()          # retrieved: _spawn reports it
@@ -163,8 +171,32 @@ class Workers:
     def addresses(self) -> list[tuple[str, int]]:
         return [sock.getsockname()[:2] for sock in self.listeners]
 
+    def adopt(self, predecessor) -> None:
+        """The old master of an upgrade joins as a member (see the module's docstring)."""
+        self.predecessor = predecessor
+        self._predecessor_gone.clear()
+        if self.view is not None:
+            predecessor.channel.send("view", self.view)
+
+    def member_report(self, member, report: Report) -> None:
+        self._on_report(member, report)
+
+    def member_closed(self, member) -> None:
+        self._on_closed(member)
+
+    def _members(self) -> list:
+        members = list(self.slots.values())
+        if self.predecessor is not None:
+            members.append(self.predecessor)
+        return members
+
+    def reopen_logs(self) -> None:
+        for worker in self.slots.values():
+            worker.channel.send("reopen")
+
     async def shutdown(self, timeout_s: float) -> None:
-        """Every worker stops accepting and finishes what it carries (up to timeout_s)."""
+        """Every worker stops accepting and finishes what it carries (up to timeout_s); so does
+        the old master of an upgrade, whose requests count here until it is gone."""
         self.stopping = True
         for task in list(self._respawns):
             task.cancel()
@@ -176,6 +208,12 @@ class Workers:
             code = await self.loop.run_in_executor(None, _reap, proc, left)
             if code is None:
                 log.error("worker pid %d did not stop in %.0fs; killed", proc.pid, left)
+        if self.predecessor is not None:
+            try:
+                await asyncio.wait_for(self._predecessor_gone.wait(), timeout_s + STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                log.error("the old master (pid %d) is still finishing; stopping without it",
+                          self.predecessor.pid)
         for sock in self.listeners:
             sock.close()
 
@@ -184,6 +222,8 @@ class Workers:
         self.view = view
         for worker in self.slots.values():
             worker.channel.send("view", self.view_for(worker.slot))
+        if self.predecessor is not None:
+            self.predecessor.channel.send("view", view)      # it shares max_conns out itself
 
     def view_for(self, slot: int) -> RoutingView | None:
         """The view as one worker applies it: a node's max_conns is lb's, shared out among the
@@ -201,9 +241,10 @@ class Workers:
             worker.channel.send("config", (config, worker.slot))
 
     def cut(self, name: str) -> None:
-        live = {w.slot for w in self.slots.values()}
+        members = self._members()
+        live = {w.slot for w in members}
         self._cuts[name] = (live, [0])
-        for worker in self.slots.values():
+        for worker in members:
             worker.channel.send("cut", name)
         if not live:                        # nobody carries anything: the cut closed nothing
             self._report_now({name: self._cut_answered(name, None, 0)})
@@ -211,14 +252,15 @@ class Workers:
     def collect(self) -> asyncio.Future:
         """Ask every worker to report now; the future is done once each has."""
         done = self.loop.create_future()
-        self._collects.append(({w.slot for w in self.slots.values()}, done))
-        for worker in self.slots.values():
+        members = self._members()
+        self._collects.append(({w.slot for w in members}, done))
+        for worker in members:
             worker.channel.send("collect")
         self._finish_collects()
         return done
 
     # -- reports --------------------------------------------------------------------------
-    def _on_report(self, worker: Worker, report: Report) -> None:
+    def _on_report(self, worker, report: Report) -> None:
         worker.report = report
         deltas = {}
         for name, got in report.nodes.items():
@@ -242,10 +284,14 @@ class Workers:
         del self._cuts[name]
         return total[0]
 
+    def report_now(self) -> None:
+        """Report what is true now (an old master answering its successor's collect)."""
+        self._report_now({})
+
     def _report_now(self, cuts: dict[str, int]) -> None:
         """A report of what is true now over the live workers, with no deltas (after a worker
         exited), carrying the cuts that completed."""
-        names = {name for w in self.slots.values() if w.report is not None for name in w.report.nodes}
+        names = {name for w in self._members() if w.report is not None for name in w.report.nodes}
         names |= set(cuts) | ({n.name for n in self.view.nodes} if self.view is not None else set())
         self._send_merged({name: (StatsDelta(), [], cuts.get(name)) for name in names}, Counter(), 0, None)
 
@@ -253,7 +299,7 @@ class Workers:
         """One report for the control plane: per node, what is true now (in flight, tunnels)
         summed over every live worker's latest report, with `deltas` (name -> stats, outcomes,
         cut); the pool-wide deltas pass through, clients and queued are sums."""
-        live = [w.report for w in self.slots.values() if w.report is not None]
+        live = [w.report for w in self._members() if w.report is not None]
         generation = min((r.generation for r in live), default=self.view.generation if self.view else 0)
         nodes = {name: NodeReport(sum(r.nodes[name].inflight for r in live if name in r.nodes),
                                   sum(r.nodes[name].tunnels for r in live if name in r.nodes), *delta)

@@ -257,6 +257,9 @@ class PassiveConfig:
 @dataclass(frozen=True)
 class DrainConfig:
     timeout: float = _field(30.0, parse_duration)
+    # At a stop or an upgrade: how long an idle client keep-alive connection is kept open
+    # (its next request is served, with Connection: close) before it is closed.
+    client_grace: float = _field(5.0, parse_duration)
 
 
 @dataclass(frozen=True)

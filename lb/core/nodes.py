@@ -12,7 +12,9 @@ new state, and `transition()` is the only code that assigns `admin_state`; an
 event missing from the table raises CommandError naming the node, its state
 and the command. A node is born `new`: `start` puts a node of the config in
 service, `join` holds a node added at run time (`add server`, reload) in
-maint, and `restore_*` apply what the state file recorded. Operator commands
+maint, and `restore_*` apply what the state file recorded or, at an upgrade, what
+the old master handed over (only there can a node be born draining: the old
+master's workers still carry its requests). Operator commands
 are `drain`, `ready`, `maint`; `idle` (nothing left in flight) and `deadline`
 (drain.timeout passed) come from the control plane. A draining node takes no
 new request; what is in flight ends on its own, and the node is `drained` when
@@ -58,6 +60,7 @@ TRANSITIONS = {
     (NEW, "join"): MAINT,
     (NEW, "restore_drained"): DRAINED,
     (NEW, "restore_maint"): MAINT,
+    (NEW, "restore_draining"): DRAINING,      # handed over by the old master at an upgrade
     (READY, "drain"): DRAINING,
     (DRAINING, "drain"): DRAINING,
     (DRAINED, "drain"): DRAINED,

@@ -5,7 +5,8 @@ gone from the file drains and is dropped once drained; a changed address
 applies to new connections. A weight or version applies only when the file
 changed it, so a reload never undoes a runtime `set` the file did not touch.
 Settings that live in sockets, files or processes (listen, http, admin, metrics,
-access_log, state_file, workers) take effect at the next restart; the reply says so.
+access_log, state_file, workers) take effect at the next upgrade or restart; the reply
+says so.
 The control plane (lb/control/plane.py) carries the actions out.
 """
 
@@ -63,7 +64,7 @@ def plan_reload(old: Config, new: Config, running: dict[str, RunningNode],
     for setting in RESTART_ONLY:
         if getattr(new, setting) != getattr(old, setting):
             actions.append(Action(AT_RESTART, setting, None,
-                                  f"{setting}: changed in the file; takes effect at the next restart"))
+                                  f"{setting}: changed in the file; takes effect at the next upgrade or restart"))
     return actions
 
 

@@ -80,6 +80,17 @@ class LatencyWindow:
     def _newest(self) -> int:
         return max(self._seconds)
 
+    def export(self) -> dict:
+        """The window as builtins (handed to a new master at an upgrade)."""
+        return {"seconds": list(self._seconds), "buckets": [dict(b) for b in self._buckets]}
+
+    def load(self, exported: dict) -> None:
+        """Merge an exported window into this one (seconds are CLOCK_MONOTONIC, one clock for
+        every process of the machine)."""
+        for second, counts in zip(exported["seconds"], exported["buckets"]):
+            if second >= 0 and counts:
+                self.merge(second, counts)
+
     def counts(self, now_s: float, window_s: int = WINDOW_S) -> Counter:
         """Fine-bucket counts of the last `window_s` seconds (the current one included)."""
         oldest = int(now_s) - min(max(window_s, 1), WINDOW_S) + 1

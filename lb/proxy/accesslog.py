@@ -43,6 +43,7 @@ class AccessLog:
             self._owned = True
         if self._fd is not None and stat.S_ISREG(os.fstat(self._fd).st_mode):
             self._chunk = FILE_CHUNK
+        self._target = target
         self._worker = {"worker": worker} if worker is not None else {}
         self._second = -1
         self._second_text = ""
@@ -112,6 +113,22 @@ class AccessLog:
             pass                 # a full stdout pipe: the lines are dropped, traffic goes on
         except OSError as exc:
             print(f"lb: access log: {exc}", file=sys.stderr)
+
+    def reopen(self) -> None:
+        """Open the file again by its name (logrotate renamed it: SIGUSR1). The lines still
+        held go to the old file first, so none is lost; a file that cannot be opened keeps
+        the old one."""
+        if not self._owned:
+            return
+        self.flush()
+        try:
+            fd = os.open(self._target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            print(f"lb: access log: cannot reopen {self._target}: {exc.strerror}; writing on to the old file",
+                  file=sys.stderr)
+            return
+        os.close(self._fd)
+        self._fd = fd
 
     def close(self) -> None:
         self.flush()

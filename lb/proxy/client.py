@@ -376,6 +376,11 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.tunnel.write(data)
         self.flow.resume("upgrade")
 
+    @property
+    def waiting_for_request(self) -> bool:
+        """Open with no byte of a next request yet: idle, or new and silent."""
+        return self.deadline_kind is IDLE or (self.deadline_kind is HEAD and not self.got_bytes)
+
     def close(self) -> None:
         if not self.closed:
             self.uncork()

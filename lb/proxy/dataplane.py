@@ -37,7 +37,7 @@ from ..core.errors import HttpError
 from ..core.pinning import Pinning
 from ..core.planes import NodeReport, Report, RoutingView
 from ..core.stats import StatsDelta
-from .client import ClientConnection
+from .client import WEBSOCKET_CLOSE_WAIT_S, ClientConnection
 from .upstream import UpstreamPools
 
 log = logging.getLogger("lb.proxy")
@@ -241,20 +241,32 @@ class DataPlane:
                 log.exception("timeout handling failed")
 
     # -- shutdown ------------------------------------------------------------------------
-    async def shutdown(self, timeout_s: float) -> None:
-        """Stop accepting, let requests in flight finish (up to timeout_s), close the rest."""
+    async def shutdown(self, timeout_s: float, grace_s: float = 0.0) -> None:
+        """Stop accepting and finish what is here, as at a stop or an upgrade: requests in
+        flight complete; each keep-alive connection gets `Connection: close` on its next
+        response; one idle for grace_s (drain.client_grace) is closed; at timeout_s
+        (drain.timeout) tunnels end as at a node's drain deadline (a WebSocket gets close
+        1001) and anything else still open is cut."""
         self.closing = True
         for server in self._servers:
             server.close()
+        idle_until = self.now() + grace_s
         for client in list(self.clients):
-            if client.current is None and client.tunnel is None:
-                client.close()
-        if self.clients:
-            try:
-                await asyncio.wait_for(self._all_closed.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                log.warning("shutdown: %d connections still busy after %.1fs; closing them",
-                            len(self.clients), timeout_s)
+            if client.current is None and client.tunnel is None and client.waiting_for_request:
+                client.deadline = min(client.deadline, idle_until)     # the sweeper closes it
+        if not await self._until_all_closed(timeout_s):
+            tunnels = [c for c in self.clients if c.tunnel is not None]
+            log.warning("shutdown: %d connections still open after %.1fs (%d tunnels); closing them",
+                        len(self.clients), timeout_s, len(tunnels))
+            for client in tunnels:
+                self.failed["drain_deadline"] += 1
+                self.tunnel_closed(client, client.tunnel_route)
+                client.end_tunnel()
+            for client in list(self.clients):
+                if client.tunnel is None and not client.discarding:
+                    client.transport.abort()
+            if tunnels:
+                await self._until_all_closed(WEBSOCKET_CLOSE_WAIT_S)   # their closing handshakes
         for client in list(self.clients):
             client.transport.abort()
         self.upstreams.close_idle()
@@ -262,6 +274,14 @@ class DataPlane:
             self._sweeper.cancel()
         self.report()
         self.access_log.flush()
+
+    async def _until_all_closed(self, timeout_s: float) -> bool:
+        if self.clients:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                return False
+        return True
 
 
 def _networks(cidrs) -> tuple:

@@ -27,6 +27,39 @@ from lb.deploy.client import request
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 START_TIMEOUT_S = 15.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """After an upgrade the new master outlives the old one, its parent: orphaned, it becomes
+    this process's child (not init's), so the tests reap it by pid and can tell it is gone."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_become_subreaper()
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (reaped here if it was a child of this one, or a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (a master's workers)."""
+    try:
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def free_port() -> int:
@@ -139,6 +172,7 @@ class Lb(Process):
         self._stderr = open(self.stderr_path, "ab")
         super().__init__([PYTHON, "-m", "lb.cli", "serve", "-c", str(self.config_path)],
                          stdout=subprocess.DEVNULL, stderr=self._stderr)
+        self.master_pid = self.proc.pid           # changes with each upgrade
         # The master shows its admin socket once its workers serve.
         wait_for(lambda: (admin_answers(self.socket_path) and port_open(self.port))
                  or self.proc.poll() is not None, START_TIMEOUT_S, "lb to listen")
@@ -168,19 +202,37 @@ class Lb(Process):
 
     def worker_pids(self) -> list[int]:
         """The master's children: its worker processes."""
-        return [int(pid) for task in Path(f"/proc/{self.pid}/task").iterdir()
-                for pid in (task / "children").read_text().split()]
+        return children(self.master_pid)
+
+    def upgrade(self, timeout_s: float = 60.0) -> dict:
+        """`upgrade` over the admin socket; on success the new master is the one to stop."""
+        reply = self.ctl("upgrade", timeout_s)
+        if reply["ok"]:
+            self.master_pid = reply["upgrade"]["new_pid"]
+        return reply
+
+    def signal(self, sig: int) -> None:
+        if not gone(self.master_pid):
+            os.kill(self.master_pid, sig)
 
     def rss_kib(self, field: str = "VmRSS") -> int:
         """`field` of /proc/PID/status summed over the master and its workers."""
         total = 0
-        for pid in [self.pid, *self.worker_pids()]:
+        for pid in [self.master_pid, *self.worker_pids()]:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith(field + ":"):
                     total += int(line.split()[1])
         return total
 
     def stop(self, timeout_s: float = 10.0) -> int:
+        if self.master_pid != self.proc.pid:       # upgraded: the first master is gone already
+            self.signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while not gone(self.master_pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not gone(self.master_pid):
+                os.kill(self.master_pid, signal.SIGKILL)
+                wait_for(lambda: gone(self.master_pid), 5, "the killed master to go")
         code = super().stop(timeout_s)
         self._stderr.close()
         return code

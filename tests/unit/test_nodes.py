@@ -8,8 +8,9 @@ from lb.core.errors import CommandError
 from lb.core.nodes import ADMIN_STATES, DRAINED, DRAINING, MAINT, NEW, READY, TRANSITIONS, Node, Pool, transition
 
 EVENTS = ["drain", "ready", "maint", "idle", "deadline", "start", "join", "restore_drained",
-          "restore_maint"]
-BIRTH = {"start": READY, "join": MAINT, "restore_drained": DRAINED, "restore_maint": MAINT}
+          "restore_maint", "restore_draining"]
+BIRTH = {"start": READY, "join": MAINT, "restore_drained": DRAINED, "restore_maint": MAINT,
+         "restore_draining": DRAINING}
 EXPECTED = {(NEW, event): BIRTH.get(event) for event in EVENTS} | {
     (state, event): None for state in ADMIN_STATES for event in BIRTH} | {
     (READY, "drain"): DRAINING, (DRAINING, "drain"): DRAINING, (DRAINED, "drain"): DRAINED,
