@@ -1,6 +1,6 @@
 """The proof: a full rolling deploy under load, and what every client saw.
 
-    .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|restart-lb|websocket]
+    .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|upgrade-lb|restart-lb|websocket]
         [--sessions 200] [--rate 1000] [--life 100] [--steady 10] [--baseline 5]
         [--bake 10s] [--canary-bake 30s] [--tag T] [--workers N]
 
@@ -20,8 +20,12 @@ starts a v2 one with a 1 s warmup; --steady seconds on v2. Scenarios add to it:
   rolling     nothing more
   crash       when the first batch after the canary starts, the last node in the
               plan (still v1, in service) is killed with SIGKILL, not drained
-  restart-lb  when the second batch after the canary starts updating, lb itself
-              is stopped (SIGTERM) and started again on the same config and state
+  upgrade-lb  when the second batch after the canary starts updating, lb itself is
+              upgraded (`lb ctl upgrade`: a new master takes the sockets and the state)
+  restart-lb  lb runs socket-activated (the bench holds the listening socket, as
+              systemd's lb.socket would); when the second batch after the canary
+              starts updating, lb is stopped (SIGTERM) and started again on the same
+              config, state and socket: `systemctl restart lb`
   websocket   also 100 long-lived WebSocket sessions, one message a second each,
               every echo checked; lb's drain.timeout is 5 s, so tunnels on a
               draining node get close 1001 and reconnect
@@ -39,6 +43,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +60,9 @@ from throughput import free_port, wait_port  # noqa: E402  (bench/ is this scrip
 
 from lb.cli import run_async  # noqa: E402
 from lb.demo.backend import start_detached, stop_pidfile  # noqa: E402
+from lb.deploy.client import request  # noqa: E402
+from lb.procs import become_subreaper, gone  # noqa: E402
+from lb.systemd import activated_command  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 NODES = 10
@@ -100,6 +108,13 @@ class System:
         from lb.core.config import parse_duration
         self.slow_start_s = parse_duration(config.get("slow_start", "10s"))
         self.lb: subprocess.Popen | None = None
+        self.master_pid = 0                     # the serving master: another after an upgrade
+        self.held = None                        # restart-lb: the socket systemd would hold
+        if scenario == "restart-lb":
+            self.held = socket.socket()
+            self.held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.held.bind(("127.0.0.1", self.port))
+            self.held.listen(4096)
 
     def pidfile(self, name: str) -> str:
         return str(self.dir / f"{name}.pid")
@@ -116,22 +131,42 @@ class System:
         self.start_lb()
 
     def start_lb(self) -> None:
+        serve = ["serve", "-c", str(self.config_path)]
         with open(self.dir / "lb.err", "ab") as err:
-            self.lb = subprocess.Popen([sys.executable, "-m", "lb.cli", "serve", "-c", str(self.config_path)],
-                                       cwd=ROOT, stderr=err)
+            if self.held is not None:
+                fds = [self.held.fileno()]
+                self.lb = subprocess.Popen(activated_command(fds, ["http"], serve), pass_fds=fds, cwd=ROOT,
+                                           stderr=err)
+            else:
+                self.lb = subprocess.Popen([sys.executable, "-m", "lb.cli", *serve], cwd=ROOT, stderr=err)
+        self.master_pid = self.lb.pid
         try:
-            wait_port(self.port, proc=self.lb)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 15
             while not os.path.exists(self.dir / "lb.sock") and time.monotonic() < deadline:
+                if self.lb.poll() is not None:
+                    raise RuntimeError("exited")
                 time.sleep(0.02)
+            wait_port(self.port, proc=self.lb)
         except RuntimeError:
             raise RuntimeError(f"lb did not start: {(self.dir / 'lb.err').read_text()[-2000:]}") from None
 
+    def upgrade_lb(self) -> dict:
+        reply = request(str(self.dir / "lb.sock"), "upgrade", timeout_s=90)
+        if reply.get("ok"):
+            self.master_pid = reply["upgrade"]["new_pid"]
+        return reply
+
     def stop_lb(self) -> None:
-        if self.lb and self.lb.poll() is None:
-            self.lb.send_signal(signal.SIGTERM)
+        if self.master_pid and not gone(self.master_pid):
+            os.kill(self.master_pid, signal.SIGTERM)
+            deadline = time.monotonic() + 40
+            while not gone(self.master_pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not gone(self.master_pid):
+                os.kill(self.master_pid, signal.SIGKILL)
+        if self.lb is not None:
             try:
-                self.lb.wait(40)
+                self.lb.wait(40)          # the first master: itself, or gone after an upgrade
             except subprocess.TimeoutExpired:
                 self.lb.kill()
                 self.lb.wait()
@@ -322,7 +357,25 @@ def restart_lb_scenario(system: System, deploy: DeployRun, marks: list):
     return listener
 
 
-SCENARIOS = {"rolling": None, "crash": crash_scenario, "restart-lb": restart_lb_scenario, "websocket": None}
+def upgrade_lb_scenario(system: System, deploy: DeployRun, marks: list):
+    """`lb ctl upgrade` when the second batch after the canary starts its update."""
+    loop = asyncio.get_running_loop()
+
+    def listener(event):
+        if event["event"] == "batch" and event["index"] == 3 and not marks:
+            marks.append({"at": event["at"], "what": f"lb upgrade (pid {system.master_pid})"})
+            loop.create_task(upgrade())
+
+    async def upgrade():
+        reply = await asyncio.to_thread(system.upgrade_lb)
+        what = f"new master pid {reply['upgrade']['new_pid']} serves" if reply.get("ok") else \
+            f"upgrade failed: {reply.get('error')}"
+        marks.append({"at": round(time.monotonic() - deploy.t0, 3), "what": what})
+    return listener
+
+
+SCENARIOS = {"rolling": None, "crash": crash_scenario, "upgrade-lb": upgrade_lb_scenario,
+             "restart-lb": restart_lb_scenario, "websocket": None}
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -523,6 +576,7 @@ def main() -> int:
     parser.add_argument("--update-nice", type=int, default=0,
                         help="run the update command under nice -n N (default 0: as is)")
     args = parser.parse_args()
+    become_subreaper()                # an upgraded lb's new master stays ours to stop and reap
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.scenario + (f"-{args.tag}" if args.tag else "")
     workdir = Path(tempfile.mkdtemp(prefix="lb-proof-", dir="/tmp"))

@@ -276,6 +276,7 @@ class Master:
         successor.take_over()
         self.successor = successor
         admin.relay_to, admin.successor_pid = serving["admin"], serving["pid"]
+        admin.handed_over.set_result(None)        # a `wait` in progress goes on at the new master
         admin.frozen = None
         gate.set_result(None)                     # the waiting commands go to the new master
         if self.metrics is not None:

@@ -59,6 +59,7 @@ class Admin:
         self.frozen: asyncio.Future | None = None   # while an upgrade hands over: commands wait
         self.relay_to: str | None = None  # after it: the new master's admin socket
         self.successor_pid: int | None = None
+        self.handed_over = asyncio.get_running_loop().create_future()   # set when it serves
 
     @property
     def pool(self):
@@ -81,13 +82,25 @@ class Admin:
             await self.control.applied()      # and what the reports changed, every worker routes by
             payload = getattr(self, command.handler)(*args)
             if inspect.isawaitable(payload):
-                payload = await payload
+                payload = await (payload if command.handler == "upgrade" else self._until_handed_over(payload))
             if command.mutates:
                 save_state(self.control)
                 await self.control.applied()  # the reply means every worker routes by the change
             return {"ok": True, **payload}
         except LbError as exc:
             return {"ok": False, "error": exc.message}
+        except _HandedOver:
+            return await self.execute(line)        # a `wait` the old master can no longer answer
+
+    async def _until_handed_over(self, awaitable):
+        """The command's result, unless an upgrade hands over first (then _HandedOver: the
+        command goes to the new master, which knows how it ends)."""
+        task = asyncio.ensure_future(awaitable)
+        done, _ = await asyncio.wait({task, self.handed_over}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise _HandedOver
 
     async def _relay(self, line: str) -> dict:
         """The new master's reply to `line`. Raises CommandError when it does not answer."""
@@ -362,6 +375,10 @@ class AdminServer:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+class _HandedOver(Exception):
+    """An upgrade handed over while a command waited."""
 
 
 def _someone_listens(path: str) -> bool:

@@ -203,6 +203,11 @@ class Workers:
         procs = [w.proc for w in self.slots.values()]
         for worker in list(self.slots.values()):
             worker.channel.send("stop", timeout_s)
+        # Our copies of the listening sockets go now: with the workers' gone too, the kernel
+        # stops queueing connections nobody would accept (they are refused, not left to hang),
+        # unless a new master (an upgrade) or systemd (socket activation) holds them still.
+        for sock in self.listeners:
+            sock.close()
         for proc in procs:
             left = timeout_s + STOP_GRACE_S
             code = await self.loop.run_in_executor(None, _reap, proc, left)
@@ -214,8 +219,6 @@ class Workers:
             except asyncio.TimeoutError:
                 log.error("the old master (pid %d) is still finishing; stopping without it",
                           self.predecessor.pid)
-        for sock in self.listeners:
-            sock.close()
 
     # -- the link: what the control plane calls -------------------------------------------
     def apply_view(self, view: RoutingView) -> None:

@@ -23,43 +23,14 @@ import yaml
 
 from lb.demo.users import Users
 from lb.deploy.client import request
+from lb.procs import become_subreaper, children, gone  # noqa: F401  (the tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 START_TIMEOUT_S = 15.0
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def _become_subreaper() -> None:
-    """After an upgrade the new master outlives the old one, its parent: orphaned, it becomes
-    this process's child (not init's), so the tests reap it by pid and can tell it is gone."""
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-_become_subreaper()
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (reaped here if it was a child of this one, or a zombie)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of `pid` (a master's workers)."""
-    try:
-        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                for child in (task / "children").read_text().split()]
-    except FileNotFoundError:
-        return []
+# After an upgrade the new master outlives the old one, its parent: orphaned, it becomes this
+# process's child (not init's), so the tests reap it by pid and can tell it is gone.
+become_subreaper()
 
 
 def free_port() -> int:

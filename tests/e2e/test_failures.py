@@ -164,17 +164,24 @@ def test_connect_timeout(spawn, tmp_path, http_impl):
 
 def test_sigterm_finishes_requests_in_flight_then_exits_0(spawn, tmp_path, http_impl):
     web = spawn(Backend, "web1")
-    lb = spawn(Lb, tmp_path, [web.config()], http=http_impl)
-    with RawClient(lb.port) as idle_client, RawClient(lb.port) as client:
-        idle_client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert idle_client.response().status == 200
+    lb = spawn(Lb, tmp_path, [web.config()], http=http_impl, drain={"timeout": "30s", "client_grace": "1s"})
+    with RawClient(lb.port) as idle_client, RawClient(lb.port) as keep_alive, RawClient(lb.port) as client:
+        for other in (idle_client, keep_alive):
+            other.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert other.response().status == 200
         client.send(b"GET /stream?chunks=4&ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
         received = b""
         while b"chunk 0" not in received:
             received += client.sock.recv(65536)
         lb.signal(signal.SIGTERM)                           # the response is in flight
         wait_for(lambda: not port_open(lb.port), 5, "lb to stop accepting")
-        assert idle_client.closed_by_peer()                 # idle keep-alive closed at once
+        # A keep-alive client's next request within drain.client_grace is served, and the
+        # connection closed after it; one that stays idle is closed after the grace.
+        keep_alive.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        answer = keep_alive.response()
+        assert answer.status == 200 and answer.getheader("connection") == "close"
+        assert keep_alive.closed_by_peer()
+        assert idle_client.closed_by_peer()
         while data := client.sock.recv(65536):
             received += data
     assert b"chunk 3" in received and received.endswith(b"0\r\n\r\n")

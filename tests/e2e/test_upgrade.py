@@ -154,3 +154,26 @@ def test_sigusr2_upgrades_and_the_admin_socket_answers_throughout(spawn, tmp_pat
     wait_for(lambda: old_processes_gone([old_master], old_workers), 10, "the old master and worker to exit")
     assert lb.ctl("show info")["upgrades"] == 1 and len(children(new)) == 1
     assert "upgrade: pid %d serves" % new in lb.stderr_path.read_text()
+
+
+async def test_a_wait_in_progress_at_the_upgrade_is_answered_by_the_new_master(spawn, tmp_path):
+    web1, web2 = spawn(Backend, "web1"), spawn(Backend, "web2")
+    lb = spawn(Lb, tmp_path, [web1.config(), web2.config()], workers=2, balance="round_robin")
+    assert lb.ctl("drain web2")["ok"]
+    async with aiohttp.ClientSession() as session:
+        slow = asyncio.create_task(session.get(f"{lb.url}/slow?ms=3000"))
+        await asyncio.to_thread(wait_for, lambda: lb.server("web1")["inflight"] == 1, 5, "the slow request")
+        assert lb.ctl("ready web2")["ok"] and lb.ctl("drain web1")["ok"]
+        # Sent to the old master before the upgrade: it waits there (or, if the old master has
+        # not read it yet when it freezes, it is relayed). Either way the new master answers it.
+        admin = socket.socket(socket.AF_UNIX)
+        admin.connect(str(lb.socket_path))
+        admin.sendall(b"wait web1 drained 20\n")
+        assert (await asyncio.to_thread(lb.upgrade))["ok"]
+        response = await slow
+        assert response.status == 200
+        response.release()
+        admin.settimeout(20)
+        waited = json.loads(await asyncio.to_thread(admin.makefile("rb").readline))
+        admin.close()
+    assert waited["ok"] and waited["server"]["state"] == "drained" and waited["cut"] == 0, waited

@@ -44,3 +44,28 @@ def test_a_file_gets_whole_lines_in_one_append(tmp_path, monkeypatch):
     monkeypatch.undo()
     log.close()
     assert len(writes) == 1 and writes[0].decode().splitlines() == lines
+
+
+def test_reopen_after_a_rename_puts_held_lines_in_the_old_file_and_new_ones_in_the_new(tmp_path):
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path))
+    log._lines = ['{"n": 1}', '{"n": 2}']                  # written by the sweeper, not yet flushed
+    path.rename(tmp_path / "access.log.1")                 # logrotate
+    log.reopen()                                           # SIGUSR1
+    log._lines = ['{"n": 3}']
+    log.close()
+    assert (tmp_path / "access.log.1").read_text().splitlines() == ['{"n": 1}', '{"n": 2}']
+    assert path.read_text().splitlines() == ['{"n": 3}']
+
+
+def test_reopen_that_cannot_open_keeps_writing_to_the_old_file(tmp_path, capsys):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    log = AccessLog(str(folder / "access.log"))
+    (folder / "access.log").rename(tmp_path / "moved.log")
+    folder.rmdir()                                         # the name cannot be made again
+    log.reopen()
+    log._lines = ['{"n": 1}']
+    log.close()
+    assert (tmp_path / "moved.log").read_text() == '{"n": 1}\n'
+    assert "cannot reopen" in capsys.readouterr().err
