@@ -35,12 +35,13 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-# The proof (rolling deploy and a crash mid-deploy, under load) and the throughput
+# The proof (rolling deploy, a crash and an upgrade of lb mid-deploy, under load) and the throughput
 # comparison with HAProxy and nginx; bench/setup.sh installs wrk, nginx-light, haproxy.
 bench: $(BENCH_STAMP)
 	bash bench/setup.sh
 	$(BIN)/python bench/deploy_under_load.py --scenario rolling
 	$(BIN)/python bench/deploy_under_load.py --scenario crash
+	$(BIN)/python bench/deploy_under_load.py --scenario upgrade-lb
 	$(BIN)/python bench/throughput.py --peers
 
 clean:
