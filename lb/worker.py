@@ -7,7 +7,7 @@ happen; the worker sends its data plane's reports back. It decides nothing about
 node state.
 
 The worker never outlives its master: EOF on the channel (the master exited or
-was killed) stops it within `drain.client_grace`. SIGTERM from the master's
+was killed) stops it within ORPHAN_GRACE_S. SIGTERM from the master's
 `("stop", timeout)` or from an operator is a graceful stop (lb/proxy/dataplane.py:
 `shutdown`); SIGINT and SIGHUP, which a terminal sends to the whole process group,
 and SIGUSR1/SIGUSR2, which `systemctl kill` sends to every process of the unit, are
