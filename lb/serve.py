@@ -162,13 +162,14 @@ class Master:
     async def _start(self, inherited) -> None:
         config, loop = self.config, self.loop
         control = self.control = Control(config, loop)
-        restored = load_state(control)
-        if restored:
-            log.info("state file: %s", ", ".join(restored))
-        if inherited is not None:
+        if inherited is not None:             # the old master's live state, not its state file
             said = handoff.restore(control, inherited.state, control.now())
             log.info("upgrade: taking over from pid %d%s", inherited.state["pid"],
                      f" ({', '.join(said)})" if said else "")
+        else:
+            restored = load_state(control)
+            if restored:
+                log.info("state file: %s", ", ".join(restored))
         admin = self.admin = Admin(control, self.config_path)
         admin.upgrader = self.upgrade
         admin_server = self.admin_server = AdminServer(admin, config.resolve(config.admin.socket),
@@ -260,17 +261,20 @@ class Master:
         log.info("upgrade: starting a new master")
         try:
             serving = await successor.start(state, sockets)
-        except handoff.UpgradeFailed as exc:
+        except Exception as exc:                  # whatever it was, this master must thaw
+            why = exc.message if isinstance(exc, LbError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, LbError):
+                log.exception("upgrade: unexpected failure")
             workers.report_to = control.on_report
             for report in held:
                 control.on_report(report)
             control.start()
+            await self.admin_server.reclaim()     # had the new one taken the path, it is ours again
             self.upgrading = False
             admin.frozen = None
             gate.set_result(None)
-            log.error("upgrade failed, this master serves on: %s", exc.message)
-            raise CommandError(f"upgrade failed; lb (pid {os.getpid()}) serves on as before: {exc.message}") \
-                from None
+            log.error("upgrade failed, this master serves on: %s", why)
+            raise CommandError(f"upgrade failed; lb (pid {os.getpid()}) serves on as before: {why}") from None
         for report in held:
             successor.relay(report)
         successor.take_over()

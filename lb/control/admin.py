@@ -337,6 +337,20 @@ class AdminServer:
             os.umask(old_umask)
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE_BYTES)
 
+    async def reclaim(self) -> None:
+        """Take the path back when it is not this server's socket (a new master that failed
+        after it renamed its own over it)."""
+        try:
+            ours = os.stat(self.path).st_ino == self._inode
+        except FileNotFoundError:
+            ours = False
+        if not ours:
+            log.warning("admin socket %s: taking the path back", self.path)
+            previous = self._server
+            await self.start(replace=True)
+            if previous is not None:
+                previous.close()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)
         try:

@@ -44,7 +44,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter, deque
 
 import lb
@@ -53,7 +52,7 @@ from ..channel import Channel, open_channel
 from ..core import health
 from ..core.commands import backend_config
 from ..core.errors import LbError
-from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Health, Node, transition
+from ..core.nodes import DRAINED, DRAINING, MAINT, READY, Health, Node, transition
 from ..core.planes import NodeReport, NodeView, Report, RoutingView
 from ..core.stats import StatsDelta
 
@@ -151,8 +150,9 @@ def snapshot(control, now: float) -> dict:
 
 
 def restore(control, state: dict, now: float) -> list[str]:
-    """Lay the old master's state over the config (after load_state, before place_nodes):
-    the old master knew better than the state file. Returns what differs from the config."""
+    """Lay the old master's state over the config, instead of the state file (which the old
+    master wrote, and may have written a moment behind), before place_nodes. Returns what
+    differs from the config."""
     pool, said = control.pool, []
     for name, saved in state["nodes"].items():
         node = pool.backends.get(name)
@@ -162,7 +162,6 @@ def restore(control, state: dict, now: float) -> list[str]:
             pool.backends[name] = node
         if node is None:
             continue                        # gone from the config: the old workers finish with it
-        node.admin_state = NEW              # the state file's placement gives way to the live one
         transition(node, RESTORE[saved["state"]], now)
         if saved["drain_age"] is not None:
             node.drain_started = now - saved["drain_age"]
@@ -224,7 +223,6 @@ class Successor:
         self.serving: asyncio.Future = loop.create_future()
         self.held: list = []                # what the new master said before it served
         self.stderr_tail: deque = deque(maxlen=STDERR_TAIL)
-        self.gone = asyncio.Event()
         self.closing = False
 
     async def start(self, state: dict, sockets: list[socket.socket]) -> dict:
@@ -292,11 +290,10 @@ class Successor:
             self._relay_in(kind, payload)
 
     def _on_closed(self) -> None:
-        self.gone.set()
         if not self.serving.done():
             self.serving.set_exception(_Exited())     # why: its exit code and stderr, once read
             self.serving.exception()
-        elif not self.closing:
+        elif not self.closing and self.serving.exception() is None:
             log.error("the new master (pid %d) is gone; the old workers finish without it", self.proc.pid)
 
     # -- after it serves: the old workers answer to it --------------------------------------
@@ -416,7 +413,6 @@ class Predecessor:
 
     def __init__(self, inherited: Inherited, workers):
         self.pid = inherited.state["pid"]
-        self.started = time.time()
         self.report: Report | None = first_report(inherited.state)
         self.channel = _WireLink(inherited)
         self.workers = workers

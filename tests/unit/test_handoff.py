@@ -137,15 +137,30 @@ state_file: {tmp_path / 'lb.state'}
     assert new.pool.backends["web9"].admin_state == MAINT
 
 
-async def test_the_state_files_placement_gives_way_to_the_live_state(tmp_path):
-    """The state file may lag (or be another path in the new config); the old master knew."""
-    from lb.control.statefile import load_state, save_state
-    old = make_control(tmp_path)
-    old.place_nodes()
-    old.set_admin_state(old.pool.backends["web1"], "maint")
-    save_state(old)
-    old.set_admin_state(old.pool.backends["web1"], "ready")  # not saved: a state file written late
-    new = make_control(tmp_path)
-    assert load_state(new) == ["web1 maint"]
-    handoff.restore(new, handoff.snapshot(old, old.now()), new.now())
-    assert new.pool.backends["web1"].admin_state == READY
+async def test_a_failed_upgrade_takes_the_admin_socket_path_back(tmp_path):
+    """A new master renames its admin socket over the old one's path as its very last step;
+    should it fail after that, the old master (serving on) takes the path back."""
+    import os
+    import socket as sockets
+
+    from lb.control.admin import AdminServer
+
+    class Echo:
+        async def execute(self, line):
+            return {"ok": True, "who": "old"}
+
+    path = str(tmp_path / "lb.sock")
+    server = AdminServer(Echo(), path, 0o600)
+    await server.start()
+    intruder = sockets.socket(sockets.AF_UNIX)
+    intruder.bind(str(tmp_path / "other.sock"))
+    os.rename(str(tmp_path / "other.sock"), path)             # the failed new master's socket
+    await server.reclaim()
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b"show info\n")
+    assert b'"who": "old"' in await reader.readline()
+    writer.close()
+    await server.reclaim()                                    # ours already: nothing to do
+    await server.close()
+    intruder.close()
+    assert not os.path.exists(path)
