@@ -9,7 +9,9 @@ directly for reference. lb's CPU per request is utime+stime from
     python bench/throughput.py [--seconds 10] [--connections 50] [--access-log] [--peers]
 
 --peers also runs HAProxy and nginx as proxies over the same backends, one
-thread/worker each, in the same run, and prints each as a ratio to HAProxy.
+thread/worker each, and the Python floor (bench/floor_proxy.py: a uvloop proxy that
+forwards bytes without parsing them), in the same run, and prints each as a ratio to
+HAProxy, and lb as a ratio to the floor.
 
 Writes bench/results/throughput.json and prints a table. Installs wrk and
 nginx-light through bench/setup.sh when they are missing.
@@ -53,14 +55,19 @@ def wait_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen | None 
     raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children (nginx's master and worker)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process and its children (nginx's master and worker, lb's)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    user, system = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
+            child_user, child_system = cpu_times(int(child))
+            user, system = user + child_user, system + child_system
+    return user, system
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 HAPROXY_TIMEOUTS = """  timeout connect 2s
@@ -166,6 +173,14 @@ backends:
     return proc, port
 
 
+def start_floor(workdir: Path, ports: list[int], procs: list[subprocess.Popen], count: int = 1) -> tuple[int, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_proxy.py"), str(port), *map(str, ports)])
+    procs.append(proc)
+    wait_port(port, proc=proc)
+    return proc.pid, port
+
+
 def run_wrk(port: int, seconds: float, connections: int, close: bool) -> dict:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
             f"http://127.0.0.1:{port}/"]
@@ -202,15 +217,19 @@ def box_busy() -> tuple[int, int]:
 
 
 def measure(port: int, pid: int | None, seconds: float, connections: int, close: bool) -> dict:
-    before = cpu_seconds(pid) if pid else 0.0
+    before = cpu_times(pid) if pid else (0.0, 0.0)
     busy0, total0 = box_busy()
     result = run_wrk(port, seconds, connections, close)
     busy1, total1 = box_busy()
     result["box_busy_pct"] = round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1)
     if pid:
-        used = cpu_seconds(pid) - before
-        result["cpu_s"] = round(used, 3)
-        result["cpu_us_per_request"] = round(used * 1e6 / max(result["requests"], 1), 1)
+        after = cpu_times(pid)
+        user, system = after[0] - before[0], after[1] - before[1]
+        per = 1e6 / max(result["requests"], 1)
+        result["cpu_s"] = round(user + system, 3)
+        result["cpu_us_per_request"] = round((user + system) * per, 1)
+        result["user_us_per_request"] = round(user * per, 1)
+        result["sys_us_per_request"] = round(system * per, 1)
     return result
 
 
@@ -247,7 +266,10 @@ def main() -> int:
                 lb.terminate()
                 lb.wait(40)
                 if args.peers:
-                    for name, start in (("haproxy", start_haproxy), ("nginx", start_nginx_proxy)):
+                    peers = [("haproxy", start_haproxy), ("nginx", start_nginx_proxy)]
+                    if count == 1:
+                        peers.append(("floor", start_floor))       # one process: no x2 row
+                    for name, start in peers:
                         pid, port = start(workdir, ports, procs, count)
                         run_wrk(port, 2, args.connections, False)
                         rows[f"{name}{tag} keep-alive"] = measure(port, pid, args.seconds, args.connections, False)
@@ -268,11 +290,13 @@ def main() -> int:
         report["versions"] = {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"])}
         report["ratios_to_haproxy"] = ratios(rows, counts)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'':29} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'box busy %':>10} {'errors':>7}")
+    print(f"{'':29} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'user/sys':>11} "
+          f"{'box busy %':>10} {'errors':>7}")
     for name, row in rows.items():
         cpu = row.get("cpu_us_per_request", "-")
+        split = f"{row['user_us_per_request']}/{row['sys_us_per_request']}" if "user_us_per_request" in row else "-"
         print(f"{name:29} {row['requests_per_s']:>9.0f} {row['latency_p50_ms']:>8.2f} "
-              f"{row['latency_p99_ms']:>8.2f} {cpu:>11} {row['box_busy_pct']:>10} "
+              f"{row['latency_p99_ms']:>8.2f} {cpu:>11} {split:>11} {row['box_busy_pct']:>10} "
               f"{row['non_2xx'] + row['socket_errors']:>7}")
     if args.peers:
         print("\nas a ratio to HAProxy (req/s: higher is better; latency and CPU: lower is better)")
@@ -286,12 +310,18 @@ def ratios(rows: dict, counts: list[int]) -> dict:
     out = {}
     for mode in [f"{'' if c == 1 else f'x{c} '}{m}" for c in counts for m in ("keep-alive", "Connection: close")]:
         base = rows[f"haproxy {mode}"]
-        for proxy in ("lb", "nginx"):
-            row = rows[f"{proxy} {mode}"]
+        for proxy in ("lb", "nginx", "floor"):
+            row = rows.get(f"{proxy} {mode}")
+            if row is None:
+                continue
             out[f"{proxy} {mode}"] = {
                 key: round(row[key] / base[key], 2)
                 for key in ("requests_per_s", "latency_p50_ms", "latency_p99_ms", "cpu_us_per_request")
                 if base.get(key)}
+        floor = rows.get(f"floor {mode}")
+        if floor and floor.get("cpu_us_per_request"):
+            out[f"lb {mode} / floor"] = {"cpu_us_per_request": round(
+                rows[f"lb {mode}"]["cpu_us_per_request"] / floor["cpu_us_per_request"], 2)}
     return out
 
 

@@ -111,11 +111,28 @@ _NO_TOKENS: frozenset = frozenset()
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
+_TOKENS_SEEN: dict[bytes, frozenset] = {}     # a Connection value -> its tokens (a site sends few)
+_TOKENS_SEEN_MAX = 256
+
+
 def _connection_tokens(specials: dict) -> frozenset:
     """The lowercase tokens of all Connection headers."""
     values = specials.get(b"connection")
     if not values:
         return _NO_TOKENS
+    if len(values) == 1:
+        # One value, the usual case ("keep-alive", "close"): its tokens are remembered, so
+        # the split and the set are not made per message (0.37 -> 0.1 µs, bench/hotpath.py).
+        tokens = _TOKENS_SEEN.get(values[0])
+        if tokens is None:
+            if len(_TOKENS_SEEN) >= _TOKENS_SEEN_MAX:
+                _TOKENS_SEEN.clear()
+            tokens = _TOKENS_SEEN[values[0]] = _tokens(values)
+        return tokens
+    return _tokens(values)
+
+
+def _tokens(values: list) -> frozenset:
     return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
 
 
@@ -146,21 +163,23 @@ def _split_headers(raw_headers, special: frozenset):
     """
     kept = []
     specials: dict[bytes, list[bytes]] = {}
-    for name, value in raw_headers:
+    for field in raw_headers:
+        name = field[0]
         lname = name.lower()
         if lname in special:
             if lname in specials:
-                specials[lname].append(value)
+                specials[lname].append(field[1])
             else:
-                specials[lname] = [value]
+                specials[lname] = [field[1]]
         elif b"_" not in name:
-            kept.append((name, value))
+            kept.append(field)            # the (name, value) pair as parsed: no new tuple
     return kept, specials
 
 
 _FRAMING = frozenset({b"content-length", b"host", b"expect", b"via"})
 _REQUEST_SPECIAL = HOP_BY_HOP | _FRAMING | REQUEST_OWNED
-_RESPONSE_SPECIAL = HOP_BY_HOP | _FRAMING
+# Host, Expect and Via are end-to-end in a response: they pass as they came.
+_RESPONSE_SPECIAL = HOP_BY_HOP | frozenset({b"content-length"})
 
 
 def _framing(specials: dict) -> tuple[int | None, bool]:
@@ -280,9 +299,6 @@ def analyze_response(status: int, reason: bytes, version: bytes, raw_headers) ->
         content_length, chunked = _framing(specials)
     except HttpError as exc:
         raise HttpError(f"bad response from backend: {exc.message}", 502) from None
-    for name in (b"host", b"expect", b"via"):
-        for value in specials.get(name, ()):
-            kept.append((name.title(), value))
     connection = _connection_tokens(specials)
     kept = _drop_named(kept, connection)
     keep_alive = b"close" not in connection if version == b"1.1" else b"keep-alive" in connection

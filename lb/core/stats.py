@@ -147,7 +147,7 @@ class StatsDelta:
         counts = self.by_class.get(version)
         if counts is None:
             counts = self.by_class[version] = [0, 0, 0, 0, 0]
-        counts[class_index(status)] += 1
+        counts[(5 if status >= 500 else status // 100 if status >= 100 else 1) - 1] += 1   # class_index
         self.histogram[bisect.bisect_left(HISTOGRAM_BOUNDS_S, duration_s)] += 1
         self.histogram_sum += duration_s
         second = int(now_s)

@@ -1,0 +1,122 @@
+"""Where lb's CPU goes per request: a sampling profile and the system calls, under wrk.
+
+    .venv/bin/python bench/sampling_profile.py [--seconds 10] [--close] [--tag T]
+
+The setup of bench/throughput.py (10 nginx backends, lb with one worker, `wrk -t1
+-c50`): py-spy (the `bench` extra; never a runtime dependency) samples the worker at
+200 Hz while wrk runs, and the stacks are folded into each function's *self* share
+(samples where it was the innermost Python frame) and *total* share (anywhere on the
+stack); then a shorter run under `strace -c -f` counts the system calls per request.
+Writes bench/results/profile[-T].json and prints the top of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import (BACKENDS, RESULTS, ROOT, cpu_times, free_port, run_wrk,  # noqa: E402
+                        start_backends, start_lb)
+
+sys.path.insert(0, str(ROOT))
+from lb.procs import children  # noqa: E402
+
+
+def fold(raw: str) -> tuple[Counter, Counter, int]:
+    """py-spy's collapsed stacks -> (self samples, total samples) per function, and the total."""
+    own, total, samples = Counter(), Counter(), 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    return own, total, samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--close", action="store_true", help="Connection: close (a new client connection each)")
+    parser.add_argument("--tag")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    report: dict = {"bench": "profile", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "wrk": f"-t1 -c{args.connections} -d{args.seconds}s" + (" Connection: close" if args.close else "")}
+    with tempfile.TemporaryDirectory(prefix="lb-profile-") as tmp:
+        workdir = Path(tmp)
+        ports = [free_port() for _ in range(BACKENDS)]
+        procs: list[subprocess.Popen] = []
+        try:
+            procs += start_backends(workdir, ports)
+            lb, port = start_lb(workdir, ports, False, procs, 1)
+            worker = children(lb.pid)[0]
+            run_wrk(port, 2, args.connections, args.close)                 # warm up
+            before = cpu_times(lb.pid)
+            out = workdir / "stacks.txt"
+            sampler = subprocess.Popen([spy, "record", "--pid", str(worker), "--rate", "200", "--format", "raw",
+                                        "--duration", str(args.seconds), "--output", str(out), "--nonblocking"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            result = run_wrk(port, args.seconds, args.connections, args.close)
+            sampler.wait(60)
+            after = cpu_times(lb.pid)
+            per = 1e6 / result["requests"]
+            report["throughput"] = {**result, "user_us_per_request": round((after[0] - before[0]) * per, 1),
+                                    "sys_us_per_request": round((after[1] - before[1]) * per, 1)}
+            own, total, samples = fold(out.read_text())
+            report["samples"] = samples
+            report["self_pct"] = {f: round(100 * n / samples, 1) for f, n in own.most_common(40)}
+            report["total_pct"] = {f: round(100 * n / samples, 1) for f, n in total.most_common(40)}
+            if shutil.which("strace"):
+                trace = workdir / "strace.txt"
+                tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(worker), "-o", str(trace)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
+                traced = run_wrk(port, 3, args.connections, args.close)
+                tracer.terminate()
+                tracer.wait(30)
+                calls = {}
+                for line in trace.read_text().splitlines():
+                    fields = line.split()
+                    if len(fields) >= 5 and fields[3].isdigit():
+                        calls[fields[-1]] = int(fields[3])
+                report["syscalls_per_request"] = {name: round(n / traced["requests"], 2)
+                                                  for name, n in sorted(calls.items(), key=lambda kv: -kv[1])
+                                                  if n / traced["requests"] >= 0.01}
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                proc.wait(15)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"profile{'-' + args.tag if args.tag else ''}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    t = report["throughput"]
+    print(f"{t['requests_per_s']:.0f} req/s, CPU/request {t['user_us_per_request']} user + "
+          f"{t['sys_us_per_request']} sys µs; {report['samples']} samples")
+    print("self %:")
+    for name, pct in list(report["self_pct"].items())[:25]:
+        print(f"  {pct:5.1f}  {name}")
+    print("total %:")
+    for name, pct in list(report["total_pct"].items())[:25]:
+        print(f"  {pct:5.1f}  {name}")
+    print("system calls per request:", report.get("syscalls_per_request"))
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
