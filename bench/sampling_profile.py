@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (BACKENDS, RESULTS, ROOT, cpu_times, free_port, run_wrk,  # noqa: E402
-                        start_backends, start_lb)
+                        start_backends, start_haproxy, start_lb)
 
 sys.path.insert(0, str(ROOT))
 from lb.procs import children  # noqa: E402
@@ -45,6 +45,23 @@ def fold(raw: str) -> tuple[Counter, Counter, int]:
         for frame in set(frames):
             total[frame] += n
     return own, total, samples
+
+
+def syscalls(pid: int, port: int, args, trace: Path) -> dict:
+    """System calls per request of process `pid` over 3 s of wrk (strace -c -f)."""
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", str(trace)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    traced = run_wrk(port, 3, args.connections, args.close)
+    tracer.terminate()
+    tracer.wait(30)
+    calls = {}
+    for line in trace.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[3].isdigit():
+            calls[fields[-1]] = int(fields[3])
+    return {name: round(n / traced["requests"], 2) for name, n in sorted(calls.items(), key=lambda kv: -kv[1])
+            if n / traced["requests"] >= 0.01}
 
 
 def main() -> int:
@@ -82,21 +99,12 @@ def main() -> int:
             report["self_pct"] = {f: round(100 * n / samples, 1) for f, n in own.most_common(40)}
             report["total_pct"] = {f: round(100 * n / samples, 1) for f, n in total.most_common(40)}
             if shutil.which("strace"):
-                trace = workdir / "strace.txt"
-                tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(worker), "-o", str(trace)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(0.5)
-                traced = run_wrk(port, 3, args.connections, args.close)
-                tracer.terminate()
-                tracer.wait(30)
-                calls = {}
-                for line in trace.read_text().splitlines():
-                    fields = line.split()
-                    if len(fields) >= 5 and fields[3].isdigit():
-                        calls[fields[-1]] = int(fields[3])
-                report["syscalls_per_request"] = {name: round(n / traced["requests"], 2)
-                                                  for name, n in sorted(calls.items(), key=lambda kv: -kv[1])
-                                                  if n / traced["requests"] >= 0.01}
+                report["syscalls_per_request"] = syscalls(worker, port, args, workdir / "strace-lb.txt")
+                if shutil.which("haproxy"):          # the peer, the same way
+                    pid, peer_port = start_haproxy(workdir, ports, procs)
+                    run_wrk(peer_port, 2, args.connections, args.close)
+                    report["haproxy_syscalls_per_request"] = syscalls(pid, peer_port, args,
+                                                                      workdir / "strace-haproxy.txt")
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -114,6 +122,7 @@ def main() -> int:
     for name, pct in list(report["total_pct"].items())[:25]:
         print(f"  {pct:5.1f}  {name}")
     print("system calls per request:", report.get("syscalls_per_request"))
+    print("HAProxy's, the same way:", report.get("haproxy_syscalls_per_request"))
     print(f"written: {path}")
     return 0
 
