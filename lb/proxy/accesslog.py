@@ -44,6 +44,7 @@ class AccessLog:
         if self._fd is not None and stat.S_ISREG(os.fstat(self._fd).st_mode):
             self._chunk = FILE_CHUNK
         self._target = target
+        self.on = self._fd is not None          # callers skip building nothing when off
         self._worker = {"worker": worker} if worker is not None else {}
         self._second = -1
         self._second_text = ""
@@ -135,3 +136,4 @@ class AccessLog:
         if self._owned:
             os.close(self._fd)
         self._fd = None
+        self.on = False

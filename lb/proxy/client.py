@@ -54,6 +54,10 @@ class FlowControl:
         if reason not in reasons:
             self._reasons = reasons + (reason,)
 
+    @property
+    def paused(self) -> bool:
+        return bool(self._reasons)
+
     def resume(self, reason: str) -> None:
         if reason in self._reasons:
             self._reasons = tuple(r for r in self._reasons if r != reason)

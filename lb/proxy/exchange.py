@@ -132,7 +132,9 @@ class Exchange:
         conn.write(b"".join(pieces) if len(pieces) > 1 else pieces[0])
         if not self.replayable:
             self.chunks = []
-        self.client.flow.resume("buffer")
+        flow = self.client.flow
+        if flow.paused:                      # nearly never: a body held while connecting
+            flow.resume("buffer")
 
     def _retry_or_fail(self, failure: str, exc: HttpError) -> None:
         if may_retry(failure, len(self.tried), self.plane.config.retries, self.head.idempotent,
@@ -255,7 +257,9 @@ class Exchange:
         if reusable is not None:
             self.plane.upstreams.release(self.upstream, reusable)
         self._leave_route()
-        self.plane.access_log.write(self, route)
+        access_log = self.plane.access_log
+        if access_log.on:
+            access_log.write(self, route)
 
     def fail(self, exc: HttpError) -> None:
         """Answer with an error if nothing was sent yet; otherwise cut the client."""

@@ -39,7 +39,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.reading_paused = False
         self.tunnel_peer = None     # the ClientConnection at the other end of a tunnel
         self.eof_seen = False       # the backend half-closed its side of a tunnel
-        self.responses = 0          # complete responses on this connection: > 0 means reused
         self.deadline = INFINITY
         self.closed = False
 
@@ -120,7 +119,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.exchange.on_response_body(data)
 
     def on_response_end(self) -> None:
-        self.responses += 1
         self.exchange.on_response_end()
 
     # -- used by the exchange ----------------------------------------------
@@ -202,7 +200,8 @@ class UpstreamPools:
         """Back to the idle pool after a complete exchange, or closed."""
         conn.exchange = None
         conn.client = None
-        conn.resume_reading()
+        if conn.reading_paused:
+            conn.resume_reading()
         self.active.discard(conn)
         idle = self.idle.setdefault(conn.route.name, [])
         if not reusable or conn.closed or len(idle) >= MAX_IDLE_PER_BACKEND \
