@@ -43,7 +43,7 @@ class Exchange:
         self.plane = plane
         self.client = client
         self.head = head
-        self.head_bytes = http1.serialize_request(head, client.ip, (), client.trusted, client.forwarded(head.host))
+        self.head_bytes = http1.serialize_request(head, client.ip, (), client.trusted, own=client.own_headers(head))
         self.route = None
         self.upstream = None
         self.tried: list = []

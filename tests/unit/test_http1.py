@@ -212,10 +212,13 @@ def test_response_framings_in_sequence(impl, split):
         (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"),
         (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
                  b"2\r\nhi\r\n0\r\n\r\n"),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast"),
     ]
     messages, _ = parse_responses(impl, exchanges, split)
-    assert [m["head"].status for m in messages] == [200, 200, 204, 304, 200]
-    assert [m["body"] for m in messages] == [b"abc", b"", b"", b"", b"hi"]
+    assert [m["head"].status for m in messages] == [200, 200, 204, 304, 200, 200, 200, 200]
+    assert [m["body"] for m in messages] == [b"abc", b"", b"", b"", b"hi", b"", b"", b"last"]
     assert all(m["ended"] for m in messages)
     assert messages[1]["head"].content_length == 99
     assert messages[4]["head"].chunked and names(messages[4]["head"]) == []
@@ -478,3 +481,57 @@ def test_a_refused_message_is_freed_without_the_cyclic_gc(impl, case, data, stat
         tracemalloc.stop()
         gc.enable()
     assert held < 200_000, f"{held} bytes still held after 20 refused messages of {len(data)} bytes"
+
+
+# -- fast paths against the general ones: the same result, field for field ------------------
+
+FAST_REQUESTS = [
+    (b"GET", b"/", b"1.1", [(b"Host", b"127.0.0.1:8080")]),
+    (b"GET", b"/a?b=c", b"1.0", [(b"Host", b"example.com")]),
+    (b"POST", b"/x", b"1.1", [(b"Host", b" a.example "), (b"Accept", b"*/*"), (b"Cookie", b"lb_version=v1")]),
+    (b"HEAD", b"http://a.example/x", b"1.1", [(b"host", b"a.example"), (b"X_Weird", b"dropped")]),
+    (b"OPTIONS", b"*", b"1.1", [(b"HOST", b"[::1]:80"), (b"User-Agent", b"wrk")]),
+]
+
+
+def head_fields(head) -> dict:
+    return {name: getattr(head, name) for name in http1.RequestHead.__slots__}
+
+
+@pytest.mark.parametrize("method, target, version, raw", FAST_REQUESTS)
+def test_the_host_only_request_path_gives_the_general_paths_head(method, target, version, raw):
+    fast = http1.analyze_request(method, target, version, list(raw))
+    kept, specials = http1._split_headers(list(raw), http1._REQUEST_SPECIAL)
+    assert list(specials) == [b"host"]                                  # it took the fast path
+    general = http1._analyze_request(method, target, version, kept, specials)
+    assert head_fields(fast) == head_fields(general)
+
+
+@pytest.mark.parametrize("raw", [[(b"Host", b"bad host")], [(b"Host", b"a.example")]])
+def test_the_host_only_path_checks_the_host_as_the_general_one(raw):
+    target = b"http://other.example/"
+    with pytest.raises(HttpError) as fast:
+        http1.analyze_request(b"GET", target, b"1.1", raw)
+    kept, specials = http1._split_headers(raw, http1._REQUEST_SPECIAL)
+    with pytest.raises(HttpError) as general:
+        http1._analyze_request(b"GET", target, b"1.1", kept, specials)
+    assert (fast.value.status, fast.value.message) == (general.value.status, general.value.message)
+
+
+@pytest.mark.parametrize("trusted, raw", [
+    (False, [(b"Host", b"a.example")]),
+    (False, [(b"Host", b"a.example"), (b"X-Forwarded-For", b"1.2.3.4")]),     # dropped: untrusted
+    (True, [(b"Host", b"a.example"), (b"X-Forwarded-For", b"1.2.3.4")]),      # a chain: not cached
+    (False, [(b"Host", b"a.example"), (b"Via", b"1.0 other")]),                # a chain: not cached
+])
+def test_lb_own_lines_made_once_per_connection_are_the_lines_made_per_request(trusted, raw):
+    from lb.proxy.client import ClientConnection
+
+    class Conn:                                           # what own_headers uses of a connection
+        ip, _own = b"10.0.0.7", None
+    conn = Conn()
+    conn.trusted = trusted
+    for version in (b"1.1", b"1.1", b"1.0"):
+        head = http1.analyze_request(b"GET", b"/", version, list(raw))
+        cached = http1.serialize_request(head, conn.ip, [], trusted, own=ClientConnection.own_headers(conn, head))
+        assert cached == http1.serialize_request(head, conn.ip, [], trusted)
