@@ -949,9 +949,23 @@ def chained(head: RequestHead, trusted: bool) -> bool:
     return head.via is not None or (trusted and head.forwarded_by is not None)
 
 
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}    # (status, reason) -> its status line
+_STATUS_LINES_MAX = 256
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        if len(_STATUS_LINES) >= _STATUS_LINES_MAX:
+            _STATUS_LINES.clear()
+        line = _STATUS_LINES[status, reason] = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
+    return line
+
+
 def serialize_response(status: int, reason: bytes, headers: list, framing: bytes) -> bytes:
-    """A response head for the client; `framing` is the ready-made framing lines."""
-    parts = [b"HTTP/1.1 %d " % status, reason or reason_phrase(status), b"\r\n"]
+    """A response head for the client; `framing` is the ready-made framing lines. The status
+    line is made once per status and reason (a backend sends few)."""
+    parts = [_status_line(status, reason)]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
     parts += (framing, b"\r\n")

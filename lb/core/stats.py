@@ -30,6 +30,7 @@ FINE_FLOOR_S = 0.0001
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _INV_FLOOR = 1.0 / FINE_FLOOR_S
 _INV_LOG_RATIO = 1.0 / math.log(FINE_RATIO)
+_log = math.log
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -154,7 +155,7 @@ class StatsDelta:
         buckets = self.window.get(second)
         if buckets is None:
             buckets = self.window[second] = {}
-        fine = fine_bucket(duration_s)
+        fine = int(_log(duration_s * _INV_FLOOR) * _INV_LOG_RATIO) + 1 if duration_s > FINE_FLOOR_S else 0  # fine_bucket
         buckets[fine] = buckets.get(fine, 0) + 1
 
     @property
