@@ -17,14 +17,13 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import (BACKENDS, RESULTS, ROOT, cpu_times, free_port, run_wrk,  # noqa: E402
-                        start_backends, start_haproxy, start_lb)
+from throughput import (RESULTS, ROOT, backends_running, cpu_times, run_wrk, start_haproxy,  # noqa: E402
+                        start_lb)
 
 sys.path.insert(0, str(ROOT))
 from lb.procs import children  # noqa: E402
@@ -74,41 +73,32 @@ def main() -> int:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     report: dict = {"bench": "profile", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "wrk": f"-t1 -c{args.connections} -d{args.seconds}s" + (" Connection: close" if args.close else "")}
-    with tempfile.TemporaryDirectory(prefix="lb-profile-") as tmp:
-        workdir = Path(tmp)
-        ports = [free_port() for _ in range(BACKENDS)]
-        procs: list[subprocess.Popen] = []
-        try:
-            procs += start_backends(workdir, ports)
-            lb, port = start_lb(workdir, ports, False, procs, 1)
-            worker = children(lb.pid)[0]
-            run_wrk(port, 2, args.connections, args.close)                 # warm up
-            before = cpu_times(lb.pid)
-            out = workdir / "stacks.txt"
-            sampler = subprocess.Popen([spy, "record", "--pid", str(worker), "--rate", "200", "--format", "raw",
-                                        "--duration", str(args.seconds), "--output", str(out), "--nonblocking"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            result = run_wrk(port, args.seconds, args.connections, args.close)
-            sampler.wait(60)
-            after = cpu_times(lb.pid)
-            per = 1e6 / result["requests"]
-            report["throughput"] = {**result, "user_us_per_request": round((after[0] - before[0]) * per, 1),
-                                    "sys_us_per_request": round((after[1] - before[1]) * per, 1)}
-            own, total, samples = fold(out.read_text())
-            report["samples"] = samples
-            report["self_pct"] = {f: round(100 * n / samples, 1) for f, n in own.most_common(40)}
-            report["total_pct"] = {f: round(100 * n / samples, 1) for f, n in total.most_common(40)}
-            if shutil.which("strace"):
-                report["syscalls_per_request"] = syscalls(worker, port, args, workdir / "strace-lb.txt")
-                if shutil.which("haproxy"):          # the peer, the same way
-                    pid, peer_port = start_haproxy(workdir, ports, procs)
-                    run_wrk(peer_port, 2, args.connections, args.close)
-                    report["haproxy_syscalls_per_request"] = syscalls(pid, peer_port, args,
-                                                                      workdir / "strace-haproxy.txt")
-        finally:
-            for proc in reversed(procs):
-                proc.terminate()
-                proc.wait(15)
+    with backends_running("lb-profile-") as (workdir, ports, procs):
+        lb, port = start_lb(workdir, ports, False, procs, 1)
+        worker = children(lb.pid)[0]
+        run_wrk(port, 2, args.connections, args.close)                 # warm up
+        before = cpu_times(lb.pid)
+        out = workdir / "stacks.txt"
+        sampler = subprocess.Popen([spy, "record", "--pid", str(worker), "--rate", "200", "--format", "raw",
+                                    "--duration", str(args.seconds), "--output", str(out), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        result = run_wrk(port, args.seconds, args.connections, args.close)
+        sampler.wait(60)
+        after = cpu_times(lb.pid)
+        per = 1e6 / result["requests"]
+        report["throughput"] = {**result, "user_us_per_request": round((after[0] - before[0]) * per, 1),
+                                "sys_us_per_request": round((after[1] - before[1]) * per, 1)}
+        own, total, samples = fold(out.read_text())
+        report["samples"] = samples
+        report["self_pct"] = {f: round(100 * n / samples, 1) for f, n in own.most_common(40)}
+        report["total_pct"] = {f: round(100 * n / samples, 1) for f, n in total.most_common(40)}
+        if shutil.which("strace"):
+            report["syscalls_per_request"] = syscalls(worker, port, args, workdir / "strace-lb.txt")
+            if shutil.which("haproxy"):          # the peer, the same way
+                pid, peer_port = start_haproxy(workdir, ports, procs)
+                run_wrk(peer_port, 2, args.connections, args.close)
+                report["haproxy_syscalls_per_request"] = syscalls(pid, peer_port, args,
+                                                                  workdir / "strace-haproxy.txt")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"profile{'-' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")

@@ -20,6 +20,7 @@ nginx-light through bench/setup.sh when they are missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -147,6 +148,23 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s; {serv
     return procs
 
 
+@contextlib.contextmanager
+def backends_running(prefix: str):
+    """(workdir, backend ports, procs): a scratch folder with the 10 backends up; every process
+    appended to `procs` is stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(tmp)
+        ports = [free_port() for _ in range(BACKENDS)]
+        procs: list[subprocess.Popen] = []
+        try:
+            procs += start_backends(workdir, ports)
+            yield workdir, ports, procs
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                proc.wait(15)
+
+
 def start_lb(workdir: Path, ports: list[int], access_log: bool,
              procs: list[subprocess.Popen], workers: int = 1) -> tuple[subprocess.Popen, int]:
     port = free_port()
@@ -249,36 +267,27 @@ def main() -> int:
         subprocess.run(["bash", str(ROOT / "bench" / "setup.sh")], check=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
-        workdir = Path(tmp)
-        ports = [free_port() for _ in range(BACKENDS)]
-        procs: list[subprocess.Popen] = []
-        try:
-            procs += start_backends(workdir, ports)
-            rows["direct keep-alive"] = measure(ports[0], None, args.seconds, args.connections, False)
-            for count in counts:
-                # Rows for 1 keep their old names ("lb keep-alive"); "lb x2 keep-alive" for 2.
-                tag = "" if count == 1 else f" x{count}"
-                lb, lb_port = start_lb(workdir, ports, args.access_log, procs, count)
-                run_wrk(lb_port, 2, args.connections, False)          # warm up pools and caches
-                rows[f"lb{tag} keep-alive"] = measure(lb_port, lb.pid, args.seconds, args.connections, False)
-                rows[f"lb{tag} Connection: close"] = measure(lb_port, lb.pid, args.seconds, args.connections, True)
-                lb.terminate()
-                lb.wait(40)
-                if args.peers:
-                    peers = [("haproxy", start_haproxy), ("nginx", start_nginx_proxy)]
-                    if count == 1:
-                        peers.append(("floor", start_floor))       # one process: no x2 row
-                    for name, start in peers:
-                        pid, port = start(workdir, ports, procs, count)
-                        run_wrk(port, 2, args.connections, False)
-                        rows[f"{name}{tag} keep-alive"] = measure(port, pid, args.seconds, args.connections, False)
-                        rows[f"{name}{tag} Connection: close"] = measure(port, pid, args.seconds,
-                                                                         args.connections, True)
-        finally:
-            for proc in reversed(procs):
-                proc.terminate()
-                proc.wait(15)
+    with backends_running("lb-bench-") as (workdir, ports, procs):
+        rows["direct keep-alive"] = measure(ports[0], None, args.seconds, args.connections, False)
+        for count in counts:
+            # Rows for 1 keep their old names ("lb keep-alive"); "lb x2 keep-alive" for 2.
+            tag = "" if count == 1 else f" x{count}"
+            lb, lb_port = start_lb(workdir, ports, args.access_log, procs, count)
+            run_wrk(lb_port, 2, args.connections, False)          # warm up pools and caches
+            rows[f"lb{tag} keep-alive"] = measure(lb_port, lb.pid, args.seconds, args.connections, False)
+            rows[f"lb{tag} Connection: close"] = measure(lb_port, lb.pid, args.seconds, args.connections, True)
+            lb.terminate()
+            lb.wait(40)
+            if args.peers:
+                peers = [("haproxy", start_haproxy), ("nginx", start_nginx_proxy)]
+                if count == 1:
+                    peers.append(("floor", start_floor))       # one process: no x2 row
+                for name, start in peers:
+                    pid, port = start(workdir, ports, procs, count)
+                    run_wrk(port, 2, args.connections, False)
+                    rows[f"{name}{tag} keep-alive"] = measure(port, pid, args.seconds, args.connections, False)
+                    rows[f"{name}{tag} Connection: close"] = measure(port, pid, args.seconds,
+                                                                     args.connections, True)
     report = {
         "bench": "throughput", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
