@@ -111,6 +111,10 @@ _NO_TOKENS: frozenset = frozenset()
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
+# The tables below remember what peers send over and over (header names, Connection values,
+# status lines), each bounded in entries and never keeping a key longer than this: what
+# peers can make them hold stays under a MiB in all.
+_CACHED_MAX_BYTES = 64
 _TOKENS_SEEN: dict[bytes, frozenset] = {}     # a Connection value -> its tokens (a site sends few)
 _TOKENS_SEEN_MAX = 256
 
@@ -125,9 +129,11 @@ def _connection_tokens(specials: dict) -> frozenset:
         # the split and the set are not made per message (0.37 -> 0.1 µs, bench/hotpath.py).
         tokens = _TOKENS_SEEN.get(values[0])
         if tokens is None:
-            if len(_TOKENS_SEEN) >= _TOKENS_SEEN_MAX:
-                _TOKENS_SEEN.clear()
-            tokens = _TOKENS_SEEN[values[0]] = _tokens(values)
+            tokens = _tokens(values)
+            if len(values[0]) <= _CACHED_MAX_BYTES:
+                if len(_TOKENS_SEEN) >= _TOKENS_SEEN_MAX:
+                    _TOKENS_SEEN.clear()
+                _TOKENS_SEEN[values[0]] = tokens
         return tokens
     return _tokens(values)
 
@@ -169,9 +175,10 @@ def _split_headers(raw_headers, special: frozenset):
         kind = seen.get(name)
         if kind is None:
             kind = _name_kind(name, special)
-            if len(seen) >= _NAMES_SEEN_MAX:
-                seen.clear()
-            seen[name] = kind
+            if len(name) <= _CACHED_MAX_BYTES:
+                if len(seen) >= _NAMES_SEEN_MAX:
+                    seen.clear()
+                seen[name] = kind
         if kind is _KEEP:
             kept.append(field)            # the (name, value) pair as parsed: no new tuple
         elif kind is not _DROP:
@@ -956,9 +963,11 @@ _STATUS_LINES_MAX = 256
 def _status_line(status: int, reason: bytes) -> bytes:
     line = _STATUS_LINES.get((status, reason))
     if line is None:
-        if len(_STATUS_LINES) >= _STATUS_LINES_MAX:
-            _STATUS_LINES.clear()
-        line = _STATUS_LINES[status, reason] = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
+        if len(reason) <= _CACHED_MAX_BYTES:
+            if len(_STATUS_LINES) >= _STATUS_LINES_MAX:
+                _STATUS_LINES.clear()
+            _STATUS_LINES[status, reason] = line
     return line
 
 
