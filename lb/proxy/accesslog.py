@@ -44,7 +44,7 @@ class AccessLog:
         if self._fd is not None and stat.S_ISREG(os.fstat(self._fd).st_mode):
             self._chunk = FILE_CHUNK
         self._target = target
-        self.on = self._fd is not None          # callers skip building nothing when off
+        self.on = self._fd is not None          # off: callers need not call write() at all
         self._worker = {"worker": worker} if worker is not None else {}
         self._second = -1
         self._second_text = ""
