@@ -177,3 +177,27 @@ async def test_a_wait_in_progress_at_the_upgrade_is_answered_by_the_new_master(s
         waited = json.loads(await asyncio.to_thread(admin.makefile("rb").readline))
         admin.close()
     assert waited["ok"] and waited["server"]["state"] == "drained" and waited["cut"] == 0, waited
+
+
+async def test_a_chain_of_upgrades_counts_the_oldest_workers_requests_at_the_newest_master(spawn, tmp_path):
+    """A upgraded to B while A's worker still carries a request, then B to C: C hears of A's
+    request through B (old masters nest), so a drain at C waits for it."""
+    web1, web2 = spawn(Backend, "web1"), spawn(Backend, "web2")
+    lb = spawn(Lb, tmp_path, [web1.config(), web2.config()], workers=1)
+    assert lb.ctl("drain web2")["ok"]                            # the slow request goes to web1
+    first = lb.master_pid
+    async with aiohttp.ClientSession() as session:
+        slow = asyncio.create_task(session.get(f"{lb.url}/slow?ms=4000"))
+        await asyncio.to_thread(wait_for, lambda: lb.server("web1")["inflight"] == 1, 5, "the slow request")
+        assert (await asyncio.to_thread(lb.upgrade))["ok"]      # A -> B; A finishes the request
+        second = lb.master_pid
+        assert (await asyncio.to_thread(lb.upgrade))["ok"]      # B -> C while A still runs
+        assert not gone(first) and lb.ctl("show info")["old_master"] == {"pid": second}
+        assert lb.ctl("ready web2")["ok"] and lb.ctl("drain web1")["ok"]
+        assert lb.server("web1")["inflight"] == 1                # A's request, counted at C
+        waited = await asyncio.to_thread(lb.ctl, "wait web1 drained 20")
+        response = await slow
+        assert response.status == 200
+        response.release()
+    assert waited["ok"] and waited["cut"] == 0 and waited["waited_s"] > 1
+    await asyncio.to_thread(wait_for, lambda: gone(first) and gone(second), 15, "both old masters to exit")
