@@ -69,3 +69,39 @@ def test_reopen_that_cannot_open_keeps_writing_to_the_old_file(tmp_path, capsys)
     log.close()
     assert (tmp_path / "moved.log").read_text() == '{"n": 1}\n'
     assert "cannot reopen" in capsys.readouterr().err
+
+
+def test_a_request_line_is_byte_for_byte_what_json_dumps_makes_of_its_fields():
+    import json
+    import time
+
+    from lb.core import http1
+
+    class Client:
+        ip, trusted = b"10.0.0.9", False
+
+    class Exchange:
+        client = Client()
+        started = time.monotonic()
+
+    class Route:
+        name, version = "web1", "v2"
+
+    cases = []
+    for target in (b"/", b"/a/b?q=1", b'/we"ird\\path\x01\x7f', "/caf\u00e9".encode("latin-1")):
+        for pin_how, error, route in ((None, None, Route()), ("assigned", None, Route()),
+                                      ("forward", "backend did not answer in time", None)):
+            cases.append((target, pin_how, error, route))
+    for worker in (None, 3):
+        log = AccessLog(os.devnull, worker=worker)
+        for target, pin_how, error, route in cases:
+            exchange = Exchange()
+            exchange.head = http1.analyze_request(b"GET", target, b"1.1", [(b"Host", b"h")])
+            exchange.status, exchange.bytes_out, exchange.tried = 504 if error else 200, 34, [1, 2]
+            exchange.version, exchange.pin_how, exchange.error = "v2", pin_how, error
+            log.write(exchange, route)
+            line = log._lines[-1]
+            said = json.loads(line)
+            assert line == json.dumps(log.line_fields(exchange, route, said["duration_ms"], said["time"]))
+        log._lines = []
+        log.close()
