@@ -76,8 +76,7 @@ class Admin:
             command, args = parse(line)
             if self.frozen is not None and command.handler != "upgrade":
                 await asyncio.shield(self.frozen)
-                if self.relay_to is not None:
-                    return await self._relay(line)
+                return await self.execute(line)   # relayed, if the upgrade went through
             await self.control.synced()
             await self.control.applied()      # and what the reports changed, every worker routes by
             payload = getattr(self, command.handler)(*args)

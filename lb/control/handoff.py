@@ -334,8 +334,7 @@ class Inherited:
     """What the new master got: the sockets by address, the old master's state, and the
     channel that becomes its predecessor's link."""
 
-    def __init__(self, sock: socket.socket, sockets: list[socket.socket]):
-        self.sock = sock
+    def __init__(self, sockets: list[socket.socket]):
         self.sockets = sockets
         self.state: dict | None = None
         self.channel: Channel | None = None
@@ -378,7 +377,7 @@ async def receive(fd: int) -> Inherited:
         received.setblocking(False)
         received.set_inheritable(True)
         sockets.append(received)
-    inherited = Inherited(sock, sockets)
+    inherited = Inherited(sockets)
     loop = asyncio.get_running_loop()
     inherited._state_future = loop.create_future()
     inherited.channel = await open_channel(sock, inherited._on_message, inherited._on_closed)

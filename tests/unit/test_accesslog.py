@@ -7,13 +7,18 @@ from lb.proxy import accesslog
 from lb.proxy.accesslog import AccessLog
 
 
-def record_writes(monkeypatch):
+def flushed_writes(log, lines, monkeypatch) -> list[bytes]:
+    """The os.write calls one flush of `lines` makes (the log is closed after)."""
     writes = []
 
     def write(fd, data):
         writes.append(bytes(data))
         return len(data)
+    log._lines = list(lines)
     monkeypatch.setattr(accesslog.os, "write", write)
+    log.flush()
+    monkeypatch.undo()
+    log.close()
     return writes
 
 
@@ -22,13 +27,8 @@ def test_writes_to_a_pipe_are_whole_lines_of_at_most_pipe_buf(tmp_path, monkeypa
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)       # so the writer's open returns
     try:
-        log = AccessLog(str(fifo), worker=1)
         lines = [f'{{"n": {i}, "pad": "{"x" * (i % 300)}"}}' for i in range(200)]
-        log._lines = list(lines)
-        writes = record_writes(monkeypatch)
-        log.flush()
-        monkeypatch.undo()
-        log.close()
+        writes = flushed_writes(AccessLog(str(fifo), worker=1), lines, monkeypatch)
     finally:
         os.close(reader)
     assert len(writes) > 1 and all(len(w) <= accesslog.PIPE_BUF and w.endswith(b"\n") for w in writes)
@@ -36,13 +36,8 @@ def test_writes_to_a_pipe_are_whole_lines_of_at_most_pipe_buf(tmp_path, monkeypa
 
 
 def test_a_file_gets_whole_lines_in_one_append(tmp_path, monkeypatch):
-    log = AccessLog(str(tmp_path / "access.log"), worker=0)
     lines = [f'{{"n": {i}}}' for i in range(500)]
-    log._lines = list(lines)
-    writes = record_writes(monkeypatch)
-    log.flush()
-    monkeypatch.undo()
-    log.close()
+    writes = flushed_writes(AccessLog(str(tmp_path / "access.log"), worker=0), lines, monkeypatch)
     assert len(writes) == 1 and writes[0].decode().splitlines() == lines
 
 
