@@ -230,3 +230,26 @@ async def test_requests_beyond_max_conns_wait_their_turn_then_time_out(rig):
     assert third_transport.take().startswith(b"HTTP/1.1 503 ") and not rig.plane.queue
     rig.respond(OK)
     assert second_transport.take().endswith(b"ok")
+
+
+async def test_a_body_held_while_connecting_pauses_the_client_until_the_connection_is_made(rig):
+    """Past REPLAY_LIMIT_BYTES with no upstream yet, reading pauses; the connection resumes it."""
+    from lb.core.http1 import REPLAY_LIMIT_BYTES
+    loop = asyncio.get_running_loop()
+    made = loop.create_future()
+
+    async def connect(route):
+        return await made
+    rig.plane.upstreams.idle["web1"] = []
+    rig.plane.upstreams.connect = connect
+    size = REPLAY_LIMIT_BYTES + 1000
+    rig.client.data_received(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+    await asyncio.sleep(0)                       # the connect task starts and waits
+    rig.client.data_received(b"u" * size)
+    assert rig.client_transport.paused           # nowhere to send it yet, more than a replay holds
+    made.set_result(rig.upstream)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not rig.client_transport.paused       # the connection is there: reading goes on
+    sent = rig.upstream_transport.take()
+    assert sent.startswith(b"POST /up ") and sent.endswith(b"u" * size)
