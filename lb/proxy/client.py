@@ -33,6 +33,8 @@ INFINITY = float("inf")
 EMPTY: deque = deque(maxlen=0)             # every connection's `pending` until a request waits
 WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
 WEBSOCKET_CLOSE_WAIT_S = 2.0                    # for the client's side of the closing handshake
+LINGER_S = 2.0                                  # a lingering close: how long lb reads and drops,
+LINGER_MAX_BYTES = 1 << 20                      # and how much (a flood is then reset, as before)
 BODY_RATE_GRACE_S = 10.0                        # before limits.min_body_rate applies
 # Client deadline kinds
 HEAD, IDLE, BODY, TUNNEL, NONE = "head", "idle", "body", "tunnel", "none"
@@ -57,6 +59,12 @@ class FlowControl:
     @property
     def paused(self) -> bool:
         return bool(self._reasons)
+
+    def resume_all(self) -> None:
+        if self._reasons:
+            self._reasons = ()
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
 
     def resume(self, reason: str) -> None:
         if reason in self._reasons:
@@ -85,7 +93,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.tunnel = None                       # the UpstreamConnection after a 101
         self.tunnel_route = None
         self.tunnel_websocket = False
-        self.discarding = False                  # a WebSocket closed by lb, awaiting the client's end
+        self.discarding = False                  # lb has half-closed and drops what still comes
+        self.discard_budget = 0                  # bytes it will still drop
         self.deadline = INFINITY
         self.deadline_kind = HEAD
         self.got_bytes = False
@@ -128,7 +137,11 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.deadline = self.plane.now() + self.plane.config.timeouts.tunnel
             return
         if self.discarding:
-            return                # a WebSocket's last frames after lb sent its close
+            # After lb's half-close: a WebSocket's last frames, a refused body. Dropped.
+            self.discard_budget -= len(data)
+            if self.discard_budget < 0:
+                self.close()
+            return
         if self.holding:
             self.held += data
             self.flow.pause("upgrade")
@@ -193,7 +206,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def eof_received(self):
         if self.discarding:
-            return False          # the client ended the closing handshake: close
+            return False          # the client ended its side too: close
         if self.tunnel is not None:
             # Both directions ended: close (connection_lost closes the other side too).
             self.eof_seen = True
@@ -332,7 +345,11 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.current = None
         if not keep_alive or self.plane.closing:
-            self.close()
+            reading = self.reading
+            if self.deferred_error is not None or (reading is not None and not reading.request_done):
+                self.linger()         # the client may still be sending: its request, or more
+            else:
+                self.close()
             return
         if self.holding:
             self._refused_upgrade()
@@ -395,6 +412,22 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.closed = True
             self.transport.close()
 
+    def linger(self) -> None:
+        """Close after lb's own answer while the client may still be sending (a refused
+        body, a trickled head, requests pipelined behind a bad one), as nginx's
+        lingering_close: half-close, then read and drop what comes for up to LINGER_S, and
+        close at the client's end or then. Closing at once would make the kernel answer those
+        bytes with a reset, and a reset can discard the answer from the client's receive
+        buffer before it reads it (RFC 9112 section 9.6)."""
+        if self.closed or not self.write_eof():
+            self.close()
+            return
+        self.discarding = True
+        self.discard_budget = LINGER_MAX_BYTES
+        self.flow.resume_all()
+        self.deadline_kind = NONE
+        self.deadline = self.plane.now() + LINGER_S
+
     def end_tunnel(self) -> None:
         """Close a tunnel at a drain deadline or its idle timeout. Other tunnels close at once. A WebSocket
         client gets a close frame (1001) and lb's half-close, then up to
@@ -409,6 +442,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.close()
             return
         self.discarding = True
+        self.discard_budget = LINGER_MAX_BYTES
         self.write(WEBSOCKET_GOING_AWAY)
         if not self.write_eof():
             self.close()
@@ -451,7 +485,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.plane.failed[str(exc.status)] += 1
         self.write(error_response(exc))
         self.plane.access_log.write_error(self, exc)
-        self.close()
+        self.linger()
 
     def on_timeout(self) -> None:
         """A client deadline passed. A 408 goes out in turn, never into the middle of a

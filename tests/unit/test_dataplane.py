@@ -11,7 +11,7 @@ import pytest
 from lb.core.config import parse_config
 from lb.core.planes import NodeView, RoutingView
 from lb.proxy.accesslog import AccessLog
-from lb.proxy.client import MAX_PIPELINED, PARSE_SLICE, ClientConnection
+from lb.proxy.client import LINGER_MAX_BYTES, LINGER_S, MAX_PIPELINED, PARSE_SLICE, ClientConnection
 from lb.proxy.dataplane import DataPlane
 from lb.proxy.upstream import UpstreamConnection
 
@@ -128,8 +128,34 @@ async def test_a_head_not_received_in_time_gets_408(rig):
     rig.clock.t += 0.2
     rig.plane.expire(rig.clock.t)
     assert rig.client_transport.take().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-    assert rig.client_transport.closed
     assert rig.upstream_transport.out == b""
+    # A lingering close: half-closed, reading on, what still comes is dropped ...
+    assert rig.client_transport.events[-2:] == ["eof", "resume"] and not rig.client_transport.closed
+    rig.client.data_received(b"st: a\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+    assert rig.client_transport.out == b"" and rig.upstream_transport.out == b""
+    # ... until the client ends its side (the transport then closes) or LINGER_S passes.
+    rig.clock.t += LINGER_S - 0.1
+    rig.plane.expire(rig.clock.t)
+    assert not rig.client_transport.closed
+    rig.clock.t += 0.2
+    rig.plane.expire(rig.clock.t)
+    assert rig.client_transport.closed
+
+
+async def test_a_lingering_connection_drops_at_most_linger_max_bytes(rig):
+    rig.client.data_received(b"BAD\x00 / HTTP/1.1\r\n\r\n")
+    assert rig.client_transport.take().startswith(b"HTTP/1.1 400 ")
+    rig.client.data_received(b"x" * LINGER_MAX_BYTES)
+    assert not rig.client_transport.closed
+    rig.client.data_received(b"x")                   # a flood: closed (the kernel resets it)
+    assert rig.client_transport.closed
+
+
+async def test_a_lingering_connection_closes_when_the_client_ends_its_side(rig):
+    rig.client.data_received(b"BAD\x00 / HTTP/1.1\r\n\r\n")
+    assert rig.client_transport.take().startswith(b"HTTP/1.1 400 ")
+    assert not rig.client_transport.closed
+    assert rig.client.eof_received() is False        # asyncio closes the transport on False
 
 
 async def test_a_backend_that_does_not_answer_in_time_gets_504(rig):
