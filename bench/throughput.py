@@ -13,6 +13,12 @@ thread/worker each, and the Python floor (bench/floor_proxy.py: a uvloop proxy t
 forwards bytes without parsing them), in the same run, and prints each as a ratio to
 HAProxy, and lb as a ratio to the floor.
 
+--tls runs lb, HAProxy and nginx (one process/thread/worker each) as HTTPS front doors
+over the same backends, with the same certificate made for the run, TLS 1.3 only:
+keep-alive requests over an ECDSA P-256 certificate, then new TLS connections (a handshake
+per request: `Connection: close`) with ECDSA P-256 and with RSA 2048. CPU per request
+there is CPU per handshake plus its one request.
+
 Writes bench/results/throughput.json and prints a table. Installs wrk and
 nginx-light through bench/setup.sh when they are missing.
 """
@@ -77,9 +83,15 @@ HAPROXY_TIMEOUTS = """  timeout connect 2s
 
 
 def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen], threads: int = 1,
-                  maxconn: int = 4096, timeouts: str = HAPROXY_TIMEOUTS) -> tuple[int, int]:
+                  maxconn: int = 4096, timeouts: str = HAPROXY_TIMEOUTS,
+                  tls: tuple[Path, Path] | None = None) -> tuple[int, int]:
     """HAProxy over the same backends: `threads` threads, leastconn, keep-alive and reuse both ways."""
     port = free_port()
+    ssl = ""
+    if tls:
+        pem = workdir / f"haproxy-{port}.pem"          # HAProxy reads the certificate and key from one file
+        pem.write_bytes(tls[0].read_bytes() + tls[1].read_bytes())
+        ssl = f" ssl crt {pem} ssl-min-ver TLSv1.3 alpn http/1.1"
     servers = "\n".join(f"  server web{i + 1} 127.0.0.1:{p}" for i, p in enumerate(ports))
     conf = workdir / f"haproxy-{port}.cfg"
     conf.write_text(f"""global
@@ -90,7 +102,7 @@ defaults
 {timeouts}
   option http-keep-alive
 frontend fe
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{ssl}
   maxconn {maxconn}
   default_backend be
 backend be
@@ -106,19 +118,21 @@ backend be
 
 
 def start_nginx_proxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen],
-                      threads: int = 1) -> tuple[int, int]:
+                      threads: int = 1, tls: tuple[Path, Path] | None = None) -> tuple[int, int]:
     """nginx as a reverse proxy over the same backends: `threads` workers, least_conn, upstream keep-alive."""
     port = free_port()
     proxy_dir = workdir / f"nginx-proxy-{port}"
     proxy_dir.mkdir()
     servers = " ".join(f"server 127.0.0.1:{p};" for p in ports)
+    ssl = (f" ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3"
+           if tls else "")
     conf = proxy_dir / "nginx.conf"
     conf.write_text(f"""worker_processes {threads}; daemon off; pid {proxy_dir}/nginx.pid;
 error_log {proxy_dir}/error.log;
 events {{ worker_connections 8192; }}
 http {{ access_log off; keepalive_requests 1000000;
   upstream be {{ least_conn; {servers} keepalive 64; }}
-  server {{ listen 127.0.0.1:{port};
+  server {{ listen 127.0.0.1:{port}{ssl};
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
 """)
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(proxy_dir)])
@@ -166,12 +180,15 @@ def backends_running(prefix: str):
 
 
 def start_lb(workdir: Path, ports: list[int], access_log: bool,
-             procs: list[subprocess.Popen], workers: int = 1) -> tuple[subprocess.Popen, int]:
+             procs: list[subprocess.Popen], workers: int = 1, tls: tuple[Path, Path] | None = None
+             ) -> tuple[subprocess.Popen, int]:
     port = free_port()
     backends = "\n".join(f"  - {{name: web{i + 1}, address: '127.0.0.1:{p}', version: v1}}"
                          for i, p in enumerate(ports))
     conf = workdir / f"lb-{port}.yaml"
-    conf.write_text(f"""listen: 127.0.0.1:{port}
+    listen = (f"[{{address: '127.0.0.1:{port}', tls: {{certs: [{{cert: '{tls[0]}', key: '{tls[1]}'}}], "
+              f"min_version: TLSv1.3}}}}]" if tls else f"127.0.0.1:{port}")
+    conf.write_text(f"""listen: {listen}
 workers: {workers}
 admin: {{socket: {workdir}/lb-{port}.sock}}
 metrics: {{listen: 127.0.0.1:{free_port()}}}
@@ -199,9 +216,9 @@ def start_floor(workdir: Path, ports: list[int], procs: list[subprocess.Popen], 
     return proc.pid, port
 
 
-def run_wrk(port: int, seconds: float, connections: int, close: bool) -> dict:
+def run_wrk(port: int, seconds: float, connections: int, close: bool, scheme: str = "http") -> dict:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
-            f"http://127.0.0.1:{port}/"]
+            f"{scheme}://127.0.0.1:{port}/"]
     if close:
         args[1:1] = ["-H", "Connection: close"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
@@ -234,10 +251,11 @@ def box_busy() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def measure(port: int, pid: int | None, seconds: float, connections: int, close: bool) -> dict:
+def measure(port: int, pid: int | None, seconds: float, connections: int, close: bool,
+            scheme: str = "http") -> dict:
     before = cpu_times(pid) if pid else (0.0, 0.0)
     busy0, total0 = box_busy()
-    result = run_wrk(port, seconds, connections, close)
+    result = run_wrk(port, seconds, connections, close, scheme)
     busy1, total1 = box_busy()
     result["box_busy_pct"] = round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1)
     if pid:
@@ -251,6 +269,59 @@ def measure(port: int, pid: int | None, seconds: float, connections: int, close:
     return result
 
 
+def make_certs(workdir: Path) -> dict[str, tuple[Path, Path]]:
+    """Self-signed certificates for 127.0.0.1 made for the run: ECDSA P-256 and RSA 2048."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    made = {}
+    for kind, key in (("ecdsa", ec.generate_private_key(ec.SECP256R1())),
+                      ("rsa", rsa.generate_private_key(public_exponent=65537, key_size=2048))):
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "localhost")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                               critical=False)
+                .sign(key, hashes.SHA256()))
+        cert_path, key_path = workdir / f"{kind}.pem", workdir / f"{kind}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        made[kind] = (cert_path, key_path)
+    return made
+
+
+def run_tls(args) -> dict[str, dict]:
+    """lb, HAProxy and nginx as HTTPS front doors, one after the other, same certificates."""
+    rows: dict[str, dict] = {}
+    with backends_running("lb-bench-tls-") as (workdir, ports, procs):
+        certs = make_certs(workdir)
+        for kind in ("ecdsa", "rsa"):
+            for name in ("lb", "haproxy", "nginx"):
+                if name == "lb":
+                    proc, port = start_lb(workdir, ports, args.access_log, procs, 1, tls=certs[kind])
+                    pid = proc.pid
+                else:
+                    start = start_haproxy if name == "haproxy" else start_nginx_proxy
+                    pid, port = start(workdir, ports, procs, tls=certs[kind])
+                run_wrk(port, 2, args.connections, False, "https")        # warm up
+                if kind == "ecdsa":
+                    rows[f"{name} tls keep-alive"] = measure(port, pid, args.seconds, args.connections, False, "https")
+                rows[f"{name} tls new connection {kind}"] = measure(port, pid, args.seconds, args.connections,
+                                                                    True, "https")
+                if name == "lb":
+                    proc.terminate()
+                    proc.wait(40)
+                else:
+                    os.kill(pid, 15)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -260,6 +331,8 @@ def main() -> int:
                         help="also HAProxy and nginx as proxies over the same backends (one thread/worker each)")
     parser.add_argument("--workers", default="1",
                         help="lb worker counts to run, e.g. 1,2 (peers get as many threads/workers)")
+    parser.add_argument("--tls", action="store_true",
+                        help="HTTPS front doors instead: lb, HAProxy and nginx, TLS 1.3, keep-alive and new connections")
     parser.add_argument("--out", default=str(RESULTS / "throughput.json"))
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
@@ -267,6 +340,8 @@ def main() -> int:
         subprocess.run(["bash", str(ROOT / "bench" / "setup.sh")], check=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
+    if args.tls:
+        return report_tls(args, run_tls(args))
     with backends_running("lb-bench-") as (workdir, ports, procs):
         rows["direct keep-alive"] = measure(ports[0], None, args.seconds, args.connections, False)
         for count in counts:
@@ -299,18 +374,43 @@ def main() -> int:
         report["versions"] = {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"])}
         report["ratios_to_haproxy"] = ratios(rows, counts)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'':29} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'user/sys':>11} "
-          f"{'box busy %':>10} {'errors':>7}")
-    for name, row in rows.items():
-        cpu = row.get("cpu_us_per_request", "-")
-        split = f"{row['user_us_per_request']}/{row['sys_us_per_request']}" if "user_us_per_request" in row else "-"
-        print(f"{name:29} {row['requests_per_s']:>9.0f} {row['latency_p50_ms']:>8.2f} "
-              f"{row['latency_p99_ms']:>8.2f} {cpu:>11} {split:>11} {row['box_busy_pct']:>10} "
-              f"{row['non_2xx'] + row['socket_errors']:>7}")
+    print_rows(rows)
     if args.peers:
         print("\nas a ratio to HAProxy (req/s: higher is better; latency and CPU: lower is better)")
         for name, ratio in report["ratios_to_haproxy"].items():
             print(f"{name:26} " + "  ".join(f"{k} {v}x" for k, v in ratio.items()))
+    print(f"written: {args.out}")
+    return 0
+
+
+def print_rows(rows: dict) -> None:
+    print(f"{'':33} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'user/sys':>11} "
+          f"{'box busy %':>10} {'errors':>7}")
+    for name, row in rows.items():
+        cpu = row.get("cpu_us_per_request", "-")
+        split = f"{row['user_us_per_request']}/{row['sys_us_per_request']}" if "user_us_per_request" in row else "-"
+        print(f"{name:33} {row['requests_per_s']:>9.0f} {row['latency_p50_ms']:>8.2f} "
+              f"{row['latency_p99_ms']:>8.2f} {cpu:>11} {split:>11} {row['box_busy_pct']:>10} "
+              f"{row['non_2xx'] + row['socket_errors']:>7}")
+
+
+def report_tls(args, rows: dict) -> int:
+    modes = ["tls keep-alive", "tls new connection ecdsa", "tls new connection rsa"]
+    ratio = {f"{proxy} {mode}": {key: round(rows[f"{proxy} {mode}"][key] / rows[f"haproxy {mode}"][key], 2)
+                                 for key in ("requests_per_s", "latency_p99_ms", "cpu_us_per_request")}
+             for mode in modes for proxy in ("lb", "nginx")}
+    report = {
+        "bench": "throughput --tls", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "wrk": f"-t1 -c{args.connections} -d{args.seconds}s", "tls": "TLSv1.3 only; ECDSA P-256 and RSA 2048",
+        "versions": {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"])},
+        "results": rows, "ratios_to_haproxy": ratio,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print_rows(rows)
+    print("\nas a ratio to HAProxy (req/s: higher is better; p99 and CPU: lower is better)")
+    for name, values in ratio.items():
+        print(f"{name:33} " + "  ".join(f"{k} {v}x" for k, v in values.items()))
     print(f"written: {args.out}")
     return 0
 

@@ -45,12 +45,18 @@ def default_socket() -> str:
 
 
 def cmd_check(args) -> int:
+    import time
+    from . import tls
     try:
         config = load_config(args.config)
+        certs, warnings = tls.check(config, time.time())    # loads every certificate and key, as nginx -t
     except ConfigError as exc:
         print(f"lb: {exc.message}", file=sys.stderr)
         return 2
-    print(f"{config.source}: ok, {len(config.backends)} backends")
+    for warning in warnings:
+        print(f"lb: warning: {warning}", file=sys.stderr)
+    served = sum(len(infos) for infos in certs.values())
+    print(f"{config.source}: ok, {len(config.backends)} backends" + (f", {served} certificates" if served else ""))
     return 0
 
 

@@ -27,8 +27,9 @@ import logging
 import os
 import signal
 import socket
+import time
 
-from . import systemd
+from . import systemd, tls
 from .control import handoff
 from .control.admin import Admin, AdminServer
 from .control.metrics import MetricsServer
@@ -105,7 +106,8 @@ def take_sockets(config: Config, available: list[socket.socket], origin: str) ->
     made: list[socket.socket] = []
     try:
         listeners = []
-        for host, port in config.listen:
+        for listener in config.listen:
+            host, port = listener.address
             sock = _take(available, host, port)
             if sock is None:
                 sock = bind(host, port)
@@ -162,6 +164,9 @@ class Master:
     async def _start(self, inherited) -> None:
         config, loop = self.config, self.loop
         control = self.control = Control(config, loop)
+        control.certs, warnings = tls.check(config, time.time())     # before anything is bound
+        for warning in warnings:
+            log.warning("certificate: %s", warning)
         if inherited is not None:             # the old master's live state, not its state file
             said = handoff.restore(control, inherited.state, control.now())
             log.info("upgrade: taking over from pid %d%s", inherited.state["pid"],
@@ -211,7 +216,9 @@ class Master:
             raise
         control.start()                   # checks once the listeners are bound: no probe's source
                                           # port can take a listening port first
-        addresses = ", ".join(format_hostport(h, p) for h, p in workers.addresses)
+        addresses = ", ".join(format_hostport(h, p) + (" (https)" if listener.tls else " (redirects to https)"
+                                                       if listener.redirect_https else "")
+                              for listener, (h, p) in zip(config.listen, workers.addresses))
         log.info("lb listening on %s with %d backends, %d workers (http: %s); admin socket %s",
                  addresses, len(control.pool.backends), workers.count, config.http, admin_server.path)
         if inherited is not None:

@@ -22,10 +22,12 @@ from collections import Counter
 
 from ..core.commands import (backend_config, check_version, help_lines, parse, parse_maxconn, parse_timeout,
                              parse_weight)
+from ..core.config import format_hostport
 from ..core.errors import CommandError, ConfigError, LbError
 from ..core.nodes import DRAINED, MAINT, READY, UP
 from ..core.stats import WINDOW_S, bucket_quantiles, iso_utc, ms
-from .. import systemd
+from .. import systemd, tls
+from ..core.reload import running_config
 from ..files import load_config
 from .statefile import save_state
 
@@ -153,6 +155,12 @@ class Admin:
                 "worker_restarts": getattr(link, "restarts", 0), "upgrades": self.control.upgrades,
                 "old_master": {"pid": predecessor.pid} if predecessor is not None else None}
 
+    def show_certs(self) -> dict:
+        now, listen = time.time(), self.control.config.listen
+        return {"certs": [{"listener": format_hostport(*listen[i].address),
+                           "certs": [info.to_dict(now) for info in infos]}
+                          for i, infos in sorted(self.control.certs.items())]}
+
     def show_stats(self, name: str | None = None) -> dict:
         now = time.monotonic()
 
@@ -278,9 +286,14 @@ class Admin:
         try:
             try:
                 new = load_config(self.config_path)
+                # Every certificate is loaded before anything changes: a bad one refuses it all.
+                certs, warnings = tls.check(running_config(new, self.control.config), time.time())
             except ConfigError as exc:
                 raise CommandError(f"reload refused, the running config stays: {exc.message}") from None
-            return {"changed": self.control.reload(new)}
+            changed = self.control.reload(new)
+            changed += tls.changes(self.control.certs, certs) + [f"warning: {w}" for w in warnings]
+            self.control.certs = certs
+            return {"changed": changed}
         finally:
             systemd.notify("READY=1")
 

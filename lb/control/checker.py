@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 
+from .. import tls
 from ..core import http1
 from ..core.errors import HttpError
 from ..core.health import should_check
@@ -46,6 +47,15 @@ class Checker:
     def __init__(self, control):
         self.control = control
         self._task: asyncio.Task | None = None
+        self._tls: tuple = (None, {})        # (the config they were made for, backend -> TLS)
+
+    def _tls_for(self, backend) -> dict:
+        """ssl and server_hostname for a TLS backend (its checks speak TLS as its traffic does)."""
+        config = self.control.config
+        if self._tls[0] is not config:
+            self._tls = (config, tls.backend_contexts(config))
+        made = self._tls[1].get(backend.name)
+        return {"ssl": made[0], "server_hostname": made[1]} if made is not None else {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -70,7 +80,7 @@ class Checker:
         health = self.control.config.health
         started = time.monotonic()
         try:
-            status, version = await asyncio.wait_for(self._probe(backend, health.path),
+            status, version = await asyncio.wait_for(self._probe(backend, health.path, self._tls_for(backend)),
                                                      health.timeout)
             ok = 200 <= status < 400
             result = {"ok": ok, "status": status}
@@ -84,9 +94,9 @@ class Checker:
             self.control.apply_check(backend, ok, version)
 
     @staticmethod
-    async def _probe(backend, path: str) -> tuple[int, str | None]:
+    async def _probe(backend, path: str, options: dict) -> tuple[int, str | None]:
         """One GET on a fresh connection; (status, X-Backend-Version or None)."""
-        reader, writer = await asyncio.open_connection(backend.host, backend.port)
+        reader, writer = await asyncio.open_connection(backend.host, backend.port, **options)
         try:
             writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lb-health\r\n"
                          b"Connection: close\r\n\r\n" % (path.encode(), backend.address.encode()))

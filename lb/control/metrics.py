@@ -6,10 +6,12 @@ The counters are the control plane's, brought up to date (`Control.sync`) first.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from ..core.config import format_hostport
 from ..core.nodes import ADMIN_STATES, Health
 from ..core.stats import CLASSES, HISTOGRAM_BOUNDS_S
 
@@ -58,6 +60,14 @@ class LbCollector:
                 health_g.add_metric([b.name, str(h)], 1 if b.health == h else 0)
             weight.add_metric([b.name], b.effective_weight)
         yield from (requests, duration, connect, inflight, tunnels, state, health_g, weight)
+        expiry = GaugeMetricFamily("lb_tls_cert_expiry_seconds", "Seconds until a served certificate expires",
+                                   labels=["listener", "cert"])
+        now = time.time()
+        for i, infos in sorted(control.certs.items()):
+            for info in infos:
+                expiry.add_metric([format_hostport(*control.config.listen[i].address), info.path],
+                                  round(info.not_after - now, 3))
+        yield expiry
         retries = CounterMetricFamily("lb_retries", "Requests retried on another backend")
         retries.add_metric([], control.stats.retries)
         failed = CounterMetricFamily("lb_failed_requests",

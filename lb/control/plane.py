@@ -42,6 +42,7 @@ class Control:
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop):
         self.config = config
+        self.certs: dict[int, list] = {}          # TLS listener index -> its CertInfo (lb/tls.py)
         self.loop = loop
         self.now = loop.time
         self.started = started = time.time()

@@ -37,6 +37,8 @@ COMMANDS = [
     Command(("show", "server"), ("NAME",), (), "one server", "show_server", False),
     Command(("show", "info"), (), (), "pid, lb version, started, workers (pid, started, restarts), upgrades",
             "show_info", False),
+    Command(("show", "certs"), (), (), "per TLS listener: certificates, names, not-after, days left, SHA-256",
+            "show_certs", False),
     Command(("show", "versions"), (), (), "versions, oldest first, with ready capacity", "show_versions", False),
     Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s",
             "show_stats", False),
@@ -53,7 +55,7 @@ COMMANDS = [
             "(timeouts.queue)", "set_maxconn", True),
     Command(("add", "server"), ("NAME", "HOST:PORT"), ("VERSION", "WEIGHT"), "joins in maint", "add_server", True),
     Command(("del", "server"), ("NAME",), (), "only when drained or maint", "del_server", True),
-    Command(("reload",), (), (), "re-read the config file", "reload", True),
+    Command(("reload",), (), (), "re-read the config file and the certificates", "reload", True),
     Command(("upgrade",), (), (), "hitless upgrade: a new master (code and config on disk) takes the "
             "listeners; the reply once it serves", "upgrade", False),
 ]

@@ -127,11 +127,28 @@ def _valid_host(host: str, bracketed: bool) -> bool:
     return bool(_HOST_RE.match(host))
 
 
-def _listen_list(value: Any) -> tuple[tuple[str, int], ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise InvalidValue(f"expected HOST:PORT or a list of them, got {value!r}")
-    return tuple(parse_hostport(item) for item in items)
+def _bool(value: Any) -> bool:
+    # YAML 1.1 reads on/off/yes/no as booleans already.
+    if not isinstance(value, bool):
+        raise InvalidValue(f"expected true or false, got {value!r}")
+    return value
+
+
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+ALPN_PROTOCOLS = ("http/1.1",)          # h2 arrives with HTTP/2
+
+
+def _alpn_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or any(item not in ALPN_PROTOCOLS for item in value) \
+            or len(set(value)) != len(value):
+        raise InvalidValue(f"expected a list of protocols from {', '.join(ALPN_PROTOCOLS)}, got {value!r}")
+    return tuple(value)
+
+
+def _host_name(value: Any) -> str:
+    if not isinstance(value, str) or not _HOST_RE.match(value):
+        raise InvalidValue(f"expected a host name, got {value!r}")
+    return value
 
 
 def _int_range(low: int, high: int) -> Callable[[Any], int]:
@@ -206,9 +223,74 @@ def _url_path(value: Any) -> str:
 
 
 def _field(default: Any, parse: Callable[[Any], Any]) -> Any:
+    """A key with its default; a default of None makes the key required."""
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: default, metadata={"parse": parse})
     return field(default=default, metadata={"parse": parse})
+
+
+def _optional(parse: Callable[[Any], Any]) -> Any:
+    """A key that may be left out (None)."""
+    return field(default=None, metadata={"parse": parse, "optional": True})
+
+
+@dataclass(frozen=True)
+class CertConfig:
+    cert: str = _field(None, _text)          # a PEM file: the certificate, then its chain
+    key: str = _field(None, _text)           # a PEM file: its private key
+
+
+def _cert_list(raw: Any, path: str, source: str) -> tuple[CertConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{source}: {path}: expected a list of {{cert: FILE, key: FILE}}, got {raw!r}")
+    return tuple(build(CertConfig, item, f"{path}[{i}]", source) for i, item in enumerate(raw))
+
+
+@dataclass(frozen=True)
+class ListenerTlsConfig:
+    certs: tuple[CertConfig, ...] = _field(None, _cert_list)   # chosen by SNI; the first is the default
+    min_version: str = _field("TLSv1.2", _one_of(*TLS_VERSIONS))
+    alpn: tuple[str, ...] = _field(("http/1.1",), _alpn_list)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    address: tuple[str, int] = _field(None, parse_hostport)
+    tls: ListenerTlsConfig | None = _optional(ListenerTlsConfig)
+    redirect_https: bool = _field(False, _bool)              # every request: 308 to https://
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+
+def _listen_list(raw: Any, path: str, source: str) -> tuple[ListenerConfig, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise ConfigError(f"{source}: {path}: expected HOST:PORT or a list of listeners, got {raw!r}")
+    listeners = []
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]" if isinstance(raw, list) else path
+        if isinstance(item, dict):
+            listener = build(ListenerConfig, item, where, source)
+        else:
+            try:
+                listener = ListenerConfig(address=parse_hostport(item))
+            except InvalidValue as exc:
+                raise ConfigError(f"{source}: {where}: {exc}") from None
+        if listener.tls is not None and listener.redirect_https:
+            raise ConfigError(f"{source}: {where}.redirect_https: a TLS listener serves HTTPS itself, got true")
+        if any(other.address == listener.address for other in listeners):
+            raise ConfigError(f"{source}: {where}.address: listed twice, got {format_hostport(*listener.address)!r}")
+        listeners.append(listener)
+    return tuple(listeners)
+
+
+@dataclass(frozen=True)
+class BackendTlsConfig:
+    verify: bool = _field(True, _bool)        # the backend's certificate, against `ca`
+    ca: str | None = _optional(_text)         # a PEM file of CAs; the system's when left out
+    sni: str | None = _optional(_host_name)   # the name sent and verified; the address's host by default
 
 
 @dataclass(frozen=True)
@@ -229,6 +311,7 @@ class BackendConfig:
     version: str = _field("v1", check_version_label)
     weight: int = _field(100, parse_weight_value)
     max_conns: int = _field(0, parse_max_conns_value)       # requests at once; 0: no cap (HAProxy maxconn)
+    tls: BackendTlsConfig | None = _optional(BackendTlsConfig)
 
     @property
     def host(self) -> str:
@@ -293,7 +376,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class Config:
-    listen: tuple[tuple[str, int], ...] = _field((("127.0.0.1", 8080),), _listen_list)
+    listen: tuple[ListenerConfig, ...] = _field((ListenerConfig(("127.0.0.1", 8080)),), _listen_list)
     http: str = _field("auto", _one_of("auto", "httptools", "h11"))
     workers: int = _field(0, _workers)     # 0: auto
     admin: AdminConfig = _field(AdminConfig(), AdminConfig)
@@ -342,6 +425,8 @@ def build(cls: type, raw: Any, path: str, source: str) -> Any:
         parse = fields[key].metadata["parse"]
         if key == "backends" and cls is Config:
             values[key] = _build_backends(value, key_path, source)
+        elif parse in (_listen_list, _cert_list):
+            values[key] = parse(value, key_path, source)
         elif dataclasses.is_dataclass(parse):
             values[key] = build(parse, value, key_path, source)
         else:
@@ -349,7 +434,8 @@ def build(cls: type, raw: Any, path: str, source: str) -> Any:
                 values[key] = parse(value)
             except InvalidValue as exc:
                 raise ConfigError(f"{source}: {key_path}: {exc}") from None
-    missing = [name for name, f in fields.items() if f.default is None and name not in values]
+    missing = [name for name, f in fields.items()
+               if f.default is None and not f.metadata.get("optional") and name not in values]
     if missing:
         raise ConfigError(f"{source}: {path}.{missing[0]}: required key is missing")
     return cls(**values)

@@ -888,13 +888,14 @@ def parsers_for(name: str):
 # ---------------------------------------------------------------------------
 # Serialization: every forwarded head is rebuilt from parsed fields.
 
-def forwarded_element(client_ip: bytes, host: bytes | None) -> bytes:
-    """lb's hop as an RFC 7239 Forwarded element; an IPv6 address or a host:port is quoted."""
+def forwarded_element(client_ip: bytes, host: bytes | None, proto: bytes = b"http") -> bytes:
+    """lb's hop as an RFC 7239 Forwarded element; an IPv6 address or a host:port is quoted.
+    `proto` is the scheme the client used (https on a TLS listener)."""
     node = b'"[%s]"' % client_ip if b":" in client_ip else client_ip
     element = b"for=" + node
     if host:
         element += b';host="%s"' % host if b":" in host or b'"' in host else b";host=" + host
-    return element + b";proto=http"
+    return element + b";proto=" + proto
 
 
 def client_address(forwarded_for: bytes | None, peer: bytes, trusted) -> bytes:
@@ -909,7 +910,7 @@ def client_address(forwarded_for: bytes | None, peer: bytes, trusted) -> bytes:
 
 
 def serialize_request(head: RequestHead, client_ip: bytes, extra: list, trusted: bool = False,
-                      forwarded: bytes | None = None, own: bytes | None = None) -> bytes:
+                      forwarded: bytes | None = None, own: bytes | None = None, proto: bytes = b"http") -> bytes:
     """The head lb sends upstream: HTTP/1.1, end-to-end headers, lb's own headers. From a
     trusted proxy, the X-Forwarded-For and Forwarded chains it sent are kept and lb's hop
     appended; from anyone else they are lb's alone. `forwarded` is lb's Forwarded element
@@ -928,22 +929,24 @@ def serialize_request(head: RequestHead, client_ip: bytes, extra: list, trusted:
         parts.append(b"Expect: 100-continue\r\n")
     if head.upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
-    parts.append(own if own is not None else own_headers(head, client_ip, trusted, forwarded))
+    parts.append(own if own is not None else own_headers(head, client_ip, trusted, forwarded, proto))
     for name, value in extra:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
 
 
-def own_headers(head: RequestHead, client_ip: bytes, trusted: bool = False, forwarded: bytes | None = None) -> bytes:
+def own_headers(head: RequestHead, client_ip: bytes, trusted: bool = False, forwarded: bytes | None = None,
+                proto: bytes = b"http") -> bytes:
     """lb's own request header lines: X-Forwarded-For/-Proto/-Host, Forwarded, Via. They are
     the same for every request of a connection with the same Host and version unless the
     request brings a chain to extend (`chained`), so a connection makes them once."""
     xff, chain = head.forwarded_by if trusted and head.forwarded_by else (None, None)
-    parts = [b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip, b"\r\nX-Forwarded-Proto: http\r\n"]
+    parts = [b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip, b"\r\nX-Forwarded-Proto: ",
+             proto, b"\r\n"]
     if head.host is not None:
         parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")
-    element = forwarded or forwarded_element(client_ip, head.host)
+    element = forwarded or forwarded_element(client_ip, head.host, proto)
     parts += (b"Forwarded: ", chain + b", " + element if chain else element, b"\r\n")
     via = b"%s lb" % head.version
     parts += (b"Via: ", head.via + b", " + via if head.via else via, b"\r\n")

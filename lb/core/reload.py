@@ -6,7 +6,8 @@ applies to new connections. A weight or version applies only when the file
 changed it, so a reload never undoes a runtime `set` the file did not touch.
 Settings that live in sockets, files or processes (listen, http, admin, metrics,
 access_log, state_file, workers) take effect at the next upgrade or restart; the reply
-says so.
+says so. A TLS listener's certificates are the exception: their files are named by the
+new config and re-read at every reload (lb/tls.py swaps them in).
 The control plane (lb/control/plane.py) carries the actions out.
 """
 
@@ -62,6 +63,8 @@ def plan_reload(old: Config, new: Config, running: dict[str, RunningNode],
     if new.balance != old.balance:
         actions.append(Action(BALANCE, "balance", new.balance, f"balance: {old.balance} -> {new.balance}"))
     for setting in RESTART_ONLY:
+        if setting == "listen" and _without_certs(new.listen) == _without_certs(old.listen):
+            continue
         if getattr(new, setting) != getattr(old, setting):
             actions.append(Action(AT_RESTART, setting, None,
                                   f"{setting}: changed in the file; takes effect at the next upgrade or restart"))
@@ -81,6 +84,16 @@ def _node_changes(cfg: BackendConfig, node: RunningNode, previous: BackendConfig
     return actions
 
 
+def _without_certs(listen: tuple) -> tuple:
+    return tuple(dataclasses.replace(item, tls=dataclasses.replace(item.tls, certs=()))
+                 if item.tls is not None else item for item in listen)
+
+
 def running_config(new: Config, old: Config) -> Config:
-    """The config the running lb goes on with: `new`, except for the restart-only settings."""
-    return dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_ONLY})
+    """The config the running lb goes on with: `new`, except for the restart-only settings;
+    each running TLS listener takes its certificates from `new` when `new` has it too."""
+    kept = dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_ONLY})
+    certs = {item.address: item.tls.certs for item in new.listen if item.tls is not None}
+    listen = tuple(dataclasses.replace(item, tls=dataclasses.replace(item.tls, certs=certs[item.address]))
+                   if item.tls is not None and item.address in certs else item for item in old.listen)
+    return dataclasses.replace(kept, listen=listen)

@@ -126,7 +126,7 @@ class Demo:
 
 async def _run(demo: Demo, users_count: int) -> int:
     demo.start()
-    host, port = demo.config.listen[0]
+    host, port = demo.config.listen[0].address
     await _wait_ready(host, port, demo.config.resolve(demo.config.admin.socket), demo.lb)
     print(f"demo: {len(demo.config.backends)} backends (v1) and lb on {host}:{port}; {users_count} users "
           f"at a time, each leaving after {USER_LIFE[0]}-{USER_LIFE[1]} requests; access log "

@@ -85,8 +85,11 @@ class Users:
 
     def __init__(self, host: str, port: int, slots: int = 20, life: tuple[int, int] | None = (20, 60),
                  think_s: float = 0.01, path: str = "/", keep_cookie: bool = True,
-                 cookie: str = "lb_version", timeout_s: float = 10.0, rng: random.Random | None = None):
+                 cookie: str = "lb_version", timeout_s: float = 10.0, rng: random.Random | None = None,
+                 ssl=None, server_hostname: str | None = None):
+        """`ssl`: an ssl.SSLContext to speak HTTPS with, to `server_hostname`."""
         self.host, self.port, self.slots, self.life = host, port, slots, life
+        self.ssl = {"ssl": ssl, "server_hostname": server_hostname or host} if ssl is not None else {}
         self.think_s, self.path, self.keep_cookie, self.timeout_s = think_s, path, keep_cookie, timeout_s
         self.cookie_prefix = cookie.encode() + b"="
         self.rng = rng or random.Random()
@@ -151,7 +154,7 @@ class Users:
 
     async def _connect(self, user: int) -> Connection | None:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port, **self.ssl),
                                                     self.timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
             self.failures.append((user, f"connect: {exc}"))

@@ -22,7 +22,7 @@ from ..core import http1
 # the same C escaper json.dumps uses, numbers through repr.
 _json_str = json.encoder.encode_basestring_ascii
 _LINE = ('{"time": "%s", "client": %s, "method": %s, "path": %s, "status": %d, "bytes": %d, '
-         '"backend": %s, "version": %s, "duration_ms": %r, "retries": %d, "pin": %s%s%s}')
+         '"backend": %s, "version": %s, "duration_ms": %r, "retries": %d, "pin": %s%s%s%s}')
 
 PIPE_BUF = select.PIPE_BUF       # a pipe write up to this size is atomic
 FILE_CHUNK = 1 << 20             # O_APPEND file writes: whole lines, up to this much at once
@@ -78,7 +78,8 @@ class AccessLog:
             _json_str(head.target.split(b"?", 1)[0].decode("latin-1")), exchange.status, exchange.bytes_out,
             _json_str(route.name) if route else "null", _json_str(route.version) if route else "null",
             round((time.monotonic() - exchange.started) * 1000, 2), max(len(exchange.tried) - 1, 0), pin,
-            ', "error": ' + _json_str(exchange.error) if exchange.error else "", self._worker_text))
+            ', "error": ' + _json_str(exchange.error) if exchange.error else "", exchange.client.tls_text,
+            self._worker_text))
 
     def line_fields(self, exchange, route, duration_ms: float, time_text: str) -> dict:
         """What a request's line says, as a dict (the reference the template is tested against)."""
@@ -93,7 +94,8 @@ class AccessLog:
             "retries": max(len(exchange.tried) - 1, 0),
             "pin": {"version": exchange.version, "how": exchange.pin_how}
             if exchange.pin_how else None,
-            **({"error": exchange.error} if exchange.error else {}), **self._worker}
+            **({"error": exchange.error} if exchange.error else {}),
+            **({"tls": exchange.client.tls} if exchange.client.tls else {}), **self._worker}
 
     @staticmethod
     def _client(exchange) -> str:
@@ -111,7 +113,8 @@ class AccessLog:
         self._lines.append(json.dumps({
             "time": self._timestamp(), "client": client.ip.decode(), "method": None,
             "path": None, "status": exc.status, "bytes": 0, "backend": None,
-            "version": None, "duration_ms": 0, "retries": 0, "error": exc.message, **self._worker}))
+            "version": None, "duration_ms": 0, "retries": 0, "error": exc.message,
+            **({"tls": client.tls} if client.tls else {}), **self._worker}))
 
     def flush(self) -> None:
         if not self._lines or self._fd is None:

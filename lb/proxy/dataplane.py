@@ -25,15 +25,18 @@ access log and sends the periodic report.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
+import time
 from collections import Counter, deque
 from typing import Callable
 
+from .. import tls
 from ..core import http1
 from ..core.balance import POLICIES, RoutingTable
 from ..core.config import LISTEN_BACKLOG
-from ..core.errors import HttpError
+from ..core.errors import ConfigError, HttpError
 from ..core.pinning import Pinning
 from ..core.planes import NodeReport, Report, RoutingView
 from ..core.stats import StatsDelta
@@ -58,6 +61,7 @@ class DataPlane:
         self.request_parser_class, response_parser_class = http1.parsers_for(config.http)
         self.upstreams = UpstreamPools(loop, config.timeouts, response_parser_class,
                                        config.limits.max_response_header_bytes)
+        self.upstreams.tls = tls.backend_contexts(config)
         self.clients: set[ClientConnection] = set()
         self.access_log = access_log
         self.closing = False
@@ -72,14 +76,26 @@ class DataPlane:
         self._trusted = _networks(config.trusted_proxies)
         self._report_pending = False
         self._servers: list[asyncio.base_events.Server] = []
+        self.server_tls: dict[int, tls.ServerTls] = {}     # by listener index
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed = asyncio.Event()
 
     async def start(self, listeners) -> None:
-        """Serve on `listeners`: the bound sockets the master shares with its other workers."""
-        for sock in listeners:
+        """Serve on `listeners`: the bound sockets the master shares with its other workers,
+        in the order of the config's `listen`. A TLS listener's handshake must end within
+        timeouts.client_header (a client that never finishes it holds nothing longer)."""
+        now = time.time()
+        for i, sock in enumerate(listeners):
+            listener = self.config.listen[i] if i < len(self.config.listen) else None
+            options = {}
+            if listener is not None and listener.tls is not None:
+                server_tls = self.server_tls[i] = tls.ServerTls(listener.tls, self.config.resolve,
+                                                                tls.listener_where(self.config, i), now)
+                options = {"ssl": server_tls.dispatcher,
+                           "ssl_handshake_timeout": self.config.timeouts.client_header}
             self._servers.append(await self.loop.create_server(
-                lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG))
+                functools.partial(ClientConnection, self, listener), sock=sock, backlog=LISTEN_BACKLOG,
+                **options))
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
     @property
@@ -102,6 +118,19 @@ class DataPlane:
         self._trusted = _networks(config.trusted_proxies)
         self.upstreams.timeouts = config.timeouts
         self.upstreams.max_response_header_bytes = config.limits.max_response_header_bytes
+        self.upstreams.tls = tls.backend_contexts(config)
+        self._reload_certificates(config)
+
+    def _reload_certificates(self, config) -> None:
+        """Every reload re-reads the certificates (the master loaded them first and refuses a
+        reload with a bad one; a file changed since then keeps the ones in use here)."""
+        now = time.time()
+        for i, server_tls in self.server_tls.items():
+            try:
+                server_tls.replace(tls.load_certificates(config.listen[i].tls, config.resolve,
+                                                         tls.listener_where(config, i), now))
+            except ConfigError as exc:
+                log.error("reload: keeping the certificates in use: %s", exc.message)
 
     def cut(self, name: str) -> None:
         """drain.timeout passed on `name`: close what is left on it; the count is reported."""

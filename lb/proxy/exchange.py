@@ -70,6 +70,9 @@ class Exchange:
     # -- routing -------------------------------------------------------------
     def start(self) -> None:
         plane = self.plane
+        if self.client.redirect:
+            self._redirect_https()
+            return
         # the version is picked once (and again for a retry), not when leaving the queue
         if plane.pinning is not None and (self.version is None or self.tried) and \
                 not self._pick_version(plane.pinning):
@@ -90,6 +93,29 @@ class Exchange:
             self._attach(conn)
         else:
             plane.loop.create_task(self._connect(route))
+
+    def _redirect_https(self) -> None:
+        """A listener with `redirect_https`: every request is answered 308 to the same URL
+        over https (the Host's name without its port), and never reaches a backend. A body
+        is read and dropped before the connection goes on (end_body)."""
+        head = self.head
+        host = head.host
+        if not host:
+            self.fail(HttpError("a redirect to https needs a Host header", 400))
+            return
+        name = host[:host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+        target = head.target
+        if not target.startswith(b"/"):          # absolute-form: its path; '*' (OPTIONS): the root
+            scheme, sep, rest = target.partition(b"://")
+            target = b"/" + rest.partition(b"/")[2] if sep and b"/" in rest else b"/"
+        self.finished = True
+        self.status = 308
+        self.keep_client = self.keep_client and not self.plane.closing
+        self.client.write(b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://%s%s\r\nContent-Length: 0\r\n%s\r\n"
+                          % (name, target, b"" if self.keep_client else b"Connection: close\r\n"))
+        self.plane.access_log.write(self, None)
+        if self.request_done:
+            self.client.exchange_done(self, self.keep_client)
 
     def _pick_version(self, pinning) -> bool:
         """Decide (first try) or revisit (a retry) the version; False when none is left."""
@@ -185,6 +211,8 @@ class Exchange:
                 upstream.write(LAST_CHUNK)
             if not self.response_bytes_seen:
                 upstream.deadline = upstream.first_byte_deadline()
+        elif upstream is None and self.finished and self.status == 308 and not self.tried:
+            self.client.exchange_done(self, self.keep_client)     # a redirect's request has ended
 
     # -- response from the upstream ------------------------------------------
     def on_response(self, head: http1.ResponseHead) -> None:

@@ -185,6 +185,7 @@ class UpstreamPools:
         self.response_parser_class = response_parser_class
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.active: set[UpstreamConnection] = set()
+        self.tls: dict[str, tuple] = {}        # backend name -> (SSLContext, server name): lb/tls.py
 
     def acquire(self, route) -> UpstreamConnection | None:
         """A live idle connection to `route`, or None."""
@@ -225,11 +226,14 @@ class UpstreamPools:
                 conn.close()
 
     async def connect(self, route) -> UpstreamConnection:
-        """A new connection to `route`. Raises HttpError(502) on failure or timeout."""
+        """A new connection to `route` (TLS too when its backend says `tls`: the handshake
+        is part of the connect and its timeout). Raises HttpError(502) on failure or timeout."""
+        tls = self.tls.get(route.name)
+        options = {"ssl": tls[0], "server_hostname": tls[1]} if tls is not None else {}
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(lambda: UpstreamConnection(self, route),
-                                            route.host, route.port),
+                                            route.host, route.port, **options),
                 self.timeouts.connect)
         except asyncio.TimeoutError:
             raise HttpError(f"connect to backend {route.name} timed out", 502) from None

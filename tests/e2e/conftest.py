@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -119,9 +120,12 @@ class Backend(Process):
 class Lb(Process):
     """`lb serve` on a config written to tmp_path; restartable on the same config and state."""
 
-    def __init__(self, tmp_path: Path, backends: list[dict], **overrides):
+    def __init__(self, tmp_path: Path, backends: list[dict], tls: dict | None = None, **overrides):
+        """`tls`: the first listener's `tls` section (then `port` speaks HTTPS)."""
         self.tmp_path = tmp_path
         self.port = free_port()
+        if tls is not None:
+            overrides["listen"] = [{"address": f"127.0.0.1:{self.port}", "tls": tls}, *overrides.get("listen", [])]
         self.access_log = tmp_path / f"access-{self.port}.log"
         # Unix socket paths are limited to 108 bytes: keep them short, outside tmp_path.
         self.socket_path = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp")) / "lb.sock"
@@ -275,8 +279,11 @@ class _SharedFile:
 class RawClient:
     """A raw socket client; responses are parsed by the stdlib (not lb's code)."""
 
-    def __init__(self, port: int, timeout_s: float = 10.0):
+    def __init__(self, port: int, timeout_s: float = 10.0, tls=None, server_hostname: str | None = None):
+        """`tls`: an ssl.SSLContext to speak TLS with (to `server_hostname`)."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
         self._file = self.sock.makefile("rb")
 
     def send(self, data: bytes) -> None:
@@ -377,7 +384,26 @@ class FakeBackend:
         self.sock.close()
 
 
-def steady_load(lb: Lb, workers: int = 6) -> Users:
+def steady_load(lb: Lb, workers: int = 6, tls=None) -> Users:
     """Keep-alive clients hitting lb until stopped (async with), every answer recorded.
-    No cookie is kept: each request is routed afresh."""
-    return Users("127.0.0.1", lb.port, slots=workers, life=None, think_s=0.002, keep_cookie=False)
+    No cookie is kept: each request is routed afresh. `tls`: an ssl.SSLContext (HTTPS)."""
+    return Users("127.0.0.1", lb.port, slots=workers, life=None, think_s=0.002, keep_cookie=False, ssl=tls)
+
+
+# -- TLS: certificates made by trustme, clients that trust its CA --------------------------
+def write_cert(ca, folder, stem: str, *names: str, **kwargs) -> dict:
+    """A certificate for `names` (and its chain) and its key, as lb's config names them."""
+    issued = ca.issue_cert(*names, **kwargs)
+    cert, key = folder / f"{stem}.pem", folder / f"{stem}.key"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    return {"cert": str(cert), "key": str(key)}
+
+
+def client_context(ca, minimum=ssl.TLSVersion.TLSv1_2, maximum=None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(context)
+    context.minimum_version = minimum
+    if maximum is not None:
+        context.maximum_version = maximum
+    return context

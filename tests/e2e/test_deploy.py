@@ -14,7 +14,7 @@ from lb.demo.backend import read_pidfile, start_detached, stop_pidfile
 from lb.demo.users import Users
 from lb.deploy.plan import STEPS
 
-from conftest import PYTHON, ROOT, Lb, free_port
+from conftest import PYTHON, ROOT, Lb, client_context, free_port, write_cert
 
 FAST = {"health": {"interval": "200ms", "timeout": "500ms", "rise": 1, "fall": 2}, "slow_start": "0s"}
 DEPLOY_TIMEOUT_S = 120
@@ -63,10 +63,10 @@ def fleet(tmp_path):
         made.stop()
 
 
-def sessions(lb, users: int) -> Users:
+def sessions(lb, users: int, tls=None) -> Users:
     """Users who keep their cookies; each leaves after a few requests and a new one comes.
-    A new user is what a canary gets: pinned users stay on their version."""
-    return Users("127.0.0.1", lb.port, slots=users, life=(10, 30), think_s=0.02)
+    A new user is what a canary gets: pinned users stay on their version. `tls`: HTTPS."""
+    return Users("127.0.0.1", lb.port, slots=users, life=(10, 30), think_s=0.02, ssl=tls)
 
 
 class Deploy:
@@ -156,6 +156,24 @@ async def test_a_full_deploy_under_load_fails_no_request_and_sends_nobody_back(s
     assert all(seq == ["drain", "wait drained", "update", "set version", "ready", "wait up"]
                for seq in steps.values()) and len(steps) == 10
     assert deploy.summary["result"] == "done" and "deploy to v2: done" in deploy.stderr
+
+
+async def test_a_deploy_over_a_tls_listener_fails_no_request_and_sends_nobody_back(spawn, fleet, tmp_path):
+    """Drain, pinning and the deploy work unchanged when the clients come over HTTPS."""
+    import trustme
+    ca = trustme.CA()
+    nodes = fleet(4)
+    lb = spawn(Lb, tmp_path, nodes.configs(), tls={"certs": [write_cert(ca, tmp_path, "lb", "127.0.0.1")]}, **FAST)
+    async with sessions(lb, 12, tls=client_context(ca)) as users:
+        await users.wait_for_requests(100)
+        code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--batch", "2",
+                                        "--canary", "1", "--min-ready", "50%", "--bake", "1s")
+        await users.wait_for_requests(users.requests + 100)
+    assert code == 0, (deploy.stderr, deploy.of("failed"))
+    assert_all(lb, "v2")
+    assert users.failures == []
+    assert users.backward_flips(["v1", "v2"]) == []
+    assert {r.version for r in users.records[-50:]} == {"v2"}
 
 
 async def test_a_bad_release_fails_the_canary_and_is_rolled_back(spawn, fleet, tmp_path):

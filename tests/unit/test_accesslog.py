@@ -73,10 +73,13 @@ def test_a_request_line_is_byte_for_byte_what_json_dumps_makes_of_its_fields():
     from lb.core import http1
 
     class Client:
-        ip, trusted = b"10.0.0.9", False
+        ip, trusted, tls, tls_text = b"10.0.0.9", False, None, ""
+
+    class TlsClient(Client):
+        tls = {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "sni": "a.example"}
+        tls_text = ', "tls": ' + json.dumps(tls)        # as ClientConnection makes it
 
     class Exchange:
-        client = Client()
         started = time.monotonic()
 
     class Route:
@@ -86,11 +89,13 @@ def test_a_request_line_is_byte_for_byte_what_json_dumps_makes_of_its_fields():
     for target in (b"/", b"/a/b?q=1", b'/we"ird\\path\x01\x7f', "/caf\u00e9".encode("latin-1")):
         for pin_how, error, route in ((None, None, Route()), ("assigned", None, Route()),
                                       ("forward", "backend did not answer in time", None)):
-            cases.append((target, pin_how, error, route))
+            for client in (Client(), TlsClient()):
+                cases.append((target, pin_how, error, route, client))
     for worker in (None, 3):
         log = AccessLog(os.devnull, worker=worker)
-        for target, pin_how, error, route in cases:
+        for target, pin_how, error, route, client in cases:
             exchange = Exchange()
+            exchange.client = client
             exchange.head = http1.analyze_request(b"GET", target, b"1.1", [(b"Host", b"h")])
             exchange.status, exchange.bytes_out, exchange.tried = 504 if error else 200, 34, [1, 2]
             exchange.version, exchange.pin_how, exchange.error = "v2", pin_how, error
@@ -98,5 +103,6 @@ def test_a_request_line_is_byte_for_byte_what_json_dumps_makes_of_its_fields():
             line = log._lines[-1]
             said = json.loads(line)
             assert line == json.dumps(log.line_fields(exchange, route, said["duration_ms"], said["time"]))
+            assert said.get("tls") == client.tls
         log._lines = []
         log.close()

@@ -17,7 +17,7 @@ MINIMAL = "backends:\n  - {name: web1, address: '127.0.0.1:9001'}\n"
 
 def test_minimal_file_gets_every_default():
     config = parse_config(MINIMAL, "lb.yaml")
-    assert config.listen == (("127.0.0.1", 8080),)
+    assert [listener.address for listener in config.listen] == [("127.0.0.1", 8080)]
     assert config.http == "auto" and config.balance == "least_conn"
     assert config.backends[0].version == "v1" and config.backends[0].weight == 100
     assert config.health.interval == 1.0 and config.health.rise == 2
@@ -29,7 +29,7 @@ def test_embedded_default_config_loads():
     config = load_config(str(ROOT / "config" / "lb.yaml"))
     assert [b.name for b in config.backends] == [f"web{i}" for i in range(1, 11)]
     assert [b.port for b in config.backends] == list(range(9001, 9011))
-    assert config.listen == (("127.0.0.1", 8080),)
+    assert [listener.address for listener in config.listen] == [("127.0.0.1", 8080)]
 
 
 @pytest.mark.parametrize("value, expected", [("off", "off"), ("'off'", "off"), ("stdout", "stdout"),
@@ -60,7 +60,28 @@ BAD = [
     (MINIMAL + "health: {rise: 0}\n", "lb.yaml: health.rise: expected an integer from 1 to 100, got 0"),
     (MINIMAL + "timeouts: {conect: 1s}\n", "lb.yaml: timeouts.conect: unknown key"),
     (MINIMAL + "http: nghttp2\n", "lb.yaml: http: expected one of auto, httptools, h11"),
-    (MINIMAL + "listen: [127.0.0.1:80, nope]\n", "lb.yaml: listen: expected HOST:PORT, got 'nope'"),
+    (MINIMAL + "listen: [127.0.0.1:80, nope]\n", "lb.yaml: listen[1]: expected HOST:PORT, got 'nope'"),
+    (MINIMAL + "listen: [127.0.0.1:80, 127.0.0.1:80]\n", "lb.yaml: listen[1].address: listed twice, got '127.0.0.1:80'"),
+    (MINIMAL + "listen: [{adress: 127.0.0.1:443}]\n", "lb.yaml: listen[0].adress: unknown key (known keys: address, tls, "
+     "redirect_https)"),
+    (MINIMAL + "listen: [{tls: {certs: [{cert: a, key: b}]}}]\n", "lb.yaml: listen[0].address: required key is missing"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {}}]\n", "lb.yaml: listen[0].tls.certs: required key is missing"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: []}}]\n",
+     "lb.yaml: listen[0].tls.certs: expected a list of {cert: FILE, key: FILE}, got []"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a.pem}]}}]\n",
+     "lb.yaml: listen[0].tls.certs[0].key: required key is missing"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}], min_version: TLSv1.1}}]\n",
+     "lb.yaml: listen[0].tls.min_version: expected one of TLSv1.2, TLSv1.3, got 'TLSv1.1'"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}], alpn: [spdy/3]}}]\n",
+     "lb.yaml: listen[0].tls.alpn: expected a list of protocols from http/1.1, got ['spdy/3']"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, redirect_https: true, tls: {certs: [{cert: a, key: b}]}}]\n",
+     "lb.yaml: listen[0].redirect_https: a TLS listener serves HTTPS itself, got true"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:80, redirect_https: maybe}]\n",
+     "lb.yaml: listen[0].redirect_https: expected true or false, got 'maybe'"),
+    ("backends:\n  - {name: a, address: '127.0.0.1:1', tls: {verify: sometimes}}\n",
+     "lb.yaml: backends[0].tls.verify: expected true or false, got 'sometimes'"),
+    ("backends:\n  - {name: a, address: '127.0.0.1:1', tls: {sni: 'a b'}}\n",
+     "lb.yaml: backends[0].tls.sni: expected a host name, got 'a b'"),
     ("backends:\n  - {name: web1, address: '$(touch x):80'}\n",
      "lb.yaml: backends[0].address: expected HOST:PORT with HOST a host name or IP address, got '$(touch x):80'"),
     ("backends:\n  - {name: web1, address: '-oProxyCommand=x:22'}\n",
@@ -97,6 +118,27 @@ def test_body_rates(text, rate):
 def test_addresses_that_pass(address, host):
     config = parse_config(f"backends:\n  - {{name: web1, address: '{address}'}}\n")
     assert config.backends[0].host == host
+
+
+def test_listeners_plain_tls_and_redirecting():
+    config = parse_config(MINIMAL + "listen:\n  - 127.0.0.1:80\n"
+                          "  - {address: 0.0.0.0:443, tls: {certs: [{cert: a.pem, key: a.key}, {cert: b.pem, key: b.key}],"
+                          " min_version: TLSv1.3}}\n  - {address: 0.0.0.0:8081, redirect_https: true}\n", "lb.yaml")
+    plain, secure, redirect = config.listen
+    assert (plain.address, plain.tls, plain.redirect_https, plain.scheme) == (("127.0.0.1", 80), None, False, "http")
+    assert secure.scheme == "https" and [c.cert for c in secure.tls.certs] == ["a.pem", "b.pem"]
+    assert (secure.tls.min_version, secure.tls.alpn) == ("TLSv1.3", ("http/1.1",))
+    assert redirect.redirect_https and redirect.tls is None
+
+
+def test_a_backend_tls_section_defaults_to_verifying():
+    config = parse_config("backends:\n  - {name: a, address: '10.0.0.5:443', tls: {}}\n"
+                          "  - {name: b, address: '10.0.0.6:443', tls: {verify: false, sni: b.internal, ca: ca.pem}}\n"
+                          "  - {name: c, address: '10.0.0.7:80'}\n", "lb.yaml")
+    a, b, c = config.backends
+    assert (a.tls.verify, a.tls.ca, a.tls.sni) == (True, None, None)
+    assert (b.tls.verify, b.tls.ca, b.tls.sni) == (False, "ca.pem", "b.internal")
+    assert c.tls is None
 
 
 @pytest.mark.parametrize("text, message", BAD)

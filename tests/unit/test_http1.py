@@ -518,23 +518,25 @@ def test_the_host_only_path_checks_the_host_as_the_general_one(raw):
     assert (fast.value.status, fast.value.message) == (general.value.status, general.value.message)
 
 
+@pytest.mark.parametrize("proto", [b"http", b"https"])
 @pytest.mark.parametrize("trusted, raw", [
     (False, [(b"Host", b"a.example")]),
     (False, [(b"Host", b"a.example"), (b"X-Forwarded-For", b"1.2.3.4")]),     # dropped: untrusted
     (True, [(b"Host", b"a.example"), (b"X-Forwarded-For", b"1.2.3.4")]),      # a chain: not cached
     (False, [(b"Host", b"a.example"), (b"Via", b"1.0 other")]),                # a chain: not cached
 ])
-def test_lb_own_lines_made_once_per_connection_are_the_lines_made_per_request(trusted, raw):
+def test_lb_own_lines_made_once_per_connection_are_the_lines_made_per_request(trusted, raw, proto):
     from lb.proxy.client import ClientConnection
 
     class Conn:                                           # what own_headers uses of a connection
         ip, _own = b"10.0.0.7", None
     conn = Conn()
-    conn.trusted = trusted
+    conn.trusted, conn.proto = trusted, proto
     for version in (b"1.1", b"1.1", b"1.0"):
         head = http1.analyze_request(b"GET", b"/", version, list(raw))
         cached = http1.serialize_request(head, conn.ip, [], trusted, own=ClientConnection.own_headers(conn, head))
-        assert cached == http1.serialize_request(head, conn.ip, [], trusted)
+        assert cached == http1.serialize_request(head, conn.ip, [], trusted, proto=proto)
+        assert b"\r\nX-Forwarded-Proto: " + proto + b"\r\n" in cached and b";proto=" + proto + b"\r\n" in cached
 
 
 def test_what_peers_send_can_make_the_remembered_tables_hold_only_so_much():

@@ -71,3 +71,24 @@ def test_the_running_config_keeps_the_restart_only_settings():
     old, new = config(), config(BASE.replace("8080", "8081") + "retries: 5\n")
     kept = running_config(new, old)
     assert kept.listen == old.listen and kept.retries == 5
+
+
+TLS = BASE.replace("listen: 127.0.0.1:8080", "listen:\n  - 127.0.0.1:8080\n"
+                   "  - {address: 127.0.0.1:8443, tls: {certs: [{cert: a.pem, key: a.key}], min_version: TLSv1.2}}")
+
+
+@pytest.mark.parametrize("change, at_restart, certs", [
+    ({}, False, ["a.pem"]),
+    ({"cert: a.pem, key: a.key": "cert: b.pem, key: b.key"}, False, ["b.pem"]),           # certificates: now
+    ({"{cert: a.pem, key: a.key}": "{cert: a.pem, key: a.key}, {cert: c.pem, key: c.key}"}, False, ["a.pem", "c.pem"]),
+    ({"min_version: TLSv1.2": "min_version: TLSv1.3"}, True, ["a.pem"]),                  # the listener: at restart
+    ({"127.0.0.1:8443": "127.0.0.1:9443"}, True, ["a.pem"]),
+])
+def test_a_reload_takes_new_certificates_and_leaves_the_listeners(change, at_restart, certs):
+    old, new = config(TLS), config(TLS, **change)
+    actions = plan_reload(old, new, running(), set())
+    assert [(a.kind, a.name) for a in actions if a.kind == AT_RESTART] == ([(AT_RESTART, "listen")] if at_restart else [])
+    kept = running_config(new, old)
+    assert [item.address for item in kept.listen] == [item.address for item in old.listen]
+    assert kept.listen[1].tls.min_version == old.listen[1].tls.min_version
+    assert [c.cert for c in kept.listen[1].tls.certs] == certs

@@ -1,0 +1,236 @@
+"""TLS: the server side of a listener (certificates chosen by SNI), the client side towards a
+backend, and what `show certs` and /metrics say of a certificate.
+
+Python's `ssl` (OpenSSL) does the cryptography. A listener's server gets one context for its
+whole life, the *dispatcher*: its SNI callback, called at every ClientHello (with or without
+a server name), hands the handshake to the context of the certificate whose names match
+(exact, then one-label wildcard, else the first certificate). A reload builds new
+per-certificate contexts and swaps the list the callback reads: a context in use is never
+changed, established connections keep theirs, and session tickets (keyed by the dispatcher)
+stay valid. The settings that belong to the dispatcher itself (min_version, alpn) change only
+with the listener, at an upgrade or restart.
+
+`cryptography` reads the certificates (names, expiry, fingerprint): `ssl` loads a
+certificate to serve it but cannot show it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from .core.config import BackendTlsConfig, Config, ListenerTlsConfig, format_hostport
+from .core.errors import ConfigError
+
+log = logging.getLogger("lb")
+EXPIRY_WARNING_DAYS = 14
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """One served certificate, as `show certs` reports it."""
+    path: str
+    names: tuple[str, ...]          # its DNS names and IPs (subjectAltName; the CN when it has none)
+    not_after: float                # Unix time
+    sha256: str                     # fingerprint of the leaf, hex pairs
+
+    def days_left(self, now: float) -> float:
+        return (self.not_after - now) / 86400
+
+    def to_dict(self, now: float) -> dict:
+        return {"cert": self.path, "names": list(self.names),
+                "not_after": datetime.datetime.fromtimestamp(self.not_after, datetime.timezone.utc)
+                .strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "days_left": round(self.days_left(now), 1), "sha256": self.sha256}
+
+
+def read_cert(path: str, where: str) -> CertInfo:
+    """The leaf certificate of a PEM file. Raises ConfigError naming `where` and the file."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        leaf = x509.load_pem_x509_certificates(pem)[0]
+    except ValueError:
+        raise ConfigError(f"{where}: {path} holds no PEM certificate") from None
+    try:
+        alt = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = (*alt.get_values_for_type(x509.DNSName), *map(str, alt.get_values_for_type(x509.IPAddress)))
+    except x509.ExtensionNotFound:
+        names = ()
+    if not names:
+        names = tuple(str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME))
+    digest = leaf.fingerprint(hashes.SHA256()).hex().upper()
+    return CertInfo(path, tuple(n.lower() for n in names), leaf.not_valid_after_utc.timestamp(),
+                    ":".join(digest[i:i + 2] for i in range(0, len(digest), 2)))
+
+
+def _server_context(tls: ListenerTlsConfig) -> ssl.SSLContext:
+    """OpenSSL's secure defaults (no compression, no renegotiation by clients, tickets on;
+    0-RTT is never offered: Python's ssl does not enable early data), TLS 1.2 at least."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _VERSIONS[tls.min_version]
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    context.set_alpn_protocols(list(tls.alpn))
+    return context
+
+
+class Certificate:
+    """A certificate and its key, loaded: its context and what it says of itself."""
+
+    def __init__(self, tls: ListenerTlsConfig, cert_path: str, key_path: str, where: str, now: float):
+        self.info = read_cert(cert_path, f"{where}.cert")
+        if self.info.not_after < now:
+            raise ConfigError(f"{where}.cert: {cert_path} expired on {self.info.to_dict(now)['not_after']}")
+        self.context = _server_context(tls)
+        try:
+            self.context.load_cert_chain(cert_path, key_path)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{where}.key: cannot read {key_path}: {exc.strerror}") from None
+        except PermissionError as exc:
+            raise ConfigError(f"{where}.key: cannot read {key_path}: {exc.strerror}") from None
+        except ssl.SSLError as exc:
+            if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+                raise ConfigError(f"{where}.key: {key_path} is not the key of {cert_path}") from None
+            raise ConfigError(f"{where}.key: {key_path} holds no usable PEM private key ({exc.reason or exc})") from None
+
+
+class ServerTls:
+    """A TLS listener's certificates and the dispatcher context its server keeps."""
+
+    def __init__(self, tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str, now: float):
+        self.config = tls
+        self.dispatcher = _server_context(tls)
+        self.dispatcher.sni_callback = self._choose
+        self._install(load_certificates(tls, resolve, where, now))
+        first = self._certs[0].info
+        self.dispatcher.load_cert_chain(first.path, resolve(tls.certs[0].key))
+
+    def _install(self, certs: list[Certificate]) -> None:
+        exact: dict[str, ssl.SSLContext] = {}
+        wildcard: dict[str, ssl.SSLContext] = {}
+        for cert in certs:
+            for name in cert.info.names:
+                table, key = (wildcard, name[2:]) if name.startswith("*.") else (exact, name)
+                table.setdefault(key, cert.context)
+        # One assignment: a handshake in progress sees the old tables or the new ones.
+        self._tables = (exact, wildcard, certs[0].context)
+        self._certs = certs
+
+    def replace(self, certs: list[Certificate]) -> None:
+        """New certificates (a reload): new handshakes use them; nothing in use changes."""
+        self._install(certs)
+
+    @property
+    def certs(self) -> list[CertInfo]:
+        return [cert.info for cert in self._certs]
+
+    def pick(self, server_name: str | None) -> ssl.SSLContext:
+        exact, wildcard, default = self._tables
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            context = exact.get(name)
+            if context is not None:
+                return context
+            _, dot, parent = name.partition(".")
+            if dot:
+                context = wildcard.get(parent)
+                if context is not None:
+                    return context
+        return default
+
+    def _choose(self, ssl_object, server_name, _context) -> None:
+        ssl_object.context = self.pick(server_name)
+        ssl_object.lb_sni = server_name          # for the access log
+        return None
+
+
+def load_certificates(tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str,
+                      now: float) -> list[Certificate]:
+    """Every certificate of a listener, loaded. Raises ConfigError (key path, file, reason)."""
+    return [Certificate(tls, resolve(c.cert), resolve(c.key), f"{where}.tls.certs[{i}]", now)
+            for i, c in enumerate(tls.certs)]
+
+
+def listener_where(config: Config, index: int) -> str:
+    return f"{config.source}: listen[{index}]"
+
+
+def server_tls(config: Config, now: float) -> dict[int, ServerTls]:
+    """The TLS side of each TLS listener of `config`, by its index. Raises ConfigError."""
+    return {i: ServerTls(listener.tls, config.resolve, listener_where(config, i), now)
+            for i, listener in enumerate(config.listen) if listener.tls is not None}
+
+
+def expiring_soon(tls_by_listener: dict[int, ServerTls], config: Config, now: float) -> list[str]:
+    """Warnings for certificates that expire within EXPIRY_WARNING_DAYS."""
+    warnings = []
+    for i, tls in tls_by_listener.items():
+        for info in tls.certs:
+            if info.days_left(now) < EXPIRY_WARNING_DAYS:
+                warnings.append(f"listen[{i}] ({format_hostport(*config.listen[i].address)}): {info.path} "
+                                f"expires in {info.days_left(now):.1f} days ({', '.join(info.names)})")
+    return warnings
+
+
+def client_context(tls: BackendTlsConfig, resolve: Callable[[str], str], where: str) -> ssl.SSLContext:
+    """The context lb connects to a TLS backend with: verification on unless `verify: false`,
+    against `ca` (the system's CAs when it is left out). Raises ConfigError."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # check_hostname and CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif tls.ca is None:
+        context.load_default_certs()
+    else:
+        path = resolve(tls.ca)
+        try:
+            context.load_verify_locations(cafile=path)
+        except OSError as exc:
+            if not isinstance(exc, ssl.SSLError):
+                raise ConfigError(f"{where}.ca: cannot read {path}: {exc.strerror or exc}") from None
+            raise ConfigError(f"{where}.ca: {path} holds no PEM certificate ({exc.reason or exc})") from None
+    return context
+
+
+def backend_contexts(config: Config) -> dict[str, tuple[ssl.SSLContext, str]]:
+    """For each TLS backend: its context and the server name to send and verify. Raises ConfigError."""
+    made = {}
+    for i, backend in enumerate(config.backends):
+        if backend.tls is not None:
+            where = f"{config.source}: backends[{i}].tls"
+            made[backend.name] = (client_context(backend.tls, config.resolve, where),
+                                  backend.tls.sni or backend.host)
+    return made
+
+
+def check(config: Config, now: float) -> tuple[dict[int, list[CertInfo]], list[str]]:
+    """Load every certificate, key and CA file `config` names, as a start, a reload and
+    `lb check` do: the certificates of each TLS listener (by index) and warnings for those
+    expiring soon. Raises ConfigError naming the key path, the file and the reason."""
+    made = server_tls(config, now)
+    backend_contexts(config)
+    return {i: t.certs for i, t in made.items()}, expiring_soon(made, config, now)
+
+
+def changes(before: dict[int, list[CertInfo]], after: dict[int, list[CertInfo]]) -> list[str]:
+    """What a reload's reply says of the certificates it re-read."""
+    said = []
+    for i, infos in sorted(after.items()):
+        old = {info.sha256 for info in before.get(i, [])}
+        new = [info for info in infos if info.sha256 not in old]
+        if new:
+            said.append(f"listen[{i}]: new certificates for new handshakes: " +
+                        ", ".join(f"{info.path} ({info.sha256[:11]})" for info in new))
+    return said

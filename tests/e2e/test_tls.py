@@ -1,0 +1,350 @@
+"""TLS at the front door and towards backends: real lb processes, real TLS clients (ssl
+sockets, aiohttp), certificates made here by trustme."""
+
+import asyncio
+import hashlib
+import json
+import socket
+import ssl
+import threading
+import time
+import warnings
+
+import aiohttp
+import pytest
+import trustme
+
+from conftest import Lb, RawClient, client_context, free_port, steady_load, wait_for, write_cert
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+def served_cert(port: int, ca, server_hostname: str | None) -> tuple[set, str]:
+    """The DNS names and the SHA-256 of the certificate lb serves for `server_hostname`."""
+    context = client_context(ca)
+    context.check_hostname = False            # see what comes, whatever it is
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_hostname) as tls:
+            cert = tls.getpeercert()
+            der = tls.getpeercert(binary_form=True)
+    return {value for kind, value in cert["subjectAltName"] if kind == "DNS"}, hashlib.sha256(der).hexdigest()
+
+
+@pytest.fixture
+def tls_lb(spawn, tmp_path, module_backends, ca):
+    certs = [write_cert(ca, tmp_path, "main", "lb.example", "127.0.0.1"),
+             write_cert(ca, tmp_path, "other", "other.example", "*.wild.example")]
+    return spawn(Lb, tmp_path, [b.config() for b in module_backends], tls={"certs": certs})
+
+
+def test_keep_alive_and_new_connections_over_tls_with_chunked_bodies(tls_lb, ca):
+    context = client_context(ca)
+    with RawClient(tls_lb.port, tls=context, server_hostname="lb.example") as client:
+        for i in range(5):                          # one TLS connection, many requests
+            body = b"x" * (1000 * i + 1)
+            client.send(b"POST /echo HTTP/1.1\r\nHost: lb.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            resp = client.response()
+            assert resp.status == 200
+            echoed = json.loads(resp.body)
+            assert echoed["body"] == body.decode()
+            headers = {k.lower(): v for k, v in echoed["headers"]}
+            assert headers["x-forwarded-proto"] == "https"
+            assert "proto=https" in headers["forwarded"]
+    for _ in range(5):                              # a new TLS connection per request
+        with RawClient(tls_lb.port, tls=context, server_hostname="lb.example") as client:
+            client.send(b"GET /bytes?n=200000 HTTP/1.1\r\nHost: lb.example\r\nConnection: close\r\n\r\n")
+            resp = client.response()
+            assert resp.status == 200 and len(resp.body) == 200000
+    lines = wait_for(lambda: [e for e in tls_lb.access_lines() if e["path"] == "/bytes"][4:], 5, "access lines")
+    assert lines[0]["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+    assert lines[0]["tls"]["sni"] == "lb.example" and lines[0]["tls"]["cipher"]
+
+
+async def test_aiohttp_over_tls_with_a_websocket(tls_lb, ca):
+    context = client_context(ca)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"https://127.0.0.1:{tls_lb.port}/", ssl=context) as resp:
+            assert resp.status == 200
+            assert "lb_version" in resp.cookies                 # pinning works over TLS
+        async with session.ws_connect(f"https://127.0.0.1:{tls_lb.port}/ws", ssl=context) as ws:
+            for i in range(3):
+                await ws.send_str(f"hello {i}")
+                message = await ws.receive(timeout=5)
+                assert message.data == f"hello {i}"
+
+
+def test_sni_chooses_the_certificate_and_an_unknown_name_gets_the_first(tls_lb, ca):
+    main, _ = served_cert(tls_lb.port, ca, "lb.example")
+    other, _ = served_cert(tls_lb.port, ca, "other.example")
+    wild, _ = served_cert(tls_lb.port, ca, "a.wild.example")
+    unknown, _ = served_cert(tls_lb.port, ca, "nobody.example")
+    none, _ = served_cert(tls_lb.port, ca, None)
+    assert "lb.example" in main and "other.example" in other and "*.wild.example" in wild
+    assert unknown == main and none == main
+    deeper, _ = served_cert(tls_lb.port, ca, "a.b.wild.example")      # a wildcard is one label
+    assert deeper == main
+
+
+def test_a_tls_1_1_client_is_refused_and_plain_http_on_the_tls_port_is_closed(tls_lb, ca):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)      # TLS 1.1 on purpose
+        context = client_context(ca, minimum=ssl.TLSVersion.TLSv1, maximum=ssl.TLSVersion.TLSv1_1)
+    context.set_ciphers("ALL:@SECLEVEL=0")     # this client does speak TLS 1.1 to a server that allows it
+    with socket.create_connection(("127.0.0.1", tls_lb.port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLError) as refused:
+            context.wrap_socket(raw, server_hostname="lb.example")
+    # lb ends the handshake (an alert, or its close once OpenSSL refused the ClientHello)
+    assert isinstance(refused.value, ssl.SSLEOFError) or "PROTOCOL_VERSION" in str(refused.value).upper(), refused.value
+    for _ in range(20):                      # plain HTTP: closed each time, no crash, no flood
+        with socket.create_connection(("127.0.0.1", tls_lb.port), timeout=5) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: lb.example\r\n\r\n")
+            try:
+                answer = raw.recv(4096)
+            except ConnectionResetError:
+                answer = b""
+            assert not answer.startswith(b"HTTP/1.1 200")
+    with RawClient(tls_lb.port, tls=client_context(ca), server_hostname="lb.example") as client:
+        client.send(b"GET / HTTP/1.1\r\nHost: lb.example\r\n\r\n")
+        assert client.response().status == 200          # still serving
+    assert tls_lb.stderr_path.read_text().count("\n") < 20, tls_lb.stderr_path.read_text()
+
+
+def test_a_handshake_not_finished_in_time_is_closed(spawn, tmp_path, module_backends, ca):
+    lb = spawn(Lb, tmp_path, [b.config() for b in module_backends], timeouts={"client_header": "1s"},
+               tls={"certs": [write_cert(ca, tmp_path, "main", "lb.example")]})
+    with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as raw:
+        raw.sendall(b"\x16\x03\x01")                 # the start of a ClientHello, then nothing
+        started = time.monotonic()
+        try:
+            assert raw.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 8
+
+
+def test_a_redirect_listener_answers_308_to_https(spawn, tmp_path, module_backends, ca):
+    plain = free_port()
+    lb = spawn(Lb, tmp_path, [b.config() for b in module_backends],
+               tls={"certs": [write_cert(ca, tmp_path, "main", "lb.example")]},
+               listen=[{"address": f"127.0.0.1:{plain}", "redirect_https": True}])
+    wait_for(lambda: _port_answers(plain), 10, "the redirect listener")
+    with RawClient(plain) as client:
+        client.send(b"GET /a/b?c=d HTTP/1.1\r\nHost: shop.example:8081\r\n\r\n")
+        resp = client.response()
+        assert resp.status == 308 and resp.getheader("Location") == "https://shop.example/a/b?c=d"
+        client.send(b"POST /form HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\n\r\nhello")
+        resp = client.response()                     # the same connection: the body was dropped
+        assert resp.status == 308 and resp.getheader("Location") == "https://shop.example/form"
+        client.send(b"GET / HTTP/1.1\r\n\r\n")
+        assert client.response().status == 400       # no Host: no URL to send the client to
+    lines = wait_for(lambda: [e for e in lb.access_lines() if e["status"] == 308][1:], 5, "access lines")
+    assert lines[0]["backend"] is None and lines[0]["path"] == "/form"
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_bad_certificates_are_refused_at_start_with_the_key_path_and_file(tmp_path, module_backends, ca):
+    import subprocess
+    import sys
+    import yaml
+    good = write_cert(ca, tmp_path, "good", "lb.example")
+    other = write_cert(ca, tmp_path, "other", "other.example")
+    expired = write_cert(ca, tmp_path, "expired", "old.example",
+                         not_after=__import__("datetime").datetime(2020, 1, 1))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [
+        ({"cert": str(tmp_path / "missing.pem"), "key": good["key"]}, "listen[0].tls.certs[0].cert: cannot read"),
+        ({"cert": good["cert"], "key": str(tmp_path / "missing.key")}, "listen[0].tls.certs[0].key: cannot read"),
+        ({"cert": good["cert"], "key": other["key"]}, "listen[0].tls.certs[0].key: " + other["key"] + " is not the key of"),
+        ({"cert": str(garbage), "key": good["key"]}, "holds no PEM certificate"),
+        ({"cert": good["cert"], "key": str(garbage)}, "holds no usable PEM private key"),
+        (expired, "expired on 2020-01-01"),
+    ]
+    for cert, message in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({"listen": [{"address": f"127.0.0.1:{free_port()}", "tls": {"certs": [cert]}}],
+                                        "backends": [b.config() for b in module_backends]}))
+        for command in ("check", "serve"):
+            done = subprocess.run([sys.executable, "-m", "lb.cli", command, "-c", str(path)],
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 2, (command, done.stderr)
+            assert str(path) in done.stderr and message in done.stderr, (command, done.stderr)
+
+
+def test_a_certificate_expiring_soon_is_warned_of(tmp_path, module_backends, ca):
+    import datetime
+    import subprocess
+    import sys
+    import yaml
+    soon = write_cert(ca, tmp_path, "soon", "soon.example",
+                      not_after=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=3))
+    path = tmp_path / "soon.yaml"
+    path.write_text(yaml.safe_dump({"listen": [{"address": f"127.0.0.1:{free_port()}", "tls": {"certs": [soon]}}],
+                                    "backends": [b.config() for b in module_backends]}))
+    done = subprocess.run([sys.executable, "-m", "lb.cli", "check", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "warning" in done.stderr and "expires in 3.0 days" in done.stderr and "soon.example" in done.stderr
+
+
+def test_show_certs_and_the_expiry_metric(tls_lb, ca):
+    reply = tls_lb.ctl("show certs")
+    assert reply["ok"], reply
+    [listener] = reply["certs"]
+    assert listener["listener"] == f"127.0.0.1:{tls_lb.port}"
+    first, second = listener["certs"]
+    _, sha = served_cert(tls_lb.port, ca, "lb.example")
+    assert first["sha256"].replace(":", "").lower() == sha
+    assert set(first["names"]) == {"lb.example", "127.0.0.1"} and set(second["names"]) == {"other.example", "*.wild.example"}
+    assert first["days_left"] > 300 and first["not_after"].endswith("Z")
+    metrics_port = tls_lb.config["metrics"]["listen"].rsplit(":", 1)[1]
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    lines = [line for line in text.splitlines() if line.startswith("lb_tls_cert_expiry_seconds{")]
+    assert len(lines) == 2 and all(float(line.rsplit(" ", 1)[1]) > 300 * 86400 for line in lines)
+
+
+async def test_certificates_reload_under_load_with_no_failed_request(tls_lb, ca, tmp_path):
+    _, before = served_cert(tls_lb.port, ca, "lb.example")
+    context = client_context(ca)
+    held = RawClient(tls_lb.port, tls=context, server_hostname="lb.example")   # established before
+    try:
+        async with steady_load(tls_lb, workers=4, tls=context) as load:
+            await load.wait_for_requests(50)
+            renewed = ca.issue_cert("lb.example", "127.0.0.1")
+            main = tmp_path / "main.pem"
+            main.write_bytes(b"".join(blob.bytes() for blob in renewed.cert_chain_pems))
+            renewed.private_key_pem.write_to_path(str(tmp_path / "main.key"))
+            reply = tls_lb.ctl("reload")
+            assert reply["ok"], reply
+            assert any("new certificates" in line for line in reply["changed"]), reply
+            await load.wait_for_requests(load.requests + 100)
+        assert load.failures == []
+        _, after = served_cert(tls_lb.port, ca, "lb.example")
+        assert after != before and after == hashlib.sha256(
+            ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())).hexdigest()
+        held.send(b"GET / HTTP/1.1\r\nHost: lb.example\r\n\r\n")
+        assert held.response().status == 200               # the established connection goes on
+    finally:
+        held.close()
+
+
+def test_a_bad_certificate_at_reload_is_refused_and_the_old_one_served(tls_lb, ca, tmp_path):
+    _, before = served_cert(tls_lb.port, ca, "lb.example")
+    (tmp_path / "main.key").write_bytes(ca.issue_cert("x.example").private_key_pem.bytes())   # not its key
+    reply = tls_lb.ctl("reload")
+    assert not reply["ok"] and "reload refused" in reply["error"] and "is not the key of" in reply["error"]
+    assert "listen[0].tls.certs[0].key" in reply["error"]
+    _, after = served_cert(tls_lb.port, ca, "lb.example")
+    assert after == before
+    _, again = served_cert(tls_lb.port, ca, "lb.example")      # and new handshakes go on
+    assert again == before
+
+
+class TlsBackend:
+    """A keep-alive HTTPS backend (a thread per connection) that answers every request 200;
+    counts the connections that carried proxied requests."""
+
+    def __init__(self, context: ssl.SSLContext):
+        self.context = context
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.proxied_connections = 0
+        self.health_checks = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        counted = False
+        try:
+            conn.settimeout(10)
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                buffer = b""
+                while True:
+                    while b"\r\n\r\n" not in buffer:
+                        data = tls.recv(65536)
+                        if not data:
+                            return
+                        buffer += data
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    if b"User-Agent: lb-health" in head:
+                        self.health_checks += 1
+                    elif not counted:
+                        counted = True
+                        self.proxied_connections += 1
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX-Backend-Version: v1\r\n\r\ntls-hello")
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def test_a_backend_over_tls_verified_against_its_ca(spawn, tmp_path, ca):
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("web1.internal").configure_cert(server)
+    backend = TlsBackend(server)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    wrong_ca = tmp_path / "wrong-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(wrong_ca))
+    try:
+        good = spawn(Lb, tmp_path, [{"name": "web1", "address": f"127.0.0.1:{backend.port}",
+                                     "tls": {"ca": str(ca_file), "sni": "web1.internal"}}], workers=1)
+        for _ in range(20):
+            with RawClient(good.port) as client:
+                client.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                resp = client.response()
+                assert resp.status == 200 and resp.body == b"tls-hello"
+        assert backend.proxied_connections == 1          # one pooled TLS connection, reused
+        assert good.server("web1")["health"] == "up"
+        wrong = spawn(Lb, tmp_path, [{"name": "web1", "address": f"127.0.0.1:{backend.port}",
+                                      "tls": {"ca": str(wrong_ca), "sni": "web1.internal"}}],
+                      health={"interval": "200ms", "fall": 1})
+        wait_for(lambda: wrong.server("web1")["health"] == "down", 10, "the health check to fail")
+        check = wrong.server("web1")["last_check"]
+        assert "CERTIFICATE_VERIFY_FAILED" in check["error"] or "certificate verify failed" in check["error"], check
+        with RawClient(wrong.port) as client:
+            client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert client.response().status in (502, 503)
+    finally:
+        backend.stop()
+
+
+async def test_an_upgrade_of_lb_with_a_tls_listener_fails_no_request(tls_lb, ca):
+    """The TLS listening socket passes to the new master like a plain one; keep-alive HTTPS
+    users and one-connection-per-request users see nothing."""
+    from lb.demo.users import Users
+    context = client_context(ca)
+    keep_alive = Users("127.0.0.1", tls_lb.port, slots=4, life=(20, 60), think_s=0.005, ssl=context)
+    one_shot = Users("127.0.0.1", tls_lb.port, slots=2, life=(1, 1), think_s=0.0, ssl=context)
+    async with keep_alive, one_shot:
+        await keep_alive.wait_for_requests(100)
+        reply = await asyncio.to_thread(tls_lb.upgrade)
+        assert reply["ok"], reply
+        await keep_alive.wait_for_requests(keep_alive.requests + 100)
+        await one_shot.wait_for_requests(50)
+    assert keep_alive.failures == [] and one_shot.failures == []
+    assert tls_lb.ctl("show certs")["certs"][0]["certs"][0]["names"] == ["lb.example", "127.0.0.1"]
