@@ -1,12 +1,14 @@
 """Where lb's CPU goes per request: a sampling profile and the system calls, under wrk.
 
-    .venv/bin/python bench/sampling_profile.py [--seconds 10] [--close] [--tag T]
+    .venv/bin/python bench/sampling_profile.py [--seconds 10] [--close] [--tls] [--native] [--tag T]
 
 The setup of bench/throughput.py (10 nginx backends, lb with one worker, `wrk -t1
 -c50`): py-spy (the `bench` extra; never a runtime dependency) samples the worker at
 200 Hz while wrk runs, and the stacks are folded into each function's *self* share
 (samples where it was the innermost Python frame) and *total* share (anywhere on the
 stack); then a shorter run under `strace -c -f` counts the system calls per request.
+--tls: lb serves HTTPS (TLS 1.3, an ECDSA P-256 certificate made for the run) and wrk speaks
+it; --native also samples native frames (uvloop's Cython, OpenSSL), not only Python's.
 Writes bench/results/profile[-T].json and prints the top of both.
 """
 
@@ -22,8 +24,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import (RESULTS, ROOT, backends_running, cpu_times, run_wrk, start_haproxy,  # noqa: E402
-                        start_lb)
+from throughput import (RESULTS, ROOT, backends_running, cpu_times, make_certs, run_wrk,  # noqa: E402
+                        start_haproxy, start_lb)
 
 sys.path.insert(0, str(ROOT))
 from lb.procs import children  # noqa: E402
@@ -51,7 +53,7 @@ def syscalls(pid: int, port: int, args, trace: Path) -> dict:
     tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", str(trace)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    traced = run_wrk(port, 3, args.connections, args.close)
+    traced = run_wrk(port, 3, args.connections, args.close, args.scheme)
     tracer.terminate()
     tracer.wait(30)
     calls = {}
@@ -68,21 +70,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--close", action="store_true", help="Connection: close (a new client connection each)")
+    parser.add_argument("--tls", action="store_true", help="HTTPS (TLS 1.3, ECDSA P-256)")
+    parser.add_argument("--native", action="store_true", help="sample native frames too (py-spy --native)")
     parser.add_argument("--tag")
     args = parser.parse_args()
+    args.scheme = "https" if args.tls else "http"
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     report: dict = {"bench": "profile", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "wrk": f"-t1 -c{args.connections} -d{args.seconds}s" + (" Connection: close" if args.close else "")}
     with backends_running("lb-profile-") as (workdir, ports, procs):
-        lb, port = start_lb(workdir, ports, False, procs, 1)
+        certs = make_certs(workdir)["ecdsa"] if args.tls else None
+        lb, port = start_lb(workdir, ports, False, procs, 1, tls=certs)
         worker = children(lb.pid)[0]
-        run_wrk(port, 2, args.connections, args.close)                 # warm up
+        run_wrk(port, 2, args.connections, args.close, args.scheme)    # warm up
         before = cpu_times(lb.pid)
         out = workdir / "stacks.txt"
         sampler = subprocess.Popen([spy, "record", "--pid", str(worker), "--rate", "200", "--format", "raw",
-                                    "--duration", str(args.seconds), "--output", str(out), "--nonblocking"],
+                                    "--duration", str(args.seconds), "--output", str(out),
+                                    # native stacks need the process paused while sampled
+                                    *(["--native"] if args.native else ["--nonblocking"])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        result = run_wrk(port, args.seconds, args.connections, args.close)
+        result = run_wrk(port, args.seconds, args.connections, args.close, args.scheme)
         sampler.wait(60)
         after = cpu_times(lb.pid)
         per = 1e6 / result["requests"]
@@ -95,8 +103,8 @@ def main() -> int:
         if shutil.which("strace"):
             report["syscalls_per_request"] = syscalls(worker, port, args, workdir / "strace-lb.txt")
             if shutil.which("haproxy"):          # the peer, the same way
-                pid, peer_port = start_haproxy(workdir, ports, procs)
-                run_wrk(peer_port, 2, args.connections, args.close)
+                pid, peer_port = start_haproxy(workdir, ports, procs, tls=certs)
+                run_wrk(peer_port, 2, args.connections, args.close, args.scheme)
                 report["haproxy_syscalls_per_request"] = syscalls(pid, peer_port, args,
                                                                   workdir / "strace-haproxy.txt")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.listener = listener                 # its ListenerConfig (None: a plain one)
         self.proto = b"https" if listener is not None and listener.tls is not None else b"http"
         self.redirect = listener is not None and listener.redirect_https
-        self.tls: dict | None = None             # version, cipher, SNI name: for the access log
+        self.tls: dict | None = None             # version, cipher, SNI name, resumed: for the access log
         self.tls_text = ""                       # the same as a JSON member, ready for a log line
         self.transport = None
         self.flow: FlowControl | None = None
@@ -124,7 +124,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             if ssl_object is not None:
                 cipher = ssl_object.cipher()
                 self.tls = {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None,
-                            "sni": getattr(ssl_object, "lb_sni", None)}
+                            "sni": getattr(ssl_object, "lb_sni", None), "resumed": ssl_object.session_reused}
                 self.tls_text = ', "tls": ' + json.dumps(self.tls)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0].encode() if peer else b"-"
