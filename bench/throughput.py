@@ -20,6 +20,9 @@ with wrk, which resumes its sessions (returning clients); and full handshakes
 (`openssl s_time -new`, two at a time, a request each) with ECDSA P-256 and with RSA 2048.
 CPU per request there is CPU per handshake plus its one request.
 
+--h2 runs the same three with HTTP/2 over TLS (ALPN h2; TLS 1.3, ECDSA P-256): h2load with
+10 connections x 10 concurrent streams; p99 comes from h2load's per-request log.
+
 Writes bench/results/throughput.json and prints a table. Installs wrk and
 nginx-light through bench/setup.sh when they are missing.
 """
@@ -92,7 +95,7 @@ def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen]
     if tls:
         pem = workdir / f"haproxy-{port}.pem"          # HAProxy reads the certificate and key from one file
         pem.write_bytes(tls[0].read_bytes() + tls[1].read_bytes())
-        ssl = f" ssl crt {pem} ssl-min-ver TLSv1.3 alpn http/1.1"
+        ssl = f" ssl crt {pem} ssl-min-ver TLSv1.3 alpn h2,http/1.1"
     servers = "\n".join(f"  server web{i + 1} 127.0.0.1:{p}" for i, p in enumerate(ports))
     conf = workdir / f"haproxy-{port}.cfg"
     conf.write_text(f"""global
@@ -125,7 +128,7 @@ def start_nginx_proxy(workdir: Path, ports: list[int], procs: list[subprocess.Po
     proxy_dir = workdir / f"nginx-proxy-{port}"
     proxy_dir.mkdir()
     servers = " ".join(f"server 127.0.0.1:{p};" for p in ports)
-    ssl = (f" ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3"
+    ssl = (f" ssl http2; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3"
            if tls else "")
     conf = proxy_dir / "nginx.conf"
     conf.write_text(f"""worker_processes {threads}; daemon off; pid {proxy_dir}/nginx.pid;
@@ -329,6 +332,80 @@ def measure_handshakes(port: int, pid: int, seconds: float) -> dict:
     return result
 
 
+def run_h2load(port: int, seconds: float, workdir: Path) -> dict:
+    """h2load -c10 -m10 over TLS for `seconds`: requests/s, and p50/p99 from its request log."""
+    log = workdir / f"h2load-{port}.log"
+    args = ["h2load", "-c10", "-m10", "-t1", "-D", str(int(seconds)), "--warm-up-time=1", "--log-file", str(log),
+            f"https://127.0.0.1:{port}/"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    match = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+                      out)
+    rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    if not match or not rate:
+        raise RuntimeError(f"h2load said: {out}{done.stderr}")
+    times = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
+    pick = (lambda q: round(times[min(len(times) - 1, int(q * len(times)))] / 1000, 2)) if times else (lambda q: None)
+    return {"requests": int(match.group(2)), "requests_per_s": float(rate.group(1)),
+            "latency_p50_ms": pick(0.50), "latency_p99_ms": pick(0.99),
+            "non_2xx": int(match.group(4)) + int(match.group(5)), "socket_errors": 0,
+            "h2load": out[out.find("finished in"):].split("\n", 1)[0]}
+
+
+def run_h2(args) -> dict[str, dict]:
+    """lb, HAProxy and nginx with HTTP/2 over TLS, one after the other, the same certificate."""
+    rows: dict[str, dict] = {}
+    with backends_running("lb-bench-h2-") as (workdir, ports, procs):
+        certs = make_certs(workdir)["ecdsa"]
+        for name in ("lb", "haproxy", "nginx"):
+            if name == "lb":
+                proc, port = start_lb(workdir, ports, args.access_log, procs, 1, tls=certs)
+                pid = proc.pid
+            else:
+                start = start_haproxy if name == "haproxy" else start_nginx_proxy
+                pid, port = start(workdir, ports, procs, tls=certs)
+            run_h2load(port, 2, workdir)                               # warm up
+            before = cpu_times(pid)
+            busy0, total0 = box_busy()
+            row = run_h2load(port, args.seconds, workdir)
+            busy1, total1 = box_busy()
+            after = cpu_times(pid)
+            user, system = after[0] - before[0], after[1] - before[1]
+            per = 1e6 / max(row["requests"], 1)
+            row.update(box_busy_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
+                       cpu_us_per_request=round((user + system) * per, 1),
+                       user_us_per_request=round(user * per, 1), sys_us_per_request=round(system * per, 1))
+            rows[f"{name} h2"] = row
+            if name == "lb":
+                proc.terminate()
+                proc.wait(40)
+            else:
+                os.kill(pid, 15)
+    return rows
+
+
+def report_h2(args, rows: dict) -> int:
+    ratio = {f"{proxy} h2": {key: round(rows[f"{proxy} h2"][key] / rows["haproxy h2"][key], 2)
+                             for key in ("requests_per_s", "latency_p99_ms", "cpu_us_per_request")
+                             if rows["haproxy h2"][key]}
+             for proxy in ("lb", "nginx")}
+    report = {
+        "bench": "throughput --h2", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "h2load": f"-c10 -m10 -t1 -D {args.seconds}", "tls": "TLSv1.3, ECDSA P-256",
+        "versions": {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"]),
+                     "h2load": _version(["h2load", "--version"])},
+        "results": rows, "ratios_to_haproxy": ratio,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print_rows(rows)
+    print("\nas a ratio to HAProxy (req/s: higher is better; p99 and CPU: lower is better)")
+    for name, values in ratio.items():
+        print(f"{name:33} " + "  ".join(f"{k} {v}x" for k, v in values.items()))
+    print(f"written: {args.out}")
+    return 0
+
+
 def run_tls(args) -> dict[str, dict]:
     """lb, HAProxy and nginx as HTTPS front doors, one after the other, same certificates."""
     rows: dict[str, dict] = {}
@@ -367,15 +444,21 @@ def main() -> int:
                         help="lb worker counts to run, e.g. 1,2 (peers get as many threads/workers)")
     parser.add_argument("--tls", action="store_true",
                         help="HTTPS front doors instead: lb, HAProxy and nginx, TLS 1.3, keep-alive and new connections")
+    parser.add_argument("--h2", action="store_true",
+                        help="HTTP/2 over TLS instead: lb, HAProxy and nginx under h2load -c10 -m10")
     parser.add_argument("--out", default=str(RESULTS / "throughput.json"))
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
-    if not shutil.which("wrk") or not shutil.which("nginx") or (args.peers and not shutil.which("haproxy")):
+    if not shutil.which("wrk") or not shutil.which("nginx") or ((args.peers or args.tls or args.h2)
+                                                                and not shutil.which("haproxy")) \
+            or (args.h2 and not shutil.which("h2load")):
         subprocess.run(["bash", str(ROOT / "bench" / "setup.sh")], check=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     if args.tls:
         return report_tls(args, run_tls(args))
+    if args.h2:
+        return report_h2(args, run_h2(args))
     with backends_running("lb-bench-") as (workdir, ports, procs):
         rows["direct keep-alive"] = measure(ports[0], None, args.seconds, args.connections, False)
         for count in counts:

@@ -135,7 +135,7 @@ def _bool(value: Any) -> bool:
 
 
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
-ALPN_PROTOCOLS = ("http/1.1",)          # h2 arrives with HTTP/2
+ALPN_PROTOCOLS = ("h2", "http/1.1")
 
 
 def _alpn_list(value: Any) -> tuple[str, ...]:
@@ -250,7 +250,7 @@ def _cert_list(raw: Any, path: str, source: str) -> tuple[CertConfig, ...]:
 class ListenerTlsConfig:
     certs: tuple[CertConfig, ...] = _field(None, _cert_list)   # chosen by SNI; the first is the default
     min_version: str = _field("TLSv1.2", _one_of(*TLS_VERSIONS))
-    alpn: tuple[str, ...] = _field(("http/1.1",), _alpn_list)
+    alpn: tuple[str, ...] = _field(("h2", "http/1.1"), _alpn_list)      # lb prefers the first the client offers
 
 
 @dataclass(frozen=True)
@@ -258,6 +258,7 @@ class ListenerConfig:
     address: tuple[str, int] = _field(None, parse_hostport)
     tls: ListenerTlsConfig | None = _optional(ListenerTlsConfig)
     redirect_https: bool = _field(False, _bool)              # every request: 308 to https://
+    http2: bool = _field(False, _bool)       # a plain listener: HTTP/2 with prior knowledge (h2c) too
 
     @property
     def scheme(self) -> str:
@@ -280,6 +281,8 @@ def _listen_list(raw: Any, path: str, source: str) -> tuple[ListenerConfig, ...]
                 raise ConfigError(f"{source}: {where}: {exc}") from None
         if listener.tls is not None and listener.redirect_https:
             raise ConfigError(f"{source}: {where}.redirect_https: a TLS listener serves HTTPS itself, got true")
+        if listener.tls is not None and listener.http2:
+            raise ConfigError(f"{source}: {where}.http2: a TLS listener offers HTTP/2 by tls.alpn, got true")
         if any(other.address == listener.address for other in listeners):
             raise ConfigError(f"{source}: {where}.address: listed twice, got {format_hostport(*listener.address)!r}")
         listeners.append(listener)

@@ -295,7 +295,11 @@ def _analyze_request(method: bytes, target: bytes, version: bytes, kept: list, s
             # llhttp would switch anyway and end the request at its head; h11 would wait.
             raise HttpError("HTTP/1.0 cannot switch protocols (Upgrade)", 400)
         upgrade = specials[b"upgrade"][0].strip()
-        if chunked or content_length:
+        if upgrade.lower() == b"h2c":
+            # HTTP/2 by Upgrade (which RFC 9113 dropped) is not offered: the request is served
+            # as HTTP/1.1 and its Upgrade, a hop-by-hop field, goes no further.
+            upgrade = None
+        elif chunked or content_length:
             # llhttp ends an Upgrade request at its head and hands the body over as the
             # new protocol's bytes (or, if the backend refuses to switch, as the next
             # request); h11 reads it as a body. One meaning for both: none.
@@ -411,6 +415,7 @@ class HttptoolsRequestParser:
         self._trailer_bytes = 0
         self.in_head = False
         self.leftover = b""
+        self._switching = False  # the last head asked to switch protocols and lb will try
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises HttpError(400/414/431) on a bad or oversized request."""
@@ -419,7 +424,13 @@ class HttptoolsRequestParser:
         try:
             upgraded = _feed_llhttp(self._parser, data, "malformed request", 400)
             if upgraded is not None:
-                self.leftover = upgraded
+                if self._switching:
+                    self.leftover = upgraded
+                    return
+                # llhttp stopped at a switch lb does not make (Upgrade: h2c): go on as HTTP/1.1
+                self._parser = httptools.HttpRequestParser(self)
+                if upgraded:
+                    self.feed(upgraded)
                 return
             if self.in_head:
                 self._head_bytes = _head_bytes_so_far(self._head_bytes, self._began_here, self._url,
@@ -478,6 +489,7 @@ class HttptoolsRequestParser:
         parser = self._parser
         head = analyze_request(parser.get_method(), self._url,
                                parser.get_http_version().encode(), self._headers)
+        self._switching = head.upgrade is not None
         self._in_body = True
         self._quiet_bytes = 0
         self._sink.on_request(head)

@@ -16,7 +16,6 @@ a bug: it is logged with its traceback and the client gets a 500.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 
@@ -24,6 +23,7 @@ from ..core import http1
 from ..core.errors import HttpError
 from .exchange import Exchange
 from .upstream import WRITE_HIGH_BYTES
+from .h2client import H2_PREFACE, H2ClientConnection, tls_fields
 from .responses import error_response
 
 log = logging.getLogger("lb.proxy")
@@ -77,13 +77,17 @@ class FlowControl:
 class ClientConnection(asyncio.BufferedProtocol):
     """One client TCP connection; the request parser's sink."""
 
+    h2 = False
+
     def __init__(self, plane, listener=None):
         self.plane = plane
         self.listener = listener                 # its ListenerConfig (None: a plain one)
         self.proto = b"https" if listener is not None and listener.tls is not None else b"http"
         self.redirect = listener is not None and listener.redirect_https
+        self.h2c = listener is not None and listener.http2      # HTTP/2 with prior knowledge may come
         self.tls: dict | None = None             # version, cipher, SNI name, resumed: for the access log
         self.tls_text = ""                       # the same as a JSON member, ready for a log line
+        self.h2c_held = b""                      # the start of what may be the HTTP/2 preface
         self.transport = None
         self.flow: FlowControl | None = None
         self.ip = b"-"
@@ -119,21 +123,34 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)
         self.flow = FlowControl(transport)
-        if self.proto == b"https":
-            ssl_object = transport.get_extra_info("ssl_object")
-            if ssl_object is not None:
-                cipher = ssl_object.cipher()
-                self.tls = {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None,
-                            "sni": getattr(ssl_object, "lb_sni", None), "resumed": ssl_object.session_reused}
-                self.tls_text = ', "tls": ' + json.dumps(self.tls)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0].encode() if peer else b"-"
         self.trusted = self.plane.is_trusted(self.ip)
+        if self.proto == b"https":
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                self.tls, self.tls_text = tls_fields(ssl_object)
+                if ssl_object.selected_alpn_protocol() == "h2":
+                    self._become_h2(transport)
+                    return
         self.plane.clients.add(self)
         self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
         if len(self.plane.clients) > self.plane.config.limits.max_connections:
             self.write(error_response(HttpError("too many connections", 503)))
             self.close()
+
+    def _become_h2(self, transport, data: bytes = b"") -> None:
+        """ALPN chose HTTP/2, or the HTTP/2 preface came on an h2c listener: the connection
+        is an H2ClientConnection's from now on."""
+        conn = H2ClientConnection(self.plane, self.listener, self.ip, self.trusted, self.tls, self.tls_text,
+                                  self.own_headers, self.proto)
+        if self.transport is not None and self in self.plane.clients:
+            self.plane.clients.discard(self)
+        self.closed = True                       # this HTTP/1.1 side reads no more
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if data:
+            conn.data_received(data)
 
     # Reads go into the buffer the backend connections share (one thread: each read is copied
     # out before the next), READ_BYTES at a time: what a pipelining flood leaves waiting in
@@ -165,6 +182,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.unparsed += data         # behind requests still waiting to be parsed, in order
             return
         if not self.got_bytes:
+            if self.h2c:
+                data, self.h2c_held = self.h2c_held + data, b""
+                if H2_PREFACE.startswith(data[:len(H2_PREFACE)]):
+                    if len(data) < len(H2_PREFACE):
+                        self.h2c_held = data          # maybe the preface, not yet whole
+                        return
+                    self._become_h2(self.transport, data)
+                    return
             self.got_bytes = True
             limits = self.plane.config.limits
             self.parser = self.plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
@@ -327,6 +352,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         lines = http1.own_headers(head, self.ip, self.trusted, None, self.proto)
         self._own = (head.host, head.version, lines)
         return lines
+
+    def send_error(self, exc: HttpError) -> None:
+        """lb's own answer to the request in progress."""
+        self.write(error_response(exc))
 
     def write(self, data: bytes) -> None:
         if self._corked is not None:

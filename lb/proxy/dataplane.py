@@ -281,7 +281,9 @@ class DataPlane:
             server.close()
         idle_until = self.now() + grace_s
         for client in list(self.clients):
-            if client.current is None and client.tunnel is None and client.waiting_for_request:
+            if client.h2:
+                client.go_away()            # streams in flight finish; then it closes
+            elif client.current is None and client.tunnel is None and client.waiting_for_request:
                 client.deadline = min(client.deadline, idle_until)     # the sweeper closes it
         if not await self._until_all_closed(timeout_s):
             tunnels = [c for c in self.clients if c.tunnel is not None]

@@ -25,7 +25,6 @@ from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_B
                              response_framing)
 from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
-from .responses import error_response
 
 INFINITY = float("inf")
 
@@ -304,7 +303,7 @@ class Exchange:
             route.stats.lb_failures += 1
         if self.status == 0 and not self.client.closed:
             self.status = exc.status
-            self.client.write(error_response(exc))
+            self.client.send_error(exc)
             self.plane.failed[str(exc.status)] += 1
         else:
             self.plane.failed["cut"] += 1       # the client connection is cut

@@ -9,15 +9,27 @@ from ..core.http1 import reason_phrase
 LB_STATUSES = frozenset({400, 405, 408, 413, 414, 431, 500, 502, 503, 504})
 
 
-def error_response(exc: HttpError) -> bytes:
-    """A short text response, then close. A client error says what was wrong with the
-    request; a 5xx says only its status: which backend or address failed is for the
+def error_body(exc: HttpError) -> tuple[int, bytes]:
+    """The status and short text of lb's answer. A client error says what was wrong with
+    the request; a 5xx says only its status: which backend or address failed is for the
     operator (the access log's `error`), not for whoever is on the other end."""
     status = exc.status if exc.status in LB_STATUSES else 500
-    reason = reason_phrase(status)
-    body = b"%d %s\n" % (status, reason)
+    body = b"%d %s\n" % (status, reason_phrase(status))
     if status < 500:
         body += exc.message.encode("utf-8", "replace")[:200] + b"\n"
+    return status, body
+
+
+def error_response(exc: HttpError) -> bytes:
+    """lb's answer over HTTP/1.1, then close."""
+    status, body = error_body(exc)
     return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (status, reason, len(body), body))
+            % (status, reason_phrase(status), len(body), body))
+
+
+def error_fields(exc: HttpError) -> tuple[list, bytes]:
+    """lb's answer over HTTP/2: the header list and the body."""
+    status, body = error_body(exc)
+    return [(b":status", b"%d" % status), (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body))], body

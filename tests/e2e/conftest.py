@@ -120,12 +120,15 @@ class Backend(Process):
 class Lb(Process):
     """`lb serve` on a config written to tmp_path; restartable on the same config and state."""
 
-    def __init__(self, tmp_path: Path, backends: list[dict], tls: dict | None = None, **overrides):
-        """`tls`: the first listener's `tls` section (then `port` speaks HTTPS)."""
+    def __init__(self, tmp_path: Path, backends: list[dict], tls: dict | None = None, http2: bool = False,
+                 **overrides):
+        """`tls`: the first listener's `tls` section (then `port` speaks HTTPS); `http2`: the
+        first listener also takes HTTP/2 with prior knowledge (h2c)."""
         self.tmp_path = tmp_path
         self.port = free_port()
-        if tls is not None:
-            overrides["listen"] = [{"address": f"127.0.0.1:{self.port}", "tls": tls}, *overrides.get("listen", [])]
+        if tls is not None or http2:
+            first = {"address": f"127.0.0.1:{self.port}", **({"tls": tls} if tls else {"http2": True})}
+            overrides["listen"] = [first, *overrides.get("listen", [])]
         self.access_log = tmp_path / f"access-{self.port}.log"
         # Unix socket paths are limited to 108 bytes: keep them short, outside tmp_path.
         self.socket_path = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp")) / "lb.sock"

@@ -63,7 +63,9 @@ BAD = [
     (MINIMAL + "listen: [127.0.0.1:80, nope]\n", "lb.yaml: listen[1]: expected HOST:PORT, got 'nope'"),
     (MINIMAL + "listen: [127.0.0.1:80, 127.0.0.1:80]\n", "lb.yaml: listen[1].address: listed twice, got '127.0.0.1:80'"),
     (MINIMAL + "listen: [{adress: 127.0.0.1:443}]\n", "lb.yaml: listen[0].adress: unknown key (known keys: address, tls, "
-     "redirect_https)"),
+     "redirect_https, http2)"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, http2: true, tls: {certs: [{cert: a, key: b}]}}]\n",
+     "lb.yaml: listen[0].http2: a TLS listener offers HTTP/2 by tls.alpn, got true"),
     (MINIMAL + "listen: [{tls: {certs: [{cert: a, key: b}]}}]\n", "lb.yaml: listen[0].address: required key is missing"),
     (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {}}]\n", "lb.yaml: listen[0].tls.certs: required key is missing"),
     (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: []}}]\n",
@@ -73,7 +75,7 @@ BAD = [
     (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}], min_version: TLSv1.1}}]\n",
      "lb.yaml: listen[0].tls.min_version: expected one of TLSv1.2, TLSv1.3, got 'TLSv1.1'"),
     (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}], alpn: [spdy/3]}}]\n",
-     "lb.yaml: listen[0].tls.alpn: expected a list of protocols from http/1.1, got ['spdy/3']"),
+     "lb.yaml: listen[0].tls.alpn: expected a list of protocols from h2, http/1.1, got ['spdy/3']"),
     (MINIMAL + "listen: [{address: 127.0.0.1:443, redirect_https: true, tls: {certs: [{cert: a, key: b}]}}]\n",
      "lb.yaml: listen[0].redirect_https: a TLS listener serves HTTPS itself, got true"),
     (MINIMAL + "listen: [{address: 127.0.0.1:80, redirect_https: maybe}]\n",
@@ -127,7 +129,7 @@ def test_listeners_plain_tls_and_redirecting():
     plain, secure, redirect = config.listen
     assert (plain.address, plain.tls, plain.redirect_https, plain.scheme) == (("127.0.0.1", 80), None, False, "http")
     assert secure.scheme == "https" and [c.cert for c in secure.tls.certs] == ["a.pem", "b.pem"]
-    assert (secure.tls.min_version, secure.tls.alpn) == ("TLSv1.3", ("http/1.1",))
+    assert (secure.tls.min_version, secure.tls.alpn) == ("TLSv1.3", ("h2", "http/1.1"))
     assert redirect.redirect_https and redirect.tls is None
 
 

@@ -553,3 +553,14 @@ def test_what_peers_send_can_make_the_remembered_tables_hold_only_so_much():
     assert http1._connection_tokens({b"connection": [b"Keep-Alive, X-Foo"]}) == {b"keep-alive", b"x-foo"}
     assert http1._split_headers([(b"Keep_Alive", b"1"), (b"CONNECTION", b"x"), (b"A", b"b")],
                                 http1._RESPONSE_SPECIAL) == ([(b"A", b"b")], {b"connection": [b"x"]})
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_upgrade_to_h2c_is_served_as_http_1_1_and_not_passed_on(impl):
+    data = (b"GET /1 HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    messages, parser = parse_requests(impl, data)
+    assert [m["head"].target for m in messages] == [b"/1", b"/2"]
+    first = messages[0]["head"]
+    assert first.upgrade is None and parser.leftover == b""
+    assert [name.lower() for name, _ in first.headers] == []      # Upgrade and HTTP2-Settings went

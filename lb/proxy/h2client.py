@@ -1,0 +1,552 @@
+"""HTTP/2 from clients (ALPN h2 on a TLS listener): h2 does the framing, HPACK and the
+stream states; the connection handling, routing and limits are here.
+
+One `H2ClientConnection` per connection. Each request is a stream, and each stream is an
+`H2Stream`: the `client` its exchange (an `H2Exchange`) talks to, as an HTTP/1.1 exchange
+talks to its ClientConnection, so balancing, pinning, retries, drain, stats and the access
+log see it as any request. Streams of one connection go to different backends, over the
+same HTTP/1.1 upstream pools.
+
+Flow control, both ways, per stream:
+- request bodies: a DATA frame is acknowledged (its window handed back) once the exchange
+  took it; while the exchange or its upstream cannot take more (`flow` paused), the
+  acknowledgement waits, so a client can have at most one stream window (64 KiB) unread per
+  stream. The connection window is large (CONNECTION_WINDOW) so one stalled stream does not
+  stall the others.
+- responses: what the client's stream window does not let out waits in the stream's outbox;
+  past STREAM_WRITE_HIGH the stream's upstream stops being read, and reading resumes when it
+  drains. A slow stream pauses its own backend, never the connection.
+
+Limits: MAX_CONCURRENT_STREAMS, the header list size (limits.max_header_bytes), h2's cap on
+CONTINUATION frames per header block and its bounded HPACK table; streams reset by the
+client, PINGs and SETTINGS are counted per second, and past their caps the connection gets
+GOAWAY ENHANCE_YOUR_CALM (the 2023 rapid-reset attack). A connection with no stream for
+timeouts.client_idle is closed. At a stop or an upgrade each connection gets GOAWAY with the
+last stream it will answer, and closes once those streams are done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from ..core import h2head
+from ..core.errors import HttpError
+from ..core.exchange import NO_BODY
+from .exchange import Exchange
+from .responses import error_fields
+
+INFINITY = float("inf")
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # what a client with prior knowledge sends first
+MAX_CONCURRENT_STREAMS = 100
+CONNECTION_WINDOW = 16 << 20
+STREAM_WRITE_HIGH = 64 * 1024          # a stream's unsent response bytes past which its backend pauses
+WRITE_HIGH_BYTES = 256 * 1024          # the transport's own buffer
+RESETS_PER_S = 100                     # streams a client may reset in a second
+PINGS_PER_S = 50
+SETTINGS_PER_S = 50
+CHUNKED = 1                            # the body mode of an HTTP/2 response with a body
+
+
+def _length_is_lbs(length: int, end_stream: bool) -> None:
+    return None
+
+
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, except that a content-length the DATA does not match is lb's to
+    judge (H2Stream.data/request_ended: a stream error, RFC 9113 8.1.1) instead of h2's
+    (a connection error that would fail every other stream of the client). This reaches
+    into h2's stream (`_track_content_length`); tests/e2e/test_h2.py fails if h2 changes it."""
+
+    def _begin_new_stream(self, stream_id, allowed_ids):
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream._track_content_length = _length_is_lbs
+        return stream
+
+
+class StreamFlow:
+    """The `flow` of an H2Stream: while any named reason holds, DATA it receives is not
+    acknowledged (the client's window for the stream stays shut)."""
+
+    __slots__ = ("_stream", "_reasons")
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._reasons: tuple[str, ...] = ()
+
+    def pause(self, reason: str) -> None:
+        if reason not in self._reasons:
+            self._reasons += (reason,)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._reasons)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons = tuple(r for r in self._reasons if r != reason)
+            if not self._reasons:
+                self._stream.acknowledge_held()
+
+
+class H2Stream:
+    """One request of an HTTP/2 connection, as its exchange sees the client."""
+
+    redirect = False
+    h2 = True
+
+    def __init__(self, conn, stream_id: int, expected_length: int | None):
+        self.conn = conn
+        self.id = stream_id
+        self.plane = conn.plane
+        self.ip, self.trusted, self.proto = conn.ip, conn.trusted, conn.proto
+        self.tls, self.tls_text = conn.tls, conn.tls_text
+        self.flow = StreamFlow(self)
+        self.exchange: Exchange | None = None
+        self.closed = False            # reset (by either side), or the connection is gone
+        self.write_paused = False
+        self.held_ack = 0              # DATA bytes received and not yet acknowledged
+        self.received = 0
+        self.expected_length = expected_length
+        self.outbox: deque[bytes] = deque()
+        self.outbox_bytes = 0
+        self.end_pending = False       # END_STREAM goes after the outbox
+        self.ended = False             # END_STREAM sent
+        self.done = False              # the exchange is over (the outbox may still be sending)
+
+    # -- what an exchange and its upstream use ----------------------------------------
+    def own_headers(self, head) -> bytes:
+        return self.conn.own_headers(head)
+
+    def cork(self) -> None:
+        self.conn.corked += 1
+
+    def uncork(self) -> None:
+        self.conn.corked -= 1
+        if not self.conn.corked:
+            self.conn.flush()
+
+    def send_headers(self, fields: list) -> None:
+        if not self.closed:
+            self.conn.h2.send_headers(self.id, fields)
+            self.conn.flush_soon()
+
+    def send_data(self, data: bytes) -> None:
+        if self.closed or not data:
+            return
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+        self.conn.pump(self)
+        if self.outbox_bytes > STREAM_WRITE_HIGH and not self.write_paused:
+            self.write_paused = True
+            upstream = self.exchange.upstream if self.exchange is not None else None
+            if upstream is not None:
+                upstream.pause_reading()
+
+    def end(self) -> None:
+        if not self.closed and not self.end_pending:
+            self.end_pending = True
+            self.conn.pump(self)
+
+    def send_error(self, exc: HttpError) -> None:
+        """lb's own answer (a 502, a 503...), as an HTTP/1.1 client would get it."""
+        fields, body = error_fields(exc)
+        self.send_headers(fields)
+        self.send_data(body)
+        self.end()
+
+    def exchange_done(self, exchange, keep_alive: bool) -> None:
+        """The exchange is over: a stream whose response did not end whole is reset. The
+        stream stays the connection's until its END_STREAM is out (or it is reset)."""
+        self.done = True
+        if not self.end_pending and not self.closed:
+            self.reset(ErrorCodes.INTERNAL_ERROR)
+        if self.ended or self.closed:
+            self.conn.stream_done(self)
+
+    def start_tunnel(self, upstream, route) -> None:      # pragma: no cover - no upgrade over HTTP/2
+        raise HttpError("no protocol switch over HTTP/2", 502)
+
+    # -- from the connection -------------------------------------------------------------
+    def data(self, data: bytes, flow_length: int) -> None:
+        self.received += len(data)
+        exchange = self.exchange
+        if self.expected_length is not None and self.received > self.expected_length:
+            self.malformed("more DATA than content-length")
+            return
+        if exchange is not None and not exchange.finished and not self.closed:
+            exchange.add_body(data)
+            if self.flow.paused:
+                self.held_ack += flow_length
+                return
+        self.conn.h2.acknowledge_received_data(flow_length, self.id)
+
+    def request_ended(self) -> None:
+        if self.expected_length is not None and self.received != self.expected_length:
+            self.malformed("DATA shorter than content-length")
+            return
+        if self.exchange is not None and not self.exchange.finished:
+            self.exchange.end_body()
+
+    def acknowledge_held(self) -> None:
+        held, self.held_ack = self.held_ack, 0
+        if held and not self.closed:
+            self.conn.h2.acknowledge_received_data(held, self.id)
+            self.conn.flush_soon()
+
+    def malformed(self, why: str) -> None:
+        """RFC 9113 8.1.1: a malformed request is a stream error, and is not sent on."""
+        self.plane.failed["h2_stream_error"] += 1
+        self.reset(ErrorCodes.PROTOCOL_ERROR)
+        if self.exchange is not None:
+            self.exchange.fail(HttpError(f"malformed HTTP/2 request: {why}", 400))
+
+    def reset(self, code) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outbox.clear()
+            self.outbox_bytes = 0
+            try:
+                self.conn.h2.reset_stream(self.id, code)
+            except h2.exceptions.StreamClosedError:
+                pass
+            self.conn.flush_soon()
+            if self.done:
+                self.conn.stream_done(self)
+
+    def reset_by_client(self) -> None:
+        self.closed = True
+        self.outbox.clear()
+        exchange = self.exchange
+        if exchange is not None and not exchange.finished:
+            exchange.fail(HttpError("the client reset the stream", 400))
+
+    def drained(self) -> None:
+        """Called by the connection after it sent from the outbox."""
+        if self.write_paused and self.outbox_bytes <= STREAM_WRITE_HIGH // 2:
+            self.write_paused = False
+            upstream = self.exchange.upstream if self.exchange is not None else None
+            if upstream is not None:
+                upstream.resume_reading()
+
+
+class H2Exchange(Exchange):
+    """An exchange whose client is an HTTP/2 stream: the response goes out as HEADERS and
+    DATA frames instead of HTTP/1.1 bytes; everything else is Exchange's."""
+
+    __slots__ = ()
+
+    def _interim(self, head) -> None:
+        if head.status == 101:
+            raise HttpError("backend switched protocols without being asked", 502)
+        # other 1xx are not forwarded over HTTP/2 (100-continue is between lb and the backend)
+
+    def on_response(self, head) -> None:
+        status = head.status
+        if status < 200:
+            self._interim(head)
+            return
+        no_body = self.head.method == b"HEAD" or status in (204, 304)
+        self.body_mode = NO_BODY if no_body else CHUNKED
+        self.status = status
+        self.upstream_keep = head.keep_alive
+        self.close_delimited = not no_body and head.content_length is None and not head.chunked
+        extra = [(b"set-cookie", self.set_cookie[12:-2])] if self.set_cookie else []
+        length = head.content_length if status != 204 else None
+        self.client.send_headers(h2head.response_fields(status, head.headers, length, extra))
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.body_mode != NO_BODY:
+            self.bytes_out += len(data)
+            self.client.send_data(data)
+
+    def on_response_end(self) -> None:
+        self.client.end()
+        self._done(reusable=self.request_done and self.upstream_keep)
+        self.client.exchange_done(self, False)
+
+    def upstream_lost(self, conn) -> None:
+        if conn is self.upstream and not self.finished and self.close_delimited:
+            self.client.end()              # the backend's close ends this body
+            self._done(reusable=False)
+            self.client.exchange_done(self, False)
+            return
+        super().upstream_lost(conn)
+
+
+class H2ClientConnection:
+    """One client connection speaking HTTP/2 (an asyncio Protocol)."""
+
+    h2 = True
+    current = None                 # what the data plane's shutdown looks at on HTTP/1.1 ones
+    tunnel = None
+    discarding = False
+
+    def __init__(self, plane, listener, ip: bytes, trusted: bool, tls: dict | None, tls_text: str, own_headers,
+                 proto: bytes = b"https"):
+        self.plane = plane
+        self.listener = listener
+        self.ip, self.trusted, self.proto = ip, trusted, proto
+        self.tls, self.tls_text = tls, tls_text
+        self.own_headers = own_headers          # lb's own request lines, made once per Host
+        self.transport = None
+        self.streams: dict[int, H2Stream] = {}
+        self.closed = False
+        self.going_away = False
+        self.last_stream = 0           # past GOAWAY: streams above it are refused
+        self.corked = 0
+        self._flush_pending = False
+        self.write_blocked = False
+        self.deadline = INFINITY
+        self.deadline_kind = None
+        self._counts = {"reset": [0, 0.0], "ping": [0, 0.0], "settings": [0, 0.0]}
+        limits = plane.config.limits
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_inbound_headers=False, normalize_inbound_headers=False,
+                                           validate_outbound_headers=False, normalize_outbound_headers=False)
+        self.h2 = _Connection(config=config)
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        })
+
+    @property
+    def waiting_for_request(self) -> bool:
+        return not self.streams
+
+    # -- asyncio Protocol ------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)
+        self.plane.clients.add(self)
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._idle()
+        self.flush()
+        if len(self.plane.clients) > self.plane.config.limits.max_connections:
+            self.plane.failed["503"] += 1
+            self.go_away()                 # no stream will be answered: the client goes elsewhere
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued a GOAWAY with the error; nothing more is read
+            self.plane.failed["h2_protocol_error"] += 1
+            self._fatal(str(exc))
+            return
+        self.corked += 1
+        try:
+            for event in events:
+                self._event(event)
+        finally:
+            self.corked -= 1
+        if not self.closed:
+            self.flush()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.plane.clients.discard(self)
+        for stream in list(self.streams.values()):
+            stream.reset_by_client()
+        self.streams.clear()
+        if self.plane.closing and not self.plane.clients:
+            self.plane._all_closed.set()
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        for stream in list(self.streams.values()):
+            self.pump(stream)
+        self.flush()
+
+    # -- events --------------------------------------------------------------------------
+    def _event(self, event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._request(event)
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.data(event.data, event.flow_controlled_length)
+            else:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.request_ended()
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.reset_by_client()
+            if self._over("reset", RESETS_PER_S):
+                self._calm_down("too many streams reset")
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    self.pump(stream)
+            else:
+                for stream in list(self.streams.values()):
+                    self.pump(stream)
+        elif isinstance(event, h2.events.PingReceived):
+            if self._over("ping", PINGS_PER_S):
+                self._calm_down("too many PINGs")
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            if self._over("settings", SETTINGS_PER_S):
+                self._calm_down("too many SETTINGS")
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.going_away = True
+            self.last_stream = self.h2.highest_inbound_stream_id
+            if not self.streams:
+                self._close()
+
+    def _over(self, kind: str, per_s: int) -> bool:
+        count = self._counts[kind]
+        now = self.plane.now()
+        if now - count[1] >= 1.0:
+            count[0], count[1] = 0, now
+        count[0] += 1
+        return count[0] > per_s
+
+    def _request(self, event) -> None:
+        stream_id = event.stream_id
+        if self.going_away and stream_id > self.last_stream:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        has_body = event.stream_ended is None
+        try:
+            head = h2head.request_head(event.headers, has_body)
+        except h2head.StreamError:
+            self.plane.failed["h2_stream_error"] += 1
+            self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        except HttpError as exc:
+            stream = self.streams[stream_id] = H2Stream(self, stream_id, None)
+            self.plane.failed[str(exc.status)] += 1
+            self.plane.access_log.write_error(stream, exc)
+            stream.send_error(exc)
+            stream.exchange_done(None, False)
+            return
+        stream = self.streams[stream_id] = H2Stream(self, stream_id, head.content_length if has_body else None)
+        self.deadline = INFINITY
+        exchange = stream.exchange = H2Exchange(self.plane, stream, head)
+        exchange.start()
+        if not has_body and not exchange.finished:
+            exchange.end_body()
+
+    # -- sending -------------------------------------------------------------------------
+    def pump(self, stream: H2Stream) -> None:
+        """Send what the stream's and the connection's windows let out of its outbox."""
+        if self.write_blocked or stream.closed:
+            return
+        conn = self.h2
+        outbox = stream.outbox
+        try:
+            while outbox:
+                window = min(conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                data = outbox[0]
+                if len(data) > window:
+                    outbox[0] = data[window:]
+                    data = data[:window]
+                else:
+                    outbox.popleft()
+                stream.outbox_bytes -= len(data)
+                conn.send_data(stream.id, data)
+            if not outbox and stream.end_pending and not stream.ended:
+                stream.ended = True
+                conn.end_stream(stream.id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            stream.closed = True
+            outbox.clear()
+            stream.outbox_bytes = 0
+        stream.drained()
+        self.flush_soon()
+        if stream.done and (stream.ended or stream.closed):
+            self.stream_done(stream)
+
+    def flush_soon(self) -> None:
+        if not self.corked and not self._flush_pending:
+            self._flush_pending = True
+            self.plane.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        data = self.h2.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+
+    # -- the end of streams and of the connection --------------------------------------
+    def stream_done(self, stream: H2Stream) -> None:
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+        if not self.streams:
+            if self.going_away:
+                self.flush()
+                self._close()
+            else:
+                self._idle()
+
+    def _idle(self) -> None:
+        self.deadline = self.plane.now() + (self.plane.config.timeouts.client_idle if self.h2.highest_inbound_stream_id
+                                            else self.plane.config.timeouts.client_header)
+
+    def on_timeout(self) -> None:
+        self.deadline = INFINITY
+        if not self.streams:
+            self.go_away()
+
+    def go_away(self, code=ErrorCodes.NO_ERROR) -> None:
+        """GOAWAY with the last stream lb will answer; the connection closes once those are
+        done. Written by hand: after h2's own GOAWAY no stream may send another frame."""
+        if self.closed:
+            return
+        self.going_away = True
+        self.last_stream = self.h2.highest_inbound_stream_id
+        self.flush()
+        self.transport.write(GoAwayFrame(0, last_stream_id=self.last_stream, error_code=code).serialize())
+        if not self.streams:
+            self._close()
+
+    def _calm_down(self, why: str) -> None:
+        self.plane.failed["h2_flood"] += 1
+        self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, additional_data=why.encode())
+        self._fatal(why)
+
+    def _fatal(self, why: str) -> None:
+        self.flush()
+        for stream in list(self.streams.values()):
+            stream.reset_by_client()
+        self.streams.clear()
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+def tls_fields(ssl_object) -> tuple[dict, str]:
+    """The access log's tls member of a connection, and its JSON text."""
+    cipher = ssl_object.cipher()
+    tls = {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None,
+           "sni": getattr(ssl_object, "lb_sni", None), "resumed": ssl_object.session_reused}
+    return tls, ', "tls": ' + json.dumps(tls)
+
