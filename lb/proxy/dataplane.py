@@ -46,6 +46,9 @@ from .upstream import UpstreamPools
 log = logging.getLogger("lb.proxy")
 
 SWEEP_INTERVAL_S = 0.1
+# How long a closing TLS connection waits for the client's close_notify (asyncio's default is
+# 30 s): a client that never answers must not hold a connection, or a stop, that long.
+TLS_SHUTDOWN_TIMEOUT_S = 2.0
 
 
 class DataPlane:
@@ -92,7 +95,8 @@ class DataPlane:
                 server_tls = self.server_tls[i] = tls.ServerTls(listener.tls, self.config.resolve,
                                                                 tls.listener_where(self.config, i), now)
                 options = {"ssl": server_tls.dispatcher,
-                           "ssl_handshake_timeout": self.config.timeouts.client_header}
+                           "ssl_handshake_timeout": self.config.timeouts.client_header,
+                           "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT_S}
             self._servers.append(await self.loop.create_server(
                 functools.partial(ClientConnection, self, listener), sock=sock, backlog=LISTEN_BACKLOG,
                 **options))
