@@ -257,19 +257,14 @@ def box_busy() -> tuple[int, int]:
 
 def measure(port: int, pid: int | None, seconds: float, connections: int, close: bool,
             scheme: str = "http") -> dict:
-    before = cpu_times(pid) if pid else (0.0, 0.0)
-    busy0, total0 = box_busy()
-    result = run_wrk(port, seconds, connections, close, scheme)
+    def load() -> dict:
+        return run_wrk(port, seconds, connections, close, scheme)
+    if pid:
+        return with_cpu(pid, load)
+    busy0, total0 = box_busy()          # the backends alone: no process of ours to count
+    result = load()
     busy1, total1 = box_busy()
     result["box_busy_pct"] = round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1)
-    if pid:
-        after = cpu_times(pid)
-        user, system = after[0] - before[0], after[1] - before[1]
-        per = 1e6 / max(result["requests"], 1)
-        result["cpu_s"] = round(user + system, 3)
-        result["cpu_us_per_request"] = round((user + system) * per, 1)
-        result["user_us_per_request"] = round(user * per, 1)
-        result["sys_us_per_request"] = round(system * per, 1)
     return result
 
 
@@ -318,10 +313,12 @@ def run_s_time(port: int, seconds: float, clients: int = 2) -> dict:
             "latency_p50_ms": None, "latency_p99_ms": None, "non_2xx": 0, "socket_errors": 0}
 
 
-def measure_handshakes(port: int, pid: int, seconds: float) -> dict:
+def with_cpu(pid: int, load) -> dict:
+    """Run `load()` (a dict with "requests") and add the CPU `pid` and its children spent
+    per request, and how busy the whole machine was."""
     before = cpu_times(pid)
     busy0, total0 = box_busy()
-    result = run_s_time(port, seconds)
+    result = load()
     busy1, total1 = box_busy()
     after = cpu_times(pid)
     user, system = after[0] - before[0], after[1] - before[1]
@@ -352,36 +349,47 @@ def run_h2load(port: int, seconds: float, workdir: Path) -> dict:
             "h2load": out[out.find("finished in"):].split("\n", 1)[0]}
 
 
+@contextlib.contextmanager
+def front_door(name: str, workdir: Path, ports: list[int], procs: list, args, tls: tuple[Path, Path]):
+    """lb, HAProxy or nginx over TLS with `tls` (one process/thread/worker): (pid, port),
+    stopped at the end of the block."""
+    if name == "lb":
+        proc, port = start_lb(workdir, ports, args.access_log, procs, 1, tls=tls)
+        pid = proc.pid
+    else:
+        start = start_haproxy if name == "haproxy" else start_nginx_proxy
+        pid, port = start(workdir, ports, procs, tls=tls)
+    try:
+        yield pid, port
+    finally:
+        if name == "lb":
+            proc.terminate()
+            proc.wait(40)
+        else:
+            os.kill(pid, 15)
+
+
 def run_h2(args) -> dict[str, dict]:
     """lb, HAProxy and nginx with HTTP/2 over TLS, one after the other, the same certificate."""
     rows: dict[str, dict] = {}
     with backends_running("lb-bench-h2-") as (workdir, ports, procs):
         certs = make_certs(workdir)["ecdsa"]
         for name in ("lb", "haproxy", "nginx"):
-            if name == "lb":
-                proc, port = start_lb(workdir, ports, args.access_log, procs, 1, tls=certs)
-                pid = proc.pid
-            else:
-                start = start_haproxy if name == "haproxy" else start_nginx_proxy
-                pid, port = start(workdir, ports, procs, tls=certs)
-            run_h2load(port, 2, workdir)                               # warm up
-            before = cpu_times(pid)
-            busy0, total0 = box_busy()
-            row = run_h2load(port, args.seconds, workdir)
-            busy1, total1 = box_busy()
-            after = cpu_times(pid)
-            user, system = after[0] - before[0], after[1] - before[1]
-            per = 1e6 / max(row["requests"], 1)
-            row.update(box_busy_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
-                       cpu_us_per_request=round((user + system) * per, 1),
-                       user_us_per_request=round(user * per, 1), sys_us_per_request=round(system * per, 1))
-            rows[f"{name} h2"] = row
-            if name == "lb":
-                proc.terminate()
-                proc.wait(40)
-            else:
-                os.kill(pid, 15)
+            with front_door(name, workdir, ports, procs, args, certs) as (pid, port):
+                run_h2load(port, 2, workdir)                               # warm up
+                rows[f"{name} h2"] = with_cpu(pid, lambda: run_h2load(port, args.seconds, workdir))
     return rows
+
+
+def write_peer_report(args, report: dict) -> int:
+    """Write a --tls or --h2 report and print its rows and its ratios to HAProxy."""
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print_rows(report["results"])
+    print("\nas a ratio to HAProxy (req/s: higher is better; p99 and CPU: lower is better)")
+    for name, values in report["ratios_to_haproxy"].items():
+        print(f"{name:33} " + "  ".join(f"{k} {v}x" for k, v in values.items()))
+    print(f"written: {args.out}")
+    return 0
 
 
 def report_h2(args, rows: dict) -> int:
@@ -397,13 +405,7 @@ def report_h2(args, rows: dict) -> int:
                      "h2load": _version(["h2load", "--version"])},
         "results": rows, "ratios_to_haproxy": ratio,
     }
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print_rows(rows)
-    print("\nas a ratio to HAProxy (req/s: higher is better; p99 and CPU: lower is better)")
-    for name, values in ratio.items():
-        print(f"{name:33} " + "  ".join(f"{k} {v}x" for k, v in values.items()))
-    print(f"written: {args.out}")
-    return 0
+    return write_peer_report(args, report)
 
 
 def run_tls(args) -> dict[str, dict]:
@@ -413,23 +415,15 @@ def run_tls(args) -> dict[str, dict]:
         certs = make_certs(workdir)
         for kind in ("ecdsa", "rsa"):
             for name in ("lb", "haproxy", "nginx"):
-                if name == "lb":
-                    proc, port = start_lb(workdir, ports, args.access_log, procs, 1, tls=certs[kind])
-                    pid = proc.pid
-                else:
-                    start = start_haproxy if name == "haproxy" else start_nginx_proxy
-                    pid, port = start(workdir, ports, procs, tls=certs[kind])
-                run_wrk(port, 2, args.connections, False, "https")        # warm up
-                if kind == "ecdsa":
-                    rows[f"{name} tls keep-alive"] = measure(port, pid, args.seconds, args.connections, False, "https")
-                    # wrk resumes its TLS sessions (lb's access log: 5,959 of 5,969 resumed): returning clients
-                    rows[f"{name} tls resumed conn"] = measure(port, pid, args.seconds, args.connections, True, "https")
-                rows[f"{name} tls full handshake {kind}"] = measure_handshakes(port, pid, args.seconds)
-                if name == "lb":
-                    proc.terminate()
-                    proc.wait(40)
-                else:
-                    os.kill(pid, 15)
+                with front_door(name, workdir, ports, procs, args, certs[kind]) as (pid, port):
+                    run_wrk(port, 2, args.connections, False, "https")        # warm up
+                    if kind == "ecdsa":
+                        rows[f"{name} tls keep-alive"] = measure(port, pid, args.seconds, args.connections,
+                                                                 False, "https")
+                        # wrk resumes its TLS sessions (lb's access log: 5,959 of 5,969 resumed)
+                        rows[f"{name} tls resumed conn"] = measure(port, pid, args.seconds, args.connections,
+                                                                   True, "https")
+                    rows[f"{name} tls full handshake {kind}"] = with_cpu(pid, lambda: run_s_time(port, args.seconds))
     return rows
 
 
@@ -524,13 +518,7 @@ def report_tls(args, rows: dict) -> int:
         "versions": {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"])},
         "results": rows, "ratios_to_haproxy": ratio,
     }
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print_rows(rows)
-    print("\nas a ratio to HAProxy (req/s: higher is better; p99 and CPU: lower is better)")
-    for name, values in ratio.items():
-        print(f"{name:33} " + "  ".join(f"{k} {v}x" for k, v in values.items()))
-    print(f"written: {args.out}")
-    return 0
+    return write_peer_report(args, report)
 
 
 def ratios(rows: dict, counts: list[int]) -> dict:

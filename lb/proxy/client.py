@@ -22,9 +22,9 @@ from collections import deque
 from ..core import http1
 from ..core.errors import HttpError
 from .exchange import Exchange
-from .upstream import WRITE_HIGH_BYTES
 from .h2client import H2_PREFACE, H2ClientConnection, tls_fields
 from .responses import error_response
+from .upstream import WRITE_HIGH_BYTES
 
 log = logging.getLogger("lb.proxy")
 

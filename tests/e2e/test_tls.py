@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import trustme
 
-from conftest import Lb, RawClient, client_context, free_port, steady_load, wait_for, write_cert
+from conftest import Lb, RawClient, client_context, free_port, port_open, steady_load, wait_for, write_cert
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_a_redirect_listener_answers_308_to_https(spawn, tmp_path, module_backen
     lb = spawn(Lb, tmp_path, [b.config() for b in module_backends],
                tls={"certs": [write_cert(ca, tmp_path, "main", "lb.example")]},
                listen=[{"address": f"127.0.0.1:{plain}", "redirect_https": True}])
-    wait_for(lambda: _port_answers(plain), 10, "the redirect listener")
+    wait_for(lambda: port_open(plain), 10, "the redirect listener")
     with RawClient(plain) as client:
         client.send(b"GET /a/b?c=d HTTP/1.1\r\nHost: shop.example:8081\r\n\r\n")
         resp = client.response()
@@ -143,14 +143,6 @@ def test_a_redirect_listener_answers_308_to_https(spawn, tmp_path, module_backen
         assert client.response().status == 400       # no Host: no URL to send the client to
     lines = wait_for(lambda: [e for e in lb.access_lines() if e["status"] == 308][1:], 5, "access lines")
     assert lines[0]["backend"] is None and lines[0]["path"] == "/form"
-
-
-def _port_answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_bad_certificates_are_refused_at_start_with_the_key_path_and_file(tmp_path, module_backends, ca):
