@@ -94,9 +94,7 @@ class Certificate:
         self.context = _server_context(tls)
         try:
             self.context.load_cert_chain(cert_path, key_path)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{where}.key: cannot read {key_path}: {exc.strerror}") from None
-        except PermissionError as exc:
+        except (FileNotFoundError, PermissionError) as exc:
             raise ConfigError(f"{where}.key: cannot read {key_path}: {exc.strerror}") from None
         except ssl.SSLError as exc:
             if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
