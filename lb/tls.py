@@ -17,6 +17,7 @@ certificate to serve it but cannot show it.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import ssl
 from dataclasses import dataclass
@@ -232,3 +233,11 @@ def changes(before: dict[int, list[CertInfo]], after: dict[int, list[CertInfo]])
             said.append(f"listen[{i}]: new certificates for new handshakes: " +
                         ", ".join(f"{info.path} ({info.sha256[:11]})" for info in new))
     return said
+
+
+def tls_fields(ssl_object) -> tuple[dict, str]:
+    """The access log's tls member of a connection, and its JSON text."""
+    cipher = ssl_object.cipher()
+    tls = {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None,
+           "sni": getattr(ssl_object, "lb_sni", None), "resumed": ssl_object.session_reused}
+    return tls, ', "tls": ' + json.dumps(tls)

@@ -21,8 +21,10 @@ from collections import deque
 
 from ..core import http1
 from ..core.errors import HttpError
+from ..tls import tls_fields
 from .exchange import Exchange
-from .h2client import H2_PREFACE, H2ClientConnection, tls_fields
+from .flow import FlowControl
+from .h2client import H2_PREFACE, H2ClientConnection
 from .responses import error_response
 from .upstream import WRITE_HIGH_BYTES
 
@@ -39,39 +41,6 @@ LINGER_MAX_BYTES = 1 << 20                      # and how much (a flood is then 
 BODY_RATE_GRACE_S = 10.0                        # before limits.min_body_rate applies
 # Client deadline kinds
 HEAD, IDLE, BODY, TUNNEL, NONE = "head", "idle", "body", "tunnel", "none"
-
-
-class FlowControl:
-    """Pauses a transport's reading while any named reason holds."""
-
-    __slots__ = ("_transport", "_reasons")
-
-    def __init__(self, transport):
-        self._transport = transport
-        self._reasons: tuple[str, ...] = ()      # a tuple: an idle connection's costs nothing
-
-    def pause(self, reason: str) -> None:
-        reasons = self._reasons
-        if not reasons:
-            self._transport.pause_reading()
-        if reason not in reasons:
-            self._reasons = reasons + (reason,)
-
-    @property
-    def paused(self) -> bool:
-        return bool(self._reasons)
-
-    def resume_all(self) -> None:
-        if self._reasons:
-            self._reasons = ()
-            if not self._transport.is_closing():
-                self._transport.resume_reading()
-
-    def resume(self, reason: str) -> None:
-        if reason in self._reasons:
-            self._reasons = tuple(r for r in self._reasons if r != reason)
-            if not self._reasons and not self._transport.is_closing():
-                self._transport.resume_reading()
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -142,10 +111,9 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _become_h2(self, transport, data: bytes = b"") -> None:
         """ALPN chose HTTP/2, or the HTTP/2 preface came on an h2c listener: the connection
         is an H2ClientConnection's from now on."""
-        conn = H2ClientConnection(self.plane, self.listener, self.ip, self.trusted, self.tls, self.tls_text,
-                                  self.own_headers, self.proto)
-        if self.transport is not None and self in self.plane.clients:
-            self.plane.clients.discard(self)
+        conn = H2ClientConnection(self.plane, self.ip, self.trusted, self.tls, self.tls_text, self.own_headers,
+                                  self.proto)
+        self.plane.clients.discard(self)
         self.closed = True                       # this HTTP/1.1 side reads no more
         transport.set_protocol(conn)
         conn.connection_made(transport)

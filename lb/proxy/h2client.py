@@ -27,7 +27,6 @@ last stream it will answer, and closes once those streams are done.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 
 import h2.config
@@ -42,6 +41,7 @@ from ..core import h2head
 from ..core.errors import HttpError
 from ..core.exchange import NO_BODY
 from .exchange import Exchange
+from .flow import FlowControl
 from .responses import error_fields
 
 INFINITY = float("inf")
@@ -72,29 +72,17 @@ class _Connection(h2.connection.H2Connection):
         return stream
 
 
-class StreamFlow:
+class StreamFlow(FlowControl):
     """The `flow` of an H2Stream: while any named reason holds, DATA it receives is not
-    acknowledged (the client's window for the stream stays shut)."""
+    acknowledged (the client's window for the stream stays shut); then what was held is."""
 
-    __slots__ = ("_stream", "_reasons")
+    __slots__ = ()
 
-    def __init__(self, stream):
-        self._stream = stream
-        self._reasons: tuple[str, ...] = ()
+    def _stop(self) -> None:
+        pass                  # H2Stream.data holds the acknowledgements while paused
 
-    def pause(self, reason: str) -> None:
-        if reason not in self._reasons:
-            self._reasons += (reason,)
-
-    @property
-    def paused(self) -> bool:
-        return bool(self._reasons)
-
-    def resume(self, reason: str) -> None:
-        if reason in self._reasons:
-            self._reasons = tuple(r for r in self._reasons if r != reason)
-            if not self._reasons:
-                self._stream.acknowledge_held()
+    def _go(self) -> None:
+        self._target.acknowledge_held()
 
 
 class H2Stream:
@@ -177,9 +165,6 @@ class H2Stream:
             self.reset(ErrorCodes.INTERNAL_ERROR)
         if self.ended or self.closed:
             self.conn.stream_done(self)
-
-    def start_tunnel(self, upstream, route) -> None:      # pragma: no cover - no upgrade over HTTP/2
-        raise HttpError("no protocol switch over HTTP/2", 502)
 
     # -- from the connection -------------------------------------------------------------
     def data(self, data: bytes, flow_length: int) -> None:
@@ -298,10 +283,9 @@ class H2ClientConnection:
     tunnel = None
     discarding = False
 
-    def __init__(self, plane, listener, ip: bytes, trusted: bool, tls: dict | None, tls_text: str, own_headers,
+    def __init__(self, plane, ip: bytes, trusted: bool, tls: dict | None, tls_text: str, own_headers,
                  proto: bytes = b"https"):
         self.plane = plane
-        self.listener = listener
         self.ip, self.trusted, self.proto = ip, trusted, proto
         self.tls, self.tls_text = tls, tls_text
         self.own_headers = own_headers          # lb's own request lines, made once per Host
@@ -315,7 +299,6 @@ class H2ClientConnection:
         self._flush_pending = False
         self.write_blocked = False
         self.deadline = INFINITY
-        self.deadline_kind = None
         self._counts = {"reset": [0, 0.0], "ping": [0, 0.0], "settings": [0, 0.0]}
         limits = plane.config.limits
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
@@ -350,10 +333,10 @@ class H2ClientConnection:
             return
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except h2.exceptions.ProtocolError:
             # h2 has queued a GOAWAY with the error; nothing more is read
             self.plane.failed["h2_protocol_error"] += 1
-            self._fatal(str(exc))
+            self._fatal()
             return
         self.corked += 1
         try:
@@ -373,8 +356,7 @@ class H2ClientConnection:
         for stream in list(self.streams.values()):
             stream.reset_by_client()
         self.streams.clear()
-        if self.plane.closing and not self.plane.clients:
-            self.plane._all_closed.set()
+        self.plane.connection_closed()
 
     def pause_writing(self) -> None:
         self.write_blocked = True
@@ -551,9 +533,10 @@ class H2ClientConnection:
     def _calm_down(self, why: str) -> None:
         self.plane.failed["h2_flood"] += 1
         self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, additional_data=why.encode())
-        self._fatal(why)
+        self._fatal()
 
-    def _fatal(self, why: str) -> None:
+    def _fatal(self) -> None:
+        """h2 has queued its GOAWAY: send it, drop every stream, close."""
         self.flush()
         for stream in list(self.streams.values()):
             stream.reset_by_client()
@@ -564,12 +547,3 @@ class H2ClientConnection:
         if not self.closed:
             self.closed = True
             self.transport.close()
-
-
-def tls_fields(ssl_object) -> tuple[dict, str]:
-    """The access log's tls member of a connection, and its JSON text."""
-    cipher = ssl_object.cipher()
-    tls = {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None,
-           "sni": getattr(ssl_object, "lb_sni", None), "resumed": ssl_object.session_reused}
-    return tls, ', "tls": ' + json.dumps(tls)
-
