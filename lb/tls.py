@@ -107,12 +107,9 @@ class ServerTls:
     """A TLS listener's certificates and the dispatcher context its server keeps."""
 
     def __init__(self, tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str, now: float):
-        self.config = tls
         self.dispatcher = _server_context(tls)
         self.dispatcher.sni_callback = self._choose
         self._install(load_certificates(tls, resolve, where, now))
-        first = self._certs[0].info
-        self.dispatcher.load_cert_chain(first.path, resolve(tls.certs[0].key))
 
     def _install(self, certs: list[Certificate]) -> None:
         exact: dict[str, ssl.SSLContext] = {}
