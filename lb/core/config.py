@@ -234,6 +234,12 @@ def _optional(parse: Callable[[Any], Any]) -> Any:
     return field(default=None, metadata={"parse": parse, "optional": True})
 
 
+def _list_field(default: Any, build_list: Callable[[Any, str, str], Any]) -> Any:
+    """A key whose value is a list of sections: `build_list(raw, key_path, source)` builds
+    each item and names the item's index in its errors."""
+    return field(default=default, metadata={"parse": build_list, "list": True})
+
+
 @dataclass(frozen=True)
 class CertConfig:
     cert: str = _field(None, _text)          # a PEM file: the certificate, then its chain
@@ -248,7 +254,7 @@ def _cert_list(raw: Any, path: str, source: str) -> tuple[CertConfig, ...]:
 
 @dataclass(frozen=True)
 class ListenerTlsConfig:
-    certs: tuple[CertConfig, ...] = _field(None, _cert_list)   # chosen by SNI; the first is the default
+    certs: tuple[CertConfig, ...] = _list_field(None, _cert_list)   # chosen by SNI; the first is the default
     min_version: str = _field("TLSv1.2", _one_of(*TLS_VERSIONS))
     alpn: tuple[str, ...] = _field(("h2", "http/1.1"), _alpn_list)      # lb prefers the first the client offers
 
@@ -325,6 +331,20 @@ class BackendConfig:
         return self.address[1]
 
 
+def _build_backends(raw: Any, path: str, source: str) -> tuple[BackendConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: {path}: expected a list of backends, got {raw!r}")
+    backends = tuple(build(BackendConfig, item, f"{path}[{i}]", source) for i, item in enumerate(raw))
+    seen: dict[tuple[str, Any], int] = {}
+    for i, backend in enumerate(backends):
+        for key, value in (("name", backend.name), ("address", backend.address)):
+            if (key, value) in seen:
+                raise ConfigError(f"{source}: {path}[{i}].{key}: duplicate of "
+                                  f"{path}[{seen[key, value]}], got {raw[i][key]!r}")
+            seen[key, value] = i
+    return backends
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     path: str = _field("/health", _url_path)
@@ -379,13 +399,13 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class Config:
-    listen: tuple[ListenerConfig, ...] = _field((ListenerConfig(("127.0.0.1", 8080)),), _listen_list)
+    listen: tuple[ListenerConfig, ...] = _list_field((ListenerConfig(("127.0.0.1", 8080)),), _listen_list)
     http: str = _field("auto", _one_of("auto", "httptools", "h11"))
     workers: int = _field(0, _workers)     # 0: auto
     admin: AdminConfig = _field(AdminConfig(), AdminConfig)
     metrics: MetricsConfig = _field(MetricsConfig(), MetricsConfig)
     balance: str = _field("least_conn", _one_of("least_conn", "round_robin", "random_two"))
-    backends: tuple[BackendConfig, ...] = _field((), lambda raw: raw)  # see _build_backends
+    backends: tuple[BackendConfig, ...] = _list_field((), _build_backends)
     health: HealthConfig = _field(HealthConfig(), HealthConfig)
     passive: PassiveConfig = _field(PassiveConfig(), PassiveConfig)
     drain: DrainConfig = _field(DrainConfig(), DrainConfig)
@@ -426,9 +446,7 @@ def build(cls: type, raw: Any, path: str, source: str) -> Any:
             known = ", ".join(fields)
             raise ConfigError(f"{source}: {key_path}: unknown key (known keys: {known})")
         parse = fields[key].metadata["parse"]
-        if key == "backends" and cls is Config:
-            values[key] = _build_backends(value, key_path, source)
-        elif parse in (_listen_list, _cert_list):
+        if fields[key].metadata.get("list"):
             values[key] = parse(value, key_path, source)
         elif dataclasses.is_dataclass(parse):
             values[key] = build(parse, value, key_path, source)
@@ -442,20 +460,6 @@ def build(cls: type, raw: Any, path: str, source: str) -> Any:
     if missing:
         raise ConfigError(f"{source}: {path}.{missing[0]}: required key is missing")
     return cls(**values)
-
-
-def _build_backends(raw: Any, path: str, source: str) -> tuple[BackendConfig, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError(f"{source}: {path}: expected a list of backends, got {raw!r}")
-    backends = tuple(build(BackendConfig, item, f"{path}[{i}]", source) for i, item in enumerate(raw))
-    seen: dict[tuple[str, Any], int] = {}
-    for i, backend in enumerate(backends):
-        for key, value in (("name", backend.name), ("address", backend.address)):
-            if (key, value) in seen:
-                raise ConfigError(f"{source}: {path}[{i}].{key}: duplicate of "
-                                  f"{path}[{seen[key, value]}], got {raw[i][key]!r}")
-            seen[key, value] = i
-    return backends
 
 
 def parse_config(text: str, source: str = "<string>", runtime_dir: str | None = None) -> Config:
