@@ -122,12 +122,16 @@ class DataPlane:
         self._trusted = _networks(config.trusted_proxies)
         self.upstreams.timeouts = config.timeouts
         self.upstreams.max_response_header_bytes = config.limits.max_response_header_bytes
-        self.upstreams.tls = tls.backend_contexts(config)
-        self._reload_certificates(config)
+        self._reload_tls(config)
 
-    def _reload_certificates(self, config) -> None:
-        """Every reload re-reads the certificates (the master loaded them first and refuses a
-        reload with a bad one; a file changed since then keeps the ones in use here)."""
+    def _reload_tls(self, config) -> None:
+        """Every reload re-reads the certificates and the backends' CA files (the master
+        loaded them first and refuses a reload with a bad one; a file changed since then
+        keeps what is in use here)."""
+        try:
+            self.upstreams.tls = tls.backend_contexts(config)
+        except ConfigError as exc:
+            log.error("reload: keeping the backends' TLS settings in use: %s", exc.message)
         now = time.time()
         for i, server_tls in self.server_tls.items():
             try:

@@ -279,3 +279,16 @@ async def test_a_body_held_while_connecting_pauses_the_client_until_the_connecti
     assert not rig.client_transport.paused       # the connection is there: reading goes on
     sent = rig.upstream_transport.take()
     assert sent.startswith(b"POST /up ") and sent.endswith(b"u" * size)
+
+
+async def test_a_reload_whose_backend_ca_file_went_keeps_the_tls_settings_in_use(tmp_path):
+    import trustme
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    backend = f"  - {{name: web1, address: '127.0.0.1:9001', tls: {{ca: '{ca_file}'}}}}\n"
+    config = parse_config("backends:\n" + backend)
+    plane = DataPlane(config, asyncio.get_running_loop(), AccessLog("off"), lambda report: None)
+    in_use = plane.upstreams.tls["web1"]
+    ca_file.unlink()                                  # gone between the master's check and here
+    plane.apply_config(parse_config("retries: 1\nbackends:\n" + backend))
+    assert plane.upstreams.tls["web1"] is in_use and plane.config.retries == 1
