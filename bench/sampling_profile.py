@@ -1,6 +1,6 @@
 """Where lb's CPU goes per request: a sampling profile and the system calls, under wrk.
 
-    .venv/bin/python bench/sampling_profile.py [--seconds 10] [--close] [--tls] [--native] [--tag T]
+    .venv/bin/python bench/sampling_profile.py [--seconds 10] [--close] [--tls] [--h2] [--native] [--tag T]
 
 The setup of bench/throughput.py (10 nginx backends, lb with one worker, `wrk -t1
 -c50`): py-spy (the `bench` extra; never a runtime dependency) samples the worker at
@@ -8,7 +8,8 @@ The setup of bench/throughput.py (10 nginx backends, lb with one worker, `wrk -t
 (samples where it was the innermost Python frame) and *total* share (anywhere on the
 stack); then a shorter run under `strace -c -f` counts the system calls per request.
 --tls: lb serves HTTPS (TLS 1.3, an ECDSA P-256 certificate made for the run) and wrk speaks
-it; --native also samples native frames (uvloop's Cython, OpenSSL), not only Python's.
+it; --h2: HTTP/2 over TLS under `h2load -c10 -m10` (bench/throughput.py --h2's load, no strace
+run); --native also samples native frames (uvloop's Cython, OpenSSL), not only Python's.
 Writes bench/results/profile[-T].json and prints the top of both.
 """
 
@@ -24,8 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import (RESULTS, ROOT, backends_running, cpu_times, make_certs, run_wrk,  # noqa: E402
-                        start_haproxy, start_lb)
+from throughput import (RESULTS, ROOT, backends_running, cpu_times, make_certs, run_h2load,  # noqa: E402
+                        run_wrk, start_haproxy, start_lb)
 
 sys.path.insert(0, str(ROOT))
 from lb.procs import children  # noqa: E402
@@ -71,18 +72,26 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--close", action="store_true", help="Connection: close (a new client connection each)")
     parser.add_argument("--tls", action="store_true", help="HTTPS (TLS 1.3, ECDSA P-256)")
+    parser.add_argument("--h2", action="store_true", help="HTTP/2 over TLS under h2load -c10 -m10")
     parser.add_argument("--native", action="store_true", help="sample native frames too (py-spy --native)")
     parser.add_argument("--tag")
     args = parser.parse_args()
+    args.tls = args.tls or args.h2
     args.scheme = "https" if args.tls else "http"
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     report: dict = {"bench": "profile", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "wrk": f"-t1 -c{args.connections} -d{args.seconds}s" + (" Connection: close" if args.close else "")}
+                    "load": (f"h2load -c10 -m10 -D{args.seconds}" if args.h2 else
+                             f"wrk -t1 -c{args.connections} -d{args.seconds}s" + (" Connection: close" if args.close else ""))}
     with backends_running("lb-profile-") as (workdir, ports, procs):
         certs = make_certs(workdir)["ecdsa"] if args.tls else None
         lb, port = start_lb(workdir, ports, False, procs, 1, tls=certs)
         worker = children(lb.pid)[0]
-        run_wrk(port, 2, args.connections, args.close, args.scheme)    # warm up
+
+        def load(seconds):
+            if args.h2:
+                return run_h2load(port, seconds, workdir)
+            return run_wrk(port, seconds, args.connections, args.close, args.scheme)
+        load(2)                                                          # warm up
         before = cpu_times(lb.pid)
         out = workdir / "stacks.txt"
         sampler = subprocess.Popen([spy, "record", "--pid", str(worker), "--rate", "200", "--format", "raw",
@@ -90,7 +99,7 @@ def main() -> int:
                                     # native stacks need the process paused while sampled
                                     *(["--native"] if args.native else ["--nonblocking"])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        result = run_wrk(port, args.seconds, args.connections, args.close, args.scheme)
+        result = load(args.seconds)
         sampler.wait(60)
         after = cpu_times(lb.pid)
         per = 1e6 / result["requests"]
@@ -100,7 +109,7 @@ def main() -> int:
         report["samples"] = samples
         report["self_pct"] = {f: round(100 * n / samples, 1) for f, n in own.most_common(40)}
         report["total_pct"] = {f: round(100 * n / samples, 1) for f, n in total.most_common(40)}
-        if shutil.which("strace"):
+        if shutil.which("strace") and not args.h2:
             report["syscalls_per_request"] = syscalls(worker, port, args, workdir / "strace-lb.txt")
             if shutil.which("haproxy"):          # the peer, the same way
                 pid, peer_port = start_haproxy(workdir, ports, procs, tls=certs)

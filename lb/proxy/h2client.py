@@ -305,6 +305,7 @@ class H2ClientConnection:
                                            validate_inbound_headers=False, normalize_inbound_headers=False,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
         self.h2 = _Connection(config=config)
+        self.h2.encoder = h2head.ResponseEncoder()
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,

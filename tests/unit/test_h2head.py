@@ -5,7 +5,12 @@ import pytest
 
 from lb.core import http1
 from lb.core.errors import HttpError
-from lb.core.h2head import StreamError, request_head, response_fields
+import hpack
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lb.core import h2head
+from lb.core.h2head import ResponseEncoder, StreamError, encode_field, request_head, response_fields
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"shop.example"), (b":path", b"/a?b=1")]
 
@@ -81,3 +86,65 @@ def test_response_fields_are_lowercase_without_connection_specific_ones():
                              12, [(b"Set-Cookie", b"lb_version=v1")])
     assert fields == [(b":status", b"200"), (b"content-type", b"text/plain"), (b"x-app", b"1"),
                       (b"content-length", b"12"), (b"set-cookie", b"lb_version=v1")]
+
+
+def test_a_field_before_pseudo_headers_is_caught_whatever_its_kind_and_a_valid_field_seen_before():
+    for regular in [(b"te", b"trailers"), (b"host", b"a.example"), (b"cookie", b"a=1"), (b"x-a", b"1")]:
+        request_head(BASE + [regular], has_body=False)                  # valid, and remembered as such
+        with pytest.raises(StreamError, match="after a regular field"):
+            request_head([BASE[0], regular, *BASE[1:]], has_body=False)
+
+
+def test_an_invalid_field_stays_invalid_when_asked_again():
+    for _ in range(3):
+        with pytest.raises(StreamError):
+            request_head(BASE + [(b"x-a", b"1\r\n")], has_body=False)
+
+
+@pytest.mark.parametrize("name, value, encoded", [
+    (b":status", b"200", b"\x88"),                                  # the static table's pair: indexed
+    (b":status", b"404", b"\x8d"),
+    (b":status", b"418", b"\x08\x03418"),                           # the static name, a literal value
+    (b"content-type", b"text/plain", b"\x0f\x10\x0atext/plain"),    # name index 31 = 15 + 16
+    (b"set-cookie", b"a=1", b"\x1f\x28\x03a=1"),                    # sensitive: never indexed (0x10)
+    (b"x-app", b"1", b"\x00\x05x-app\x011"),                        # a new name, no indexing
+    (b"x-app", b"v" * 127, b"\x00\x05x-app\x7f\x00" + b"v" * 127),    # 127 = 7-bit prefix full, then 0
+])
+def test_a_field_encodes_without_the_dynamic_table(name, value, encoded):
+    assert encode_field(name, value) == encoded
+    decoded = hpack.Decoder().decode(encoded, raw=True)
+    assert decoded == [(name, value)]
+    assert isinstance(decoded[0], hpack.NeverIndexedHeaderTuple) == (name == b"set-cookie")
+
+
+_names = st.binary(min_size=1, max_size=300).map(lambda b: b.lower().replace(b":", b"x"))
+
+
+@given(st.lists(st.tuples(st.sampled_from([b":status", b"date", b"server", b"set-cookie"]) | _names,
+                          st.binary(max_size=400)), max_size=12))
+def test_any_header_list_round_trips_through_a_decoder_and_leaves_its_table_empty(fields):
+    decoder = hpack.Decoder()
+    encoder = ResponseEncoder()
+    for _ in range(2):                     # the second time, from the cache
+        assert [tuple(f) for f in decoder.decode(encoder.encode(fields), raw=True)] == fields
+    assert len(decoder.header_table.dynamic_entries) == 0
+
+
+def test_a_smaller_table_size_is_signalled_at_the_next_block_only():
+    decoder, encoder = hpack.Decoder(), ResponseEncoder()
+    encoder.header_table_size = 0
+    encoder.header_table_size = 1000
+    block = encoder.encode([(b":status", b"200")])
+    assert block == b"\x20\x3f\xc9\x07\x88"                       # size 0, then 1000, then :status 200
+    assert decoder.decode(block, raw=True) == [(b":status", b"200")] and decoder.header_table_size == 1000
+    assert encoder.encode([(b":status", b"200")]) == b"\x88"
+
+
+def test_the_field_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(h2head, "_encoded", {})
+    encoder = ResponseEncoder()
+    for i in range(h2head.FIELD_CACHE_MAX + 10):
+        encoder.encode([(b"x-n", b"%d" % i)])
+    encoder.encode([(b"x-big", b"v" * (h2head.FIELD_CACHE_VALUE_MAX + 1))])
+    assert 0 < len(h2head._encoded) <= h2head.FIELD_CACHE_MAX
+    assert (b"x-big", b"v" * (h2head.FIELD_CACHE_VALUE_MAX + 1)) not in h2head._encoded
