@@ -17,7 +17,7 @@ Flow control, both ways, per stream:
   past STREAM_WRITE_HIGH the stream's upstream stops being read, and reading resumes when it
   drains. A slow stream pauses its own backend, never the connection.
 
-Limits: MAX_CONCURRENT_STREAMS, the header list size (limits.max_header_bytes), h2's cap on
+Limits: MAX_CONCURRENT_STREAMS (a stream past it is refused: REFUSED_STREAM), the header list size (limits.max_header_bytes), h2's cap on
 CONTINUATION frames per header block and its bounded HPACK table; streams reset by the
 client, PINGs and SETTINGS are counted per second, and past their caps the connection gets
 GOAWAY ENHANCE_YOUR_CALM (the 2023 rapid-reset attack). A connection with no stream for
@@ -65,6 +65,14 @@ class _Connection(h2.connection.H2Connection):
     judge (H2Stream.data/request_ended: a stream error, RFC 9113 8.1.1) instead of h2's
     (a connection error that would fail every other stream of the client). This reaches
     into h2's stream (`_track_content_length`); tests/e2e/test_h2.py fails if h2 changes it."""
+
+    @property
+    def open_inbound_streams(self) -> int:
+        # h2 makes a stream past SETTINGS_MAX_CONCURRENT_STREAMS a connection error, where RFC
+        # 9113 5.1.2 asks for a stream error: seeing half the streams, h2 lets twice as many
+        # open, and lb refuses those past its limit with REFUSED_STREAM (_request), which a
+        # client may retry. Past twice the limit, h2's connection error stands.
+        return super().open_inbound_streams // 2
 
     def _begin_new_stream(self, stream_id, allowed_ids):
         stream = super()._begin_new_stream(stream_id, allowed_ids)
@@ -420,6 +428,12 @@ class H2ClientConnection:
         stream_id = event.stream_id
         if self.going_away and stream_id > self.last_stream:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= MAX_CONCURRENT_STREAMS:
+            self.plane.failed["h2_refused_stream"] += 1
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            if self._over("reset", RESETS_PER_S):
+                self._calm_down("too many streams past the limit")
             return
         has_body = event.stream_ended is None
         try:

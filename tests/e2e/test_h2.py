@@ -180,6 +180,33 @@ def _headers_block(stream_id: int) -> bytes:
                                    (b":path", b"/slow?ms=2000")])
 
 
+def test_a_stream_past_the_concurrency_limit_is_refused_and_the_connection_goes_on(h2_lb, ca):
+    """RFC 9113 5.1.2: a stream error (REFUSED_STREAM, which a client may retry), not GOAWAY."""
+    client = H2Client(h2_lb.port, client_context(ca))
+    try:
+        # Sent before lb's SETTINGS are read, so the client's own h2 does not hold it to 100.
+        base = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"lb.example"), (b":path", b"/sink"),
+                (b"content-length", b"2")]
+        sids = []
+        for _ in range(101):                    # 100 open streams waiting for their bodies, and one more
+            sid = client.conn.get_next_available_stream_id()
+            client.responses[sid] = {"headers": None, "body": bytearray(), "keep": True}
+            client.conn.send_headers(sid, base, end_stream=False)
+            sids.append(sid)
+        client.sock.sendall(client.conn.data_to_send())
+        client.wait([sids[-1]])
+        assert client.resets == {sids[-1]: h2.errors.ErrorCodes.REFUSED_STREAM}
+        for sid in sids[:-1]:
+            client.send_body(sid, b"ok")
+        client.wait(sids[:-1])
+        assert {client.status(s) for s in sids[:-1]} == {200} and client.goaway is None
+        again = client.request("/")
+        client.wait([again])
+        assert client.status(again) == 200
+    finally:
+        client.close()
+
+
 def test_rapid_reset_gets_goaway_enhance_your_calm(h2_lb, ca):
     from hyperframe.frame import RstStreamFrame
     frames = b""
