@@ -177,8 +177,11 @@ class Admin:
                       since=iso_utc(pool_stats.since))
         return {"stats": {"totals": totals, "servers": servers}}
 
-    def show_latency(self, names: str, window: str) -> dict:
-        """Latency of a group of servers over the last WINDOW, their windows merged."""
+    def show_latency(self, names: str, window: str, raw: str | None = None) -> dict:
+        """Latency of a group of servers over the last WINDOW, their windows merged; with
+        `raw`, the bucket counts too (lb deploy merges a fleet's from them)."""
+        if raw is not None and raw != "raw":
+            raise CommandError(f"'show latency' expects 'raw' or nothing after the WINDOW, got {raw!r}")
         window_s = parse_timeout(window)
         if not 1 <= window_s <= WINDOW_S:
             raise CommandError(f"'show latency' expects a WINDOW from 1s to {WINDOW_S}s, got {window!r}")
@@ -188,9 +191,11 @@ class Admin:
         for backend in backends:
             counts.update(backend.stats.window.counts(now, math.ceil(window_s)))
         p50, p90, p99 = bucket_quantiles(counts, (0.5, 0.9, 0.99))
-        return {"latency": {"servers": [b.name for b in backends], "window_s": math.ceil(window_s),
-                            "requests": sum(counts.values()),
-                            "p50_ms": ms(p50), "p90_ms": ms(p90), "p99_ms": ms(p99)}}
+        latency = {"servers": [b.name for b in backends], "window_s": math.ceil(window_s),
+                   "requests": sum(counts.values()), "p50_ms": ms(p50), "p90_ms": ms(p90), "p99_ms": ms(p99)}
+        if raw:
+            latency["buckets"] = {str(bucket): count for bucket, count in sorted(counts.items())}
+        return {"latency": latency}
 
     def drain(self, name: str) -> dict:
         return self._set_state(name, "drain")

@@ -42,8 +42,9 @@ COMMANDS = [
     Command(("show", "versions"), (), (), "versions, oldest first, with ready capacity", "show_versions", False),
     Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s",
             "show_stats", False),
-    Command(("show", "latency"), ("NAME[,NAME...]", "WINDOW"), (), "p50/p90/p99 of those servers together "
-            "over the last WINDOW (1s..60s)", "show_latency", False),
+    Command(("show", "latency"), ("NAME[,NAME...]", "WINDOW"), ("raw",), "p50/p90/p99 of those servers together "
+            "over the last WINDOW (1s..60s); raw: also the histogram's bucket counts, to merge", "show_latency",
+            False),
     Command(("drain",), ("NAME",), (), "no new requests; in-flight ones finish", "drain", True),
     Command(("wait",), ("NAME", "STATE"), ("TIMEOUT",), "block until drained|ready|maint|up", "wait", False),
     Command(("ready",), ("NAME",), (), "back into service", "ready", True),

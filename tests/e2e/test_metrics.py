@@ -3,9 +3,12 @@
 import statistics
 import time
 import urllib.request
+from collections import Counter
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from lb.core import stats
 
 from conftest import Backend, Lb, RawClient, free_port, get, wait_for
 
@@ -99,7 +102,16 @@ def test_show_latency_merges_a_group_over_a_short_window(spawn, tmp_path):
     web1, web2 = (lb.ctl(f"show latency {n} 30s")["latency"] for n in ("web1", "web2"))
     assert web1["requests"] == web2["requests"] == 10
     assert web1["p99_ms"] < 60 and web2["p50_ms"] > 120
-    for line, error in (("show latency web1,web9 5s", "unknown server 'web9'"),
+    # raw: the bucket counts, which merged give the group's quantiles (lb deploy does this over lbs)
+    raw = [lb.ctl(f"show latency {n} 30s raw")["latency"]["buckets"] for n in ("web1", "web2")]
+    merged = Counter()
+    for buckets in raw:
+        merged.update({int(bucket): count for bucket, count in buckets.items()})
+    assert sum(merged.values()) == 20
+    assert [stats.ms(q) for q in stats.bucket_quantiles(merged, (0.5, 0.9, 0.99))] == [both["p50_ms"], both["p90_ms"],
+                                                                           both["p99_ms"]]
+    for line, error in (("show latency web1 5s bogus", "expects 'raw' or nothing after the WINDOW"),
+                        ("show latency web1,web9 5s", "unknown server 'web9'"),
                         ("show latency web1 5m", "expects a WINDOW from 1s to 60s"),
                         ("show latency web1", "usage: show latency NAME[,NAME...] WINDOW")):
         reply = lb.ctl(line)
