@@ -62,7 +62,18 @@ def cmd_check(args) -> int:
 
 def cmd_ctl(args) -> int:
     from .deploy.client import request
-    path = args.socket or default_socket()
+    targets = args.socket or [default_socket()]
+    if args.stdio:
+        if len(targets) != 1 or targets[0].startswith("ssh://") or args.words:
+            print("lb ctl: --stdio takes one local -s SOCKET and reads the commands from stdin", file=sys.stderr)
+            return 2
+        return relay_stdio(targets[0])
+    if not args.words:
+        print("lb ctl: a command is required, e.g. lb ctl show servers", file=sys.stderr)
+        return 2
+    if len(targets) > 1 or targets[0].startswith("ssh://"):
+        return ctl_fleet(targets, " ".join(args.words), args.ssh_command)
+    path = targets[0]
     try:
         reply = request(path, " ".join(args.words), timeout_s=None)
     except OSError as exc:
@@ -73,6 +84,57 @@ def cmd_ctl(args) -> int:
         return 2
     print(json.dumps(reply, indent=2) if sys.stdout.isatty() else json.dumps(reply))
     return 0 if reply.get("ok") else 1
+
+
+def relay_stdio(path: str) -> int:
+    """`lb ctl --stdio`: each line of stdin to the socket, each reply a line on stdout, until
+    EOF; what `lb deploy` and `lb ctl` run over ssh. An lb that cannot be reached is a reply
+    with "unreachable" (the far side retries), not the end of the relay."""
+    from .deploy.client import request
+    for raw in sys.stdin.buffer:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line:
+            continue
+        try:
+            reply = request(path, line, timeout_s=None)
+        except (OSError, EOFError, ValueError) as exc:
+            reply = {"ok": False, "unreachable": True,
+                     "error": f"cannot reach lb on admin socket {path}: {getattr(exc, 'strerror', None) or exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def ctl_fleet(targets: list[str], line: str, ssh_command: str) -> int:
+    """One command to every target: one reply per lb, labelled; exit 1 if any failed or did
+    not answer, 2 on a bad target."""
+    from .core.errors import DeployError
+    from .deploy.fleet import Fleet
+
+    async def ask() -> dict:
+        fleet = Fleet(targets, ssh_command, reconnect_s=1.0)
+        fleet.tolerate_lost = True
+        try:
+            try:
+                replies = await fleet.call(line, timeout_s=None)
+            except DeployError:
+                replies = {}
+            return {label: replies.get(label) or {"ok": False, "error": fleet.lost.get(label, "no reply")}
+                    for label in fleet.labels}
+        finally:
+            await fleet.close()
+
+    try:
+        replies = run_async(ask())
+    except DeployError as exc:
+        print(f"lb ctl: {exc.message}", file=sys.stderr)
+        return 2
+    for label, reply in replies.items():
+        if sys.stdout.isatty():
+            print(f"== {label}\n{json.dumps(reply, indent=2)}")
+        else:
+            print(json.dumps({"lb": label, "reply": reply}))
+    return 0 if all(reply.get("ok") for reply in replies.values()) else 1
 
 
 def cmd_backend(args) -> int:
@@ -135,13 +197,23 @@ def cmd_deploy(args) -> int:
         view.error(exc.message)
         return EXIT_USAGE
     log_path = args.log or (args.state[:-len(".state")] if args.state.endswith(".state") else args.state) + ".log"
-    return run_async(deploy_command(opts, args.socket or default_socket(), args.state, log_path, view,
-                                    args.resume, args.dry_run, expect_to=args.to))
+    try:
+        lb_timeout_s = parse_seconds(args.lb_timeout, "--lb-timeout")
+    except DeployError as exc:
+        view.error(exc.message)
+        return EXIT_USAGE
+    return run_async(deploy_command(opts, args.socket or [default_socket()], args.state, log_path, view,
+                                    args.resume, args.dry_run, expect_to=args.to, ssh_command=args.ssh_command,
+                                    lb_timeout_s=lb_timeout_s))
 
 
 def cmd_demo(args) -> int:
     from .demo.demo import run_demo
     return run_demo(args)
+
+
+TARGET_HELP = ("admin socket path or ssh://[user@]host[:port]/path/to/lb.sock, may be given several times "
+               "(default: the embedded config's socket)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,9 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", help="config file (default: the embedded one)")
     check.set_defaults(func=cmd_check)
 
-    ctl = sub.add_parser("ctl", help="send one admin command and print the reply")
-    ctl.add_argument("-s", "--socket", help="admin socket (default: the embedded config's)")
-    ctl.add_argument("words", nargs="+", help="the command, e.g. show servers")
+    ctl = sub.add_parser("ctl", help="send one admin command to one or more lbs and print the replies")
+    ctl.add_argument("-s", "--socket", action="append", help=TARGET_HELP)
+    ctl.add_argument("--stdio", action="store_true", help="relay command lines from stdin to -s SOCKET, "
+                     "a reply a line (what lb runs over ssh)")
+    ctl.add_argument("--ssh-command", default="ssh", help="run instead of ssh for ssh:// targets")
+    ctl.add_argument("words", nargs="*", help="the command, e.g. show servers")
     ctl.set_defaults(func=cmd_ctl)
 
     deploy = sub.add_parser("deploy", help="rolling deploy through a running lb's admin socket",
@@ -168,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "--to, a canary first, then --batch at a time; roll back on trouble. "
                             "Exit 0 done, 1 failed and rolled back, 2 bad arguments or lb "
                             "unreachable, 3 failed and not fully rolled back, 130 interrupted.")
-    deploy.add_argument("-s", "--socket", help="admin socket (default: the embedded config's)")
+    deploy.add_argument("-s", "--socket", action="append", help=TARGET_HELP + "; every step goes to every lb")
+    deploy.add_argument("--ssh-command", default="ssh", help="run instead of ssh for ssh:// targets")
+    deploy.add_argument("--lb-timeout", default="30s", help="how long an lb may not answer (a restart) before "
+                        "the step fails (default 30s)")
     deploy.add_argument("--to", help="the version to roll to")
     deploy.add_argument("--update", help="shell command that puts the new code on a node; "
                         "placeholders {name} {host} {port} {version} {old_version}, also in env "

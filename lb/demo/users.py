@@ -81,14 +81,17 @@ class Connection:
 
 class Users:
     """`slots` users at a time against host:port; `life` is (min, max) requests per user,
-    or None for users who stay until stopped."""
+    or None for users who stay until stopped. `port` may be a list (a fleet of lbs): each
+    request then goes to one picked at random, as a client of DNS round-robin does, on a
+    keep-alive connection of the user's to that lb, with the same cookie jar."""
 
-    def __init__(self, host: str, port: int, slots: int = 20, life: tuple[int, int] | None = (20, 60),
+    def __init__(self, host: str, port: int | list[int], slots: int = 20, life: tuple[int, int] | None = (20, 60),
                  think_s: float = 0.01, path: str = "/", keep_cookie: bool = True,
                  cookie: str = "lb_version", timeout_s: float = 10.0, rng: random.Random | None = None,
                  ssl=None, server_hostname: str | None = None):
         """`ssl`: an ssl.SSLContext to speak HTTPS with, to `server_hostname`."""
-        self.host, self.port, self.slots, self.life = host, port, slots, life
+        self.ports = list(port) if isinstance(port, (list, tuple)) else [port]
+        self.host, self.port, self.slots, self.life = host, self.ports[0], slots, life
         self.ssl = {"ssl": ssl, "server_hostname": server_hostname or host} if ssl is not None else {}
         self.think_s, self.path, self.keep_cookie, self.timeout_s = think_s, path, keep_cookie, timeout_s
         self.cookie_prefix = cookie.encode() + b"="
@@ -133,28 +136,30 @@ class Users:
             await self._user(self.users, requests)
 
     async def _user(self, user: int, requests: int | None) -> None:
-        cookie, conn, done = None, None, 0
+        cookie, conns, done = None, {}, 0          # a connection per lb (port) the user talks to
         try:
             while not self.stopping and (requests is None or done < requests):
+                port = self.ports[0] if len(self.ports) == 1 else self.rng.choice(self.ports)
+                conn = conns.get(port)
                 if conn is None:
-                    conn = await self._connect(user)
+                    conn = conns[port] = await self._connect(user, port)
                     if conn is None:
                         return
-                cookie = await self._request(user, conn, cookie)
+                cookie = await self._request(user, conn, cookie, port)
                 if not conn.next_cycle():
-                    conn.close()
-                    conn = None
+                    conns.pop(port).close()
                 done += 1
                 await asyncio.sleep(self.think_s)
         except (Closed, OSError, h11.ProtocolError, asyncio.TimeoutError, ValueError) as exc:
             self.failures.append((user, f"{type(exc).__name__}: {exc}"))
         finally:
-            if conn is not None:
-                conn.close()
+            for conn in conns.values():
+                if conn is not None:
+                    conn.close()
 
-    async def _connect(self, user: int) -> Connection | None:
+    async def _connect(self, user: int, port: int) -> Connection | None:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port, **self.ssl),
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, port, **self.ssl),
                                                     self.timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
             self.failures.append((user, f"connect: {exc}"))
@@ -162,8 +167,8 @@ class Users:
             return None
         return Connection(reader, writer)
 
-    async def _request(self, user: int, conn: Connection, cookie: bytes | None) -> bytes | None:
-        headers = [("Host", f"{self.host}:{self.port}"), ("User-Agent", "lb-users")]
+    async def _request(self, user: int, conn: Connection, cookie: bytes | None, port: int) -> bytes | None:
+        headers = [("Host", f"{self.host}:{port}"), ("User-Agent", "lb-users")]
         if cookie:
             headers.append(("Cookie", cookie))
         sent = time.monotonic()

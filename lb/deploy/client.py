@@ -90,3 +90,6 @@ class AdminClient:
 
     async def servers(self) -> list[dict]:
         return (await self.ok("show servers"))["servers"]
+
+    async def close(self) -> None:
+        """Nothing to close: a connection per command (SshAdminClient keeps relays)."""

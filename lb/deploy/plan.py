@@ -366,6 +366,7 @@ class DeployState:
     baked: list[str] = field(default_factory=list)     # nodes whose batch passed its bake
     failure: dict | None = None
     interrupted: bool = False
+    targets: list[str] = field(default_factory=list)   # the lbs driven (-s), which --resume must give again
 
     def node(self, name: str) -> NodeProgress:
         return self.progress.setdefault(name, NodeProgress())
@@ -376,7 +377,8 @@ class DeployState:
                 "old_versions": self.old_versions,
                 "addresses": {n: list(a) for n, a in self.addresses.items()},
                 "progress": {n: asdict(p) for n, p in self.progress.items()},
-                "baked": self.baked, "failure": self.failure, "interrupted": self.interrupted}
+                "baked": self.baked, "failure": self.failure, "interrupted": self.interrupted,
+                "targets": self.targets}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeployState":
@@ -391,6 +393,6 @@ class DeployState:
                        batch=data["batch"], phase=data["phase"],
                        progress={n: NodeProgress(**p) for n, p in data["progress"].items()},
                        baked=data["baked"], failure=data.get("failure"),
-                       interrupted=data.get("interrupted", False))
+                       interrupted=data.get("interrupted", False), targets=data.get("targets", []))
         except (KeyError, TypeError, IndexError, AttributeError):
             raise DeployError("not a deploy state file written by this lb") from None

@@ -1,8 +1,9 @@
 """`lb deploy` in action: admin commands, update commands, bakes, rollback, the state file.
 
 The decisions (plan, steps, verdicts) are in plan.py; this layer runs them,
-and view.py shows them. Admin commands go through client.py (a connection per
-command, retried while lb restarts).
+and view.py shows them. Admin commands go to every lb of the fleet (fleet.py: one
+or more targets, local or over ssh) through client.py (a connection per command,
+retried while lb restarts).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from ..core.config import parse_hostport
 from ..core.errors import DeployError
 from ..core.stats import iso_utc
 from ..files import atomic_write
-from .client import RECONNECT_S, AdminClient, StepFailed, Unreachable
+from .client import RECONNECT_S, StepFailed, Unreachable
+from .fleet import Fleet, differences, merge_servers
 from .plan import (EXIT_DONE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, EXIT_STUCK, EXIT_USAGE, UNFINISHED, Batch,
                    DeployState, NodeProgress, Options, Sample, check_servers, command_env, fill, fit, in_service,
                    judge, lb_made_failures, plan)
@@ -79,7 +81,7 @@ async def _finish(task: asyncio.Task) -> None:
 
 
 class Deployer:
-    def __init__(self, opts: Options, admin: AdminClient, view, state_path: str, log_path: str):
+    def __init__(self, opts: Options, admin: Fleet, view, state_path: str, log_path: str):
         self.opts = opts
         self.admin = admin
         self.view = view
@@ -97,8 +99,15 @@ class Deployer:
     # -- start ---------------------------------------------------------------------
     async def prepare(self, resume: bool) -> tuple[list[Batch], list[str]]:
         """Load or make the plan. Raises DeployError (exit 2)."""
-        servers = await self.admin.servers()
+        per_lb = await self.admin.per_lb_servers()
+        disagree = differences(per_lb)
+        if disagree:
+            raise DeployError(f"the {len(per_lb)} lbs do not agree on the nodes; nothing was done:\n  "
+                              + "\n  ".join(disagree))
+        servers = merge_servers(per_lb)
         check_servers(servers)
+        fleet_notes = [f"fleet of {len(per_lb)} lbs, agreeing on {len(servers)} nodes: "
+                       + ", ".join(per_lb)] if len(per_lb) > 1 else []
         saved = load_state(self.state_path)
         if resume:
             if saved is None:
@@ -109,10 +118,14 @@ class Deployer:
             if self.expect_to and self.expect_to != saved.options["to"]:
                 raise DeployError(f"--resume: {self.state_path} is a deploy to {saved.options['to']}, "
                                   f"not {self.expect_to}")
+            if saved.targets and sorted(saved.targets) != sorted(self.admin.labels):
+                raise DeployError(f"--resume: the deploy in {self.state_path} drives "
+                                  f"{' '.join(saved.targets)}, not {' '.join(self.admin.labels)}: "
+                                  f"resume it with the same -s targets")
             saved.interrupted = False
             self.state, self.opts = saved, Options(**saved.options)
             return saved.batches, [f"resuming the deploy to {self.opts.to} recorded in {self.state_path} "
-                                   f"with its options"]
+                                   f"with its options", *fleet_notes]
         if saved is not None and saved.phase in UNFINISHED:
             raise DeployError(f"an unfinished deploy to {saved.options['to']} ({saved.phase}) is recorded in "
                               f"{self.state_path}: finish it with --resume, or remove the file")
@@ -120,8 +133,8 @@ class Deployer:
         self.state = DeployState(
             options=self.opts.to_dict(), batches=batches,
             old_versions={s["name"]: s["version"] for s in servers},
-            addresses={s["name"]: parse_hostport(s["address"]) for s in servers})
-        return batches, notes
+            addresses={s["name"]: parse_hostport(s["address"]) for s in servers}, targets=self.admin.labels)
+        return batches, [*notes, *fleet_notes]
 
     async def run(self) -> int:
         state = self.state
@@ -307,9 +320,8 @@ class Deployer:
         return None
 
     async def snapshot(self) -> dict:
-        stats = (await self.admin.ok("show stats"))["stats"]
-        return {"at": time.monotonic(), "servers": {s["name"]: s for s in stats["servers"]},
-                "failed": stats["totals"]["failed"], "since": stats["totals"]["since"]}
+        """Per node requests and 5xx, lb-made failures and since: summed over the fleet."""
+        return {"at": time.monotonic(), **await self.admin.stats()}
 
     async def sample(self, names: list[str], before: dict, after: dict, label: str) -> Sample:
         def delta(key: str) -> int:       # never below 0: lb may have restarted in between
@@ -317,12 +329,13 @@ class Deployer:
                        for n in names)
 
         window_s = min(max(math.ceil(after["at"] - before["at"]), 1), 60)
-        latency = (await self.admin.ok(f"show latency {','.join(names)} {window_s}"))["latency"]
-        return Sample(delta("requests"), delta("5xx"), latency["p99_ms"], latency["requests"], label)
+        latency_requests, p99_ms = await self.admin.latency(names, window_s)     # merged over the fleet
+        return Sample(delta("requests"), delta("5xx"), p99_ms, latency_requests, label)
 
     # -- back --------------------------------------------------------------------------
     async def rollback(self) -> int:
         state = self.state
+        self.admin.tolerate_lost = True          # an lb that stopped answering: the others roll back
         self._event("rollback", failed_batch=state.batch + 1 if state.batch < len(state.batches) else None,
                     finished_batches=state.batch if self.opts.rollback_done else 0)
         try:
@@ -388,7 +401,7 @@ class Deployer:
     def interrupted(self) -> int:
         self.state.interrupted = True
         self.save()
-        self._event("interrupted", resume=f"lb deploy -s {self.admin.path} --state {self.state_path} --resume")
+        self._event("interrupted", resume=f"lb deploy {self.admin.flags} --state {self.state_path} --resume")
         return EXIT_INTERRUPTED
 
     def save(self) -> None:
@@ -469,8 +482,10 @@ def node_result(name: str, state: DeployState, progress: NodeProgress) -> str:
 
 async def report(deployer: Deployer, code: int) -> dict:
     state = deployer.state
+    fleet = deployer.admin
+    fleet.tolerate_lost = True
     try:
-        servers = {s["name"]: s for s in await deployer.admin.servers()}
+        servers = {s["name"]: s for s in await fleet.servers()}
     except (DeployError, StepFailed):
         servers = {}
     nodes = []
@@ -481,17 +496,34 @@ async def report(deployer: Deployer, code: int) -> dict:
                       "result": node_result(name, state, state.node(name)),
                       "drain_s": times.get("wait drained", ""), "update_s": times.get("update", ""),
                       "up_s": times.get("wait up", "")})
+        if len(fleet.members) > 1:
+            lost = {label: {**(fleet.last_seen.get(label, {}).get(name) or {}), "lost": True} for label in fleet.lost}
+            nodes[-1]["on"] = {**lost, **server.get("on", {})}
     resume = None
     if code in (EXIT_INTERRUPTED, EXIT_STUCK):
-        resume = f"lb deploy -s {deployer.admin.path} --state {deployer.state_path} --resume"
+        resume = f"lb deploy {fleet.flags} --state {deployer.state_path} --resume"
     return {"to": deployer.opts.to, "result": RESULTS.get(code, "error"), "exit": code,
             "seconds": round(time.monotonic() - deployer.started, 1), "failure": state.failure,
-            "nodes": nodes, "log": deployer.log_path, "resume": resume}
+            "nodes": nodes, "log": deployer.log_path, "resume": resume,
+            **({"lbs": fleet.labels, "lost": fleet.lost} if len(fleet.members) > 1 else {})}
 
 
-async def deploy_command(opts: Options | None, socket_path: str, state_path: str, log_path: str,
-                         view, resume: bool, dry_run: bool, expect_to: str | None = None) -> int:
-    admin = AdminClient(socket_path, reconnect_s=1.0)     # at start, unreachable means exit 2
+async def deploy_command(opts: Options | None, targets: list[str], state_path: str, log_path: str,
+                         view, resume: bool, dry_run: bool, expect_to: str | None = None,
+                         ssh_command: str = "ssh", lb_timeout_s: float = RECONNECT_S) -> int:
+    try:
+        admin = Fleet(targets, ssh_command, reconnect_s=1.0)     # at start, unreachable means exit 2
+    except DeployError as exc:
+        view.error(exc.message)
+        return EXIT_USAGE
+    try:
+        return await _deploy(admin, opts, state_path, log_path, view, resume, dry_run, expect_to, lb_timeout_s)
+    finally:
+        await admin.close()
+
+
+async def _deploy(admin: Fleet, opts, state_path, log_path, view, resume, dry_run, expect_to,
+                  lb_timeout_s: float) -> int:
     deployer = Deployer(opts, admin, view, state_path, log_path)
     deployer.expect_to = expect_to or deployer.expect_to
     try:
@@ -502,7 +534,7 @@ async def deploy_command(opts: Options | None, socket_path: str, state_path: str
     view.plan(batches, notes, dry_run)
     if dry_run:
         return EXIT_DONE
-    admin.reconnect_s = RECONNECT_S
+    admin.set_reconnect(lb_timeout_s)
     loop = asyncio.get_running_loop()
     deployer.main_task = asyncio.current_task()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -513,7 +545,7 @@ async def deploy_command(opts: Options | None, socket_path: str, state_path: str
     except asyncio.CancelledError:
         asyncio.current_task().uncancel()
         code = deployer.interrupted()
-    except (DeployError, StepFailed) as exc:     # lb unreachable for longer than RECONNECT_S
+    except (DeployError, StepFailed) as exc:     # lb unreachable for longer than --lb-timeout
         deployer.state.failure = {"node": "-", "step": "admin", "reason": str(exc)}
         deployer.state.phase = "stuck"
         deployer.save()

@@ -180,6 +180,15 @@ def format_report(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    for label, why in report.get("lost", {}).items():
+        lines.append(f"  lb {label} stopped answering ({why}); what it last said of each node is below")
+    for row in report["nodes"]:
+        on = row.get("on", {})
+        if len({(v.get("version"), v.get("state"), v.get("health")) for v in on.values()}) > 1 or \
+                any(v.get("lost") for v in on.values()):
+            lines.append(f"  {row['name']} per lb: " + "; ".join(
+                f"{label} {v.get('version', '?')} {v.get('state', '?')}/{v.get('health', '?')}"
+                + (" (lost, last seen)" if v.get("lost") else "") for label, v in on.items()))
     if report.get("resume"):
         lines.append(f"  resume with: {report['resume']}")
     lines.append(f"  log: {report['log']}")
