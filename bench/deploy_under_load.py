@@ -1,8 +1,8 @@
 """The proof: a full rolling deploy under load, and what every client saw.
 
-    .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|upgrade-lb|restart-lb|websocket]
+    .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|upgrade-lb|restart-lb|websocket|fleet]
         [--sessions 200] [--rate 1000] [--life 100] [--steady 10] [--baseline 5]
-        [--bake 10s] [--canary-bake 30s] [--tag T] [--workers N]
+        [--bake 10s] [--canary-bake 30s] [--tag T] [--workers N] [--lbs N]
 
 10 `lb backend` processes (v1), lb on the embedded default config (free ports,
 its own admin socket, state and access log), and a load generator that shares
@@ -29,6 +29,11 @@ starts a v2 one with a 1 s warmup; --steady seconds on v2. Scenarios add to it:
   websocket   also 100 long-lived WebSocket sessions, one message a second each,
               every echo checked; lb's drain.timeout is 5 s, so tunnels on a
               draining node get close 1001 and reconnect
+  fleet       --lbs lbs (default 2) over the same 10 backends, each on its own
+              config, socket and state; every user alternates between them request
+              by request (its cookie jar goes to both, as a browser's does to a name
+              that DNS round-robin resolves to several addresses), and one `lb deploy`
+              with a -s per lb drives them all
 
 Every response is checked: status, a JSON body whose version matches the
 X-Backend-Version header. Written: bench/results/<scenario>[-<tag>].json and a
@@ -88,7 +93,7 @@ def percentiles(values: list[float]) -> dict:
 class System:
     """10 backends and lb in a scratch directory; everything stopped by pid at the end."""
 
-    def __init__(self, workdir: Path, scenario: str, workers: int | None = None):
+    def __init__(self, workdir: Path, scenario: str, workers: int | None = None, lbs: int = 1):
         self.dir = workdir
         self.names = [f"web{i}" for i in range(1, NODES + 1)]
         self.ports = {name: free_port() for name in self.names}
@@ -105,6 +110,19 @@ class System:
             backend["address"] = f"127.0.0.1:{self.ports[backend['name']]}"
         self.config_path = workdir / "lb.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
+        self.sockets = [workdir / "lb.sock"]
+        self.lb_ports = [self.port]
+        self.others: list[tuple[subprocess.Popen | None, Path]] = []     # fleet: the other lbs, and configs
+        for i in range(2, lbs + 1):
+            port = free_port()
+            other = {**config, "listen": f"127.0.0.1:{port}", "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+                     "admin": {"socket": str(workdir / f"lb{i}.sock")}, "state_file": str(workdir / f"lb{i}.state"),
+                     "access_log": str(workdir / f"access{i}.log")}
+            path = workdir / f"lb{i}.yaml"
+            path.write_text(yaml.safe_dump(other))
+            self.sockets.append(workdir / f"lb{i}.sock")
+            self.lb_ports.append(port)
+            self.others.append((None, path))
         from lb.core.config import parse_duration
         self.slow_start_s = parse_duration(config.get("slow_start", "10s"))
         self.lb: subprocess.Popen | None = None
@@ -129,6 +147,12 @@ class System:
             start_detached(["--listen", f"127.0.0.1:{self.ports[name]}", "--version", "v1", "--name", name],
                            self.pidfile(name), str(self.dir / f"{name}.log"))
         self.start_lb()
+        for i, (_, path) in enumerate(self.others):
+            with open(self.dir / f"lb{i + 2}.err", "ab") as err:
+                proc = subprocess.Popen([sys.executable, "-m", "lb.cli", "serve", "-c", str(path)], cwd=ROOT,
+                                        stderr=err)
+            self.others[i] = (proc, path)
+            wait_port(self.lb_ports[i + 1], proc=proc)
 
     def start_lb(self) -> None:
         serve = ["serve", "-c", str(self.config_path)]
@@ -179,6 +203,14 @@ class System:
 
     def stop(self) -> None:
         self.stop_lb()
+        for proc, _ in self.others:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(40)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         for name in self.names:
             stop_pidfile(self.pidfile(name))
 
@@ -188,8 +220,10 @@ class System:
 class Load:
     """Open-loop HTTP users with cookies, and optional WebSocket sessions."""
 
-    def __init__(self, url: str, sessions: int, rate: float, life: int = 0):
-        self.url, self.sessions, self.rate, self.life = url, sessions, rate, life
+    def __init__(self, url: str | list[str], sessions: int, rate: float, life: int = 0):
+        """`url` a list (a fleet): each user alternates between them, request by request."""
+        self.urls = list(url) if isinstance(url, list) else [url]
+        self.url, self.sessions, self.rate, self.life = self.urls[0], sessions, rate, life
         # (scheduled at, latency s, failure reason or "", version, node, session)
         self.records: list[tuple] = []
         self.ws_events: list[tuple] = []          # (at, kind, detail)
@@ -217,14 +251,16 @@ class Load:
         while next_at < until and not self.stopping:
             user = slot * 1_000_000 + generation
             jar = aiohttp.CookieJar(unsafe=True)        # unsafe: cookies from an IP-address host
-            async with aiohttp.ClientSession(cookie_jar=jar, connector=aiohttp.TCPConnector(limit=1),
+            connector = aiohttp.TCPConnector(limit=len(self.urls))       # a connection per lb
+            async with aiohttp.ClientSession(cookie_jar=jar, connector=connector,
                                              timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as http:
                 sent = 0
                 while next_at < until and not self.stopping and (not self.life or sent < self.life):
                     delay = next_at - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    self.records.append((next_at - self.t0, *await self.one(http, next_at, url), user))
+                    target = url or self.urls[(slot + sent) % len(self.urls)]
+                    self.records.append((next_at - self.t0, *await self.one(http, next_at, target), user))
                     next_at += period
                     sent += 1
             generation += 1
@@ -295,7 +331,8 @@ class DeployRun:
 
     def __init__(self, system: System, t0: float, bake: str, canary_bake: str, nice: int = 0):
         self.system, self.t0 = system, t0
-        self.args = [sys.executable, "-m", "lb.cli", "deploy", "-s", str(system.dir / "lb.sock"), "--to", "v2",
+        targets = [arg for path in system.sockets for arg in ("-s", str(path))]
+        self.args = [sys.executable, "-m", "lb.cli", "deploy", *targets, "--to", "v2",
                      "--update", system.update_command(nice), "--batch", "2", "--canary", "1",
                      "--bake", bake, "--canary-bake", canary_bake,
                      "--state", str(system.dir / "deploy.state"), "--log", str(system.dir / "deploy.log")]
@@ -375,7 +412,7 @@ def upgrade_lb_scenario(system: System, deploy: DeployRun, marks: list):
 
 
 SCENARIOS = {"rolling": None, "crash": crash_scenario, "upgrade-lb": upgrade_lb_scenario,
-             "restart-lb": restart_lb_scenario, "websocket": None}
+             "restart-lb": restart_lb_scenario, "websocket": None, "fleet": None}
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -391,7 +428,7 @@ def analyse(load: Load, deploy: DeployRun, code: int, phases: dict, marks: list,
     during_p99 = latency["during"].get("p99_ms")
     ws = Counter(kind for _, kind, _ in load.ws_events)
     return {
-        "bench": "deploy_under_load", "scenario": args.scenario,
+        "bench": "deploy_under_load", "scenario": args.scenario, "lbs": args.lbs,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "update_nice": args.update_nice,
@@ -532,7 +569,7 @@ async def direct_baseline(system: System, args) -> dict:
 async def scenario_run(system: System, args) -> dict:
     if args.baseline:
         args.direct = await direct_baseline(system, args)
-    load = Load(f"http://127.0.0.1:{system.port}", args.sessions, args.rate, args.life)
+    load = Load([f"http://127.0.0.1:{port}" for port in system.lb_ports], args.sessions, args.rate, args.life)
     load.t0 = t0 = time.monotonic() + 0.5
     far = t0 + 3600
     tasks = [asyncio.create_task(load.run_http(i, far)) for i in range(args.sessions)]
@@ -555,6 +592,8 @@ async def scenario_run(system: System, args) -> dict:
               "after": (deploy_end, deploy_end + args.steady)}
     report = analyse(load, deploy, code, phases, marks, args)
     report["deploy"]["stderr_tail"] = deploy.stderr.splitlines()[-16:]
+    report["requests_per_lb"] = {str(path.name): request(str(path), "show stats")["stats"]["totals"]["requests"]
+                                 for path in system.sockets}
     report["deploy_events"] = deploy.events
     return report
 
@@ -575,12 +614,17 @@ def main() -> int:
     parser.add_argument("--workers", type=int, help="lb's worker processes (default: the config's, auto)")
     parser.add_argument("--update-nice", type=int, default=0,
                         help="run the update command under nice -n N (default 0: as is)")
+    parser.add_argument("--lbs", type=int, help="lbs in the fleet (the fleet scenario; default 2 there, else 1)")
     args = parser.parse_args()
+    if args.lbs is None:
+        args.lbs = 2 if args.scenario == "fleet" else 1
+    if args.lbs < 1 or (args.scenario == "fleet") != (args.lbs > 1):
+        parser.error("--lbs: 2 or more with --scenario fleet, 1 with any other scenario")
     become_subreaper()                # an upgraded lb's new master stays ours to stop and reap
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.scenario + (f"-{args.tag}" if args.tag else "")
     workdir = Path(tempfile.mkdtemp(prefix="lb-proof-", dir="/tmp"))
-    system = System(workdir, args.scenario, args.workers)
+    system = System(workdir, args.scenario, args.workers, args.lbs)
     args.slow_start_s = system.slow_start_s
     try:
         system.start()
@@ -609,6 +653,8 @@ def summarize(report: dict, out: Path, drew: bool) -> None:
         base = report["direct_baseline"]
         print(f"  direct to the backends, no lb: p50 {base.get('p50_ms')} ms  p99 {base.get('p99_ms')} ms  "
               f"max {base.get('max_ms')} ms")
+    if report["lbs"] > 1:
+        print(f"  requests per lb (lb's own count): {report['requests_per_lb']}")
     print(f"  p99 during / steady: {report['p99_during_over_steady']}; worst 1 s node share "
           f"{report['max_node_share']['ratio']} x fair; marks: {[m['what'] for m in report['marks']]}")
     if report.get("websocket"):
