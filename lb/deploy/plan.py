@@ -367,6 +367,7 @@ class DeployState:
     failure: dict | None = None
     interrupted: bool = False
     targets: list[str] = field(default_factory=list)   # the lbs driven (-s), which --resume must give again
+    weights: dict[str, int] = field(default_factory=dict)   # at the start: a fleet gives them back after `wait up`
 
     def node(self, name: str) -> NodeProgress:
         return self.progress.setdefault(name, NodeProgress())
@@ -378,7 +379,7 @@ class DeployState:
                 "addresses": {n: list(a) for n, a in self.addresses.items()},
                 "progress": {n: asdict(p) for n, p in self.progress.items()},
                 "baked": self.baked, "failure": self.failure, "interrupted": self.interrupted,
-                "targets": self.targets}
+                "targets": self.targets, "weights": self.weights}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeployState":
@@ -393,6 +394,7 @@ class DeployState:
                        batch=data["batch"], phase=data["phase"],
                        progress={n: NodeProgress(**p) for n, p in data["progress"].items()},
                        baked=data["baked"], failure=data.get("failure"),
-                       interrupted=data.get("interrupted", False), targets=data.get("targets", []))
+                       interrupted=data.get("interrupted", False), targets=data.get("targets", []),
+                       weights=data.get("weights", {}))
         except (KeyError, TypeError, IndexError, AttributeError):
             raise DeployError("not a deploy state file written by this lb") from None

@@ -133,7 +133,8 @@ class Deployer:
         self.state = DeployState(
             options=self.opts.to_dict(), batches=batches,
             old_versions={s["name"]: s["version"] for s in servers},
-            addresses={s["name"]: parse_hostport(s["address"]) for s in servers}, targets=self.admin.labels)
+            addresses={s["name"]: parse_hostport(s["address"]) for s in servers}, targets=self.admin.labels,
+            weights={s["name"]: s["weight"] for s in servers})
         return batches, [*notes, *fleet_notes]
 
     async def run(self) -> int:
@@ -253,8 +254,18 @@ class Deployer:
             await run_command(command, command_env(values), timeout_s, self.log, name)
             return
         line = step.admin.format(name=name, version=values["version"], timeout=f"{timeout_s:g}")
+        # A fleet puts a node back at weight 0, and gives it its weight once it is up on every lb:
+        # otherwise the lb whose health checks pass first sends new users to the new version while
+        # another lb has none of it yet, and a user who goes there with the new pin is sent back
+        # (tests/e2e/test_fleet.py saw it). What is left is the gap between the lbs' replies to
+        # `set weight`, milliseconds, instead of a health check interval or more.
+        hold = len(self.admin.members) > 1
         try:
+            if hold and step.name == "ready":
+                await self.admin.ok(f"set weight {name} 0")
             await self.admin.ok(line, timeout_s + REPLY_SLACK_S)
+            if hold and step.name == "wait up":
+                await self.admin.ok(f"set weight {name} {self.state.weights.get(name, 1)}")
         except Unreachable as exc:
             raise StepFailed(exc.message) from None
 

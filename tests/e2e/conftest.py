@@ -17,11 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lb.demo.backend import start_detached, stop_pidfile
 from lb.demo.users import Users
 from lb.deploy.client import request
 from lb.procs import become_subreaper, children, gone  # noqa: F401  (the tests import them from here)
@@ -410,3 +412,47 @@ def client_context(ca, minimum=ssl.TLSVersion.TLSv1_2, maximum=None) -> ssl.SSLC
     if maximum is not None:
         context.maximum_version = maximum
     return context
+
+
+class Fleet:
+    """Backends (a fleet of nodes) started the way a deploy's update command restarts them:
+    detached, with pidfiles. The `fleet` fixture makes them: fleet(10)."""
+
+    def __init__(self, directory, count: int, version: str = "v1"):
+        self.dir = directory
+        self.names = [f"web{i}" for i in range(1, count + 1)]
+        self.ports = {name: free_port() for name in self.names}
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda name: self.start(name, version), self.names))
+
+    def pidfile(self, name: str) -> str:
+        return str(self.dir / f"{name}.pid")
+
+    def start(self, name: str, version: str) -> None:
+        start_detached(["--listen", f"127.0.0.1:{self.ports[name]}", "--version", version, "--name", name],
+                       self.pidfile(name), None)
+
+    def configs(self) -> list[dict]:
+        return [{"name": n, "address": f"127.0.0.1:{self.ports[n]}", "version": "v1"} for n in self.names]
+
+    def update_command(self, extra: str = "") -> str:
+        """The update command: stop the node's backend, start the new version in its place."""
+        return (f"{PYTHON} -m lb.cli backend --listen {{host}}:{{port}} --version {{version}} --name {{name}} "
+                f"--pidfile {self.dir}/{{name}}.pid --replace --detach {extra}").strip()
+
+    def stop(self) -> None:
+        for name in self.names:
+            stop_pidfile(self.pidfile(name))
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleets = []
+
+    def make(count: int) -> Fleet:
+        fleets.append(Fleet(tmp_path, count))
+        return fleets[-1]
+
+    yield make
+    for made in fleets:
+        made.stop()

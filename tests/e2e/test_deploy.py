@@ -6,61 +6,17 @@ import json
 import signal
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lb.demo.backend import read_pidfile, start_detached, stop_pidfile
+from lb.demo.backend import read_pidfile
 from lb.demo.users import Users
 from lb.deploy.plan import STEPS
 
-from conftest import PYTHON, ROOT, Lb, client_context, free_port, write_cert
+from conftest import PYTHON, ROOT, Lb, client_context, write_cert
 
 FAST = {"health": {"interval": "200ms", "timeout": "500ms", "rise": 1, "fall": 2}, "slow_start": "0s"}
 DEPLOY_TIMEOUT_S = 120
-
-
-class Fleet:
-    """Backends started the way the update command restarts them: detached, with pidfiles."""
-
-    def __init__(self, directory, count: int, version: str = "v1"):
-        self.dir = directory
-        self.names = [f"web{i}" for i in range(1, count + 1)]
-        self.ports = {name: free_port() for name in self.names}
-        with ThreadPoolExecutor(count) as pool:
-            list(pool.map(lambda name: self.start(name, version), self.names))
-
-    def pidfile(self, name: str) -> str:
-        return str(self.dir / f"{name}.pid")
-
-    def start(self, name: str, version: str) -> None:
-        start_detached(["--listen", f"127.0.0.1:{self.ports[name]}", "--version", version, "--name", name],
-                       self.pidfile(name), None)
-
-    def configs(self) -> list[dict]:
-        return [{"name": n, "address": f"127.0.0.1:{self.ports[n]}", "version": "v1"} for n in self.names]
-
-    def update_command(self, extra: str = "") -> str:
-        """The update command: stop the node's backend, start the new version in its place."""
-        return (f"{PYTHON} -m lb.cli backend --listen {{host}}:{{port}} --version {{version}} --name {{name}} "
-                f"--pidfile {self.dir}/{{name}}.pid --replace --detach {extra}").strip()
-
-    def stop(self) -> None:
-        for name in self.names:
-            stop_pidfile(self.pidfile(name))
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleets = []
-
-    def make(count: int) -> Fleet:
-        fleets.append(Fleet(tmp_path, count))
-        return fleets[-1]
-
-    yield make
-    for made in fleets:
-        made.stop()
 
 
 def sessions(lb, users: int, tls=None) -> Users:

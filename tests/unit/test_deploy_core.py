@@ -201,12 +201,16 @@ def test_only_lb_made_failures_count_against_a_deploy():
 
 def test_state_round_trips_and_rejects_strangers():
     state = DeployState(options=opts().to_dict(), batches=[Batch(("web1",), True), Batch(("web2", "web3"), False)],
-                        old_versions={"web1": "v1"}, addresses={"web1": ("127.0.0.1", 9001)}, batch=1)
+                        old_versions={"web1": "v1"}, addresses={"web1": ("127.0.0.1", 9001)}, batch=1,
+                        targets=["a.sock", "ssh://lb2/b.sock"], weights={"web1": 5})
     state.node("web2").done = 3
     state.node("web2").running = True
     back = DeployState.from_dict(state.to_dict())
     assert back.to_dict() == state.to_dict() and back.node("web2") == NodeProgress(done=3, running=True)
     assert Options(**back.options) == opts()
+    assert (back.targets, back.weights) == (["a.sock", "ssh://lb2/b.sock"], {"web1": 5})
+    older = {k: v for k, v in state.to_dict().items() if k not in ("targets", "weights")}   # before issue 19
+    assert (DeployState.from_dict(older).targets, DeployState.from_dict(older).weights) == ([], {})
     for bad in ({}, {"format": 2}, {"format": 1, "phase": "dancing"}):
         with pytest.raises(DeployError):
             DeployState.from_dict(bad)
