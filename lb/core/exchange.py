@@ -1,5 +1,6 @@
-"""The decisions of one proxied exchange: how a response is framed to the client, and
-whether a failed request may be tried again. No I/O; lb/proxy/exchange.py acts on them.
+"""The decisions of one proxied exchange: how a response is framed to the client,
+whether a failed request may be tried again, and when a request body is late. No I/O;
+lb/proxy/exchange.py, client.py and h2client.py act on them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ NO_BODY, RAW, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 # Why a try failed
 CONNECT_FAILED = "connect"          # no connection to the backend: nothing was sent
 LOST_BEFORE_RESPONSE = "lost"       # the connection closed before any response byte
+
+BODY_RATE_GRACE_S = 10.0            # before limits.min_body_rate applies
 
 
 def response_framing(method: bytes, request_version: bytes, status: int,
@@ -58,3 +61,14 @@ def may_retry(failure: str, tries: int, max_retries: int, idempotent: bool, body
     if failure == CONNECT_FAILED:
         return True
     return idempotent and body_held
+
+
+def body_deadline(config, now: float, started: float, received: int) -> float:
+    """When a request body being received (HTTP/1.1, or an HTTP/2 stream's) is late:
+    timeouts.client_idle after its last progress, and never past what the bytes received so
+    far earn at limits.min_body_rate after a grace (BODY_RATE_GRACE_S, at most client_idle)."""
+    idle = config.timeouts.client_idle
+    rate = config.limits.min_body_rate
+    if not rate:
+        return now + idle
+    return min(now + idle, started + min(BODY_RATE_GRACE_S, idle) + received / rate)

@@ -20,6 +20,7 @@ import logging
 from collections import deque
 
 from ..core import http1
+from ..core.exchange import body_deadline
 from ..core.errors import HttpError
 from ..tls import tls_fields
 from .exchange import Exchange
@@ -38,9 +39,10 @@ WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
 WEBSOCKET_CLOSE_WAIT_S = 2.0                    # for the client's side of the closing handshake
 LINGER_S = 2.0                                  # a lingering close: how long lb reads and drops,
 LINGER_MAX_BYTES = 1 << 20                      # and how much (a flood is then reset, as before)
-BODY_RATE_GRACE_S = 10.0                        # before limits.min_body_rate applies
+
 # Client deadline kinds
 HEAD, IDLE, BODY, TUNNEL, NONE = "head", "idle", "body", "tunnel", "none"
+
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -176,8 +178,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.deadline_kind is BODY:
             # Progress moves the body deadline on, but never past what the bytes received so
             # far earn at limits.min_body_rate: a trickle cannot hold both connections.
-            self.deadline = min(self.plane.now() + self.plane.config.timeouts.client_idle,
-                                self.body_earned_until())
+            self.deadline = body_deadline(self.plane.config, self.plane.now(), self.body_started, self.body_bytes)
 
     def _parse(self, data: bytes) -> None:
         """Feed the parser, but no further than MAX_PIPELINED waiting requests (HAProxy and
@@ -270,7 +271,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.deadline_kind = BODY
             self.body_started = now = self.plane.now()
             self.body_bytes = 0
-            self.deadline = min(now + self.plane.config.timeouts.client_idle, self.body_earned_until())
+            self.deadline = body_deadline(self.plane.config, now, now, 0)
         else:
             self.deadline_kind = NONE
             self.deadline = INFINITY
@@ -287,15 +288,6 @@ class ClientConnection(asyncio.BufferedProtocol):
     def on_request_body(self, data: bytes) -> None:
         self.body_bytes += len(data)
         self.reading.add_body(data)
-
-    def body_earned_until(self) -> float:
-        """When the body received so far stops covering limits.min_body_rate: after a grace
-        (BODY_RATE_GRACE_S, at most client_idle), the body must average that rate."""
-        rate = self.plane.config.limits.min_body_rate
-        if not rate:
-            return INFINITY
-        grace = min(BODY_RATE_GRACE_S, self.plane.config.timeouts.client_idle)
-        return self.body_started + grace + self.body_bytes / rate
 
     def on_request_end(self) -> None:
         exchange = self.reading

@@ -39,7 +39,7 @@ from hyperframe.frame import GoAwayFrame
 
 from ..core import h2head
 from ..core.errors import HttpError
-from ..core.exchange import NO_BODY
+from ..core.exchange import NO_BODY, body_deadline
 from .exchange import Exchange
 from .flow import FlowControl
 from .responses import error_fields
@@ -87,10 +87,13 @@ class StreamFlow(FlowControl):
     __slots__ = ()
 
     def _stop(self) -> None:
-        pass                  # H2Stream.data holds the acknowledgements while paused
+        # H2Stream.data holds the acknowledgements while paused; the client cannot send, so
+        # its body deadline waits too
+        self._target.body_paused()
 
     def _go(self) -> None:
         self._target.acknowledge_held()
+        self._target.body_resumed()
 
 
 class H2Stream:
@@ -111,6 +114,9 @@ class H2Stream:
         self.write_paused = False
         self.held_ack = 0              # DATA bytes received and not yet acknowledged
         self.received = 0
+        self.body_started = 0.0
+        self.body_received = 0         # since body_started (min_body_rate)
+        self.body_deadline = INFINITY  # while the request body is expected
         self.expected_length = expected_length
         self.outbox: deque[bytes] = deque()
         self.outbox_bytes = 0
@@ -175,8 +181,27 @@ class H2Stream:
             self.conn.stream_done(self)
 
     # -- from the connection -------------------------------------------------------------
+    def expect_body(self) -> None:
+        """The request has a body: it must come in time (timeouts.client_idle between pieces,
+        limits.min_body_rate on average, as over HTTP/1.1), or the stream gets a 408."""
+        self.body_started = now = self.plane.now()
+        self.body_received = 0
+        self.body_deadline = body_deadline(self.plane.config, now, now, 0)
+        self.conn.deadline = min(self.conn.deadline, self.body_deadline)
+
+    def body_paused(self) -> None:
+        self.body_deadline = INFINITY              # lb, not the client, holds the body up
+
+    def body_resumed(self) -> None:
+        if not self.closed and self.exchange is not None and not self.exchange.request_done:
+            self.expect_body()
+
     def data(self, data: bytes, flow_length: int) -> None:
         self.received += len(data)
+        if self.body_deadline != INFINITY:
+            self.body_received += len(data)
+            self.body_deadline = body_deadline(self.plane.config, self.plane.now(), self.body_started,
+                                               self.body_received)
         exchange = self.exchange
         if self.expected_length is not None and self.received > self.expected_length:
             self.malformed("more DATA than content-length")
@@ -189,6 +214,7 @@ class H2Stream:
         self.conn.h2.acknowledge_received_data(flow_length, self.id)
 
     def request_ended(self) -> None:
+        self.body_deadline = INFINITY
         if self.expected_length is not None and self.received != self.expected_length:
             self.malformed("DATA shorter than content-length")
             return
@@ -450,8 +476,11 @@ class H2ClientConnection:
             stream.exchange_done(None, False)
             return
         stream = self.streams[stream_id] = H2Stream(self, stream_id, head.content_length if has_body else None)
-        self.deadline = INFINITY
+        if len(self.streams) == 1:
+            self.deadline = INFINITY           # not idle; what is left is the streams' body deadlines
         exchange = stream.exchange = H2Exchange(self.plane, stream, head)
+        if has_body:
+            stream.expect_body()
         exchange.start()
         if not has_body and not exchange.finished:
             exchange.end_body()
@@ -529,9 +558,20 @@ class H2ClientConnection:
                                             else self.plane.config.timeouts.client_header)
 
     def on_timeout(self) -> None:
+        """The idle deadline (no stream), or the earliest stream body deadline: those past
+        due get a 408 (as over HTTP/1.1); the next one is the connection's deadline."""
         self.deadline = INFINITY
         if not self.streams:
             self.go_away()
+            return
+        now = self.plane.now()
+        for stream in [s for s in self.streams.values() if s.body_deadline <= now]:
+            stream.body_deadline = INFINITY
+            if stream.exchange is not None and not stream.exchange.finished:
+                stream.exchange.fail(HttpError("request body not received in time", 408))
+        if self.streams:
+            self.deadline = min(s.body_deadline for s in self.streams.values())
+        self.flush_soon()
 
     def go_away(self, code=ErrorCodes.NO_ERROR) -> None:
         """GOAWAY with the last stream lb will answer; the connection closes once those are

@@ -2,6 +2,7 @@
 client (tests/e2e/h2_client.py, the h2 library over an ssl socket) and curl."""
 
 import json
+import select
 import shutil
 import socket
 import ssl
@@ -205,6 +206,34 @@ def test_a_stream_past_the_concurrency_limit_is_refused_and_the_connection_goes_
         assert client.status(again) == 200
     finally:
         client.close()
+
+
+def test_a_request_body_trickled_below_the_minimum_rate_gets_408_on_its_stream_alone(spawn, tmp_path,
+                                                                                      module_backends, ca):
+    lb = spawn(Lb, tmp_path, [module_backends[0].config()], timeouts={"client_idle": "1s"},
+               limits={"min_body_rate": "1KiB/s"},
+               tls={"certs": [write_cert(ca, tmp_path, "main", "lb.example", "127.0.0.1")]})
+    client = H2Client(lb.port, client_context(ca))
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.responses[sid] = {"headers": None, "body": bytearray(), "keep": True}
+        client.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"lb.example"),
+                                       (b":path", b"/echo"), (b"content-length", b"1000000")], end_stream=False)
+        client.sock.sendall(client.conn.data_to_send())
+        started = time.monotonic()
+        while sid not in client.ended and sid not in client.resets and time.monotonic() - started < 10:
+            client.conn.send_data(sid, b"x")                 # a byte every 0.2 s: never idle, far too slow
+            client.sock.sendall(client.conn.data_to_send())
+            time.sleep(0.2)
+            while client.sock.pending() or select.select([client.sock], [], [], 0)[0]:
+                client.pump()
+        assert client.status(sid) == 408
+        other = client.request("/")                          # the connection goes on
+        client.wait([other])
+        assert client.status(other) == 200
+    finally:
+        client.close()
+    wait_for(lambda: lb.server("web1")["inflight"] == 0, 5, "the backend's request to end")
 
 
 def test_rapid_reset_gets_goaway_enhance_your_calm(h2_lb, ca):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lb.core.exchange import CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_BODY, RAW, UNTIL_CLOSE, may_retry, response_framing
+from lb.core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_BODY, RAW, UNTIL_CLOSE, body_deadline,
+                              may_retry, response_framing)
 
 CL = b"Content-Length: 5\r\n"
 TE = b"Transfer-Encoding: chunked\r\n"
@@ -50,3 +51,23 @@ RETRIES = [
 @pytest.mark.parametrize("failure, tries, retries, idempotent, held, started, client_open, expected", RETRIES)
 def test_may_retry(failure, tries, retries, idempotent, held, started, client_open, expected):
     assert may_retry(failure, tries, retries, idempotent, held, started, client_open) is expected
+
+
+class _Config:
+    def __init__(self, idle: float, rate: float):
+        self.timeouts = type("Timeouts", (), {"client_idle": idle})()
+        self.limits = type("Limits", (), {"min_body_rate": rate})()
+
+
+@pytest.mark.parametrize("idle, rate, now, started, received, deadline", [
+    (60, 0, 100.0, 100.0, 0, 160.0),             # no minimum rate: client_idle after the last piece
+    (60, 0, 130.0, 100.0, 5, 190.0),
+    (60, 1024, 100.0, 100.0, 0, 110.0),          # a grace of 10 s, then the rate
+    (60, 1024, 105.0, 100.0, 10240, 120.0),      # 10 KiB earn 10 s more
+    (60, 1024, 105.0, 100.0, 1 << 30, 165.0),    # well ahead of the rate: client_idle bounds it
+    (1, 1024, 100.0, 100.0, 0, 101.0),           # the grace is at most client_idle
+    (1, 1024, 100.5, 100.0, 256, 101.25),        # a trickle: 256 B earn 0.25 s; idle would give 101.5
+])
+def test_a_request_body_is_late_after_client_idle_or_below_the_minimum_rate(idle, rate, now, started, received,
+                                                                            deadline):
+    assert body_deadline(_Config(idle, rate), now, started, received) == pytest.approx(deadline)
