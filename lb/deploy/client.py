@@ -81,15 +81,5 @@ class AdminClient:
             writer.close()
         return _decode(raw)
 
-    async def ok(self, line: str, timeout_s: float = 30.0) -> dict:
-        """The reply of a command that must succeed. Raises StepFailed with lb's error."""
-        reply = await self.call(line, timeout_s)
-        if not reply.get("ok"):
-            raise StepFailed(f"lb refused '{line}': {reply.get('error')}")
-        return reply
-
-    async def servers(self) -> list[dict]:
-        return (await self.ok("show servers"))["servers"]
-
     async def close(self) -> None:
         """Nothing to close: a connection per command (SshAdminClient keeps relays)."""

@@ -161,10 +161,10 @@ def merge_servers(per_lb: dict[str, list[dict]]) -> list[dict]:
     version, state and health of it."""
     merged = []
     first = next(iter(per_lb.values()), [])
+    by_lb = {label: {s["name"]: s for s in servers} for label, servers in per_lb.items()}
     for row in first:
         name = row["name"]
-        rows = {label: by_name[name] for label, by_name in
-                ((label, {s["name"]: s for s in servers}) for label, servers in per_lb.items()) if name in by_name}
+        rows = {label: by_name[name] for label, by_name in by_lb.items() if name in by_name}
         worst = next((r for r in rows.values() if not in_service(r)), row)
         merged.append({**worst, "on": {label: {"version": r["version"], "state": r["state"], "health": r["health"]}
                                        for label, r in rows.items()}})

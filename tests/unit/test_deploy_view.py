@@ -28,6 +28,19 @@ def test_the_summary_table_names_the_failure_and_every_node():
     assert lines[-1] == "  log: lb-deploy.log"
 
 
+def test_a_fleet_report_names_the_lost_lb_and_where_the_lbs_differ_per_node():
+    up = {"version": "v1", "state": "ready", "health": "up"}
+    report = {**REPORT, "lbs": ["a.sock", "b.sock", "c.sock"], "lost": {"c.sock": "cannot reach lb"},
+              "nodes": [{**REPORT["nodes"][0], "on": {"a.sock": up, "b.sock": up,
+                                                      "c.sock": {**up, "version": "v2", "lost": True}}},
+                        {**REPORT["nodes"][1], "on": {"a.sock": up, "b.sock": up}}]}
+    lines = format_report(report).splitlines()
+    assert "  lb c.sock stopped answering (cannot reach lb); what it last said of each node is below" in lines
+    assert ("  web1 per lb: a.sock v1 ready/up; b.sock v1 ready/up; c.sock v2 ready/up (lost, last seen)"
+            in lines)
+    assert not any(line.startswith("  web10 per lb") for line in lines)      # the lbs agree on it
+
+
 def test_json_view_writes_one_event_a_line_and_the_table_to_stderr():
     out, err = io.StringIO(), io.StringIO()
     view = JsonView(out, err)
