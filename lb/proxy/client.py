@@ -507,6 +507,13 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         reading = self.reading
         if kind is BODY and reading is not None and not reading.request_done:
+            if self.flow.held_by("upstream", "buffer"):
+                # lb is not reading: its backend is slow to take the body (or not connected
+                # yet). The client is not late; its clock starts again.
+                now = self.plane.now()
+                self.body_started, self.body_bytes = now, 0
+                self.deadline = body_deadline(self.plane.config, now, now, 0)
+                return
             self._parse_error(HttpError("request body not received in time", 408))
             return
         self.close()

@@ -32,6 +32,10 @@ class FlowControl:
     def paused(self) -> bool:
         return bool(self._reasons)
 
+    def held_by(self, *reasons: str) -> bool:
+        """Whether any of these reasons holds."""
+        return any(reason in self._reasons for reason in reasons)
+
     def resume_all(self) -> None:
         if self._reasons:
             self._reasons = ()

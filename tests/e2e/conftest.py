@@ -351,6 +351,7 @@ class FakeBackend:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.requests: list[bytes] = []     # proxied request heads (health checks apart)
+        self.rest = b""                     # what came after the last head in the same reads
         self.health_checks = 0
         self.behaviour = behaviour or (lambda conn, head: None)
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -378,7 +379,7 @@ class FakeBackend:
                 except OSError:
                     continue
                 if b"\r\n\r\n" in buffer:
-                    head = buffer.split(b"\r\n\r\n", 1)[0]
+                    head, self.rest = buffer.split(b"\r\n\r\n", 1)
                     if b"User-Agent: lb-health" in head:
                         self.health_checks += 1
                         continue
@@ -387,6 +388,21 @@ class FakeBackend:
 
     def stop(self) -> None:
         self.sock.close()
+
+
+def read_late_then_answer(conn, head: bytes, got: int) -> None:
+    """A backend that takes a big body only after 3 s (`got`: the bytes of it read with the
+    head), then answers 200 with its size."""
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    time.sleep(3)                                    # not reading: lb's buffers towards it fill up
+    conn.settimeout(30)
+    while got < length:
+        data = conn.recv(1 << 20)
+        if not data:
+            return
+        got += len(data)
+    body = b"%d" % got
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def steady_load(lb: Lb, workers: int = 6, tls=None) -> Users:

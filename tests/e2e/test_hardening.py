@@ -12,7 +12,7 @@ import pytest
 
 from lb.demo.users import Users
 
-from conftest import FakeBackend, Lb, RawClient, steady_load, wait_for
+from conftest import FakeBackend, Lb, RawClient, read_late_then_answer, steady_load, wait_for
 
 RSS_GROWTH_LIMIT_MIB = 16          # what lb may grow by (VmHWM) during one attack
 
@@ -253,6 +253,23 @@ def test_a_body_trickled_below_the_minimum_rate_is_408_and_frees_the_backend(spa
         resp = client.response()
         assert resp.status == 408
     wait_for(lambda: lb.server("web1")["inflight"] == 0, 5, "the backend's request to end")
+
+
+def test_a_body_that_the_backend_is_slow_to_take_is_not_blamed_on_the_client(spawn, tmp_path):
+    """lb stops reading the client while its backend does not take the body: that is no
+    reason for a 408, whatever client_idle and min_body_rate say."""
+    fake = FakeBackend()
+    fake.behaviour = lambda conn, head: read_late_then_answer(conn, head, len(fake.rest))
+    try:
+        lb = spawn(Lb, tmp_path, [{"name": "slow", "address": fake.address}],
+                   timeouts={"client_idle": "1s"}, limits={"min_body_rate": "1KiB/s"})
+        size = 64 << 20                              # far more than the socket buffers on the way
+        with RawClient(lb.port, timeout_s=30) as client:
+            client.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size + bytes(size))
+            resp = client.response()
+            assert resp.status == 200 and resp.body == b"%d" % size
+    finally:
+        fake.stop()
 
 
 def select_readable(sock) -> bool:
