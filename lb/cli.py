@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     ctl = sub.add_parser("ctl", help="send one admin command to one or more lbs and print the replies")
-    ctl.add_argument("-s", "--socket", action="append", help=TARGET_HELP)
+    ctl.add_argument("-s", "--socket", action="append", metavar="TARGET", help=TARGET_HELP)
     ctl.add_argument("--stdio", action="store_true", help="relay command lines from stdin to -s SOCKET, "
                      "a reply a line (what lb runs over ssh)")
     ctl.add_argument("--ssh-command", default="ssh", help="run instead of ssh for ssh:// targets")
@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "--to, a canary first, then --batch at a time; roll back on trouble. "
                             "Exit 0 done, 1 failed and rolled back, 2 bad arguments or lb "
                             "unreachable, 3 failed and not fully rolled back, 130 interrupted.")
-    deploy.add_argument("-s", "--socket", action="append", help=TARGET_HELP + "; every step goes to every lb")
+    deploy.add_argument("-s", "--socket", action="append", metavar="TARGET",
+                        help=TARGET_HELP + "; every step goes to every lb")
     deploy.add_argument("--ssh-command", default="ssh", help="run instead of ssh for ssh:// targets")
     deploy.add_argument("--lb-timeout", default="30s", help="how long an lb may not answer (a restart) before "
                         "the step fails (default 30s)")
