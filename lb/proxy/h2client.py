@@ -17,12 +17,14 @@ Flow control, both ways, per stream:
   past STREAM_WRITE_HIGH the stream's upstream stops being read, and reading resumes when it
   drains. A slow stream pauses its own backend, never the connection.
 
-Limits: MAX_CONCURRENT_STREAMS (a stream past it is refused: REFUSED_STREAM), the header list size (limits.max_header_bytes), h2's cap on
-CONTINUATION frames per header block and its bounded HPACK table; streams reset by the
-client, PINGs and SETTINGS are counted per second, and past their caps the connection gets
-GOAWAY ENHANCE_YOUR_CALM (the 2023 rapid-reset attack). A connection with no stream for
-timeouts.client_idle is closed. At a stop or an upgrade each connection gets GOAWAY with the
-last stream it will answer, and closes once those streams are done.
+Limits: MAX_CONCURRENT_STREAMS (a stream past it is refused: REFUSED_STREAM), the header
+list size (limits.max_header_bytes), h2's cap on CONTINUATION frames per header block and
+its bounded HPACK table; streams reset by the client, PINGs and SETTINGS are counted per
+second, and past their caps the connection gets GOAWAY ENHANCE_YOUR_CALM (the 2023
+rapid-reset attack). A request body must come in time, per stream, as over HTTP/1.1 (else
+a 408). A connection with no stream for timeouts.client_idle is closed. At a stop or an
+upgrade each connection gets GOAWAY with the last stream it will answer, and closes once
+those streams are done.
 """
 
 from __future__ import annotations
