@@ -124,6 +124,7 @@ class H2Stream:
         self.outbox_bytes = 0
         self.end_pending = False       # END_STREAM goes after the outbox
         self.ended = False             # END_STREAM sent
+        self.client_ended = False      # the client's END_STREAM came (the request is whole)
         self.done = False              # the exchange is over (the outbox may still be sending)
 
     # -- what an exchange and its upstream use ----------------------------------------
@@ -216,6 +217,7 @@ class H2Stream:
         self.conn.h2.acknowledge_received_data(flow_length, self.id)
 
     def request_ended(self) -> None:
+        self.client_ended = True
         self.body_deadline = INFINITY
         if self.expected_length is not None and self.received != self.expected_length:
             self.malformed("DATA shorter than content-length")
@@ -472,12 +474,14 @@ class H2ClientConnection:
             return
         except HttpError as exc:
             stream = self.streams[stream_id] = H2Stream(self, stream_id, None)
+            stream.client_ended = not has_body
             self.plane.failed[str(exc.status)] += 1
             self.plane.access_log.write_error(stream, exc)
             stream.send_error(exc)
             stream.exchange_done(None, False)
             return
         stream = self.streams[stream_id] = H2Stream(self, stream_id, head.content_length if has_body else None)
+        stream.client_ended = not has_body
         if len(self.streams) == 1:
             self.deadline = INFINITY           # not idle; what is left is the streams' body deadlines
         exchange = stream.exchange = H2Exchange(self.plane, stream, head)
@@ -513,6 +517,12 @@ class H2ClientConnection:
             if not outbox and stream.end_pending and not stream.ended:
                 stream.ended = True
                 conn.end_stream(stream.id)
+            if stream.ended and not stream.client_ended:
+                # The response is whole and the request is not (a 408, a backend that answered
+                # early): the client may stop sending (RFC 9113 8.1), and the stream is closed.
+                stream.closed = True
+                stream.body_deadline = INFINITY
+                conn.reset_stream(stream.id, ErrorCodes.NO_ERROR)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream.closed = True
             outbox.clear()

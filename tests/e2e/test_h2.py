@@ -231,6 +231,8 @@ def test_a_request_body_trickled_below_the_minimum_rate_gets_408_on_its_stream_a
         other = client.request("/")                          # the connection goes on
         client.wait([other])
         assert client.status(other) == 200
+        # after the whole response, RST_STREAM NO_ERROR tells the client to stop sending (RFC 9113 8.1)
+        assert client.resets.get(sid) == h2.errors.ErrorCodes.NO_ERROR
     finally:
         client.close()
     wait_for(lambda: lb.server("web1")["inflight"] == 0, 5, "the backend's request to end")
