@@ -28,6 +28,7 @@ _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")      # a field name, lowerc
 _BAD_VALUE = re.compile(rb"[\r\n\x00]|^[ \t]|[ \t]$")
 RESPONSE_DROPPED = CONNECTION_SPECIFIC | {b"content-length"}    # content-length is added from the head
 SENSITIVE = frozenset({b"set-cookie", b"authorization", b"proxy-authorization"})
+UNCACHED = SENSITIVE | {b"cookie"}     # per-user values: never kept in the caches below
 _STATIC: dict = {}                     # HPACK's static table: (name, value) and name -> its index
 for _index, _field in enumerate(HeaderTable.STATIC_TABLE, 1):
     _STATIC.setdefault(_field, _index)
@@ -69,7 +70,7 @@ def request_head(fields: list, has_body: bool) -> http1.RequestHead:
         kind = checked.get(field)
         if kind is None:
             kind = _check_field(name, field[1])
-            if len(field[1]) <= FIELD_CACHE_VALUE_MAX:
+            if len(field[1]) <= FIELD_CACHE_VALUE_MAX and name not in UNCACHED:
                 if len(checked) >= FIELD_CACHE_MAX:
                     checked.clear()
                 checked[field] = kind
@@ -199,7 +200,7 @@ class ResponseEncoder:
             encoded = cache.get(field)
             if encoded is None:
                 encoded = encode_field(field[0], field[1])
-                if len(field[1]) <= FIELD_CACHE_VALUE_MAX:
+                if len(field[1]) <= FIELD_CACHE_VALUE_MAX and field[0] not in UNCACHED:
                     if len(cache) >= FIELD_CACHE_MAX:
                         cache.clear()
                     cache[field] = encoded

@@ -148,3 +148,13 @@ def test_the_field_cache_is_bounded(monkeypatch):
     encoder.encode([(b"x-big", b"v" * (h2head.FIELD_CACHE_VALUE_MAX + 1))])
     assert 0 < len(h2head._encoded) <= h2head.FIELD_CACHE_MAX
     assert (b"x-big", b"v" * (h2head.FIELD_CACHE_VALUE_MAX + 1)) not in h2head._encoded
+
+
+def test_per_user_values_are_never_kept_in_the_caches(monkeypatch):
+    monkeypatch.setattr(h2head, "_encoded", {})
+    monkeypatch.setattr(h2head, "_checked", {})
+    ResponseEncoder().encode([(b"set-cookie", b"session=secret"), (b"x-app", b"1")])
+    request_head(BASE + [(b"cookie", b"session=secret"), (b"authorization", b"Bearer t"), (b"x-a", b"1")],
+                 has_body=False)
+    assert list(h2head._encoded) == [(b"x-app", b"1")]
+    assert list(h2head._checked) == [(b"x-a", b"1")]
