@@ -289,6 +289,9 @@ def _listen_list(raw: Any, path: str, source: str) -> tuple[ListenerConfig, ...]
             raise ConfigError(f"{source}: {where}.redirect_https: a TLS listener serves HTTPS itself, got true")
         if listener.tls is not None and listener.http2:
             raise ConfigError(f"{source}: {where}.http2: a TLS listener offers HTTP/2 by tls.alpn, got true")
+        if listener.redirect_https and listener.http2:
+            raise ConfigError(f"{source}: {where}.http2: a redirect_https listener answers only 308; "
+                              "h2c on it would bypass the redirect, got true")
         if any(other.address == listener.address for other in listeners):
             raise ConfigError(f"{source}: {where}.address: listed twice, got {format_hostport(*listener.address)!r}")
         listeners.append(listener)

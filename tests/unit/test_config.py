@@ -80,6 +80,9 @@ BAD = [
      "lb.yaml: listen[0].redirect_https: a TLS listener serves HTTPS itself, got true"),
     (MINIMAL + "listen: [{address: 127.0.0.1:80, redirect_https: maybe}]\n",
      "lb.yaml: listen[0].redirect_https: expected true or false, got 'maybe'"),
+    (MINIMAL + "listen: [127.0.0.1:8080, {address: 127.0.0.1:80, redirect_https: true, http2: true}]\n",
+     "lb.yaml: listen[1].http2: a redirect_https listener answers only 308; h2c on it would bypass the "
+     "redirect, got true"),
     ("backends:\n  - {name: a, address: '127.0.0.1:1', tls: {verify: sometimes}}\n",
      "lb.yaml: backends[0].tls.verify: expected true or false, got 'sometimes'"),
     ("backends:\n  - {name: a, address: '127.0.0.1:1', tls: {sni: 'a b'}}\n",
@@ -164,6 +167,8 @@ def test_lb_serve_with_a_typo_exits_2_with_one_line(tmp_path):
 @pytest.mark.parametrize("extra, code, output", [
     ("", 0, "ok, 1 backends"),
     ("retries: many\n", 2, "retries: expected an integer from 0 to 10, got 'many'"),
+    ("listen: [{address: 127.0.0.1:80, redirect_https: true, http2: true}]\n", 2,
+     "listen[0].http2: a redirect_https listener answers only 308"),
 ])
 def test_lb_check(tmp_path, extra, code, output):
     path = tmp_path / "lb.yaml"
