@@ -189,6 +189,12 @@ def _text(value: Any) -> str:
     return value
 
 
+def _auto_or_bool(value: Any) -> str | bool:
+    if value != "auto" and not isinstance(value, bool):
+        raise InvalidValue(f"expected auto, true or false, got {value!r}")
+    return value
+
+
 def _log_target(value: Any) -> str:
     # YAML 1.1 reads a bare `off` as False; DESIGN.md writes `access_log: off`.
     if value is False:
@@ -252,11 +258,46 @@ def _cert_list(raw: Any, path: str, source: str) -> tuple[CertConfig, ...]:
     return tuple(build(CertConfig, item, f"{path}[{i}]", source) for i, item in enumerate(raw))
 
 
+YEAR_S = 365 * 86400.0
+# Mozilla's "intermediate" TLS 1.2 list: forward secrecy and AEAD only (no CBC: LUCKY13).
+# Mozilla also lists DHE-RSA-AES128/256-GCM and DHE-RSA-CHACHA20; lb sets no DH parameters,
+# so OpenSSL could never choose them, and they are left out. TLS 1.3 suites are not set here.
+INTERMEDIATE_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+
+
+def _max_age(value: Any) -> float:
+    """A duration, or whole years ('1y': 365 days, as hstspreload.org counts)."""
+    match = re.fullmatch(r"(\d+)y", value.strip()) if isinstance(value, str) else None
+    if match:
+        return int(match.group(1)) * YEAR_S
+    try:
+        return parse_duration(value)
+    except InvalidValue:
+        raise InvalidValue(f"expected a duration like 1y, 180d or 1h, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class HstsConfig:
+    """Strict-Transport-Security, on every response of a TLS listener."""
+    max_age: float = _field(YEAR_S, _max_age)
+    include_subdomains: bool = _field(False, _bool)
+    preload: bool = _field(False, _bool)
+
+    @property
+    def header_value(self) -> bytes:
+        return (b"max-age=%d" % self.max_age + (b"; includeSubDomains" if self.include_subdomains else b"")
+                + (b"; preload" if self.preload else b""))
+
+
 @dataclass(frozen=True)
 class ListenerTlsConfig:
     certs: tuple[CertConfig, ...] = _list_field(None, _cert_list)   # chosen by SNI; the first is the default
     min_version: str = _field("TLSv1.2", _one_of(*TLS_VERSIONS))
     alpn: tuple[str, ...] = _field(("h2", "http/1.1"), _alpn_list)      # lb prefers the first the client offers
+    ciphers: str = _field(INTERMEDIATE_CIPHERS, _text)     # OpenSSL's syntax; lb/tls.py checks it at load
+    hsts: HstsConfig | None = _optional(HstsConfig)        # off unless set
 
 
 @dataclass(frozen=True)
@@ -269,6 +310,22 @@ class ListenerConfig:
     @property
     def scheme(self) -> str:
         return "https" if self.tls is not None else "http"
+
+
+def _check_listener(listener: ListenerConfig, where: str) -> None:
+    """The rules between a listener's keys. Raises ConfigError."""
+    if listener.tls is not None and listener.redirect_https:
+        raise ConfigError(f"{where}.redirect_https: a TLS listener serves HTTPS itself, got true")
+    if listener.tls is not None and listener.http2:
+        raise ConfigError(f"{where}.http2: a TLS listener offers HTTP/2 by tls.alpn, got true")
+    if listener.redirect_https and listener.http2:
+        raise ConfigError(f"{where}.http2: a redirect_https listener answers only 308; "
+                          "h2c on it would bypass the redirect, got true")
+    hsts = listener.tls.hsts if listener.tls is not None else None
+    if hsts is not None and hsts.preload and (not hsts.include_subdomains or hsts.max_age < YEAR_S):
+        raise ConfigError(f"{where}.tls.hsts.preload: hstspreload.org requires include_subdomains: true "
+                          f"and max_age of at least 1y, got include_subdomains: {str(hsts.include_subdomains).lower()}, "
+                          f"max_age: {hsts.max_age:.0f}s")
 
 
 def _listen_list(raw: Any, path: str, source: str) -> tuple[ListenerConfig, ...]:
@@ -285,13 +342,7 @@ def _listen_list(raw: Any, path: str, source: str) -> tuple[ListenerConfig, ...]
                 listener = ListenerConfig(address=parse_hostport(item))
             except InvalidValue as exc:
                 raise ConfigError(f"{source}: {where}: {exc}") from None
-        if listener.tls is not None and listener.redirect_https:
-            raise ConfigError(f"{source}: {where}.redirect_https: a TLS listener serves HTTPS itself, got true")
-        if listener.tls is not None and listener.http2:
-            raise ConfigError(f"{source}: {where}.http2: a TLS listener offers HTTP/2 by tls.alpn, got true")
-        if listener.redirect_https and listener.http2:
-            raise ConfigError(f"{source}: {where}.http2: a redirect_https listener answers only 308; "
-                              "h2c on it would bypass the redirect, got true")
+        _check_listener(listener, f"{source}: {where}")
         if any(other.address == listener.address for other in listeners):
             raise ConfigError(f"{source}: {where}.address: listed twice, got {format_hostport(*listener.address)!r}")
         listeners.append(listener)
@@ -377,6 +428,7 @@ class PinningConfig:
     cookie: str = _field("lb_version", _matching(re.compile(r"^[A-Za-z0-9_-]{1,64}$"), "a cookie name"))
     max_age: float = _field(86400.0, parse_duration)
     max_overload: float = _field(1.5, _float_range(1.0, 100.0))
+    secure: str | bool = _field("auto", _auto_or_bool)     # the cookie's Secure; auto: on TLS listeners
 
 
 @dataclass(frozen=True)

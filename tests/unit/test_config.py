@@ -78,6 +78,20 @@ BAD = [
      "lb.yaml: listen[0].tls.alpn: expected a list of protocols from h2, http/1.1, got ['spdy/3']"),
     (MINIMAL + "listen: [{address: 127.0.0.1:443, redirect_https: true, tls: {certs: [{cert: a, key: b}]}}]\n",
      "lb.yaml: listen[0].redirect_https: a TLS listener serves HTTPS itself, got true"),
+    (MINIMAL + "pinning: {secure: sometimes}\n", "lb.yaml: pinning.secure: expected auto, true or false, got 'sometimes'"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}], ciphers: ''}}]\n",
+     "lb.yaml: listen[0].tls.ciphers: expected a non-empty string, got ''"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}], hsts: {max_age: forever}}}]\n",
+     "lb.yaml: listen[0].tls.hsts.max_age: expected a duration like 1y, 180d or 1h, got 'forever'"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}], hsts: {maxage: 1y}}}]\n",
+     "lb.yaml: listen[0].tls.hsts.maxage: unknown key (known keys: max_age, include_subdomains, preload)"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}], hsts: {preload: true}}}]\n",
+     "lb.yaml: listen[0].tls.hsts.preload: hstspreload.org requires include_subdomains: true and max_age of at "
+     "least 1y, got include_subdomains: false, max_age: 31536000s"),
+    (MINIMAL + "listen: [{address: 127.0.0.1:443, tls: {certs: [{cert: a, key: b}],"
+     " hsts: {preload: true, include_subdomains: true, max_age: 180d}}}]\n",
+     "lb.yaml: listen[0].tls.hsts.preload: hstspreload.org requires include_subdomains: true and max_age of at "
+     "least 1y, got include_subdomains: true, max_age: 15552000s"),
     (MINIMAL + "listen: [{address: 127.0.0.1:80, redirect_https: maybe}]\n",
      "lb.yaml: listen[0].redirect_https: expected true or false, got 'maybe'"),
     (MINIMAL + "listen: [127.0.0.1:8080, {address: 127.0.0.1:80, redirect_https: true, http2: true}]\n",
@@ -134,6 +148,33 @@ def test_listeners_plain_tls_and_redirecting():
     assert secure.scheme == "https" and [c.cert for c in secure.tls.certs] == ["a.pem", "b.pem"]
     assert (secure.tls.min_version, secure.tls.alpn) == ("TLSv1.3", ("h2", "http/1.1"))
     assert redirect.redirect_https and redirect.tls is None
+
+
+def test_tls_listener_defaults_mozilla_intermediate_ciphers_and_no_hsts():
+    config = parse_config(MINIMAL + "listen: [{address: 0.0.0.0:443, tls: {certs: [{cert: a.pem, key: a.key}]}}]\n")
+    tls = config.listen[0].tls
+    assert tls.hsts is None and config.pinning.secure == "auto"
+    assert tls.ciphers.split(":") == [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305"]
+
+
+@pytest.mark.parametrize("hsts, value", [
+    ("{}", b"max-age=31536000"),
+    ("{max_age: 180d, include_subdomains: true}", b"max-age=15552000; includeSubDomains"),
+    ("{max_age: 2y, include_subdomains: true, preload: true}", b"max-age=63072000; includeSubDomains; preload"),
+    ("{max_age: 0}", b"max-age=0"),
+])
+def test_hsts_header_values(hsts, value):
+    config = parse_config(MINIMAL + "listen: [{address: 0.0.0.0:443, tls: {certs: [{cert: a.pem, key: a.key}],"
+                          f" hsts: {hsts}, ciphers: 'ECDHE+AESGCM'}}}}]\n")
+    assert config.listen[0].tls.hsts.header_value == value
+    assert config.listen[0].tls.ciphers == "ECDHE+AESGCM"
+
+
+@pytest.mark.parametrize("text, secure", [("auto", "auto"), ("true", True), ("false", False), ("on", True)])
+def test_pinning_secure_auto_true_or_false(text, secure):
+    assert parse_config(MINIMAL + f"pinning: {{secure: {text}}}\n").pinning.secure == secure
 
 
 def test_a_backend_tls_section_defaults_to_verifying():
