@@ -8,7 +8,9 @@ a server name), hands the handshake to the context of the certificate whose name
 per-certificate contexts and swaps the list the callback reads: a context in use is never
 changed, established connections keep theirs, and session tickets (keyed by the dispatcher)
 stay valid. The settings that belong to the dispatcher itself (min_version, alpn) change only
-with the listener, at an upgrade or restart.
+with the listener, at an upgrade or restart, and so do `ciphers`: every context gets them,
+since OpenSSL picks the cipher from the context the callback chose (checked: a list set on
+the dispatcher alone is ignored), and a reload keeps the running listener's settings.
 
 `cryptography` reads the certificates (names, expiry, fingerprint): `ssl` loads a
 certificate to serve it but cannot show it.
@@ -75,24 +77,31 @@ def read_cert(path: str, where: str) -> CertInfo:
                     ":".join(digest[i:i + 2] for i in range(0, len(digest), 2)))
 
 
-def _server_context(tls: ListenerTlsConfig) -> ssl.SSLContext:
+def _server_context(tls: ListenerTlsConfig, where: str) -> ssl.SSLContext:
     """OpenSSL's secure defaults (no compression, no renegotiation by clients, tickets on;
-    0-RTT is never offered: Python's ssl does not enable early data), TLS 1.2 at least."""
+    0-RTT is never offered: Python's ssl does not enable early data), TLS 1.2 at least, with
+    `tls.ciphers` for TLS 1.2. Raises ConfigError when OpenSSL can choose none of them."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _VERSIONS[tls.min_version]
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(list(tls.alpn))
+    try:
+        context.set_ciphers(tls.ciphers)
+    except ssl.SSLError:
+        raise ConfigError(f"{where}.tls.ciphers: OpenSSL can choose no cipher from {tls.ciphers!r}") from None
     return context
 
 
 class Certificate:
     """A certificate and its key, loaded: its context and what it says of itself."""
 
-    def __init__(self, tls: ListenerTlsConfig, cert_path: str, key_path: str, where: str, now: float):
+    def __init__(self, tls: ListenerTlsConfig, cert_path: str, key_path: str, listener: str, index: int,
+                 now: float):
+        where = f"{listener}.tls.certs[{index}]"
         self.info = read_cert(cert_path, f"{where}.cert")
         if self.info.not_after < now:
             raise ConfigError(f"{where}.cert: {cert_path} expired on {self.info.to_dict(now)['not_after']}")
-        self.context = _server_context(tls)
+        self.context = _server_context(tls, listener)
         try:
             self.context.load_cert_chain(cert_path, key_path)
         except (FileNotFoundError, PermissionError) as exc:
@@ -107,7 +116,7 @@ class ServerTls:
     """A TLS listener's certificates and the dispatcher context its server keeps."""
 
     def __init__(self, tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str, now: float):
-        self.dispatcher = _server_context(tls)
+        self.dispatcher = _server_context(tls, where)
         self.dispatcher.sni_callback = self._choose
         self._install(load_certificates(tls, resolve, where, now))
 
@@ -153,7 +162,7 @@ class ServerTls:
 def load_certificates(tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str,
                       now: float) -> list[Certificate]:
     """Every certificate of a listener, loaded. Raises ConfigError (key path, file, reason)."""
-    return [Certificate(tls, resolve(c.cert), resolve(c.key), f"{where}.tls.certs[{i}]", now)
+    return [Certificate(tls, resolve(c.cert), resolve(c.key), where, i, now)
             for i, c in enumerate(tls.certs)]
 
 

@@ -340,3 +340,38 @@ async def test_an_upgrade_of_lb_with_a_tls_listener_fails_no_request(tls_lb, ca)
         await one_shot.wait_for_requests(50)
     assert keep_alive.failures == [] and one_shot.failures == []
     assert tls_lb.ctl("show certs")["certs"][0]["certs"][0]["names"] == ["lb.example", "127.0.0.1"]
+
+
+def tls12_handshake(port: int, ca, ciphers: str) -> str:
+    """The cipher a TLS 1.2 client offering only `ciphers` gets from lb (the test
+    certificates are ECDSA), or raises ssl.SSLError when lb refuses them all."""
+    context = client_context(ca, maximum=ssl.TLSVersion.TLSv1_2)
+    context.set_ciphers(ciphers)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="lb.example") as tls:
+            return tls.cipher()[0]
+
+
+def test_tls_1_2_offers_ecdhe_with_aead_only_by_default(tls_lb, ca):
+    assert tls12_handshake(tls_lb.port, ca, "ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert tls12_handshake(tls_lb.port, ca, "ECDHE-ECDSA-CHACHA20-POLY1305") == "ECDHE-ECDSA-CHACHA20-POLY1305"
+    for cbc in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA"):
+        with pytest.raises(ssl.SSLError):      # CBC (LUCKY13); Python's default list let the SHA-2 ones in
+            tls12_handshake(tls_lb.port, ca, cbc)
+
+
+def test_tls_ciphers_chooses_the_tls_1_2_list_and_a_bad_one_is_a_config_error(spawn, tmp_path, module_backends, ca):
+    import subprocess
+    import sys
+    cert = write_cert(ca, tmp_path, "main", "lb.example")
+    lb = spawn(Lb, tmp_path, [b.config() for b in module_backends],
+               tls={"certs": [cert], "ciphers": "ECDHE-ECDSA-AES256-GCM-SHA384"})
+    assert tls12_handshake(lb.port, ca, "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256") == \
+        "ECDHE-ECDSA-AES256-GCM-SHA384"
+    with pytest.raises(ssl.SSLError):
+        tls12_handshake(lb.port, ca, "ECDHE-ECDSA-AES128-GCM-SHA256")
+    lb.write_config(listen=[{"address": f"127.0.0.1:{free_port()}", "tls": {"certs": [cert], "ciphers": "NOPE"}}])
+    done = subprocess.run([sys.executable, "-m", "lb.cli", "check", "-c", str(lb.config_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "listen[0].tls.ciphers: OpenSSL can choose no cipher from 'NOPE'" in done.stderr, \
+        done.stderr

@@ -10,7 +10,7 @@ import pytest
 import trustme
 
 from lb import tls
-from lb.core.config import BackendTlsConfig, CertConfig, ListenerTlsConfig
+from lb.core.config import INTERMEDIATE_CIPHERS, BackendTlsConfig, CertConfig, ListenerTlsConfig
 from lb.core.errors import ConfigError
 
 
@@ -75,6 +75,23 @@ def test_every_context_of_a_listener_has_its_minimum_version(ca, tmp_path, versi
     server = tls.ServerTls(config, same, "w", time.time())
     assert server.dispatcher.minimum_version == expected and server.pick(None).minimum_version == expected
     assert server.dispatcher.options & ssl.OP_NO_RENEGOTIATION
+
+
+def test_every_context_of_a_listener_offers_tls_1_2_only_its_ciphers(ca, tmp_path):
+    certs = (write(ca, tmp_path, "a", "a.example"), write(ca, tmp_path, "b", "b.example"))
+    default = tls.ServerTls(ListenerTlsConfig(certs=certs), same, "w", time.time())
+    chosen = tls.ServerTls(ListenerTlsConfig(certs=certs, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384"), same, "w",
+                           time.time())
+    for server, expected in ((default, set(INTERMEDIATE_CIPHERS.split(":"))), (chosen, {"ECDHE-ECDSA-AES256-GCM-SHA384"})):
+        for context in (server.dispatcher, server.pick("a.example"), server.pick("b.example")):
+            assert {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"} == expected
+
+
+def test_a_cipher_string_openssl_cannot_use_names_the_key_path(ca, tmp_path):
+    config = ListenerTlsConfig(certs=(write(ca, tmp_path, "a", "a.example"),), ciphers="NO-SUCH-CIPHER")
+    with pytest.raises(ConfigError) as error:
+        tls.ServerTls(config, same, "lb.yaml: listen[1]", time.time())
+    assert error.value.message == "lb.yaml: listen[1].tls.ciphers: OpenSSL can choose no cipher from 'NO-SUCH-CIPHER'"
 
 
 def test_bad_files_name_the_key_path_the_file_and_the_reason(ca, tmp_path):
