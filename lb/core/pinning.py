@@ -8,7 +8,8 @@ decides the version:
 
 - no valid pin (none, unknown label, malformed, too long): a version is drawn
   at random in proportion to each version's ready capacity (the summed
-  effective weights of the nodes that take traffic), and the cookie is set;
+  effective weights of the nodes that take traffic), and the cookie is set
+  (Secure on a TLS connection with `pinning.secure: auto`; always or never with true/false);
 - a pin whose version has capacity and is not overloaded: kept;
 - otherwise the client moves *forward* to the nearest newer version with
   capacity, and the cookie is rewritten. A version is overloaded when its
@@ -44,7 +45,7 @@ SHED_TARGET = 0.9         # shed towards this fraction of max_overload
 
 class Pinning:
     def __init__(self, cookie: str, max_age_s: float, max_overload: float,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, *, secure: str | bool = "auto"):
         self.cookie_prefix = cookie.encode() + b"="
         self.max_age_s = int(max_age_s)
         self.max_overload = max_overload
@@ -54,7 +55,8 @@ class Pinning:
         self.pinned_requests: Counter = Counter()      # version -> requests routed by pin
         self._rates: dict[str, float] = {}             # version -> decayed request count
         self._rates_at = 0.0
-        self._set_cookie: dict[str, bytes] = {}        # version -> its Set-Cookie line
+        self._secure = (secure is True, secure is not False)    # Secure over (plain, TLS)
+        self._set_cookie: dict[str, tuple[bytes, bytes]] = {}    # version -> its lines (plain, TLS)
 
     def take_counts(self) -> dict[str, Counter]:
         """The counters since the last call (for a report), and start them again."""
@@ -82,12 +84,16 @@ class Pinning:
                 start = value.find(prefix, start + 1)
         return None
 
-    def set_cookie(self, version: str) -> bytes:
-        line = self._set_cookie.get(version)
-        if line is None:
-            line = self._set_cookie[version] = (b"Set-Cookie: %s%s; Path=/; HttpOnly; SameSite=Lax; Max-Age=%d\r\n"
-                                                % (self.cookie_prefix, version.encode(), self.max_age_s))
-        return line
+    def set_cookie(self, version: str, over_tls: bool) -> bytes:
+        """The Set-Cookie line pinning a client to `version`, for a request that came over TLS
+        or not; both lines are made at a version's first use, none per request."""
+        lines = self._set_cookie.get(version)
+        if lines is None:
+            line = b"Set-Cookie: %s%s; Path=/; HttpOnly; SameSite=Lax; Max-Age=%d" % (
+                self.cookie_prefix, version.encode(), self.max_age_s)
+            lines = self._set_cookie[version] = tuple(line + (b"; Secure\r\n" if secure else b"\r\n")
+                                                      for secure in self._secure)
+        return lines[over_tls]
 
     # -- the decision ----------------------------------------------------------------
     def route(self, pin: str | None, pool, now: float) -> tuple[str | None, str]:

@@ -75,7 +75,8 @@ class DataPlane:
         self.failed: Counter = Counter()        # lb-made failures by reason
         self.retries = 0
         pin = config.pinning
-        self.pinning = Pinning(pin.cookie, pin.max_age, pin.max_overload) if pin.mode == "version" else None
+        self.pinning = (Pinning(pin.cookie, pin.max_age, pin.max_overload, secure=pin.secure)
+                        if pin.mode == "version" else None)
         self._trusted = _networks(config.trusted_proxies)
         self._report_pending = False
         self._servers: list[asyncio.base_events.Server] = []

@@ -127,7 +127,7 @@ class Exchange:
         if version is None:
             return False
         if how is not KEPT:
-            self.set_cookie = pinning.set_cookie(version)
+            self.set_cookie = pinning.set_cookie(version, self.client.tls is not None)
         self.version = version
         self.pin_how = how
         return True

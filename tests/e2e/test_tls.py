@@ -15,6 +15,7 @@ import pytest
 import trustme
 
 from conftest import Lb, RawClient, client_context, free_port, port_open, steady_load, wait_for, write_cert
+from h2_client import H2Client
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +376,54 @@ def test_tls_ciphers_chooses_the_tls_1_2_list_and_a_bad_one_is_a_config_error(sp
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "listen[0].tls.ciphers: OpenSSL can choose no cipher from 'NOPE'" in done.stderr, \
         done.stderr
+
+
+@pytest.fixture
+def doors_lb(spawn, tmp_path, module_backends, ca):
+    """Three front doors on one lb: TLS with HSTS (`port`), TLS without (`bare_port`) and plain
+    HTTP with h2c (`plain_port`)."""
+    cert = write_cert(ca, tmp_path, "main", "lb.example", "127.0.0.1")
+    bare, plain = free_port(), free_port()
+    lb = spawn(Lb, tmp_path, [b.config() for b in module_backends],
+               tls={"certs": [cert], "hsts": {"max_age": "2y", "include_subdomains": True, "preload": True}},
+               listen=[{"address": f"127.0.0.1:{bare}", "tls": {"certs": [cert]}},
+                       {"address": f"127.0.0.1:{plain}", "http2": True}])
+    wait_for(lambda: port_open(bare) and port_open(plain), 10, "the other listeners")
+    lb.bare_port, lb.plain_port = bare, plain
+    return lb
+
+
+def http1(port: int, context: ssl.SSLContext | None, request: bytes = b"GET / HTTP/1.1\r\nHost: lb.example\r\n\r\n"):
+    """One HTTP/1.1 exchange on a new connection (TLS when `context` is given)."""
+    with RawClient(port, tls=context, server_hostname="lb.example") as client:
+        client.send(request)
+        return client.response()
+
+
+def http2(port: int, context: ssl.SSLContext | None, **request) -> tuple[int, list]:
+    """One HTTP/2 stream on a new connection (h2c when `context` is None): status and header fields."""
+    client = H2Client(port, context)
+    try:
+        sid = client.request("/", **request)
+        client.wait([sid])
+        return client.status(sid), client.responses[sid]["headers"]
+    finally:
+        client.close()
+
+
+def field(fields: list, name: bytes) -> list[bytes]:
+    return [value for key, value in fields if key == name]
+
+
+def test_the_pin_cookie_is_secure_over_https_and_not_over_plain_http(doors_lb, ca):
+    for port in (doors_lb.port, doors_lb.bare_port):
+        [cookie] = http1(port, client_context(ca)).headers.get_all("Set-Cookie")
+        assert cookie.startswith("lb_version=") and cookie.endswith("; Secure"), cookie
+        _, fields = http2(port, client_context(ca))
+        [cookie] = field(fields, b"set-cookie")
+        assert cookie.startswith(b"lb_version=") and cookie.endswith(b"; Secure"), cookie
+    [cookie] = http1(doors_lb.plain_port, None).headers.get_all("Set-Cookie")
+    assert cookie.startswith("lb_version=") and "Secure" not in cookie, cookie
+    _, fields = http2(doors_lb.plain_port, None)
+    [cookie] = field(fields, b"set-cookie")
+    assert cookie.startswith(b"lb_version=") and b"Secure" not in cookie, cookie
