@@ -56,6 +56,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.proto = b"https" if listener is not None and listener.tls is not None else b"http"
         self.redirect = listener is not None and listener.redirect_https
         self.h2c = listener is not None and listener.http2      # HTTP/2 with prior knowledge may come
+        hsts = listener.tls.hsts if self.proto == b"https" else None
+        self.hsts = hsts.header_value if hsts is not None else b""     # Strict-Transport-Security; b"": off
+        self.hsts_line = b"Strict-Transport-Security: %s\r\n" % self.hsts if self.hsts else b""
         self.tls: dict | None = None             # version, cipher, SNI name, resumed: for the access log
         self.tls_text = ""                       # the same as a JSON member, ready for a log line
         self.h2c_held = b""                      # the start of what may be the HTTP/2 preface
@@ -107,14 +110,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.plane.clients.add(self)
         self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
         if len(self.plane.clients) > self.plane.config.limits.max_connections:
-            self.write(error_response(HttpError("too many connections", 503)))
+            self.write(error_response(HttpError("too many connections", 503), self.hsts_line))
             self.close()
 
     def _become_h2(self, transport, data: bytes = b"") -> None:
         """ALPN chose HTTP/2, or the HTTP/2 preface came on an h2c listener: the connection
         is an H2ClientConnection's from now on."""
         conn = H2ClientConnection(self.plane, self.ip, self.trusted, self.tls, self.tls_text, self.own_headers,
-                                  self.proto)
+                                  self.proto, self.hsts)
         self.plane.clients.discard(self)
         self.closed = True                       # this HTTP/1.1 side reads no more
         transport.set_protocol(conn)
@@ -315,7 +318,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def send_error(self, exc: HttpError) -> None:
         """lb's own answer to the request in progress."""
-        self.write(error_response(exc))
+        self.write(error_response(exc, self.hsts_line))
 
     def write(self, data: bytes) -> None:
         if self._corked is not None:
@@ -485,7 +488,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _answer_error(self, exc: HttpError) -> None:
         self.plane.failed[str(exc.status)] += 1
-        self.write(error_response(exc))
+        self.write(error_response(exc, self.hsts_line))
         self.plane.access_log.write_error(self, exc)
         self.linger()
 

@@ -228,6 +228,9 @@ class Exchange:
         self.close_delimited = self.body_mode != NO_BODY and head.content_length is None and not head.chunked
         if self.set_cookie:
             framing += self.set_cookie
+        hsts = self.client.hsts_line
+        if hsts:
+            framing += hsts
         self.client.write(http1.serialize_response(status, head.reason, head.headers, framing))
 
     def _interim(self, head: http1.ResponseHead) -> None:

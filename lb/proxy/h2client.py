@@ -110,6 +110,7 @@ class H2Stream:
         self.plane = conn.plane
         self.ip, self.trusted, self.proto = conn.ip, conn.trusted, conn.proto
         self.tls, self.tls_text = conn.tls, conn.tls_text
+        self.hsts_fields = conn.hsts_fields
         self.flow = StreamFlow(self)
         self.exchange: Exchange | None = None
         self.closed = False            # reset (by either side), or the connection is gone
@@ -169,7 +170,7 @@ class H2Stream:
 
     def send_error(self, exc: HttpError) -> None:
         """lb's own answer (a 502, a 503...), as an HTTP/1.1 client would get it."""
-        fields, body = error_fields(exc)
+        fields, body = error_fields(exc, self.hsts_fields)
         self.send_headers(fields)
         self.send_data(body)
         self.end()
@@ -290,7 +291,9 @@ class H2Exchange(Exchange):
         self.status = status
         self.upstream_keep = head.keep_alive
         self.close_delimited = not no_body and head.content_length is None and not head.chunked
-        extra = [(b"set-cookie", self.set_cookie[12:-2])] if self.set_cookie else []
+        extra = self.client.hsts_fields
+        if self.set_cookie:
+            extra = (*extra, (b"set-cookie", self.set_cookie[12:-2]))
         length = head.content_length if status != 204 else None
         self.client.send_headers(h2head.response_fields(status, head.headers, length, extra))
 
@@ -322,10 +325,12 @@ class H2ClientConnection:
     discarding = False
 
     def __init__(self, plane, ip: bytes, trusted: bool, tls: dict | None, tls_text: str, own_headers,
-                 proto: bytes = b"https"):
+                 proto: bytes = b"https", hsts: bytes = b""):
         self.plane = plane
         self.ip, self.trusted, self.proto = ip, trusted, proto
         self.tls, self.tls_text = tls, tls_text
+        # lb's own fields on every response: Strict-Transport-Security when the listener sets it
+        self.hsts_fields = ((b"strict-transport-security", hsts),) if hsts else ()
         self.own_headers = own_headers          # lb's own request lines, made once per Host
         self.transport = None
         self.streams: dict[int, H2Stream] = {}

@@ -20,16 +20,17 @@ def error_body(exc: HttpError) -> tuple[int, bytes]:
     return status, body
 
 
-def error_response(exc: HttpError) -> bytes:
-    """lb's answer over HTTP/1.1, then close."""
+def error_response(exc: HttpError, own_lines: bytes = b"") -> bytes:
+    """lb's answer over HTTP/1.1, then close; `own_lines`: the listener's own header lines
+    (Strict-Transport-Security)."""
     status, body = error_body(exc)
     return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (status, reason_phrase(status), len(body), body))
+            b"Content-Length: %d\r\nConnection: close\r\n%s\r\n%s"
+            % (status, reason_phrase(status), len(body), own_lines, body))
 
 
-def error_fields(exc: HttpError) -> tuple[list, bytes]:
-    """lb's answer over HTTP/2: the header list and the body."""
+def error_fields(exc: HttpError, own_fields: tuple = ()) -> tuple[list, bytes]:
+    """lb's answer over HTTP/2: the header list and the body; `own_fields` as `own_lines` above."""
     status, body = error_body(exc)
     return [(b":status", b"%d" % status), (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(body))], body
+            (b"content-length", b"%d" % len(body)), *own_fields], body

@@ -378,6 +378,9 @@ def test_tls_ciphers_chooses_the_tls_1_2_list_and_a_bad_one_is_a_config_error(sp
         done.stderr
 
 
+HSTS = "max-age=63072000; includeSubDomains; preload"
+
+
 @pytest.fixture
 def doors_lb(spawn, tmp_path, module_backends, ca):
     """Three front doors on one lb: TLS with HSTS (`port`), TLS without (`bare_port`) and plain
@@ -427,3 +430,17 @@ def test_the_pin_cookie_is_secure_over_https_and_not_over_plain_http(doors_lb, c
     _, fields = http2(doors_lb.plain_port, None)
     [cookie] = field(fields, b"set-cookie")
     assert cookie.startswith(b"lb_version=") and b"Secure" not in cookie, cookie
+
+
+def test_hsts_on_every_response_of_the_listener_that_sets_it_and_no_other(doors_lb, ca):
+    bad_request = b"GET / HTTP/1.1\r\nHost: lb.example\r\nContent-Length: x\r\n\r\n"
+    connect = [(b":method", b"CONNECT"), (b":authority", b"lb.example:443")]
+    for port, context, sts in ((doors_lb.port, client_context(ca), HSTS), (doors_lb.bare_port, client_context(ca), None),
+                               (doors_lb.plain_port, None, None)):
+        served, refused = http1(port, context), http1(port, context, bad_request)     # lb's own answer: 400
+        assert (served.status, refused.status) == (200, 400)
+        assert served.getheader("Strict-Transport-Security") == refused.getheader("Strict-Transport-Security") == sts
+        (status, fields), (error_status, error_fields) = http2(port, context), http2(port, context, fields=connect)
+        assert (status, error_status) == (200, 405)
+        expected = [sts.encode()] if sts else []
+        assert field(fields, b"strict-transport-security") == field(error_fields, b"strict-transport-security") == expected

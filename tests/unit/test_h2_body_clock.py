@@ -39,7 +39,7 @@ def stream():
     plane = Plane()
     acked = []
     h2 = SimpleNamespace(acknowledge_received_data=lambda n, sid: acked.append(n))
-    conn = SimpleNamespace(plane=plane, ip=b"127.0.0.1", trusted=False, proto=b"https", tls=None, tls_text="",
+    conn = SimpleNamespace(plane=plane, ip=b"127.0.0.1", trusted=False, proto=b"https", tls=None, tls_text="", hsts_fields=(),
                            deadline=INFINITY, h2=h2, flush_soon=lambda: None)
     s = H2Stream(conn, 1, None)
     s.exchange = Exchange()
