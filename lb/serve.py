@@ -128,6 +128,15 @@ def take_sockets(config: Config, available: list[socket.socket], origin: str) ->
     return listeners, metrics
 
 
+def config_args(config: Config, config_path: str | None) -> list[str]:
+    """`lb serve`'s arguments for the new master of an upgrade to find this config: the file
+    (an absolute path), or for the embedded one, the folder its relative paths resolve
+    against (the new master starts in /, not in the folder this one was started from)."""
+    if config_path is not None:
+        return ["-c", config_path]
+    return ["--runtime-dir", config.runtime_dir]
+
+
 class Master:
     """The master of `lb serve`: its start, its signals, its stop, and its upgrade."""
 
@@ -263,7 +272,7 @@ class Master:
         gate = self.loop.create_future()
         admin.frozen = gate                       # other commands wait for the outcome
         state = handoff.snapshot(control, control.now())
-        successor = handoff.Successor(self.loop, workers, self.config_path)
+        successor = handoff.Successor(self.loop, workers, config_args(self.config, self.config_path))
         sockets = [*workers.listeners, *([self.metrics_sock] if self.metrics_sock else [])]
         log.info("upgrade: starting a new master")
         try:

@@ -1,6 +1,6 @@
 """A worker process: the data plane on listening sockets inherited from the master.
 
-Started by the master (lb/control/workers.py) as `python -m lb.worker CHANNEL_FD
+Started by the master (lb/control/workers.py) as `python -P -m lb.worker CHANNEL_FD
 LISTENER_FD...`. Everything else comes over the channel (lb/channel.py): first the
 config and the routing view, then views, reloads, cuts and collects as they
 happen; the worker sends its data plane's reports back. It decides nothing about
