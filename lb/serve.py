@@ -23,6 +23,7 @@ systemd hears READY=1, RELOADING=1, STOPPING=1 and, from a new master, MAINPID=.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -171,7 +172,9 @@ class Master:
             await self._stop()
 
     async def _start(self, inherited) -> None:
-        config, loop = self.config, self.loop
+        # The master reads the PEM files for the workers, which may drop to `user:`.
+        config = self.config = dataclasses.replace(self.config, pem_files=tls.read_pem_files(self.config))
+        loop = self.loop
         control = self.control = Control(config, loop)
         control.certs, warnings = tls.check(config, time.time())     # before anything is bound
         for warning in warnings:

@@ -421,6 +421,9 @@ class Config:
     # against its folder, or against runtime_dir when that is set (the embedded default).
     source: str = field(default="<defaults>", compare=False)
     runtime_dir: str | None = field(default=None, compare=False)
+    # The PEM files the TLS settings name (resolved path -> bytes), read by the master: a
+    # worker loads these, as it may no longer read a key file only root may (lb/tls.py).
+    pem_files: dict = field(default_factory=dict, compare=False, repr=False)
 
     def backend(self, name: str) -> BackendConfig | None:
         return next((b for b in self.backends if b.name == name), None)
