@@ -50,9 +50,10 @@ def default_socket() -> str:
 
 def cmd_check(args) -> int:
     import time
-    from . import tls
+    from . import privileges, tls
     try:
         config = load_config(args.config)
+        privileges.lookup(config)                           # user: and group: exist
         certs, warnings = tls.check(config, time.time())    # loads every certificate and key, as nginx -t
     except ConfigError as exc:
         print(f"lb: {exc.message}", file=sys.stderr)

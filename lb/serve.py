@@ -30,7 +30,7 @@ import signal
 import socket
 import time
 
-from . import systemd, tls
+from . import privileges, systemd, tls
 from .control import handoff
 from .control.admin import Admin, AdminServer
 from .control.metrics import MetricsServer
@@ -174,6 +174,7 @@ class Master:
     async def _start(self, inherited) -> None:
         # The master reads the PEM files for the workers, which may drop to `user:`.
         config = self.config = dataclasses.replace(self.config, pem_files=tls.read_pem_files(self.config))
+        identity = privileges.workers_identity(config)
         loop = self.loop
         control = self.control = Control(config, loop)
         control.certs, warnings = tls.check(config, time.time())     # before anything is bound
@@ -203,7 +204,7 @@ class Master:
                               f"the config names in neither listen nor metrics.listen")
             sock.close()                  # no longer in the config: the old workers let go of it too
         workers = self.workers = Workers(config, loop, listeners, control.on_report,
-                                         worker_count(config.workers))
+                                         worker_count(config.workers), identity)
         control.attach(workers)
         if inherited is not None:
             workers.adopt(handoff.Predecessor(inherited, workers))

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from ..channel import Channel, open_channel
 from ..core.planes import NodeReport, Report, RoutingView
+from ..core.privileges import Identity
 from ..core.stats import StatsDelta
 from ..procs import start_lb_process
 
@@ -65,8 +66,9 @@ class Worker:
 
 class Workers:
     def __init__(self, config, loop: asyncio.AbstractEventLoop, listeners: list[socket.socket],
-                 report_to, count: int):
+                 report_to, count: int, identity: Identity | None = None):
         self.config = config
+        self.identity = identity              # whom a worker drops to once it serves (lb/core/privileges.py)
         self.loop = loop
         self.listeners = listeners
         self.report_to = report_to
@@ -100,7 +102,7 @@ class Workers:
         self.slots[slot] = worker
         worker.channel = await open_channel(parent, lambda kind, payload: self._on_message(worker, kind, payload),
                                             lambda: self._on_closed(worker))
-        worker.channel.send("config", (self.config, slot))
+        worker.channel.send("config", (self.config, slot, self.identity))
         worker.channel.send("view", self.view_for(slot))
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT_S)
@@ -237,7 +239,7 @@ class Workers:
     def apply_config(self, config) -> None:
         self.config = config
         for worker in self.slots.values():
-            worker.channel.send("config", (config, worker.slot))
+            worker.channel.send("config", (config, worker.slot, self.identity))
 
     def cut(self, name: str) -> None:
         members = self._members()
