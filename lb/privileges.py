@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
+import stat
 
 from .core.privileges import Account, Identity, identity, must_drop
 
@@ -43,3 +45,18 @@ def drop(to: Identity) -> None:
     os.setgid(to.gid)
     os.setuid(to.uid)
 
+
+def hand_over(path: str, to: Identity) -> None:
+    """Create the file at `path` if it is missing and make it `to`'s, so that a worker that
+    dropped to `to` can open it by name (a log file logrotate moved away; nginx does the
+    same). Only a regular file with one link, never through a symlink: the folder may be
+    writable by `to`, who must not get root to chown another file. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
+            raise OSError(errno.EPERM, "not a regular file with a single link", path)
+        os.fchown(fd, to.uid, -1)
+        os.fchmod(fd, stat.S_IMODE(found.st_mode) | stat.S_IRUSR | stat.S_IWUSR)
+    finally:
+        os.close(fd)

@@ -319,6 +319,13 @@ class Master:
 
     def _reopen_logs(self) -> None:
         log.info("SIGUSR1: the workers reopen the access log file")
+        target, identity = self.config.access_log, self.workers.identity
+        if identity is not None and target not in ("stdout", "off"):
+            try:                          # the workers, no longer root, open it by name
+                privileges.hand_over(self.config.resolve(target), identity)
+            except OSError as exc:
+                log.error("SIGUSR1: cannot make %s %s's: %s", self.config.resolve(target), identity.user,
+                          exc.strerror or exc)
         self.workers.reopen_logs()
 
 

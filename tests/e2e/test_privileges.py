@@ -6,14 +6,19 @@ import hashlib
 import http.client
 import os
 import pwd
+import shutil
+import signal
 import ssl
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 import trustme
 
-from conftest import PYTHON, ROOT, Backend, Lb, client_context, wait_for, write_cert
+from conftest import PYTHON, ROOT, Backend, Lb, client_context, get, wait_for, write_cert
+from lb import privileges
+from lb.core.privileges import Identity
 from test_tls import served_cert
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
@@ -83,3 +88,32 @@ def test_an_unknown_user_stops_lb_before_it_serves_naming_the_key(tmp_path, comm
     assert done.returncode == 2, done.stderr
     assert f"lb: {config}: user: no such user in the user database, got 'no-such-user-here'" in done.stderr
 
+
+def test_after_logrotate_the_master_makes_the_new_access_log_the_workers_to_reopen(spawn, tmp_path):
+    """The folder is root's (as /var/log/lb): a worker that dropped to nobody cannot create
+    the new file itself at SIGUSR1; the master creates it and hands it over."""
+    folder = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp"))
+    try:
+        os.chmod(folder, 0o755)
+        backend = spawn(Backend, "web1")
+        lb = spawn(Lb, tmp_path, [backend.config()], workers=2, user="nobody", access_log=str(folder / "access.log"))
+        lb.access_log = folder / "access.log"
+        assert get(lb.port).status == 200
+        wait_for(lb.access_lines, 5, "a line in the first file")
+        lb.access_log.rename(folder / "access.log.1")            # logrotate, then its postrotate:
+        lb.signal(signal.SIGUSR1)
+        wait_for(lambda: get(lb.port).status == 200 and lb.access_log.exists() and lb.access_lines(), 10,
+                 "a line in the new file")
+        assert lb.access_log.stat().st_uid == NOBODY.pw_uid
+        assert "cannot reopen" not in lb.stderr_path.read_text()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_master_hands_over_no_file_through_a_symlink(tmp_path):
+    target = tmp_path / "not-a-log"
+    target.write_text("root's\n")
+    (tmp_path / "access.log").symlink_to(target)
+    with pytest.raises(OSError):
+        privileges.hand_over(str(tmp_path / "access.log"), Identity("nobody", NOBODY.pw_uid, NOBODY.pw_gid, ()))
+    assert target.stat().st_uid == 0
