@@ -78,6 +78,17 @@ def test_workers_drop_to_the_user_and_still_serve_log_and_reload_root_only_keys(
     assert "keeping the certificates in use" not in lb.stderr_path.read_text()
 
 
+def test_the_new_master_of_an_upgrade_stays_root_and_its_workers_drop(spawn, tmp_path):
+    backend = spawn(Backend, "web1")
+    lb = spawn(Lb, tmp_path, [backend.config()], workers=2, user="nobody")
+    reply = lb.upgrade()
+    assert reply["ok"], reply
+    assert ids(lb.master_pid)["Uid"] == [0, 0, 0, 0]
+    workers = wait_for(lambda: len(lb.worker_pids()) == 2 and lb.worker_pids(), 5, "2 new workers")
+    assert all(ids(pid)["Uid"] == [NOBODY.pw_uid] * 4 for pid in workers)
+    assert get(lb.port).status == 200
+
+
 @pytest.mark.parametrize("command", ["serve", "check"])
 def test_an_unknown_user_stops_lb_before_it_serves_naming_the_key(tmp_path, command):
     config = tmp_path / "lb.yaml"
