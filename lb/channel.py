@@ -6,7 +6,7 @@ socketpair is created by the master and inherited by its own child, reachable by
 nobody else. Payloads are the plain data of lb/core/planes.py (views, reports)
 and the Config; nothing is ever sent per request (reports are batched).
 
-Master -> worker: ("config", Config), ("view", RoutingView), ("cut", name),
+Master -> worker: ("config", (Config, slot, Identity or None)), ("view", RoutingView), ("cut", name),
 ("collect", None), ("reopen", None) (the access log file), ("stop", timeout_s).
 Worker -> master: ("ready", pid), ("report", Report). The handoff channel of an
 upgrade (lb/control/handoff.py) uses the same framing with builtins only.

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 
 from .core.config import parse_hostport
@@ -25,13 +26,16 @@ def run_async(coro):
 
 def cmd_serve(args) -> int:
     from .serve import failure_message, serve
+    # Absolute before anything uses it: a reload re-reads it, and the new master of an upgrade
+    # (started in /) reads it too.
+    config_path = os.path.abspath(args.config) if args.config else None
     try:
-        config = load_config(args.config)
+        config = load_config(config_path, args.runtime_dir)
     except ConfigError as exc:
         print(f"lb: {exc.message}", file=sys.stderr)
         return 2
     try:
-        run_async(serve(config, args.config, args.upgrade_fd))
+        run_async(serve(config, config_path, args.upgrade_fd))
     except (LbError, OSError, RuntimeError) as exc:
         print(f"lb: {failure_message(exc)}", file=sys.stderr)
         return 1 if isinstance(exc, RuntimeError) else 2
@@ -46,9 +50,10 @@ def default_socket() -> str:
 
 def cmd_check(args) -> int:
     import time
-    from . import tls
+    from . import privileges, tls
     try:
         config = load_config(args.config)
+        privileges.lookup(config)                           # user: and group: exist
         certs, warnings = tls.check(config, time.time())    # loads every certificate and key, as nginx -t
     except ConfigError as exc:
         print(f"lb: {exc.message}", file=sys.stderr)
@@ -224,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-c", "--config", help="config file (default: the embedded one, "
                        "with its admin socket and state file in ./run/)")
     serve.add_argument("--upgrade-fd", type=int, help=argparse.SUPPRESS)   # a new master's handoff channel
+    serve.add_argument("--runtime-dir", help=argparse.SUPPRESS)   # the old master's, for the embedded config
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a config: exit 0, or 2 naming the key path")

@@ -22,13 +22,14 @@ def embedded_config_text() -> str:
     return resources.files("lb").joinpath("data", "lb.yaml").read_text(encoding="utf-8")
 
 
-def load_config(path: str | None) -> Config:
-    """The config file at `path`, or the embedded default when None.
+def load_config(path: str | None, runtime_dir: str | None = None) -> Config:
+    """The config file at `path`, or the embedded default when None (its relative paths
+    resolve against `runtime_dir`, the current directory when None).
 
     Raises ConfigError naming file, key path and value (also for an unreadable file).
     """
     if path is None:
-        return parse_config(embedded_config_text(), EMBEDDED, runtime_dir=os.getcwd())
+        return parse_config(embedded_config_text(), EMBEDDED, runtime_dir=runtime_dir or os.getcwd())
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()

@@ -23,13 +23,14 @@ systemd hears READY=1, RELOADING=1, STOPPING=1 and, from a new master, MAINPID=.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import time
 
-from . import systemd, tls
+from . import privileges, systemd, tls
 from .control import handoff
 from .control.admin import Admin, AdminServer
 from .control.metrics import MetricsServer
@@ -128,6 +129,15 @@ def take_sockets(config: Config, available: list[socket.socket], origin: str) ->
     return listeners, metrics
 
 
+def config_args(config: Config, config_path: str | None) -> list[str]:
+    """`lb serve`'s arguments for the new master of an upgrade to find this config: the file
+    (an absolute path), or for the embedded one, the folder its relative paths resolve
+    against (the new master starts in /, not in the folder this one was started from)."""
+    if config_path is not None:
+        return ["-c", config_path]
+    return ["--runtime-dir", config.runtime_dir]
+
+
 class Master:
     """The master of `lb serve`: its start, its signals, its stop, and its upgrade."""
 
@@ -162,7 +172,10 @@ class Master:
             await self._stop()
 
     async def _start(self, inherited) -> None:
-        config, loop = self.config, self.loop
+        # The master reads the PEM files for the workers, which may drop to `user:`.
+        config = self.config = dataclasses.replace(self.config, pem_files=tls.read_pem_files(self.config))
+        identity = privileges.workers_identity(config)
+        loop = self.loop
         control = self.control = Control(config, loop)
         control.certs, warnings = tls.check(config, time.time())     # before anything is bound
         for warning in warnings:
@@ -191,7 +204,7 @@ class Master:
                               f"the config names in neither listen nor metrics.listen")
             sock.close()                  # no longer in the config: the old workers let go of it too
         workers = self.workers = Workers(config, loop, listeners, control.on_report,
-                                         worker_count(config.workers))
+                                         worker_count(config.workers), identity)
         control.attach(workers)
         if inherited is not None:
             workers.adopt(handoff.Predecessor(inherited, workers))
@@ -263,7 +276,7 @@ class Master:
         gate = self.loop.create_future()
         admin.frozen = gate                       # other commands wait for the outcome
         state = handoff.snapshot(control, control.now())
-        successor = handoff.Successor(self.loop, workers, self.config_path)
+        successor = handoff.Successor(self.loop, workers, config_args(self.config, self.config_path))
         sockets = [*workers.listeners, *([self.metrics_sock] if self.metrics_sock else [])]
         log.info("upgrade: starting a new master")
         try:
@@ -306,6 +319,13 @@ class Master:
 
     def _reopen_logs(self) -> None:
         log.info("SIGUSR1: the workers reopen the access log file")
+        target, identity = self.config.access_log, self.workers.identity
+        if identity is not None and target not in ("stdout", "off"):
+            try:                          # the workers, no longer root, open it by name
+                privileges.hand_over(self.config.resolve(target), identity)
+            except OSError as exc:
+                log.error("SIGUSR1: cannot make %s %s's: %s", self.config.resolve(target), identity.user,
+                          exc.strerror or exc)
         self.workers.reopen_logs()
 
 

@@ -14,6 +14,12 @@ the dispatcher alone is ignored), and a reload keeps the running listener's sett
 
 `cryptography` reads the certificates (names, expiry, fingerprint): `ssl` loads a
 certificate to serve it but cannot show it.
+
+The master reads every PEM file the config names (`read_pem_files`, into
+`Config.pem_files`) and the workers load those bytes, never the files: a worker that
+dropped to `user:` may not read a key only root may, at start or at a reload. `ssl` loads
+certificates, keys and CAs only from a path, so the bytes go through an anonymous
+in-memory file (memfd), never to disk.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import ssl
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,13 +62,58 @@ class CertInfo:
                 "days_left": round(self.days_left(now), 1), "sha256": self.sha256}
 
 
-def read_cert(path: str, where: str) -> CertInfo:
-    """The leaf certificate of a PEM file. Raises ConfigError naming `where` and the file."""
+Reader = Callable[[str], bytes]       # a PEM file's bytes by its path; raises OSError
+
+
+def read_file(path: str) -> bytes:
+    """A PEM file from disk. Raises OSError."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def pem_reader(config: Config) -> Reader:
+    """The PEM files of `config` as the master read them (`read_pem_files`), or from disk for
+    a config that came without them (`lb check`)."""
+    def read(path: str) -> bytes:
+        pem = config.pem_files.get(path)
+        return read_file(path) if pem is None else pem
+    return read
+
+
+def read_pem_files(config: Config) -> dict[str, bytes]:
+    """Every PEM file the TLS settings of `config` name (by resolved path), as this process
+    may read them; one it cannot read is left out, for the load that follows to refuse."""
+    paths = [config.resolve(name) for listener in config.listen if listener.tls is not None
+             for cert in listener.tls.certs for name in (cert.cert, cert.key)]
+    paths += [config.resolve(b.tls.ca) for b in config.backends if b.tls is not None and b.tls.ca is not None]
+    files = {}
+    for path in paths:
+        try:
+            files[path] = read_file(path)
+        except OSError:
+            pass
+    return files
+
+
+@contextmanager
+def _as_path(pem: bytes):
+    """A path `ssl` can load `pem` from: an anonymous in-memory file, gone once closed."""
+    fd = os.memfd_create("lb-pem", os.MFD_CLOEXEC)
     try:
-        with open(path, "rb") as f:
-            pem = f.read()
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+        view = memoryview(pem)
+        while view:
+            view = view[os.write(fd, view):]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def read_cert(path: str, where: str, read: Reader = read_file) -> CertInfo:
+    """The leaf certificate of a PEM file. Raises ConfigError naming `where` and the file."""
+    return _cert_info(_read(read, path, where), path, where)
+
+
+def _cert_info(pem: bytes, path: str, where: str) -> CertInfo:
     try:
         leaf = x509.load_pem_x509_certificates(pem)[0]
     except ValueError:
@@ -92,20 +145,28 @@ def _server_context(tls: ListenerTlsConfig, where: str) -> ssl.SSLContext:
     return context
 
 
+def _read(read: Reader, path: str, where: str) -> bytes:
+    try:
+        return read(path)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+
+
 class Certificate:
     """A certificate and its key, loaded: its context and what it says of itself."""
 
     def __init__(self, tls: ListenerTlsConfig, cert_path: str, key_path: str, listener: str, index: int,
-                 now: float):
+                 now: float, read: Reader = read_file):
         where = f"{listener}.tls.certs[{index}]"
-        self.info = read_cert(cert_path, f"{where}.cert")
+        cert = _read(read, cert_path, f"{where}.cert")
+        self.info = _cert_info(cert, cert_path, f"{where}.cert")
         if self.info.not_after < now:
             raise ConfigError(f"{where}.cert: {cert_path} expired on {self.info.to_dict(now)['not_after']}")
         self.context = _server_context(tls, listener)
+        key = _read(read, key_path, f"{where}.key")
         try:
-            self.context.load_cert_chain(cert_path, key_path)
-        except (FileNotFoundError, PermissionError) as exc:
-            raise ConfigError(f"{where}.key: cannot read {key_path}: {exc.strerror}") from None
+            with _as_path(cert) as cert_file, _as_path(key) as key_file:
+                self.context.load_cert_chain(cert_file, key_file)
         except ssl.SSLError as exc:
             if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
                 raise ConfigError(f"{where}.key: {key_path} is not the key of {cert_path}") from None
@@ -115,10 +176,11 @@ class Certificate:
 class ServerTls:
     """A TLS listener's certificates and the dispatcher context its server keeps."""
 
-    def __init__(self, tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str, now: float):
+    def __init__(self, tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str, now: float,
+                 read: Reader = read_file):
         self.dispatcher = _server_context(tls, where)
         self.dispatcher.sni_callback = self._choose
-        self._install(load_certificates(tls, resolve, where, now))
+        self._install(load_certificates(tls, resolve, where, now, read))
 
     def _install(self, certs: list[Certificate]) -> None:
         exact: dict[str, ssl.SSLContext] = {}
@@ -160,9 +222,9 @@ class ServerTls:
 
 
 def load_certificates(tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str,
-                      now: float) -> list[Certificate]:
+                      now: float, read: Reader = read_file) -> list[Certificate]:
     """Every certificate of a listener, loaded. Raises ConfigError (key path, file, reason)."""
-    return [Certificate(tls, resolve(c.cert), resolve(c.key), where, i, now)
+    return [Certificate(tls, resolve(c.cert), resolve(c.key), where, i, now, read)
             for i, c in enumerate(tls.certs)]
 
 
@@ -172,7 +234,7 @@ def listener_where(config: Config, index: int) -> str:
 
 def server_tls(config: Config, now: float) -> dict[int, ServerTls]:
     """The TLS side of each TLS listener of `config`, by its index. Raises ConfigError."""
-    return {i: ServerTls(listener.tls, config.resolve, listener_where(config, i), now)
+    return {i: ServerTls(listener.tls, config.resolve, listener_where(config, i), now, pem_reader(config))
             for i, listener in enumerate(config.listen) if listener.tls is not None}
 
 
@@ -187,7 +249,8 @@ def expiring_soon(tls_by_listener: dict[int, ServerTls], config: Config, now: fl
     return warnings
 
 
-def client_context(tls: BackendTlsConfig, resolve: Callable[[str], str], where: str) -> ssl.SSLContext:
+def client_context(tls: BackendTlsConfig, resolve: Callable[[str], str], where: str,
+                   read: Reader = read_file) -> ssl.SSLContext:
     """The context lb connects to a TLS backend with: verification on unless `verify: false`,
     against `ca` (the system's CAs when it is left out). Raises ConfigError."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # check_hostname and CERT_REQUIRED
@@ -201,10 +264,9 @@ def client_context(tls: BackendTlsConfig, resolve: Callable[[str], str], where: 
     else:
         path = resolve(tls.ca)
         try:
-            context.load_verify_locations(cafile=path)
-        except OSError as exc:
-            if not isinstance(exc, ssl.SSLError):
-                raise ConfigError(f"{where}.ca: cannot read {path}: {exc.strerror or exc}") from None
+            with _as_path(_read(read, path, f"{where}.ca")) as ca_file:
+                context.load_verify_locations(cafile=ca_file)
+        except ssl.SSLError as exc:
             raise ConfigError(f"{where}.ca: {path} holds no PEM certificate ({exc.reason or exc})") from None
     return context
 
@@ -215,7 +277,7 @@ def backend_contexts(config: Config) -> dict[str, tuple[ssl.SSLContext, str]]:
     for i, backend in enumerate(config.backends):
         if backend.tls is not None:
             where = f"{config.source}: backends[{i}].tls"
-            made[backend.name] = (client_context(backend.tls, config.resolve, where),
+            made[backend.name] = (client_context(backend.tls, config.resolve, where, pem_reader(config)),
                                   backend.tls.sni or backend.host)
     return made
 

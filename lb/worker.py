@@ -1,10 +1,11 @@
 """A worker process: the data plane on listening sockets inherited from the master.
 
-Started by the master (lb/control/workers.py) as `python -m lb.worker CHANNEL_FD
+Started by the master (lb/control/workers.py) as `python -P -m lb.worker CHANNEL_FD
 LISTENER_FD...`. Everything else comes over the channel (lb/channel.py): first the
 config and the routing view, then views, reloads, cuts and collects as they
 happen; the worker sends its data plane's reports back. It decides nothing about
-node state.
+node state. Started as root with `user:` set, it drops to that user once it holds its
+sockets and its access log file, before it accepts a connection (lb/core/privileges.py).
 
 The worker never outlives its master: EOF on the channel (the master exited or
 was killed) stops it within ORPHAN_GRACE_S. SIGTERM from the master's
@@ -23,6 +24,7 @@ import signal
 import socket
 import sys
 
+from . import privileges
 from .channel import open_channel
 from .proxy.accesslog import AccessLog
 from .proxy.dataplane import DataPlane
@@ -36,7 +38,7 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
     started = asyncio.Event()
     stop = asyncio.Event()
     state: dict = {"data": None, "stop_timeout": ORPHAN_GRACE_S, "config": None, "view": None,
-                   "worker": 0}
+                   "worker": 0, "identity": None}
 
     early: list = []               # what came before the data plane existed, replayed in order
 
@@ -48,7 +50,7 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
             started.set()
         elif data is None:
             if kind == "config" and state["config"] is None:
-                state["config"], state["worker"] = payload
+                state["config"], state["worker"], state["identity"] = payload
             elif kind == "view" and state["view"] is None:
                 state["view"] = payload
                 started.set()
@@ -91,6 +93,8 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
         handle(data, kind, payload)
     state["data"] = data
     listeners = [socket.socket(fileno=fd) for fd in listener_fds]
+    if state["identity"] is not None:         # holding its sockets and log file; before any client
+        drop_privileges(state["identity"], state["worker"])
     await data.start(listeners)
     channel.send("ready", os.getpid())
     await stop.wait()
@@ -99,6 +103,13 @@ async def run(channel_fd: int, listener_fds: list[int]) -> int:
     access_log.close()
     channel.close()
     return 0
+
+
+def drop_privileges(identity, worker: int) -> None:
+    """Become `user:` for good: the certificates come as bytes from the master, so nothing
+    after this needs root. Raises OSError (the worker then fails to start, loudly)."""
+    privileges.drop(identity)
+    log.info("worker %d runs as %s (uid %d, gid %d)", worker, identity.user, identity.uid, identity.gid)
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ the reply's error. A command that changes state is written to the state file
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import inspect
 import json
@@ -291,7 +292,10 @@ class Admin:
         try:
             try:
                 new = load_config(self.config_path)
-                # Every certificate is loaded before anything changes: a bad one refuses it all.
+                # The master reads the PEM files (the workers may not be allowed to: `user:`)
+                # and loads every certificate before anything changes: a bad one refuses it all.
+                files = tls.read_pem_files(running_config(new, self.control.config))
+                new = dataclasses.replace(new, pem_files=files)
                 certs, warnings = tls.check(running_config(new, self.control.config), time.time())
             except ConfigError as exc:
                 raise CommandError(f"reload refused, the running config stays: {exc.message}") from None

@@ -46,8 +46,6 @@ import subprocess
 import sys
 from collections import Counter, deque
 
-import lb
-
 from ..channel import Channel, open_channel
 from ..core import health
 from ..core.commands import backend_config
@@ -55,6 +53,7 @@ from ..core.errors import LbError
 from ..core.nodes import DRAINED, DRAINING, MAINT, READY, Health, Node, transition
 from ..core.planes import NodeReport, NodeView, Report, RoutingView
 from ..core.stats import StatsDelta
+from ..procs import start_lb_process
 
 log = logging.getLogger("lb.upgrade")
 
@@ -214,10 +213,10 @@ class Successor:
     serves (or raises UpgradeFailed); from then on its views, cuts and collects go to the
     old workers and their reports back (`relay`)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, workers, config_path: str | None):
+    def __init__(self, loop: asyncio.AbstractEventLoop, workers, config_args: list[str]):
         self.loop = loop
         self.workers = workers
-        self.config_path = config_path
+        self.config_args = config_args      # `lb serve`'s arguments naming the config (absolute)
         self.proc: subprocess.Popen | None = None
         self.channel: Channel | None = None
         self.serving: asyncio.Future = loop.create_future()
@@ -227,14 +226,9 @@ class Successor:
 
     async def start(self, state: dict, sockets: list[socket.socket]) -> dict:
         ours, theirs = socket.socketpair()
-        argv = [sys.executable, "-m", "lb.cli", "serve", "--upgrade-fd", str(theirs.fileno())]
-        if self.config_path is not None:
-            argv[4:4] = ["-c", os.path.abspath(self.config_path)]
-        env = dict(os.environ)
-        code_root = os.path.dirname(os.path.dirname(os.path.abspath(lb.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code_root, env.get("PYTHONPATH")]))
+        argv = ["serve", *self.config_args, "--upgrade-fd", str(theirs.fileno())]
         try:
-            self.proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+            self.proc = start_lb_process("lb.cli", argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE)
         except OSError as exc:
             ours.close()

@@ -3,9 +3,10 @@
 `Workers` is the control plane's link (the interface of lb/core/planes.py) when the
 data plane runs in worker processes, and their supervisor:
 
-- it starts `count` workers (`python -m lb.worker`), each inheriting the listening
-  sockets the master bound and one end of a socketpair (lb/channel.py); a worker is
-  sent the config and the current view, and is in service once it says `ready`;
+- it starts `count` workers (`python -P -m lb.worker`, in /: lb/procs.py), each
+  inheriting the listening sockets the master bound and one end of a socketpair
+  (lb/channel.py); a worker is sent the config and the current view, and is in
+  service once it says `ready`;
 - views, reloads, cuts and collects go to every worker; each worker's reports come
   back and are merged into one `Report` for `Control.on_report`: what was served
   (stats, outcomes, failures, retries, pins) passes through as it comes, since deltas
@@ -31,16 +32,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import lb
-
 from ..channel import Channel, open_channel
 from ..core.planes import NodeReport, Report, RoutingView
+from ..core.privileges import Identity
 from ..core.stats import StatsDelta
+from ..procs import start_lb_process
 
 log = logging.getLogger("lb.workers")
 START_TIMEOUT_S = 30.0
@@ -66,8 +66,9 @@ class Worker:
 
 class Workers:
     def __init__(self, config, loop: asyncio.AbstractEventLoop, listeners: list[socket.socket],
-                 report_to, count: int):
+                 report_to, count: int, identity: Identity | None = None):
         self.config = config
+        self.identity = identity              # whom a worker drops to once it serves (lb/core/privileges.py)
         self.loop = loop
         self.listeners = listeners
         self.report_to = report_to
@@ -95,16 +96,13 @@ class Workers:
     async def _spawn(self, slot: int) -> Worker:
         parent, child = socket.socketpair()
         fds = [child.fileno()] + [sock.fileno() for sock in self.listeners]
-        env = dict(os.environ)
-        code_root = os.path.dirname(os.path.dirname(os.path.abspath(lb.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code_root, env.get("PYTHONPATH")]))
-        proc = subprocess.Popen([sys.executable, "-m", "lb.worker", *map(str, fds)], pass_fds=fds, env=env)
+        proc = start_lb_process("lb.worker", [str(fd) for fd in fds], pass_fds=fds)
         child.close()
         worker = Worker(slot, proc, ready=self.loop.create_future())
         self.slots[slot] = worker
         worker.channel = await open_channel(parent, lambda kind, payload: self._on_message(worker, kind, payload),
                                             lambda: self._on_closed(worker))
-        worker.channel.send("config", (self.config, slot))
+        worker.channel.send("config", (self.config, slot, self.identity))
         worker.channel.send("view", self.view_for(slot))
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT_S)
@@ -241,7 +239,7 @@ class Workers:
     def apply_config(self, config) -> None:
         self.config = config
         for worker in self.slots.values():
-            worker.channel.send("config", (config, worker.slot))
+            worker.channel.send("config", (config, worker.slot, self.identity))
 
     def cut(self, name: str) -> None:
         members = self._members()

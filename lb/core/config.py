@@ -215,6 +215,22 @@ def _workers(value: Any) -> int:
     return value
 
 
+_ACCOUNT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")     # POSIX user and group names
+
+
+def _account(value: Any) -> str | int | None:
+    """`user:` or `group:`: a name or a numeric id (looked up when lb starts), or null."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32 - 1:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return _account(int(value))
+    if not isinstance(value, str) or not _ACCOUNT_RE.match(value):
+        raise InvalidValue(f"expected a user or group name, or a numeric id, got {value!r}")
+    return value
+
+
 def _file_mode(value: Any) -> int:
     text = str(value)
     if not re.fullmatch(r"0?[0-7]{3}", text):
@@ -472,10 +488,17 @@ class Config:
     retries: int = _field(2, _int_range(0, 10))
     access_log: str = _field("stdout", _log_target)
     state_file: str = _field("run/lb.state", _text)
+    # Whom a worker runs as once it serves, when lb starts as root (lb/core/privileges.py);
+    # group: the user's primary group (and its other groups) when null.
+    user: str | int | None = _optional(_account)
+    group: str | int | None = _optional(_account)
     # Where the file was read from (an absolute path); relative paths in it resolve
     # against its folder, or against runtime_dir when that is set (the embedded default).
     source: str = field(default="<defaults>", compare=False)
     runtime_dir: str | None = field(default=None, compare=False)
+    # The PEM files the TLS settings name (resolved path -> bytes), read by the master: a
+    # worker loads these, as it may no longer read a key file only root may (lb/tls.py).
+    pem_files: dict = field(default_factory=dict, compare=False, repr=False)
 
     def backend(self, name: str) -> BackendConfig | None:
         return next((b for b in self.backends if b.name == name), None)

@@ -94,7 +94,8 @@ class DataPlane:
             options = {}
             if listener is not None and listener.tls is not None:
                 server_tls = self.server_tls[i] = tls.ServerTls(listener.tls, self.config.resolve,
-                                                                tls.listener_where(self.config, i), now)
+                                                                tls.listener_where(self.config, i), now,
+                                                                tls.pem_reader(self.config))
                 options = {"ssl": server_tls.dispatcher,
                            "ssl_handshake_timeout": self.config.timeouts.client_header,
                            "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT_S}
@@ -126,9 +127,10 @@ class DataPlane:
         self._reload_tls(config)
 
     def _reload_tls(self, config) -> None:
-        """Every reload re-reads the certificates and the backends' CA files (the master
-        loaded them first and refuses a reload with a bad one; a file changed since then
-        keeps what is in use here)."""
+        """Every reload loads the certificates and the backends' CA files again, from the
+        bytes the master read (lb/tls.py: a worker may no longer read a key file itself);
+        the master loaded them first and refuses a reload with a bad one, and one that
+        fails here anyway keeps what is in use."""
         try:
             self.upstreams.tls = tls.backend_contexts(config)
         except ConfigError as exc:
@@ -137,7 +139,7 @@ class DataPlane:
         for i, server_tls in self.server_tls.items():
             try:
                 server_tls.replace(tls.load_certificates(config.listen[i].tls, config.resolve,
-                                                         tls.listener_where(config, i), now))
+                                                         tls.listener_where(config, i), now, tls.pem_reader(config)))
             except ConfigError as exc:
                 log.error("reload: keeping the certificates in use: %s", exc.message)
 

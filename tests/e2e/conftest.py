@@ -30,6 +30,7 @@ from lb.procs import become_subreaper, children, gone  # noqa: F401  (the tests 
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+LB_SCRIPT = str(Path(PYTHON).parent / "lb")       # the `lb` command, as pip installed it
 START_TIMEOUT_S = 15.0
 # After an upgrade the new master outlives the old one, its parent: orphaned, it becomes this
 # process's child (not init's), so the tests reap it by pid and can tell it is gone.
@@ -74,9 +75,9 @@ def port_open(port: int) -> bool:
 class Process:
     """A child process stopped by pid at teardown."""
 
-    def __init__(self, args: list[str], **kwargs):
+    def __init__(self, args: list[str], cwd: Path = ROOT, **kwargs):
         self.args = args
-        self.proc = subprocess.Popen(args, cwd=ROOT, **kwargs)
+        self.proc = subprocess.Popen(args, cwd=cwd, **kwargs)
 
     @property
     def pid(self) -> int:
@@ -123,10 +124,12 @@ class Lb(Process):
     """`lb serve` on a config written to tmp_path; restartable on the same config and state."""
 
     def __init__(self, tmp_path: Path, backends: list[dict], tls: dict | None = None, http2: bool = False,
-                 **overrides):
+                 cwd: Path | None = None, **overrides):
         """`tls`: the first listener's `tls` section (then `port` speaks HTTPS); `http2`: the
-        first listener also takes HTTP/2 with prior knowledge (h2c)."""
+        first listener also takes HTTP/2 with prior knowledge (h2c); `cwd`: lb is started
+        there as an operator starts it, the `lb` command with `-c` relative to that folder."""
         self.tmp_path = tmp_path
+        self.cwd = cwd
         self.port = free_port()
         if tls is not None or http2:
             first = {"address": f"127.0.0.1:{self.port}", **({"tls": tls} if tls else {"http2": True})}
@@ -150,8 +153,11 @@ class Lb(Process):
 
     def _start(self) -> None:
         self._stderr = open(self.stderr_path, "ab")
-        super().__init__([PYTHON, "-m", "lb.cli", "serve", "-c", str(self.config_path)],
-                         stdout=subprocess.DEVNULL, stderr=self._stderr)
+        if self.cwd is None:
+            args, cwd = [PYTHON, "-m", "lb.cli", "serve", "-c", str(self.config_path)], ROOT
+        else:
+            args, cwd = [LB_SCRIPT, "serve", "-c", os.path.relpath(self.config_path, self.cwd)], self.cwd
+        super().__init__(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=self._stderr)
         self.master_pid = self.proc.pid           # changes with each upgrade
         # The master shows its admin socket once its workers serve.
         wait_for(lambda: (admin_answers(self.socket_path) and port_open(self.port))

@@ -93,3 +93,30 @@ def test_the_master_answers_show_info(spawn, tmp_path):
     assert sorted(w["worker"] for w in info["workers"]) == [0, 1]
     assert sorted(w["pid"] for w in info["workers"]) == sorted(lb.worker_pids())
     assert json.dumps(info)            # plain data
+
+
+# Writes down which process imported it, then fails that process's start.
+POISON = """import os, sys
+with open({marker!r}, "a") as marker:
+    marker.write(f"{{os.getpid()}} {{sys.argv}}\\n")
+raise ImportError("imported from the folder lb was started in: " + __file__)
+"""
+
+
+def test_no_process_lb_starts_imports_from_the_folder_lb_was_started_in(spawn, tmp_path):
+    """`python -m` puts the current folder first on sys.path: modules left there that shadow
+    what lb imports (yaml: the master and the workers; h2: the workers only) must run in no
+    worker and no upgraded master, also with `-c` relative to that folder."""
+    folder, marker = tmp_path / "started-here", tmp_path / "imported"
+    folder.mkdir()
+    for module in ("yaml", "h2"):
+        (folder / f"{module}.py").write_text(POISON.format(marker=str(marker)))
+    backend = spawn(Backend, "web1")
+    lb = spawn(Lb, tmp_path, [backend.config()], workers=2, cwd=folder)
+    assert get(lb.port).status == 200
+    first_workers = lb.worker_pids()
+    reply = lb.upgrade()
+    assert reply["ok"], (reply, marker.read_text() if marker.exists() else "")
+    assert len(lb.worker_pids()) == 2 and not set(lb.worker_pids()) & set(first_workers)
+    assert get(lb.port).status == 200
+    assert not marker.exists(), marker.read_text()

@@ -1,6 +1,7 @@
 """lb/tls.py: certificates read and checked, SNI choice, reload messages, backend contexts.
 Certificates are made here by trustme; `now` is passed in."""
 
+import dataclasses
 import datetime
 import hashlib
 import ssl
@@ -10,7 +11,7 @@ import pytest
 import trustme
 
 from lb import tls
-from lb.core.config import INTERMEDIATE_CIPHERS, BackendTlsConfig, CertConfig, ListenerTlsConfig
+from lb.core.config import INTERMEDIATE_CIPHERS, BackendTlsConfig, CertConfig, ListenerTlsConfig, parse_config
 from lb.core.errors import ConfigError
 
 
@@ -133,3 +134,20 @@ def test_backend_contexts_verify_unless_told_not_to(ca, tmp_path):
     with pytest.raises(ConfigError) as error:
         tls.client_context(BackendTlsConfig(ca=str(tmp_path / "junk.pem")), same, "w")
     assert "holds no PEM certificate" in error.value.message
+
+
+def test_certificates_keys_and_cas_load_from_the_bytes_the_master_read(ca, tmp_path):
+    """A worker that dropped to `user:` may read none of the files: it loads what the master read."""
+    write(ca, tmp_path, "a", "a.example")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    config = parse_config("""
+listen: [{address: '127.0.0.1:8443', tls: {certs: [{cert: a.pem, key: a.key}]}}]
+backends: [{name: web1, address: '127.0.0.1:9001', tls: {ca: ca.pem}}]
+""", str(tmp_path / "lb.yaml"))
+    config = dataclasses.replace(config, pem_files=tls.read_pem_files(config))
+    assert sorted(config.pem_files) == sorted(str(tmp_path / name) for name in ("a.pem", "a.key", "ca.pem"))
+    for path in tmp_path.iterdir():
+        path.unlink()
+    certs, _ = tls.check(config, time.time())
+    assert certs[0][0].names == ("a.example",)
+    assert tls.backend_contexts(config)["web1"][0].get_ca_certs()

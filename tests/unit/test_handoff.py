@@ -6,12 +6,15 @@ import pickle
 import time
 from collections import Counter
 
+from lb.cli import build_parser
 from lb.control import handoff
 from lb.control.plane import Control
 from lb.core.config import parse_config
 from lb.core.nodes import DRAINED, DRAINING, EJECTED, MAINT, READY, UP
 from lb.core.planes import NodeReport, NodeView, Report, RoutingView
 from lb.core.stats import StatsDelta
+from lb.files import load_config
+from lb.serve import config_args
 
 BUILTINS = (dict, list, tuple, str, int, float, bool, type(None))
 
@@ -164,3 +167,16 @@ async def test_a_failed_upgrade_takes_the_admin_socket_path_back(tmp_path):
     await server.close()
     intruder.close()
     assert not os.path.exists(path)
+
+
+def test_the_new_master_finds_the_config_as_the_old_one_has_it_though_it_starts_in_another_folder(tmp_path):
+    """The new master of an upgrade starts in /: what the old master read, a file or the embedded
+    config with its runtime paths in the folder lb was started from, must be found the same."""
+    written = tmp_path / "lb.yaml"
+    written.write_text("backends: [{name: web1, address: '127.0.0.1:9001'}]\nadmin: {socket: run/lb.sock}\n")
+    for path in (str(written), None):
+        old = load_config(path, runtime_dir=str(tmp_path / "started-here"))
+        args = build_parser().parse_args(["serve", *config_args(old, path), "--upgrade-fd", "5"])
+        new = load_config(args.config, args.runtime_dir)
+        assert new.resolve(new.admin.socket) == old.resolve(old.admin.socket)
+        assert new.resolve(new.admin.socket).startswith(str(tmp_path))
