@@ -8,8 +8,16 @@ fields unknown, repeated, after a regular field or missing, CR/LF/NUL or a leadi
 trailing space in a value. h2's own header validation is off (lb/proxy/h2client.py) so that
 these are stream errors, not connection errors. The request then goes through
 http1.analyze_request like any HTTP/1.1 one: :authority becomes Host, the Cookie fields
-(which HTTP/2 may split) are joined with "; " (section 8.2.3), and a request whose body is
-not announced by content-length is forwarded chunked.
+(which HTTP/2 may split) are joined with "; " (section 8.2.3). The HTTP/1.1 limits hold
+too (limits.max_headers and max_header_bytes: 431, max_target_bytes: 414), and :path is
+held to what an HTTP/1.1 request line can carry (400).
+
+The body's framing upstream (`body_framing`) follows one rule: a content-length is written
+upstream only when lb has the whole body before it writes the head, and it is then what the
+DATA frames carried; otherwise the body goes chunked. The client's content-length is only a
+promise, which lb holds the DATA to (a mismatch is malformed, RFC 9113 8.1.1): it never
+frames bytes on a backend connection. A HEADERS frame that ends the stream with a non-zero
+content-length is malformed (it once let the next stream's head be read as this body).
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import re
 from hpack.table import HeaderTable
 
 from . import http1
+from .config import LimitsConfig
 from .errors import HttpError
+from .memo import Memo
 
 PSEUDO_REQUEST = (b":method", b":scheme", b":authority", b":path")
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -33,9 +43,9 @@ _STATIC: dict = {}                     # HPACK's static table: (name, value) and
 for _index, _field in enumerate(HeaderTable.STATIC_TABLE, 1):
     _STATIC.setdefault(_field, _index)
     _STATIC.setdefault(_field[0], _index)
-FIELD_CACHE_MAX = 4096                 # encoded fields kept (shared by every connection)
-FIELD_CACHE_VALUE_MAX = 128            # longer values are encoded each time
-_encoded: dict = {}
+FIELD_CACHE_MAX = 4096                 # fields kept (per memo, shared by every connection)
+FIELD_CACHE_ENTRY_MAX = 192            # a longer name and value are checked or encoded each time
+_encoded = Memo(FIELD_CACHE_MAX, 1024 * 1024, 2 * FIELD_CACHE_ENTRY_MAX)    # a response field -> its HPACK bytes
 
 
 class StreamError(Exception):
@@ -46,14 +56,16 @@ class StreamError(Exception):
         self.message = message
 
 
-def request_head(fields: list, has_body: bool) -> http1.RequestHead:
-    """The RequestHead of an HTTP/2 request. `has_body`: the HEADERS frame did not end the
-    stream. Raises StreamError for a malformed request, HttpError for one lb refuses as it
-    would over HTTP/1.1 (a bad Host, an unknown method...)."""
+def request_head(fields: list, has_body: bool, limits: LimitsConfig = LimitsConfig()) -> http1.RequestHead:
+    """The RequestHead of an HTTP/2 request, its content_length the client's (a promise, see
+    body_framing). `has_body`: the HEADERS frame did not end the stream; `limits`: the
+    config's. Raises StreamError for a malformed request, HttpError for one lb refuses as it
+    would over HTTP/1.1 (a bad Host, an unknown method, 414, 431...)."""
     pseudo: dict[bytes, bytes] = {}
     regular: list = []
     cookies: list = []
     checked = _checked
+    remember = checked.put
     seen_regular = False
     for field in fields:
         name = field[0]
@@ -70,10 +82,8 @@ def request_head(fields: list, has_body: bool) -> http1.RequestHead:
         kind = checked.get(field)
         if kind is None:
             kind = _check_field(name, field[1])
-            if len(field[1]) <= FIELD_CACHE_VALUE_MAX and name not in UNCACHED:
-                if len(checked) >= FIELD_CACHE_MAX:
-                    checked.clear()
-                checked[field] = kind
+            if name not in UNCACHED:
+                remember(field, kind, len(name) + len(field[1]))
         if kind is _REGULAR:
             regular.append(field)
         elif kind is _COOKIE:
@@ -94,15 +104,42 @@ def request_head(fields: list, has_body: bool) -> http1.RequestHead:
         regular.append((b"host", authority))
     if cookies:
         regular.append((b"cookie", b"; ".join(cookies)))
-    if has_body and not any(name == b"content-length" for name, _ in regular):
-        regular.append((b"transfer-encoding", b"chunked"))
-    head = http1.analyze_request(method, pseudo[b":path"], b"1.1", regular)
+    path = pseudo[b":path"]
+    _check_limits(path, regular, limits)
+    head = http1.analyze_request(method, path, b"1.1", regular)
+    if not head.host:
+        raise StreamError("no authority (an empty or missing :authority and Host)")
+    if not has_body and head.content_length:
+        raise StreamError("content-length with no DATA (END_STREAM on HEADERS)")
     head.version = b"2"            # what Via says lb received; HTTP/1.1 goes upstream
     return head
 
 
+def _check_limits(path: bytes, regular: list, limits) -> None:
+    """limits.max_target_bytes (414), max_headers and max_header_bytes (431) as over HTTP/1.1,
+    on the head an HTTP/1.1 request would carry; :path as a request line's target (400)."""
+    http1.check_target(path, limits.max_target_bytes)
+    if path[:1] != b"/" and path != b"*":
+        raise HttpError(f"malformed request target: {path[:60]!r} (origin-form or *)", 400)
+    http1.check_target_grammar(path)
+    http1.check_header_count(len(regular), limits.max_headers)
+    http1.check_head_size(path, regular, limits.max_header_bytes)
+
+
+def body_framing(declared: int | None, received: int, ended: bool) -> tuple[int | None, bool]:
+    """(content_length, chunked) of a request body as written upstream, decided when the head
+    is written: `received` bytes of DATA so far, `ended` if END_STREAM came with them,
+    `declared` the client's content-length. Raises StreamError when the DATA already broke
+    the promise."""
+    if declared is not None and (received > declared or ended and received != declared):
+        raise StreamError(f"{received} bytes of DATA for content-length {declared}")
+    if ended:
+        return received, False
+    return None, True
+
+
 _REGULAR, _COOKIE, _TE, _HOST = "regular", "cookie", "te", "host"
-_checked: dict = {}            # (name, value) -> its kind, for fields found valid (shared)
+_checked = Memo(FIELD_CACHE_MAX, 512 * 1024, FIELD_CACHE_ENTRY_MAX)   # a field found valid -> its kind
 
 
 def _check_field(name: bytes, value: bytes) -> str:
@@ -196,13 +233,12 @@ class ResponseEncoder:
                 out.append(_integer(self._size, 5, 0x20))
             self._smallest = None
         cache = _encoded
+        lookup = cache.get
         for field in headers:
-            encoded = cache.get(field)
+            encoded = lookup(field)
             if encoded is None:
                 encoded = encode_field(field[0], field[1])
-                if len(field[1]) <= FIELD_CACHE_VALUE_MAX and field[0] not in UNCACHED:
-                    if len(cache) >= FIELD_CACHE_MAX:
-                        cache.clear()
-                    cache[field] = encoded
+                if field[0] not in UNCACHED:
+                    cache.put(field, encoded, len(field[0]) + len(field[1]) + len(encoded))
             out.append(encoded)
         return b"".join(out)

@@ -29,6 +29,7 @@ import h11
 import httptools
 
 from .errors import HttpError
+from .memo import Memo
 
 # RFC 9110 7.6.1 hop-by-hop fields, plus the legacy Proxy-Connection.
 HOP_BY_HOP = frozenset({
@@ -111,12 +112,11 @@ _NO_TOKENS: frozenset = frozenset()
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
-# The tables below remember what peers send over and over (header names, Connection values,
-# status lines), each bounded in entries and never keeping a key longer than this: what
-# peers can make them hold stays under a MiB in all.
+# The memos below remember what peers send over and over (header names, Connection values,
+# Host values, status lines), each bounded in entries and bytes (lb/core/memo.py) and never
+# keeping a key longer than this: what peers can make them hold stays under a MiB in all.
 _CACHED_MAX_BYTES = 64
-_TOKENS_SEEN: dict[bytes, frozenset] = {}     # a Connection value -> its tokens (a site sends few)
-_TOKENS_SEEN_MAX = 256
+_TOKENS_SEEN = Memo(256, 64 * 1024, _CACHED_MAX_BYTES)   # a Connection value -> its tokens (a site sends few)
 
 
 def _connection_tokens(specials: dict) -> frozenset:
@@ -130,10 +130,7 @@ def _connection_tokens(specials: dict) -> frozenset:
         tokens = _TOKENS_SEEN.get(values[0])
         if tokens is None:
             tokens = _tokens(values)
-            if len(values[0]) <= _CACHED_MAX_BYTES:
-                if len(_TOKENS_SEEN) >= _TOKENS_SEEN_MAX:
-                    _TOKENS_SEEN.clear()
-                _TOKENS_SEEN[values[0]] = tokens
+            _TOKENS_SEEN.put(values[0], tokens, len(values[0]))
         return tokens
     return _tokens(values)
 
@@ -175,10 +172,7 @@ def _split_headers(raw_headers, special: frozenset):
         kind = seen.get(name)
         if kind is None:
             kind = _name_kind(name, special)
-            if len(name) <= _CACHED_MAX_BYTES:
-                if len(seen) >= _NAMES_SEEN_MAX:
-                    seen.clear()
-                seen[name] = kind
+            seen.put(name, kind, len(name))
         if kind is _KEEP:
             kept.append(field)            # the (name, value) pair as parsed: no new tuple
         elif kind is not _DROP:
@@ -194,7 +188,6 @@ def _split_headers(raw_headers, special: frozenset):
 # (_split_headers 1.06 -> 0.48 µs for nginx's 5 response headers, bench/hotpath.py).
 _KEEP, _DROP = b"", False
 _NAMES_SEEN: dict = {}
-_NAMES_SEEN_MAX = 1024
 
 
 def _name_kind(name: bytes, special: frozenset):
@@ -209,7 +202,8 @@ _FRAMING = frozenset({b"content-length", b"host", b"expect", b"via"})
 _REQUEST_SPECIAL = HOP_BY_HOP | _FRAMING | REQUEST_OWNED
 # Host, Expect and Via are end-to-end in a response: they pass as they came.
 _RESPONSE_SPECIAL = HOP_BY_HOP | frozenset({b"content-length"})
-_NAMES_SEEN.update({_REQUEST_SPECIAL: {}, _RESPONSE_SPECIAL: {}})
+_NAMES_SEEN.update({special: Memo(1024, 64 * 1024, _CACHED_MAX_BYTES)
+                    for special in (_REQUEST_SPECIAL, _RESPONSE_SPECIAL)})
 
 
 def _framing(specials: dict) -> tuple[int | None, bool]:
@@ -243,6 +237,17 @@ def check_target(target: bytes, max_target_bytes: int) -> None:
     """Raises HttpError(414) for a request target over the limit."""
     if len(target) > max_target_bytes:
         raise HttpError("request target too long", 414)
+
+
+# What llhttp and h11 refuse in a request target (SP, HTAB, CTL, DEL and bytes past ASCII: each
+# parser's own grammar, checked in tests/unit/test_h2head.py): HTTP/2's :path is held to it.
+_TARGET_REFUSED = re.compile(rb"[\x00-\x20\x7f-\xff]")
+
+
+def check_target_grammar(target: bytes) -> None:
+    """Raises HttpError(400) for a target an HTTP/1.1 request line could not carry."""
+    if _TARGET_REFUSED.search(target) is not None:
+        raise HttpError(f"malformed request target: {target[:60]!r}", 400)
 
 
 def check_header_count(count: int, max_headers: int) -> None:
@@ -314,19 +319,16 @@ def _analyze_request(method: bytes, target: bytes, version: bytes, kept: list, s
                        expect_continue, via, forwarded_by)
 
 
-_GOOD_HOSTS: set[bytes] = set()      # Host values seen valid (a site has few): no regex per request
-_GOOD_HOSTS_MAX = 1024
+_GOOD_HOSTS = Memo(1024, 64 * 1024, 255)   # Host values seen valid (a site has few): no regex per request
 
 
 def _check_host(host: bytes | None, target: bytes) -> None:
     """A Host that is a host[:port], and an absolute-form target whose authority is that
     Host (HAProxy 2.6 refuses a mismatch). Raises HttpError(400)."""
-    if host is not None and host not in _GOOD_HOSTS:
+    if host is not None and _GOOD_HOSTS.get(host) is None:
         if not _HOST_VALUE_RE.match(host):
             raise HttpError(f"malformed Host: {host[:60]!r}", 400)
-        if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
-            _GOOD_HOSTS.clear()
-        _GOOD_HOSTS.add(host)
+        _GOOD_HOSTS.put(host, True, len(host))
     if target[:1] != b"/" and target != b"*":
         absolute = _ABSOLUTE_RE.match(target)
         if absolute is None:
@@ -971,18 +973,14 @@ def chained(head: RequestHead, trusted: bool) -> bool:
     return head.via is not None or (trusted and head.forwarded_by is not None)
 
 
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}    # (status, reason) -> its status line
-_STATUS_LINES_MAX = 256
+_STATUS_LINES = Memo(256, 64 * 1024, 2 * _CACHED_MAX_BYTES)    # (status, reason) -> its status line
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
     line = _STATUS_LINES.get((status, reason))
     if line is None:
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
-        if len(reason) <= _CACHED_MAX_BYTES:
-            if len(_STATUS_LINES) >= _STATUS_LINES_MAX:
-                _STATUS_LINES.clear()
-            _STATUS_LINES[status, reason] = line
+        _STATUS_LINES.put((status, reason), line, len(reason) + len(line))
     return line
 
 

@@ -17,12 +17,21 @@ Flow control, both ways, per stream:
   past STREAM_WRITE_HIGH the stream's upstream stops being read, and reading resumes when it
   drains. A slow stream pauses its own backend, never the connection.
 
-Limits: MAX_CONCURRENT_STREAMS (a stream past it is refused: REFUSED_STREAM), the header
-list size (limits.max_header_bytes), h2's cap on CONTINUATION frames per header block and
-its bounded HPACK table; streams reset by the client, PINGs and SETTINGS are counted per
-second, and past their caps the connection gets GOAWAY ENHANCE_YOUR_CALM (the 2023
-rapid-reset attack). A request body must come in time, per stream, as over HTTP/1.1 (else
-a 408). A connection with no stream for timeouts.client_idle is closed. At a stop or an
+A stream's exchange starts once the whole read that brought its HEADERS is handled: DATA
+and END_STREAM in the same read are known before anything is sent upstream, so a request
+already malformed (a content-length its DATA breaks) never opens a backend connection, and
+a body that is whole gets a Content-Length upstream (h2head.body_framing: else chunked).
+
+Limits: MAX_CONCURRENT_STREAMS (a stream past it is refused: REFUSED_STREAM); a header
+block (HEADERS and its CONTINUATIONs, as received) past limits.max_header_bytes is a
+connection error at once (the 2024 CONTINUATION flood), and the decoded list past
+HPACK_BOMB_FACTOR times it too (an HPACK bomb); below that, the HTTP/1.1 limits answer on
+the stream (431, 414: h2head). Every stream that ends abnormally (reset by the client,
+refused, malformed, reset by h2 for a flow-control error) counts toward one budget per
+second, as do PINGs and SETTINGS each toward theirs: past it the connection gets GOAWAY
+ENHANCE_YOUR_CALM (the 2023 rapid-reset attack and 2025's "MadeYouReset", where the server's
+own resets were not counted). A request body must come in time, per stream, as over
+HTTP/1.1 (else a 408). A connection with no stream for timeouts.client_idle is closed. At a stop or an
 upgrade each connection gets GOAWAY with the last stream it will answer, and closes once
 those streams are done.
 """
@@ -37,7 +46,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
 from ..core import h2head
 from ..core.errors import HttpError
@@ -52,7 +62,8 @@ MAX_CONCURRENT_STREAMS = 100
 CONNECTION_WINDOW = 16 << 20
 STREAM_WRITE_HIGH = 64 * 1024          # a stream's unsent response bytes past which its backend pauses
 WRITE_HIGH_BYTES = 256 * 1024          # the transport's own buffer
-RESETS_PER_S = 100                     # streams a client may reset in a second
+RESETS_PER_S = 100                     # streams that may end abnormally in a second (reset, refused, malformed)
+HPACK_BOMB_FACTOR = 4                  # a decoded header list past this times max_header_bytes: connection error
 PINGS_PER_S = 50
 SETTINGS_PER_S = 50
 CHUNKED = 1                            # the body mode of an HTTP/2 response with a body
@@ -82,6 +93,25 @@ class _Connection(h2.connection.H2Connection):
         return stream
 
 
+class _FrameBuffer(FrameBuffer):
+    """h2's frame buffer, except that a header block (HEADERS and its CONTINUATION frames) is
+    held to `max_block_bytes` as it comes: h2 alone keeps up to 64 frames of 16 KiB (~1 MiB a
+    connection) until the block ends. Past it: GOAWAY ENHANCE_YOUR_CALM, as HAProxy does."""
+
+    def __init__(self, max_block_bytes: int):
+        super().__init__(server=True)
+        self.max_block_bytes = max_block_bytes
+        self.block_bytes = 0
+
+    def _update_header_buffer(self, frame):
+        if isinstance(frame, (HeadersFrame, ContinuationFrame)):
+            self.block_bytes = len(frame.data) + (self.block_bytes if self._headers_buffer else 0)
+            if self.block_bytes > self.max_block_bytes:
+                raise h2.exceptions.DenialOfServiceError(
+                    f"header block over {self.max_block_bytes} bytes (limits.max_header_bytes)")
+        return super()._update_header_buffer(frame)
+
+
 class StreamFlow(FlowControl):
     """The `flow` of an H2Stream: while any named reason holds, DATA it receives is not
     acknowledged (the client's window for the stream stays shut); then what was held is."""
@@ -104,8 +134,10 @@ class H2Stream:
     redirect = False
     h2 = True
 
-    def __init__(self, conn, stream_id: int, expected_length: int | None):
+    def __init__(self, conn, stream_id: int, expected_length: int | None, head=None):
         self.conn = conn
+        self.head = head               # until the exchange starts (the end of the read that brought it)
+        self.early: list[bytes] = []   # DATA that came before the exchange started
         self.id = stream_id
         self.plane = conn.plane
         self.ip, self.trusted, self.proto = conn.ip, conn.trusted, conn.proto
@@ -210,6 +242,10 @@ class H2Stream:
         if self.expected_length is not None and self.received > self.expected_length:
             self.malformed("more DATA than content-length")
             return
+        if self.head is not None and not self.closed:      # the exchange starts at the read's end
+            self.early.append(data)
+            self.held_ack += flow_length
+            return
         if exchange is not None and not exchange.finished and not self.closed:
             exchange.add_body(data)
             if self.flow.paused:
@@ -233,11 +269,17 @@ class H2Stream:
             self.conn.flush_soon()
 
     def malformed(self, why: str) -> None:
-        """RFC 9113 8.1.1: a malformed request is a stream error, and is not sent on."""
+        """RFC 9113 8.1.1: a malformed request is a stream error, and is not sent on. An
+        exchange already under way ends, and its backend connection with it (never reused)."""
         self.plane.failed["h2_stream_error"] += 1
         self.reset(ErrorCodes.PROTOCOL_ERROR)
         if self.exchange is not None:
             self.exchange.fail(HttpError(f"malformed HTTP/2 request: {why}", 400))
+        elif not self.done:
+            self.done = True               # it never started: nothing went upstream
+            self.head = None
+            self.conn.stream_done(self)
+        self.conn.ended_abnormally("malformed requests")
 
     def reset(self, code) -> None:
         if not self.closed:
@@ -349,6 +391,11 @@ class H2ClientConnection:
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
         self.h2 = _Connection(config=config)
         self.h2.encoder = h2head.ResponseEncoder()
+        self.h2.incoming_buffer = _FrameBuffer(limits.max_header_bytes)
+        # An HPACK bomb (a few bytes naming a large dynamic-table entry over and over) is a
+        # connection error; a list over max_header_bytes below that is a 431 on its stream.
+        self.h2.decoder.max_header_list_size = HPACK_BOMB_FACTOR * limits.max_header_bytes
+        self.starting: list[H2Stream] = []     # streams whose exchange starts at this read's end
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
@@ -385,7 +432,13 @@ class H2ClientConnection:
         self.corked += 1
         try:
             for event in events:
+                if self.closed:
+                    break
                 self._event(event)
+            starting, self.starting = self.starting, []
+            for stream in starting:
+                if not self.closed:
+                    self._start(stream)
         finally:
             self.corked -= 1
         if not self.closed:
@@ -429,8 +482,7 @@ class H2ClientConnection:
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 stream.reset_by_client()
-            if self._over("reset", RESETS_PER_S):
-                self._calm_down("too many streams reset")
+            self.ended_abnormally("too many streams reset")
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
@@ -467,15 +519,15 @@ class H2ClientConnection:
         if len(self.streams) >= MAX_CONCURRENT_STREAMS:
             self.plane.failed["h2_refused_stream"] += 1
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
-            if self._over("reset", RESETS_PER_S):
-                self._calm_down("too many streams past the limit")
+            self.ended_abnormally("too many streams past the limit")
             return
         has_body = event.stream_ended is None
         try:
-            head = h2head.request_head(event.headers, has_body)
+            head = h2head.request_head(event.headers, has_body, self.plane.config.limits)
         except h2head.StreamError:
             self.plane.failed["h2_stream_error"] += 1
             self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            self.ended_abnormally("malformed requests")
             return
         except HttpError as exc:
             stream = self.streams[stream_id] = H2Stream(self, stream_id, None)
@@ -485,16 +537,42 @@ class H2ClientConnection:
             stream.send_error(exc)
             stream.exchange_done(None, False)
             return
-        stream = self.streams[stream_id] = H2Stream(self, stream_id, head.content_length if has_body else None)
+        stream = self.streams[stream_id] = H2Stream(self, stream_id, head.content_length if has_body else None, head)
         stream.client_ended = not has_body
         if len(self.streams) == 1:
             self.deadline = INFINITY           # not idle; what is left is the streams' body deadlines
-        exchange = stream.exchange = H2Exchange(self.plane, stream, head)
         if has_body:
             stream.expect_body()
+        self.starting.append(stream)
+
+    def _start(self, stream: H2Stream) -> None:
+        """The stream's exchange, once the read that brought its HEADERS is handled: its body's
+        framing upstream is decided on what came in that read (h2head.body_framing)."""
+        head, stream.head = stream.head, None
+        if head is None or stream.closed:
+            return                             # malformed or reset in the same read
+        if stream.expected_length is not None or stream.early or not stream.client_ended:
+            try:
+                head.content_length, head.chunked = h2head.body_framing(
+                    stream.expected_length, stream.received, stream.client_ended)
+            except h2head.StreamError as exc:
+                stream.malformed(exc.message)
+                return
+        exchange = stream.exchange = H2Exchange(self.plane, stream, head)
         exchange.start()
-        if not has_body and not exchange.finished:
+        early, stream.early = stream.early, []
+        for piece in early:
+            exchange.add_body(piece)
+        if stream.client_ended and not exchange.finished:
             exchange.end_body()
+        if not stream.flow.paused:
+            stream.acknowledge_held()
+
+    def ended_abnormally(self, why: str) -> None:
+        """A stream ended abnormally (reset by either side, refused, malformed): past
+        RESETS_PER_S of them in a second, the connection is closed (GOAWAY ENHANCE_YOUR_CALM)."""
+        if self._over("reset", RESETS_PER_S) and not self.closed:
+            self._calm_down(why)
 
     # -- sending -------------------------------------------------------------------------
     def pump(self, stream: H2Stream) -> None:

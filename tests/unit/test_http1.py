@@ -539,22 +539,6 @@ def test_lb_own_lines_made_once_per_connection_are_the_lines_made_per_request(tr
         assert b"\r\nX-Forwarded-Proto: " + proto + b"\r\n" in cached and b";proto=" + proto + b"\r\n" in cached
 
 
-def test_what_peers_send_can_make_the_remembered_tables_hold_only_so_much():
-    for i in range(3000):
-        short, long = b"X-%d" % i, b"X-" + b"y" * 100 + b"%d" % i
-        http1._split_headers([(short, b"v"), (long, b"v")], http1._RESPONSE_SPECIAL)
-        http1._connection_tokens({b"connection": [b"close, x%d" % i]})
-        http1._status_line(200, b"R" * 100 + b"%d" % i)
-    names = http1._NAMES_SEEN[http1._RESPONSE_SPECIAL]
-    assert 0 < len(names) <= http1._NAMES_SEEN_MAX and all(len(n) <= http1._CACHED_MAX_BYTES for n in names)
-    assert len(http1._TOKENS_SEEN) <= http1._TOKENS_SEEN_MAX and not http1._STATUS_LINES.keys() - {
-        key for key in http1._STATUS_LINES if len(key[1]) <= http1._CACHED_MAX_BYTES}
-    # and what is remembered is what the general computation gives
-    assert http1._connection_tokens({b"connection": [b"Keep-Alive, X-Foo"]}) == {b"keep-alive", b"x-foo"}
-    assert http1._split_headers([(b"Keep_Alive", b"1"), (b"CONNECTION", b"x"), (b"A", b"b")],
-                                http1._RESPONSE_SPECIAL) == ([(b"A", b"b")], {b"connection": [b"x"]})
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_an_upgrade_to_h2c_is_served_as_http_1_1_and_not_passed_on(impl):
     data = (b"GET /1 HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
