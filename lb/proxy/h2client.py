@@ -69,15 +69,17 @@ SETTINGS_PER_S = 50
 CHUNKED = 1                            # the body mode of an HTTP/2 response with a body
 
 
-def _length_is_lbs(length: int, end_stream: bool) -> None:
+def _length_is_lbs(*args) -> None:
     return None
 
 
 class _Connection(h2.connection.H2Connection):
-    """h2's connection, except that a content-length the DATA does not match is lb's to
-    judge (H2Stream.data/request_ended: a stream error, RFC 9113 8.1.1) instead of h2's
-    (a connection error that would fail every other stream of the client). This reaches
-    into h2's stream (`_track_content_length`); tests/e2e/test_h2.py fails if h2 changes it."""
+    """h2's connection, except that content-length is lb's to judge: a value that is not
+    digits or is given twice (h2head: 400 on the stream) and DATA that does not match it
+    (H2Stream.data/request_ended: a stream error, RFC 9113 8.1.1) instead of h2's connection
+    errors, which would fail every other stream of the client. This reaches into h2's stream
+    (`_initialize_content_length`, `_track_content_length`); tests/e2e/test_h2.py and
+    test_h2_framing.py fail if h2 changes them."""
 
     @property
     def open_inbound_streams(self) -> int:
@@ -89,6 +91,7 @@ class _Connection(h2.connection.H2Connection):
 
     def _begin_new_stream(self, stream_id, allowed_ids):
         stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream._initialize_content_length = _length_is_lbs
         stream._track_content_length = _length_is_lbs
         return stream
 

@@ -323,6 +323,7 @@ def test_host_and_absolute_form(impl, target, host, ok):
 def test_chunk_framing():
     assert http1.chunk(b"hello") == b"5\r\nhello\r\n"
     assert http1.chunk(b"x" * 255) == b"ff\r\n" + b"x" * 255 + b"\r\n"
+    assert http1.chunk(b"") == b""          # not the last chunk: an empty piece sends nothing
 
 
 @pytest.mark.parametrize("impl", IMPLS)
