@@ -278,3 +278,166 @@ def test_every_http2_request_reaches_the_backend_as_one_well_framed_request_or_n
     else:
         assert [bytes(r["body"]) for r in got] == [body], spec
     assert [bytes(r["body"]) for r in raw_backend.requests(case + "f")] == [b""]
+
+
+# -- the other HTTP/2 findings of issue 25, on the same lb ------------------------------
+
+def _raw_h2c(port: int, frames: bytes, read_s: float = 10.0) -> tuple[int | None, bytes]:
+    """The preface, SETTINGS and `frames` over h2c; (the GOAWAY error code lb sent or None,
+    all it sent) once lb closes or `read_s` passes."""
+    from hyperframe.frame import SettingsFrame
+    sock = socket.create_connection(("127.0.0.1", port), timeout=read_s)
+    received = b""
+    try:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + frames)
+        deadline = time.monotonic() + read_s
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            received += data
+    finally:
+        sock.close()
+    at = 0
+    while at + 9 <= len(received):
+        length = int.from_bytes(received[at:at + 3], "big")
+        if received[at + 3] == 0x7:
+            return int.from_bytes(received[at + 13:at + 17], "big"), received
+        at += 9 + length
+    return None, received
+
+
+def _block(fields: list) -> bytes:
+    import hpack
+    return hpack.Encoder().encode(fields)
+
+
+class RawH2c:
+    """Frames to lb over h2c, and the frames it sends back, read as they come."""
+
+    def __init__(self, port: int):
+        from hyperframe.frame import SettingsFrame
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize())
+        self.buffer = b""
+        self.goaway: int | None = None
+        self.resets: set[int] = set()
+        self.closed = False
+
+    def read_until(self, done) -> None:
+        """Read frames until done(self) holds, lb sends GOAWAY or closes."""
+        while not done(self) and self.goaway is None and not self.closed:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+            self.buffer += data
+            while len(self.buffer) >= 9 and len(self.buffer) >= 9 + int.from_bytes(self.buffer[:3], "big"):
+                length = int.from_bytes(self.buffer[:3], "big")
+                kind, sid = self.buffer[3], int.from_bytes(self.buffer[5:9], "big") & 0x7FFFFFFF
+                if kind == 0x7:
+                    self.goaway = int.from_bytes(self.buffer[13:17], "big")
+                elif kind == 0x3:
+                    self.resets.add(sid)
+                self.buffer = self.buffer[9 + length:]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_streams_lb_resets_itself_count_toward_the_reset_budget_and_never_reach_a_backend(h2c_lb, raw_backend):
+    """MadeYouReset (CVE-2025-8671): up to 2,000 POSTs with content-length: 1 and 2 bytes of
+    DATA, 20 at a time, each reset by lb. Before: no GOAWAY, and each reached the backend on
+    a connection of its own."""
+    from hyperframe.frame import DataFrame, HeadersFrame
+    with raw_backend.lock:
+        connections_before = len(raw_backend.connections)
+    client = RawH2c(h2c_lb.port)
+    block = _block(_fields("made-you-reset", extra=[(b"content-length", b"1")]))
+    sent = 0
+    try:
+        while sent < 2000 and client.goaway is None and not client.closed:
+            frames = b""
+            for sid in range(1 + 2 * sent, 1 + 2 * (sent + 20), 2):
+                frames += HeadersFrame(sid, data=block, flags=["END_HEADERS"]).serialize()
+                frames += DataFrame(sid, data=b"xx", flags=["END_STREAM"]).serialize()
+            sent += 20
+            client.sock.sendall(frames)
+            client.read_until(lambda c: (2 * sent - 1) in c.resets)
+    finally:
+        client.close()
+    assert client.goaway == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM and sent <= 200, (client.goaway, sent)
+    assert raw_backend.requests("made-you-reset", complete=False) == []
+    with raw_backend.lock:
+        assert len(raw_backend.connections) - connections_before <= 1      # a health check at most
+
+
+def test_a_continuation_flood_is_cut_at_max_header_bytes_not_at_64_frames(h2c_lb):
+    """HEADERS + 63 CONTINUATION of 16 KiB without END_HEADERS: h2 alone held ~1 MiB until the
+    64th; lb sends GOAWAY once the block passes limits.max_header_bytes (16 KiB), at the second."""
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+    first = HeadersFrame(1, data=b"\x00" * 16000).serialize()
+    rest = b"".join(ContinuationFrame(1, data=b"\x00" * 16000).serialize() for _ in range(63))
+    sock = socket.create_connection(("127.0.0.1", h2c_lb.port), timeout=10)
+    try:
+        from hyperframe.frame import SettingsFrame
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + first)
+        sock.sendall(ContinuationFrame(1, data=b"\x00" * 1000).serialize())
+        received = b""
+        while True:                       # lb closes at once, with the rest never sent
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+        assert b"\x00\x00\x00\x0b" in received or b"header block over" in received   # ENHANCE_YOUR_CALM
+        with pytest.raises(OSError):
+            for _ in range(50):
+                sock.sendall(rest)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("extra, path, status", [
+    ([(b"x-%d" % i, b"1") for i in range(150)], b"/", 431),                 # limits.max_headers (100)
+    # a 40 KiB list (max_header_bytes 16 KiB) in a small block: the field repeated from HPACK's
+    # dynamic table (a block itself over max_header_bytes is a connection error: the next test)
+    ([(b"x-big", b"v" * 4000)] * 10, b"/", 431),
+    ([], b"/" + b"a" * 12 * 1024, 414),                                     # max_target_bytes (8 KiB)
+    ([], b"/a HTTP/1.1", 400),                                              # SP in :path
+    ([], b"/a\tb", 400),
+    ([], b"/a\x7f", 400),
+    ([], b"/a\x01", 400),
+])
+def test_the_http_1_1_limits_and_target_grammar_hold_over_http2(h2c_lb, raw_backend, extra, path, status):
+    case = f"limits{time.monotonic_ns()}"
+    client = H2Client(h2c_lb.port, None)
+    try:
+        fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"app.example"), (b":path", path),
+                  (b"x-case", case.encode()), *extra]
+        sid = client.request("/", fields=fields)
+        client.wait([sid])
+        assert client.status(sid) == status
+        good = client.request("/", authority="app.example")          # the connection goes on
+        client.wait([good])
+        assert client.status(good) == 200
+    finally:
+        client.close()
+    assert raw_backend.requests(case, complete=False) == []
+
+
+def test_an_empty_authority_is_malformed_never_an_empty_host(h2c_lb, raw_backend):
+    case = f"authority{time.monotonic_ns()}"
+    client = H2Client(h2c_lb.port, None)
+    try:
+        sid = client.request("/", fields=[(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b""),
+                                          (b":path", b"/"), (b"x-case", case.encode())])
+        client.wait([sid])
+        assert client.resets.get(sid) == PROTOCOL_ERROR
+    finally:
+        client.close()
+    assert raw_backend.requests(case, complete=False) == []
