@@ -31,9 +31,9 @@ refused, malformed, reset by h2 for a flow-control error) counts toward one budg
 second, as do PINGs and SETTINGS each toward theirs: past it the connection gets GOAWAY
 ENHANCE_YOUR_CALM (the 2023 rapid-reset attack and 2025's "MadeYouReset", where the server's
 own resets were not counted). A request body must come in time, per stream, as over
-HTTP/1.1 (else a 408). A connection with no stream for timeouts.client_idle is closed. At a stop or an
-upgrade each connection gets GOAWAY with the last stream it will answer, and closes once
-those streams are done.
+HTTP/1.1 (else a 408). A connection with no stream for timeouts.client_idle is closed. At
+a stop or an upgrade each connection gets GOAWAY with the last stream it will answer, and
+closes once those streams are done.
 """
 
 from __future__ import annotations
