@@ -91,10 +91,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.closed = False
         self.closing_after_current = False
         self.deferred_error: HttpError | None = None   # a bad pipelined request, answered in turn
+        plane.connection_accepted(self)          # made at accept, by the listener's protocol factory
 
     # -- asyncio Protocol ------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.plane.connection_made(self)         # before an HTTP/2 connection takes its place
         transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)
         self.flow = FlowControl(transport)
         peer = transport.get_extra_info("peername")
@@ -107,7 +109,6 @@ class ClientConnection(asyncio.BufferedProtocol):
                 if ssl_object.selected_alpn_protocol() == "h2":
                     self._become_h2(transport)
                     return
-        self.plane.clients.add(self)
         self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
         if len(self.plane.clients) > self.plane.config.limits.max_connections:
             self.write(error_response(HttpError("too many connections", 503), self.hsts_line))

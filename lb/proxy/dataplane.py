@@ -17,6 +17,14 @@ and config it is given, cuts a node when told, and sends `Report`s; the
 methods below marked *interface* are all the control plane calls, and
 `self.report_to` is all it calls back.
 
+A connection is lb's from its accept: asyncio makes its `ClientConnection` there
+but calls `connection_made` later (a turn of the loop later; on a TLS listener
+once the handshake is done, and never for a handshake that fails). Until then it
+is one of `opening` (held weakly: a failed handshake's entry goes with its
+connection), and a shutdown waits for it as for a client. A worker that left
+with one closed it under the client: at an upgrade the new workers get only the
+connections not accepted yet.
+
 Timeouts run off one sweeper (`_sweep`, every `SWEEP_INTERVAL_S`) that
 compares deadlines, instead of a timer per request; it also writes the
 access log and sends the periodic report.
@@ -29,6 +37,7 @@ import functools
 import ipaddress
 import logging
 import time
+import weakref
 from collections import Counter, deque
 from typing import Callable
 
@@ -66,6 +75,9 @@ class DataPlane:
                                        config.limits.max_response_header_bytes)
         self.upstreams.tls = tls.backend_contexts(config)
         self.clients: set[ClientConnection] = set()
+        # accepted, not yet made (see the top) -> when asyncio gives up its TLS handshake at the latest
+        self.opening: weakref.WeakKeyDictionary[ClientConnection, float] = weakref.WeakKeyDictionary()
+        self.handshake_timeout_s = config.timeouts.client_header     # the servers' own, set at start
         self.access_log = access_log
         self.closing = False
         self.tunnels: dict[str, set[ClientConnection]] = {}
@@ -97,7 +109,7 @@ class DataPlane:
                                                                 tls.listener_where(self.config, i), now,
                                                                 tls.pem_reader(self.config))
                 options = {"ssl": server_tls.dispatcher,
-                           "ssl_handshake_timeout": self.config.timeouts.client_header,
+                           "ssl_handshake_timeout": self.handshake_timeout_s,
                            "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT_S}
             self._servers.append(await self.loop.create_server(
                 functools.partial(ClientConnection, self, listener), sock=sock, backlog=LISTEN_BACKLOG,
@@ -256,9 +268,25 @@ class DataPlane:
         if route.draining and route.idle:
             self.report_soon()
 
+    def connection_accepted(self, client) -> None:
+        self.opening[client] = self.now() + self.handshake_timeout_s
+
+    def connection_made(self, client) -> None:
+        self.opening.pop(client, None)
+        self.clients.add(client)
+
     def connection_closed(self) -> None:
-        if self.closing and not self.clients:
+        self._check_all_closed(self.now())
+
+    def _check_all_closed(self, now: float) -> None:
+        if self.closing and self._nothing_to_finish(now):
             self._all_closed.set()
+
+    def _nothing_to_finish(self, now: float) -> bool:
+        """No client connection, and none accepted that may still become one. The sweeper
+        asks too: a failed TLS handshake tells no one; its entry goes with its connection, and
+        in any case at its deadline, when asyncio aborts it."""
+        return not self.clients and all(deadline <= now for deadline in self.opening.values())
 
     # -- the sweeper ------------------------------------------------------------------
     def _sweep(self) -> None:
@@ -273,7 +301,7 @@ class DataPlane:
         """Act on every deadline passed at `now`; write the access log; report."""
         due = [c.on_timeout for c in self.clients if c.deadline <= now]
         due += [lambda: self.upstreams.expire(now), lambda: self._expire_queue(now), self.access_log.flush,
-                self.report]
+                self.report, lambda: self._check_all_closed(now)]
         for action in due:
             try:
                 action()
@@ -282,8 +310,9 @@ class DataPlane:
 
     # -- shutdown ------------------------------------------------------------------------
     async def shutdown(self, timeout_s: float, grace_s: float = 0.0) -> None:
-        """Stop accepting and finish what is here, as at a stop or an upgrade: requests in
-        flight complete; each keep-alive connection gets `Connection: close` on its next
+        """Stop accepting and finish what is here, as at a stop or an upgrade: connections
+        accepted and not yet made (TLS handshakes in progress) are made; requests in flight
+        complete; each keep-alive connection gets `Connection: close` on its next
         response; one idle for grace_s (drain.client_grace) is closed; at timeout_s
         (drain.timeout) tunnels end as at a node's drain deadline (a WebSocket gets close
         1001) and anything else still open is cut."""
@@ -318,7 +347,7 @@ class DataPlane:
         self.access_log.flush()
 
     async def _until_all_closed(self, timeout_s: float) -> bool:
-        if self.clients:
+        if not self._nothing_to_finish(self.now()):
             try:
                 await asyncio.wait_for(self._all_closed.wait(), timeout_s)
             except asyncio.TimeoutError:

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import trustme
 
-from conftest import Lb, RawClient, client_context, free_port, port_open, steady_load, wait_for, write_cert
+from conftest import Lb, RawClient, client_context, free_port, gone, port_open, steady_load, wait_for, write_cert
 from h2_client import H2Client
 
 
@@ -341,6 +341,74 @@ async def test_an_upgrade_of_lb_with_a_tls_listener_fails_no_request(tls_lb, ca)
         await one_shot.wait_for_requests(50)
     assert keep_alive.failures == [] and one_shot.failures == []
     assert tls_lb.ctl("show certs")["certs"][0]["certs"][0]["names"] == ["lb.example", "127.0.0.1"]
+
+
+class HalfHandshake:
+    """A TLS client that stops half-way: the ClientHello sent and the server's whole first
+    flight read, its own Finished held back. lb's worker holds the connection in the middle
+    of its handshake (asyncio has not yet made it a client connection) until `finish`."""
+
+    def __init__(self, port: int, context: ssl.SSLContext):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="lb.example")
+        while not self._step():
+            self.sock.sendall(self.outgoing.read())
+            data = self.sock.recv(65536)
+            assert data, "lb closed the connection during the handshake"
+            self.incoming.write(data)
+
+    def _step(self) -> bool:
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        return True
+
+    def finish(self, request: bytes) -> bytes:
+        """Send the held Finished and `request`; everything lb sends until it closes."""
+        self.tls.write(request)
+        self.sock.sendall(self.outgoing.read())
+        answer = b""
+        while True:
+            try:
+                data = self.tls.read(65536)
+                if not data:                # lb's close_notify
+                    return answer
+                answer += data
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return answer
+            data = self.sock.recv(65536)
+            if not data:
+                return answer
+            self.incoming.write(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_tls_handshake_in_progress_at_an_upgrade_is_finished_by_the_old_worker(tls_lb, ca):
+    """An old worker that accepted a connection finishes its handshake and answers its
+    request before it exits, as it does a request in flight: asyncio hands lb the
+    connection only once the handshake is done, and a worker that left at once closed it
+    under the client (an EOF in the client's handshake, or after its Finished)."""
+    old_workers = tls_lb.worker_pids()
+    client = HalfHandshake(tls_lb.port, client_context(ca))
+    try:
+        assert tls_lb.upgrade()["ok"]
+        # The old worker without the connection has nothing to finish and exits; the other one,
+        # had it not waited for the handshake, would be gone as soon.
+        wait_for(lambda: sum(not gone(pid) for pid in old_workers) <= 1, 10, "an old worker to exit")
+        time.sleep(0.2)
+        answer = client.finish(b"GET / HTTP/1.1\r\nHost: lb.example\r\n\r\n")
+    finally:
+        client.close()
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"connection: close" in head, answer[:300]
+    wait_for(lambda: all(gone(pid) for pid in old_workers), 10, "the old workers to exit")
 
 
 def tls12_handshake(port: int, ca, ciphers: str) -> str:

@@ -292,3 +292,39 @@ async def test_a_reload_whose_backend_ca_file_went_keeps_the_tls_settings_in_use
     ca_file.unlink()                                  # gone between the master's check and here
     plane.apply_config(parse_config("retries: 1\nbackends:\n" + backend))
     assert plane.upstreams.tls["web1"] is in_use and plane.config.retries == 1
+
+
+async def test_a_shutdown_finishes_a_connection_accepted_and_not_yet_made(rig):
+    """asyncio makes the protocol at accept and calls connection_made later (on a TLS
+    listener, once the handshake is done): a worker that stopped in between closed the
+    connection under its client. Failed before: the shutdown ended at once."""
+    rig.client.connection_lost(None)
+    accepted = ClientConnection(rig.plane)          # by the listener's protocol factory
+    stopping = asyncio.create_task(rig.plane.shutdown(30.0))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    transport = FakeTransport()
+    accepted.connection_made(transport)             # the handshake is done
+    accepted.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.respond(OK)
+    assert b"Connection: close\r\n" in transport.take()
+    accepted.connection_lost(None)
+    await asyncio.wait_for(stopping, 1.0)
+
+
+async def test_a_failed_handshake_holds_no_shutdown(rig):
+    """asyncio never tells the protocol of a failed TLS handshake: it lets go of it, and
+    the sweeper sees it gone; one still held counts until asyncio's handshake deadline."""
+    rig.client.connection_lost(None)
+    failed, held = ClientConnection(rig.plane), ClientConnection(rig.plane)
+    stopping = asyncio.create_task(rig.plane.shutdown(30.0))
+    await asyncio.sleep(0.05)
+    del failed
+    assert list(rig.plane.opening) == [held]
+    rig.plane.expire(rig.clock.t)
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    rig.clock.t += 10.0                             # timeouts.client_header, the handshake's
+    rig.plane.expire(rig.clock.t)
+    await asyncio.wait_for(stopping, 1.0)
+    assert held.transport is None
