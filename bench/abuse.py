@@ -1,11 +1,12 @@
 """Abuse, side by side: what hostile clients and a hostile backend do to normal users.
 
     .venv/bin/python bench/abuse.py [--seconds 20] [--attacks slowloris,slow_body,...]
-        [--proxies lb,haproxy] [--backends 4] [--users 20] [--newconn 4] [--tag T]
+        [--proxies lb,haproxy] [--backends 4] [--users 20] [--newconn 4] [--haproxy-checks] [--tag T]
 
 The same `lb backend` processes (v1) sit behind lb (one worker) and behind HAProxy (one
 thread, timeouts set like lb's defaults: 10 s for a request head, 60 s idle, 1 h
-tunnels, leastconn, backend keep-alive). For each phase, lb and then HAProxy, each
+tunnels, leastconn, backend keep-alive; no health checks unless --haproxy-checks gives it
+lb's). For each phase, lb and then HAProxy, each
 freshly started (no phase inherits another's memory):
 
   users     --users keep-alive users (one connection each, cookies kept, 50 ms
@@ -572,16 +573,25 @@ backends:
     return proc.pid, port
 
 
-def start_haproxy(workdir: Path, ports: list[int], procs: list, h2c_port: int | None = None) -> tuple[int, int]:
+# lb's default health checks (health: GET /health every 1 s, 1 s timeout, fall 3, rise 2)
+# in HAProxy's words, for --haproxy-checks.
+HAPROXY_CHECKS = """
+  timeout check 1s
+  option httpchk GET /health
+  default-server check inter 1s fall 3 rise 2"""
+
+
+def start_haproxy(workdir: Path, ports: list[int], procs: list, h2c_port: int | None = None,
+                  checks: bool = False) -> tuple[int, int]:
     """HAProxy with lb's default limits: 10 s for a head, 60 s idle, 30 s to a first byte, 1 h
-    tunnels; `h2c_port`: a second bind there with `proto h2`."""
+    tunnels; `h2c_port`: a second bind there with `proto h2`; `checks`: lb's health checks."""
     return throughput.start_haproxy(workdir, ports, procs, maxconn=9000, h2c_port=h2c_port, timeouts="""  timeout connect 2s
   timeout client 60s
   timeout http-request 10s
   timeout http-keep-alive 60s
   timeout server 30s
   timeout tunnel 1h
-  timeout queue 5s""")
+  timeout queue 5s""" + (HAPROXY_CHECKS if checks else ""))
 
 
 def wait_serving(port: int, timeout_s: float = 30.0) -> None:
@@ -708,7 +718,10 @@ def run_phase(name: str, attack: str | None, ports: list[int], args, workdir: Pa
     label = attack or "quiet"
     try:
         h2c_port = free_port() if attack in H2_ATTACKS else None     # the attack's port; users stay HTTP/1.1
-        pid, port = (start_lb if name == "lb" else start_haproxy)(workdir, ports, procs, h2c_port)
+        if name == "lb":
+            pid, port = start_lb(workdir, ports, procs, h2c_port)
+        else:
+            pid, port = start_haproxy(workdir, ports, procs, h2c_port, checks=args.haproxy_checks)
         wait_serving(port)
         if h2c_port:
             wait_port(h2c_port)
@@ -796,6 +809,8 @@ def main() -> int:
     parser.add_argument("--backends", type=int, default=4)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--newconn", type=int, default=4)
+    parser.add_argument("--haproxy-checks", action="store_true",
+                        help="HAProxy checks its servers as lb does (GET /health, 1 s, fall 3, rise 2); off by default")
     parser.add_argument("--tag")
     args = parser.parse_args()
     if args.role == "users":
@@ -839,6 +854,7 @@ def main() -> int:
         "command": "python bench/abuse.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "seconds": args.seconds, "backends": args.backends, "users": args.users, "newconn": args.newconn,
+        "haproxy_checks": args.haproxy_checks,
         "results": results, "verdict": verdict, "table": text}, indent=1))
     print(f"wrote {path}")
     return 0
