@@ -88,9 +88,11 @@ HAPROXY_TIMEOUTS = """  timeout connect 2s
 
 def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen], threads: int = 1,
                   maxconn: int = 4096, timeouts: str = HAPROXY_TIMEOUTS,
-                  tls: tuple[Path, Path] | None = None) -> tuple[int, int]:
-    """HAProxy over the same backends: `threads` threads, leastconn, keep-alive and reuse both ways."""
+                  tls: tuple[Path, Path] | None = None, h2c_port: int | None = None) -> tuple[int, int]:
+    """HAProxy over the same backends: `threads` threads, leastconn, keep-alive and reuse both ways;
+    `h2c_port`: a second bind there for HTTP/2 with prior knowledge (h2c)."""
     port = free_port()
+    h2c = f"\n  bind 127.0.0.1:{h2c_port} proto h2" if h2c_port else ""
     ssl = ""
     if tls:
         pem = workdir / f"haproxy-{port}.pem"          # HAProxy reads the certificate and key from one file
@@ -106,7 +108,7 @@ defaults
 {timeouts}
   option http-keep-alive
 frontend fe
-  bind 127.0.0.1:{port}{ssl}
+  bind 127.0.0.1:{port}{ssl}{h2c}
   maxconn {maxconn}
   default_backend be
 backend be
