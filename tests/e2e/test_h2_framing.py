@@ -282,34 +282,6 @@ def test_every_http2_request_reaches_the_backend_as_one_well_framed_request_or_n
 
 # -- the other HTTP/2 findings of issue 25, on the same lb ------------------------------
 
-def _raw_h2c(port: int, frames: bytes, read_s: float = 10.0) -> tuple[int | None, bytes]:
-    """The preface, SETTINGS and `frames` over h2c; (the GOAWAY error code lb sent or None,
-    all it sent) once lb closes or `read_s` passes."""
-    from hyperframe.frame import SettingsFrame
-    sock = socket.create_connection(("127.0.0.1", port), timeout=read_s)
-    received = b""
-    try:
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + frames)
-        deadline = time.monotonic() + read_s
-        while time.monotonic() < deadline:
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                break
-            if not data:
-                break
-            received += data
-    finally:
-        sock.close()
-    at = 0
-    while at + 9 <= len(received):
-        length = int.from_bytes(received[at:at + 3], "big")
-        if received[at + 3] == 0x7:
-            return int.from_bytes(received[at + 13:at + 17], "big"), received
-        at += 9 + length
-    return None, received
-
-
 def _block(fields: list) -> bytes:
     import hpack
     return hpack.Encoder().encode(fields)
