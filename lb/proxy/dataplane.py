@@ -85,6 +85,7 @@ class DataPlane:
         self._dequeue_pending = False
         # counters for the next report
         self.failed: Counter = Counter()        # lb-made failures by reason
+        self.h2_held = 0                        # bytes of read frames HTTP/2 connections hold back (h2client)
         self.retries = 0
         pin = config.pinning
         self.pinning = (Pinning(pin.cookie, pin.max_age, pin.max_overload, secure=pin.secure)

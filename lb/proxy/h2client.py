@@ -17,8 +17,11 @@ Flow control, both ways, per stream:
   past STREAM_WRITE_HIGH the stream's upstream stops being read, and reading resumes when it
   drains. A slow stream pauses its own backend, never the connection.
 
-A stream's exchange starts once the whole read that brought its HEADERS is handled: DATA
-and END_STREAM in the same read are known before anything is sent upstream, so a request
+Frames are handled FRAMES_PER_TURN at a time (a slice); the rest of a read waits for the
+loop's next turn, with reading paused, so a flood's read never holds the worker up, and the
+budgets below act after a slice instead of after a whole read. A stream's exchange starts
+once the whole read that brought its HEADERS is handled: DATA and END_STREAM in the same
+read are known before anything is sent upstream, so a request
 already malformed (a content-length its DATA breaks) never opens a backend connection, and
 a body that is whole gets a Content-Length upstream (h2head.body_framing: else chunked).
 
@@ -47,6 +50,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 from h2.frame_buffer import FrameBuffer
+from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
 from ..core import h2head
@@ -65,6 +69,9 @@ WRITE_HIGH_BYTES = 256 * 1024          # the transport's own buffer
 RESETS_PER_S = 100                     # streams that may end abnormally in a second (reset, refused, malformed)
 HPACK_BOMB_FACTOR = 4                  # a decoded header list past this times max_header_bytes: connection error
 PINGS_PER_S = 50
+FRAMES_PER_TURN = 32                   # frames handled before the loop's other connections get a turn
+STRIKES = 3                            # budgets passed (in different seconds) before GOAWAY
+HELD_MAX_BYTES = 8 << 20               # unread frames all held-back connections of a worker may keep
 SETTINGS_PER_S = 50
 CHUNKED = 1                            # the body mode of an HTTP/2 response with a body
 
@@ -89,6 +96,29 @@ class _Connection(h2.connection.H2Connection):
         # client may retry. Past twice the limit, h2's connection error stands.
         return super().open_inbound_streams // 2
 
+    def receive_frames(self, max_frames: int) -> tuple[list, bool]:
+        """h2's receive_data over what `incoming_buffer` holds, at most `max_frames` frames at a
+        time: their events, and whether it stopped at the bound (frames may be left). A flood's
+        read (256 KiB of PINGs is 15,000 frames) is then handled a slice per loop turn, and the
+        budgets (_over) act after a slice instead of after the whole read. This reaches into
+        h2's `_receive_frame` and `_terminate_connection`, as receive_data does."""
+        events: list = []
+        buffer = self.incoming_buffer
+        buffer.max_frame_size = self.max_inbound_frame_size
+        try:
+            for frame in buffer:
+                events.extend(self._receive_frame(frame))
+                max_frames -= 1
+                if not max_frames:
+                    return events, True
+        except InvalidPaddingError as exc:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise h2.exceptions.ProtocolError("Received frame with invalid padding.") from exc
+        except h2.exceptions.ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+        return events, False
+
     def _begin_new_stream(self, stream_id, allowed_ids):
         stream = super()._begin_new_stream(stream_id, allowed_ids)
         stream._initialize_content_length = _length_is_lbs
@@ -105,6 +135,10 @@ class _FrameBuffer(FrameBuffer):
         super().__init__(server=True)
         self.max_block_bytes = max_block_bytes
         self.block_bytes = 0
+
+    @property
+    def held(self) -> int:
+        return len(self._data)
 
     def _update_header_buffer(self, frame):
         if isinstance(frame, (HeadersFrame, ContinuationFrame)):
@@ -399,6 +433,11 @@ class H2ClientConnection:
         # connection error; a list over max_header_bytes below that is a 431 on its stream.
         self.h2.decoder.max_header_list_size = HPACK_BOMB_FACTOR * limits.max_header_bytes
         self.starting: list[H2Stream] = []     # streams whose exchange starts at this read's end
+        self.slicing = False                   # a slice of frames is due at the loop's next turn
+        self.reading_paused = False
+        self.strikes = 0                       # budgets passed (_slow_down)
+        self.held = 0                          # bytes of read frames kept while held back
+        self.held_until = 0.0                  # held back (not read) until then
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
@@ -426,7 +465,23 @@ class H2ClientConnection:
         if self.closed:
             return
         try:
-            events = self.h2.receive_data(data)
+            self.h2.incoming_buffer.add_data(data)
+        except h2.exceptions.ProtocolError:        # not the preface
+            self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+            self.plane.failed["h2_protocol_error"] += 1
+            self._fatal()
+            return
+        if not self.slicing and not self.held_until:
+            self._handle_frames()
+
+    def _handle_frames(self) -> None:
+        """Handle up to FRAMES_PER_TURN frames of what came; if more may be left, stop reading
+        and handle the next slice at the loop's next turn, after the other connections'."""
+        self.slicing = False
+        if self.closed:
+            return
+        try:
+            events, more = self.h2.receive_frames(FRAMES_PER_TURN)
         except h2.exceptions.ProtocolError:
             # h2 has queued a GOAWAY with the error; nothing more is read
             self.plane.failed["h2_protocol_error"] += 1
@@ -438,14 +493,27 @@ class H2ClientConnection:
                 if self.closed:
                     break
                 self._event(event)
-            starting, self.starting = self.starting, []
-            for stream in starting:
-                if not self.closed:
-                    self._start(stream)
+            if not more:                       # the read is handled: its streams start
+                starting, self.starting = self.starting, []
+                for stream in starting:
+                    if not self.closed:
+                        self._start(stream)
         finally:
             self.corked -= 1
-        if not self.closed:
-            self.flush_soon()
+        if self.closed:
+            return
+        self.flush_soon()
+        if self.held_until:
+            return                                 # _release goes on
+        if more:
+            self.slicing = True
+            if not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
+            self.plane.loop.call_soon(self._handle_frames)
+        elif self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def eof_received(self):
         return False
@@ -496,10 +564,10 @@ class H2ClientConnection:
                     self.pump(stream)
         elif isinstance(event, h2.events.PingReceived):
             if self._over("ping", PINGS_PER_S):
-                self._calm_down("too many PINGs")
+                self._slow_down("too many PINGs")
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             if self._over("settings", SETTINGS_PER_S):
-                self._calm_down("too many SETTINGS")
+                self._slow_down("too many SETTINGS")
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.going_away = True
             self.last_stream = self.h2.highest_inbound_stream_id
@@ -549,8 +617,9 @@ class H2ClientConnection:
         self.starting.append(stream)
 
     def _start(self, stream: H2Stream) -> None:
-        """The stream's exchange, once the read that brought its HEADERS is handled: its body's
-        framing upstream is decided on what came in that read (h2head.body_framing)."""
+        """The stream's exchange, once the read that brought its HEADERS is handled (all its
+        slices): its body's framing upstream is decided on what came in that read
+        (h2head.body_framing)."""
         head, stream.head = stream.head, None
         if head is None or stream.closed:
             return                             # malformed or reset in the same read
@@ -575,7 +644,7 @@ class H2ClientConnection:
         """A stream ended abnormally (reset by either side, refused, malformed): past
         RESETS_PER_S of them in a second, the connection is closed (GOAWAY ENHANCE_YOUR_CALM)."""
         if self._over("reset", RESETS_PER_S) and not self.closed:
-            self._calm_down(why)
+            self._slow_down(why)
 
     # -- sending -------------------------------------------------------------------------
     def pump(self, stream: H2Stream) -> None:
@@ -682,6 +751,35 @@ class H2ClientConnection:
         self.transport.write(GoAwayFrame(0, last_stream_id=self.last_stream, error_code=code).serialize())
         if not self.streams:
             self._close()
+
+    def _slow_down(self, why: str) -> None:
+        """A budget is passed: the connection is not read for the rest of that second (its
+        frames wait in the kernel, and a client that does not read our ACKs stalls itself, as
+        HAProxy's does); the STRIKES-th time, or when held-back connections would keep more
+        than HELD_MAX_BYTES of read frames, GOAWAY ENHANCE_YOUR_CALM. Closing at once invited
+        the attacker to open another connection and flood again: 613 a second in the PING
+        flood of bench/abuse.py, each one's setup costing the worker more than its frames."""
+        self.strikes += 1
+        if self.held_until:
+            return                                 # a second budget in the same slice
+        held = self.h2.incoming_buffer.held
+        if self.strikes >= STRIKES or self.plane.h2_held + held > HELD_MAX_BYTES:
+            self._calm_down(why)
+            return
+        self.plane.failed["h2_slowed"] += 1
+        self.held, self.plane.h2_held = held, self.plane.h2_held + held
+        self.held_until = max(count[1] for count in self._counts.values()) + 1.0
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self.plane.loop.call_later(max(0.0, self.held_until - self.plane.now()), self._release)
+
+    def _release(self) -> None:
+        self.plane.h2_held -= self.held
+        self.held, self.held_until = 0, 0.0
+        if not self.closed and not self.slicing:
+            self.slicing = True
+            self.plane.loop.call_soon(self._handle_frames)
 
     def _calm_down(self, why: str) -> None:
         self.plane.failed["h2_flood"] += 1

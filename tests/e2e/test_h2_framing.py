@@ -297,6 +297,7 @@ class RawH2c:
         self.buffer = b""
         self.goaway: int | None = None
         self.resets: set[int] = set()
+        self.pings_acked: list[float] = []         # when each PING ACK came
         self.closed = False
 
     def read_until(self, done) -> None:
@@ -316,6 +317,8 @@ class RawH2c:
                     self.goaway = int.from_bytes(self.buffer[13:17], "big")
                 elif kind == 0x3:
                     self.resets.add(sid)
+                elif kind == 0x6 and self.buffer[4] & 0x1:
+                    self.pings_acked.append(time.monotonic())
                 self.buffer = self.buffer[9 + length:]
 
     def close(self) -> None:
@@ -343,10 +346,37 @@ def test_streams_lb_resets_itself_count_toward_the_reset_budget_and_never_reach_
             client.read_until(lambda c: (2 * sent - 1) in c.resets or c.goaway is not None)
     finally:
         client.close()
-    assert client.goaway == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM and sent <= 200, (client.goaway, sent)
+    # 100 a second; held back twice, GOAWAY the third time
+    assert client.goaway == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM and sent <= 400, (client.goaway, sent)
     assert raw_backend.requests("made-you-reset", complete=False) == []
     with raw_backend.lock:
         assert len(raw_backend.connections) - connections_before <= 1      # a health check at most
+
+
+def test_a_connection_past_its_ping_budget_is_not_read_for_the_rest_of_the_second(h2c_lb):
+    """70 PINGs in one write: lb answers the first slices at once and, past 50 in the second,
+    reads nothing more from that connection until the second is over; then it answers the
+    rest and the connection serves on (no GOAWAY: the first two times a budget is passed
+    hold the connection back, the third closes it). Before, the 51st PING closed it, and the
+    attacker opened another: bench/abuse.py counted 613 new connections a second."""
+    from hyperframe.frame import PingFrame
+    client = RawH2c(h2c_lb.port)
+    try:
+        sent = time.monotonic()
+        client.sock.sendall(b"".join(PingFrame(0, opaque_data=i.to_bytes(8, "big")).serialize()
+                                     for i in range(70)))
+        client.read_until(lambda c: len(c.pings_acked) == 70)
+        assert client.goaway is None and not client.closed
+        # lb handles 32 frames a slice, and the slice with the 51st PING is answered whole
+        # before the hold (where slices end depends on how the kernel cut the reads)
+        early = [t for t in client.pings_acked if t - sent < 0.5]
+        assert 51 <= len(early) < 70, [round(t - sent, 3) for t in client.pings_acked]
+        assert client.pings_acked[-1] - sent >= 0.5
+        client.sock.sendall(PingFrame(0, opaque_data=b"after...").serialize())     # read again
+        client.read_until(lambda c: len(c.pings_acked) == 71)
+        assert client.goaway is None and not client.closed
+    finally:
+        client.close()
 
 
 def test_a_continuation_flood_is_cut_at_max_header_bytes_not_at_64_frames(h2c_lb):
