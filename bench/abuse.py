@@ -22,6 +22,9 @@ freshly started (no phase inherits another's memory):
             settle counts toward the attack: a failure it causes late is its own):
     slowloris      1,000 connections each sending a header line every 2 s
     slow_body      200 POSTs announcing 1 GB, sending 1 byte every 2 s
+    partial_heads  1,000 connections each sending 15 KB of a request head (the
+                   limit is 16 KiB), then a header line every 2 s (issue 25's figure)
+    slow_bodies    500 POSTs announcing 1 GB, sending 1 byte every 2 s (issue 25's)
     slow_reader    500 clients asking for 100 MiB and never reading
     pipeline_flood 200 connections writing pipelined GETs until the proxy stops
                    reading (256 KiB at a time), never reading a response
@@ -88,7 +91,7 @@ from throughput import cpu_seconds, free_port, wait_port  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 H2_ATTACKS = ("h2_rapid_reset", "h2_made_you_reset", "h2_continuation", "h2_settings_flood", "h2_ping_flood",
               "h2_slow_reader", "h2_header_names")
-ATTACKS = ("slowloris", "slow_body", "slow_reader", "pipeline_flood", "trailer_flood", "big_head",
+ATTACKS = ("slowloris", "slow_body", "partial_heads", "slow_bodies", "slow_reader", "pipeline_flood", "trailer_flood", "big_head",
            "idle_conns", "idle_ws", *H2_ATTACKS)
 SETTLE_S = 5.0
 WARMUP_S = 3.0
@@ -268,6 +271,21 @@ class Attack:
             writer.write(b"POST /sink HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 1000000000\r\n\r\n")
             await self.held(reader, writer, b"x", 2.0)
         await self.many(200, one)
+
+    async def partial_heads(self) -> None:
+        head = b"GET / HTTP/1.1\r\nHost: lb.test\r\n" + b"X-Pad: " + b"p" * 990 + b"\r\n"
+        head += (b"X-Pad: " + b"p" * 990 + b"\r\n") * 14                 # 15,000 bytes, no blank line
+
+        async def one(reader, writer):
+            writer.write(head)
+            await self.held(reader, writer, b"X-Slow: 1\r\n", 2.0)
+        await self.many(1000, one)
+
+    async def slow_bodies(self) -> None:
+        async def one(reader, writer):
+            writer.write(b"POST /sink HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 1000000000\r\n\r\n")
+            await self.held(reader, writer, b"x", 2.0)
+        await self.many(500, one)
 
     async def slow_reader(self) -> None:
         async def one(reader, writer):
