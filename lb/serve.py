@@ -311,7 +311,7 @@ class Master:
                             "upgrades": state["upgrades"] + 1, "workers": serving["workers"]}}
 
     async def _command(self, line: str, why: str) -> None:
-        reply = await self.admin.execute(line)
+        reply = await self.admin.execute(line, why)
         if not reply["ok"]:
             log.error("%s %s: %s", why, line, reply["error"])
         elif line == "reload":
