@@ -26,8 +26,10 @@ e2e: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# on other ports: make demo LB_DEMO_PORT_BASE=18080 (lb on 18080, /metrics 18081, the backends
+# 18082 and up), or a config of one's own: make demo LB_DEMO_CONFIG=FILE
 demo: $(STAMP)
-	$(BIN)/lb demo
+	$(BIN)/lb demo $(if $(LB_DEMO_CONFIG),-c $(LB_DEMO_CONFIG)) $(if $(LB_DEMO_PORT_BASE),--port-base $(LB_DEMO_PORT_BASE))
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

@@ -29,22 +29,24 @@ def cmd_serve(args) -> int:
     # Absolute before anything uses it: a reload re-reads it, and the new master of an upgrade
     # (started in /) reads it too.
     config_path = os.path.abspath(args.config) if args.config else None
+    pidfile = os.path.abspath(args.pidfile) if args.pidfile else None
     try:
         config = load_config(config_path, args.runtime_dir)
     except ConfigError as exc:
         print(f"lb: {exc.message}", file=sys.stderr)
         return 2
     try:
-        run_async(serve(config, config_path, args.upgrade_fd))
+        run_async(serve(config, config_path, args.upgrade_fd, pidfile))
     except (LbError, OSError, RuntimeError) as exc:
         print(f"lb: {failure_message(exc)}", file=sys.stderr)
         return 1 if isinstance(exc, RuntimeError) else 2
     return 0
 
 
-def default_socket() -> str:
-    """The admin socket of the embedded default config (./run/lb.sock)."""
-    config = load_config(None)
+def default_socket(config_path: str | None = None) -> str:
+    """The admin socket a config names (relative to its folder); for the embedded default
+    config, ./run/lb.sock. Raises ConfigError."""
+    config = load_config(config_path)
     return config.resolve(config.admin.socket)
 
 
@@ -67,7 +69,13 @@ def cmd_check(args) -> int:
 
 def cmd_ctl(args) -> int:
     from .deploy.client import request
-    targets = args.socket or [default_socket()]
+    from .deploy.ctlview import render
+    try:
+        targets = [*(args.socket or []), *(default_socket(path) for path in args.config or [])] \
+            or [default_socket()]
+    except ConfigError as exc:
+        print(f"lb ctl: {exc.message}", file=sys.stderr)
+        return 2
     if args.stdio:
         if len(targets) != 1 or targets[0].startswith("ssh://") or args.words:
             print("lb ctl: --stdio takes one local -s SOCKET and reads the commands from stdin", file=sys.stderr)
@@ -77,7 +85,7 @@ def cmd_ctl(args) -> int:
         print("lb ctl: a command is required, e.g. lb ctl show servers", file=sys.stderr)
         return 2
     if len(targets) > 1 or targets[0].startswith("ssh://"):
-        return ctl_fleet(targets, " ".join(args.words), args.ssh_command)
+        return ctl_fleet(targets, args.words, args.ssh_command)
     path = targets[0]
     try:
         reply = request(path, " ".join(args.words), timeout_s=None)
@@ -87,7 +95,7 @@ def cmd_ctl(args) -> int:
     except EOFError:
         print(f"lb ctl: lb closed the admin socket {path} without a reply", file=sys.stderr)
         return 2
-    print(json.dumps(reply, indent=2) if sys.stdout.isatty() else json.dumps(reply))
+    print(render(args.words, reply) if sys.stdout.isatty() else json.dumps(reply))
     return 0 if reply.get("ok") else 1
 
 
@@ -110,11 +118,13 @@ def relay_stdio(path: str) -> int:
     return 0
 
 
-def ctl_fleet(targets: list[str], line: str, ssh_command: str) -> int:
+def ctl_fleet(targets: list[str], words: list[str], ssh_command: str) -> int:
     """One command to every target: one reply per lb, labelled; exit 1 if any failed or did
     not answer, 2 on a bad target."""
     from .core.errors import DeployError
+    from .deploy.ctlview import render
     from .deploy.fleet import Fleet
+    line = " ".join(words)
 
     async def ask() -> dict:
         fleet = Fleet(targets, ssh_command, reconnect_s=1.0)
@@ -136,7 +146,7 @@ def ctl_fleet(targets: list[str], line: str, ssh_command: str) -> int:
         return 2
     for label, reply in replies.items():
         if sys.stdout.isatty():
-            print(f"== {label}\n{json.dumps(reply, indent=2)}")
+            print(f"== {label}\n{render(words, reply)}")
         else:
             print(json.dumps({"lb": label, "reply": reply}))
     return 0 if all(reply.get("ok") for reply in replies.values()) else 1
@@ -221,13 +231,30 @@ TARGET_HELP = ("admin socket path or ssh://[user@]host[:port]/path/to/lb.sock, m
                "(default: the embedded config's socket)")
 
 
+class VersionAction(argparse.Action):
+    """`lb --version`: prints lb's version and exits 0. The package metadata is read only
+    then (~10 ms), not by every `lb ctl` a script runs."""
+
+    def __init__(self, option_strings, dest, **_):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print lb's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import lb
+        print(f"lb {lb.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lb", description=__doc__)
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy in the foreground")
     serve.add_argument("-c", "--config", help="config file (default: the embedded one, "
                        "with its admin socket and state file in ./run/)")
+    serve.add_argument("--pidfile", metavar="FILE", help="write the master's pid here once it serves; a new "
+                       "master rewrites it at an upgrade, a clean stop removes it")
     serve.add_argument("--upgrade-fd", type=int, help=argparse.SUPPRESS)   # a new master's handoff channel
     serve.add_argument("--runtime-dir", help=argparse.SUPPRESS)   # the old master's, for the embedded config
     serve.set_defaults(func=cmd_serve)
@@ -238,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser("ctl", help="send one admin command to one or more lbs and print the replies")
     ctl.add_argument("-s", "--socket", action="append", metavar="TARGET", help=TARGET_HELP)
+    ctl.add_argument("-c", "--config", action="append", metavar="FILE",
+                     help="the lb serving this config file: its admin socket; may be given several times")
     ctl.add_argument("--stdio", action="store_true", help="relay command lines from stdin to -s SOCKET, "
                      "a reply a line (what lb runs over ssh)")
     ctl.add_argument("--ssh-command", default="ssh", help="run instead of ssh for ssh:// targets")
@@ -300,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-c", "--config", help="config file (default: the embedded one)")
     demo.add_argument("--bad", action="store_true", help="deploy a v2 that fails 10%% of requests")
     demo.add_argument("--users", type=int, default=20, help="users at a time (default 20)")
+    demo.add_argument("--port-base", type=int, metavar="N", help="move the embedded config's ports: lb on N, "
+                      "/metrics on N+1, the backends on N+2 and up (default: 8080, 9900, 9001-9010)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -39,6 +39,7 @@ from .control.statefile import load_state
 from .control.workers import Workers, worker_count
 from .core.config import LISTEN_BACKLOG, Config, format_hostport
 from .core.errors import CommandError, LbError
+from .files import atomic_write
 
 log = logging.getLogger("lb")
 
@@ -141,10 +142,12 @@ def config_args(config: Config, config_path: str | None) -> list[str]:
 class Master:
     """The master of `lb serve`: its start, its signals, its stop, and its upgrade."""
 
-    def __init__(self, config: Config, config_path: str | None, upgrade_fd: int | None = None):
+    def __init__(self, config: Config, config_path: str | None, upgrade_fd: int | None = None,
+                 pidfile: str | None = None):
         self.config = config
         self.config_path = config_path
         self.upgrade_fd = upgrade_fd
+        self.pidfile = pidfile            # an absolute path, or None
         self.upgrading = False
         self.successor: handoff.Successor | None = None
         self.metrics_sock: socket.socket | None = None
@@ -194,6 +197,7 @@ class Master:
                                                        config.admin.mode)
         if inherited is None:
             admin_server.check_free()     # before any worker serves a client for a doomed lb
+            self._check_pidfile()
             available, origin = systemd_sockets(), "systemd"
         else:
             available, origin = inherited.sockets, f"pid {inherited.state['pid']}"
@@ -236,8 +240,10 @@ class Master:
                  addresses, len(control.pool.backends), workers.count, config.http, admin_server.path)
         if inherited is not None:
             inherited.send("serving", {"pid": os.getpid(), "admin": admin_server.path, "workers": workers.info()})
+            self._write_pidfile()         # this master has taken over: the old one leaves the file alone
             systemd.notify(f"MAINPID={os.getpid()}", "READY=1", f"STATUS=upgraded from pid {inherited.state['pid']}")
         else:
+            self._write_pidfile()
             systemd.notify("READY=1")
 
     async def _stop(self) -> None:
@@ -248,6 +254,7 @@ class Master:
             await self.metrics.close()
         await self.workers.shutdown(self.config.drain.timeout)
         await self.control.stop()
+        self._remove_pidfile()
         log.info("stopped")
 
     async def _retire(self) -> None:
@@ -259,6 +266,33 @@ class Master:
         self.successor.close()
         await self.admin_server.close()
         log.info("old master done")
+
+    # -- the pid file: the pid of the master that serves -------------------------------------
+    # Written once a master serves (a fresh one, or a new one that took over at an upgrade),
+    # removed at a clean stop; an old master that handed over leaves it to its successor.
+    def _check_pidfile(self) -> None:
+        """Raises LbError when the pid file could not be written, before anything serves."""
+        if self.pidfile is not None and not os.access(os.path.dirname(self.pidfile), os.W_OK):
+            raise LbError(f"--pidfile {self.pidfile}: cannot write in {os.path.dirname(self.pidfile)}")
+
+    def _write_pidfile(self) -> None:
+        if self.pidfile is None:
+            return
+        try:
+            atomic_write(self.pidfile, f"{os.getpid()}\n", mode=0o644)
+        except OSError as exc:            # checked at start: lb serves on, and says so
+            log.error("--pidfile %s: cannot write it: %s", self.pidfile, exc.strerror or exc)
+
+    def _remove_pidfile(self) -> None:
+        """Removed only while it still names this master (not a file someone else wrote since)."""
+        if self.pidfile is None:
+            return
+        try:
+            with open(self.pidfile, encoding="ascii") as handle:
+                if handle.read().strip() == str(os.getpid()):
+                    os.unlink(self.pidfile)
+        except (OSError, UnicodeDecodeError):
+            pass
 
     # -- the upgrade (the old master's side; the new one's is `_start` with `inherited`) -----
     async def upgrade(self) -> dict:
@@ -276,7 +310,8 @@ class Master:
         gate = self.loop.create_future()
         admin.frozen = gate                       # other commands wait for the outcome
         state = handoff.snapshot(control, control.now())
-        successor = handoff.Successor(self.loop, workers, config_args(self.config, self.config_path))
+        successor = handoff.Successor(self.loop, workers, config_args(self.config, self.config_path)
+                                      + (["--pidfile", self.pidfile] if self.pidfile else []))
         sockets = [*workers.listeners, *([self.metrics_sock] if self.metrics_sock else [])]
         log.info("upgrade: starting a new master")
         try:
@@ -311,7 +346,7 @@ class Master:
                             "upgrades": state["upgrades"] + 1, "workers": serving["workers"]}}
 
     async def _command(self, line: str, why: str) -> None:
-        reply = await self.admin.execute(line)
+        reply = await self.admin.execute(line, why)
         if not reply["ok"]:
             log.error("%s %s: %s", why, line, reply["error"])
         elif line == "reload":
@@ -329,5 +364,6 @@ class Master:
         self.workers.reopen_logs()
 
 
-async def serve(config: Config, config_path: str | None = None, upgrade_fd: int | None = None) -> None:
-    await Master(config, config_path, upgrade_fd).run()
+async def serve(config: Config, config_path: str | None = None, upgrade_fd: int | None = None,
+                pidfile: str | None = None) -> None:
+    await Master(config, config_path, upgrade_fd, pidfile).run()

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.metadata
 import inspect
 import json
 import logging
 import math
 import os
 import socket
+import struct
 import time
 from collections import Counter
+
+import lb
 
 from ..core.commands import (backend_config, check_version, help_lines, parse, parse_maxconn, parse_timeout,
                              parse_weight)
@@ -33,6 +35,7 @@ from ..files import load_config
 from .statefile import save_state
 
 log = logging.getLogger("lb.admin")
+audit_log = logging.getLogger("lb.audit")
 
 MAX_LINE_BYTES = 4096
 IDLE_TIMEOUT_S = 60.0
@@ -43,13 +46,6 @@ WAIT_STATES = {
     "maint": lambda b: b.admin_state == MAINT,
     "up": lambda b: b.health == UP,
 }
-
-
-def lb_version() -> str:
-    try:
-        return importlib.metadata.version("lb")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class Admin:
@@ -69,17 +65,24 @@ class Admin:
         return self.control.pool
 
     # -- one line in, one reply out -------------------------------------------------
-    async def execute(self, line: str) -> dict:
-        """Run one command line; never raises for bad input. While an upgrade hands over, a
-        command waits for its outcome; once a new master serves, commands that still reach
-        this one (on connections opened before) are relayed to it."""
+    async def execute(self, line: str, sender: str = "lb") -> dict:
+        """Run one command line; never raises for bad input. `sender` says who sent it, for
+        the audit log (`uid 1000 pid 4242` from the socket's peer, or the signal's name)."""
+        reply = await self._execute(line)
+        audit(line, sender, reply)
+        return reply
+
+    async def _execute(self, line: str) -> dict:
+        """The reply to one command line. While an upgrade hands over, a command waits for
+        its outcome; once a new master serves, commands that still reach this one (on
+        connections opened before) are relayed to it."""
         try:
             if self.relay_to is not None:
                 return await self._relay(line)
             command, args = parse(line)
             if self.frozen is not None and command.handler != "upgrade":
                 await asyncio.shield(self.frozen)
-                return await self.execute(line)   # relayed, if the upgrade went through
+                return await self._execute(line)  # relayed, if the upgrade went through
             await self.control.synced()
             await self.control.applied()      # and what the reports changed, every worker routes by
             payload = getattr(self, command.handler)(*args)
@@ -92,7 +95,7 @@ class Admin:
         except LbError as exc:
             return {"ok": False, "error": exc.message}
         except _HandedOver:
-            return await self.execute(line)        # a `wait` the old master can no longer answer
+            return await self._execute(line)       # a `wait` the old master can no longer answer
 
     async def _until_handed_over(self, awaitable):
         """The command's result, unless an upgrade hands over first (then _HandedOver: the
@@ -151,8 +154,11 @@ class Admin:
     def show_info(self) -> dict:
         link = self.control.link
         predecessor = getattr(link, "predecessor", None)
-        return {"pid": os.getpid(), "version": lb_version(), "started": round(self.control.started, 3),
-                "workers": link.info() if hasattr(link, "info") else [],
+        workers = link.info() if hasattr(link, "info") else []
+        # Times as epoch seconds (for scripts) and, beside them, ISO 8601 UTC (for people).
+        return {"pid": os.getpid(), "version": lb.__version__, "started": round(self.control.started, 3),
+                "started_iso": iso_utc(self.control.started),
+                "workers": [{**worker, "started_iso": iso_utc(worker["started"])} for worker in workers],
                 "worker_restarts": getattr(link, "restarts", 0), "upgrades": self.control.upgrades,
                 "old_master": {"pid": predecessor.pid} if predecessor is not None else None}
 
@@ -312,6 +318,35 @@ class Admin:
         return await self.upgrader()
 
 
+def audit(line: str, sender: str, reply: dict) -> None:
+    """One line in the audit log for a command that changes something (`Command.audited`),
+    as HAProxy logs runtime API changes: who, what, and how it went. A line that is no
+    command changed nothing and is not logged; nor are the read-only commands."""
+    try:
+        command, _ = parse(line)
+    except CommandError:
+        return
+    if command.audited:
+        outcome = "ok" if reply.get("ok") else f"error: {reply.get('error')}"
+        audit_log.info("%s: %s -> %s", sender, _printable(" ".join(line.split())), _printable(outcome))
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters escaped: a command line cannot forge a log line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def peer_credentials(sock: socket.socket) -> str:
+    """Who is at the other end of a Unix socket, from the kernel (SO_PEERCRED): the
+    process's uid and pid at the time it connected."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):     # SO_PEERCRED is Linux's; elsewhere, say so
+        return "uid ? pid ?"
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return f"uid {uid} pid {pid}"
+
+
 # -- the Unix socket --------------------------------------------------------------
 
 class AdminServer:
@@ -374,6 +409,7 @@ class AdminServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)
+        sender = peer_credentials(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -390,7 +426,7 @@ class AdminServer:
                     await self._reply(writer, {"ok": False, "error": "not UTF-8 text; try 'help'"})
                     continue
                 if line.strip():
-                    await self._reply(writer, await self.admin.execute(line))
+                    await self._reply(writer, await self.admin.execute(line, sender))
         finally:
             self._clients.discard(writer)
             writer.close()

@@ -4,7 +4,9 @@ Every command is a row of `COMMANDS`: its words, required and optional
 arguments, a one-line summary, the name of the handler method that runs it
 (on `lb.control.admin.Admin`), and whether it changes state (then the state
 file is written before the reply). `help` is generated from the rows, and an
-unknown command or a wrong number of arguments answers with the usage.
+unknown command or a wrong number of arguments answers with the usage. Every
+command that changes something (`audited`: the pool's state, or the master
+itself at an upgrade) goes to the audit log with who sent it and its reply.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ class Command:
     optional: tuple[str, ...]      # optional argument names, in order
     summary: str
     handler: str                   # the Admin method that runs it
-    mutates: bool
+    mutates: bool                  # changes the pool: the state file is written before the reply
+    replaces_master: bool = False  # changes lb without a state file to write (upgrade)
+
+    @property
+    def audited(self) -> bool:
+        """Logged in the audit trail: the command changes something."""
+        return self.mutates or self.replaces_master
 
     @property
     def usage(self) -> str:
@@ -58,7 +66,7 @@ COMMANDS = [
     Command(("del", "server"), ("NAME",), (), "only when drained or maint", "del_server", True),
     Command(("reload",), (), (), "re-read the config file and the certificates", "reload", True),
     Command(("upgrade",), (), (), "hitless upgrade: a new master (code and config on disk) takes the "
-            "listeners; the reply once it serves", "upgrade", False),
+            "listeners; the reply once it serves", "upgrade", False, replaces_master=True),
 ]
 
 

@@ -12,6 +12,11 @@ started is stopped at the end, also on Ctrl-C.
 
 `--bad` deploys a v2 that answers 500 to 10 % of requests: the canary's bake
 catches it and the deploy rolls back.
+
+`--port-base N` runs the demo on other ports than the embedded config's (8080,
+9900, 9001-9010, which something else may hold): lb on N, /metrics on N+1, the
+backends on N+2 and up, from a copy of that config written to ./run/. A config of
+one's own (`-c FILE`) names its ports itself.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 from ..core.errors import ConfigError
-from ..files import load_config
+from ..files import atomic_write, embedded_config_text, load_config
 from .backend import start_detached, stop_pidfile
 from .users import Users
 
@@ -75,12 +82,39 @@ async def _steady(users: Users, seconds: float) -> None:
         last = done
 
 
+def moved_config(port_base: int, run_dir: str) -> str:
+    """The embedded config with its ports moved to `port_base` and up, written to `run_dir`
+    (its admin socket and state file made absolute, where the embedded config keeps them:
+    the copy's own folder is not the one they are relative to). Its path. Raises
+    ConfigError for a base whose ports do not fit below 65536."""
+    raw = yaml.safe_load(embedded_config_text())
+    highest = 65535 - 1 - len(raw["backends"])
+    if not 1 <= port_base <= highest:
+        raise ConfigError(f"--port-base: expected a port from 1 to {highest} (lb, then /metrics and "
+                          f"{len(raw['backends'])} backends above it), got {port_base}")
+    raw["listen"] = f"127.0.0.1:{port_base}"
+    raw["metrics"] = {"listen": f"127.0.0.1:{port_base + 1}"}
+    for i, backend in enumerate(raw["backends"]):
+        backend["address"] = f"127.0.0.1:{port_base + 2 + i}"
+    raw["admin"]["socket"] = os.path.join(run_dir, os.path.basename(raw["admin"]["socket"]))
+    raw["state_file"] = os.path.join(run_dir, os.path.basename(raw["state_file"]))
+    path = os.path.join(run_dir, f"demo-{port_base}.yaml")
+    atomic_write(path, f"# lb demo --port-base {port_base}: the embedded config on other ports\n"
+                 + yaml.safe_dump(raw, sort_keys=False), mode=0o644)
+    return path
+
+
 class Demo:
-    def __init__(self, config_path: str | None, bad: bool):
+    def __init__(self, config_path: str | None, bad: bool, port_base: int | None = None):
+        if port_base is not None:
+            if config_path is not None:
+                raise ConfigError("--port-base moves the embedded config's ports; with -c FILE, "
+                                  "set the ports in FILE")
+            config_path = moved_config(port_base, os.path.abspath("run"))
         self.config_path = config_path
         self.config = load_config(config_path)
         self.bad = bad
-        self.run_dir = self.config.resolve("run")
+        self.run_dir = os.path.abspath("run") if port_base is not None else self.config.resolve("run")
         self.pid_dir = os.path.join(self.run_dir, "demo")
         self.lb: subprocess.Popen | None = None
 
@@ -169,7 +203,7 @@ def _summary(users: Users, code: int, deploy_s: float, bad: bool) -> int:
 def run_demo(args) -> int:
     from ..cli import run_async
     try:
-        demo = Demo(args.config, args.bad)
+        demo = Demo(args.config, args.bad, args.port_base)
     except ConfigError as exc:
         print(f"lb demo: {exc.message}", file=sys.stderr)
         return 2

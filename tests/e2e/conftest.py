@@ -124,12 +124,14 @@ class Lb(Process):
     """`lb serve` on a config written to tmp_path; restartable on the same config and state."""
 
     def __init__(self, tmp_path: Path, backends: list[dict], tls: dict | None = None, http2: bool = False,
-                 cwd: Path | None = None, **overrides):
+                 cwd: Path | None = None, serve_args: tuple[str, ...] = (), **overrides):
         """`tls`: the first listener's `tls` section (then `port` speaks HTTPS); `http2`: the
         first listener also takes HTTP/2 with prior knowledge (h2c); `cwd`: lb is started
-        there as an operator starts it, the `lb` command with `-c` relative to that folder."""
+        there as an operator starts it, the `lb` command with `-c` relative to that folder;
+        `serve_args`: more arguments to `lb serve`."""
         self.tmp_path = tmp_path
         self.cwd = cwd
+        self.serve_args = list(serve_args)
         self.port = free_port()
         if tls is not None or http2:
             first = {"address": f"127.0.0.1:{self.port}", **({"tls": tls} if tls else {"http2": True})}
@@ -157,7 +159,7 @@ class Lb(Process):
             args, cwd = [PYTHON, "-m", "lb.cli", "serve", "-c", str(self.config_path)], ROOT
         else:
             args, cwd = [LB_SCRIPT, "serve", "-c", os.path.relpath(self.config_path, self.cwd)], self.cwd
-        super().__init__(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        super().__init__(args + self.serve_args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=self._stderr)
         self.master_pid = self.proc.pid           # changes with each upgrade
         # The master shows its admin socket once its workers serve.
         wait_for(lambda: (admin_answers(self.socket_path) and port_open(self.port))

@@ -38,3 +38,27 @@ def test_the_demo_deploys_and_cleans_up(tmp_path, bad, expected):
         [int(b["address"].rsplit(":", 1)[1]) for b in config["backends"]]
     assert not any(port_open(port) for port in ports), "the demo left a process listening"
     assert not list((tmp_path / "run" / "demo").glob("*.pid"))
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    for _ in range(50):
+        base = free_port()
+        if base + count <= 65535 and not any(port_open(port) for port in range(base, base + count)):
+            return base
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def test_the_demo_moves_to_other_ports_with_port_base(tmp_path):
+    base = free_port_run(12)                             # lb, /metrics, 10 backends
+    result = subprocess.run([PYTHON, "-m", "lb.cli", "demo", "--port-base", str(base), "--users", "5"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"and lb on 127.0.0.1:{base};" in result.stdout
+    assert "deploy exit 0" in result.stdout[result.stdout.index("demo summary:"):]
+    config = yaml.safe_load((tmp_path / "run" / f"demo-{base}.yaml").read_text())
+    assert config["metrics"]["listen"] == f"127.0.0.1:{base + 1}"
+    assert [b["address"] for b in config["backends"]] == [f"127.0.0.1:{base + 2 + i}" for i in range(10)]
+    assert f"lb listening on 127.0.0.1:{base}" in (tmp_path / "run" / "demo-lb.log").read_text()
+    assert not any(port_open(port) for port in range(base, base + 12)), "the demo left a process listening"
+    assert not list((tmp_path / "run" / "demo").glob("*.pid"))

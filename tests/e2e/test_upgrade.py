@@ -201,3 +201,25 @@ async def test_a_chain_of_upgrades_counts_the_oldest_workers_requests_at_the_new
         response.release()
     assert waited["ok"] and waited["cut"] == 0 and waited["waited_s"] > 1
     await asyncio.to_thread(wait_for, lambda: gone(first) and gone(second), 15, "both old masters to exit")
+
+
+def test_the_pidfile_names_the_serving_master_across_an_upgrade_and_goes_at_a_clean_stop(spawn, tmp_path):
+    web = spawn(Backend, "web1")
+    # Started as an operator starts it, with a relative --pidfile: the new master works in /.
+    lb = spawn(Lb, tmp_path, [web.config()], workers=1, cwd=tmp_path, serve_args=("--pidfile", "lb.pid"))
+    pidfile = tmp_path / "lb.pid"
+
+    def named() -> int | None:
+        try:
+            return int(pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    first = lb.master_pid
+    wait_for(lambda: named() == first, 5, "the pid file to name the master")
+    assert lb.upgrade()["ok"]
+    wait_for(lambda: named() == lb.master_pid != first, 10, "the new master to write its pid")
+    wait_for(lambda: gone(first), 10, "the old master to exit")
+    assert named() == lb.master_pid                       # the old master left it to its successor
+    assert lb.stop() == 0
+    assert not pidfile.exists()

@@ -149,7 +149,7 @@ async def test_a_failed_upgrade_takes_the_admin_socket_path_back(tmp_path):
     from lb.control.admin import AdminServer
 
     class Echo:
-        async def execute(self, line):
+        async def execute(self, line, sender):
             return {"ok": True, "who": "old"}
 
     path = str(tmp_path / "lb.sock")

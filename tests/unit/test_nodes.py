@@ -98,6 +98,12 @@ def test_every_command_has_a_unique_usage_and_summary():
     assert len(set(usages)) == len(usages) and all(c.summary for c in COMMANDS)
 
 
+def test_the_audit_log_takes_every_command_that_changes_something_and_no_other():
+    audited = {" ".join(c.words) for c in COMMANDS if c.audited}
+    assert audited == {" ".join(c.words) for c in COMMANDS if c.mutates} | {"upgrade"}
+    assert not any(c.words[0] in ("show", "help", "wait") for c in COMMANDS if c.audited)
+
+
 def test_unknown_server_names_the_known_ones():
     pool = Pool([BackendConfig(name=f"web{i}", address=("127.0.0.1", 9000 + i)) for i in range(1, 11)])
     with pytest.raises(CommandError) as info:
