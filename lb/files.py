@@ -38,15 +38,18 @@ def load_config(path: str | None, runtime_dir: str | None = None) -> Config:
     return parse_config(text, os.path.abspath(path))
 
 
-def atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str, mode: int = 0o600) -> None:
     """Replace `path` with `text` so that a reader sees the old file or the new, never
     half of one (temp file, fsync, rename). The temp file is made by mkstemp (a new
-    name, O_EXCL: never a symlink someone left there), mode 0600. Raises OSError."""
+    name, O_EXCL: never a symlink someone left there), mode 0600 unless `mode` says
+    otherwise (a config file keeps its own). Raises OSError."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if mode != 0o600:
+                os.fchmod(handle.fileno(), mode)
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
