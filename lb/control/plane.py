@@ -223,9 +223,10 @@ class Control:
         """How to make lb's config say `version` for the node, or the running lb."""
         config = self.config
         index = next((i for i, b in enumerate(config.backends) if b.name == name), None)
-        where = (f"in {config.source}, set backends[{index}] ({name}) to `version: {version}`"
-                 if index is not None else f"{name} is not in {config.source}")
-        return f"{where}, or run `lb ctl -s {config.resolve(config.admin.socket)} set version {name} {version}`"
+        command = f"`lb ctl -s {config.resolve(config.admin.socket)} set version {name} {version}`"
+        if index is None or config.backends[index].version == version:
+            return f"run {command} (the config file needs no change)"
+        return f"in {config.source}, set backends[{index}] ({name}) to `version: {version}`, or run {command}"
 
     def _configured(self, name: str) -> str:
         backend = self.config.backend(name)
@@ -233,7 +234,7 @@ class Control:
 
     def _say_adopted(self, adoption) -> None:
         log.warning("VERSION ADOPTED: %s is labelled %s (configured %s) but its health check reports %s; "
-                    "%s, so lb relabels it %s and it keeps serving. The config is stale: %s "
+                    "%s, so lb relabels it %s and it keeps serving. To make it so for good: %s "
                     "(`lb check --live` lists every such node)", adoption.name, adoption.labelled,
                     self._configured(adoption.name), adoption.reported, adoption.why, adoption.reported,
                     self._fixes(adoption.name, adoption.reported))
