@@ -64,7 +64,26 @@ def cmd_check(args) -> int:
         print(f"lb: warning: {warning}", file=sys.stderr)
     served = sum(len(infos) for infos in certs.values())
     print(f"{config.source}: ok, {len(config.backends)} backends" + (f", {served} certificates" if served else ""))
-    return 0
+    return check_live(config, args.live)
+
+
+def check_live(config, required: bool) -> int:
+    """The config's versions against the lb running on its admin socket (when one answers;
+    with --live one must, and a difference exits 1)."""
+    from .deploy.configsync import live_differences
+    try:
+        stale = live_differences(config)
+    except (OSError, EOFError, LbError) as exc:
+        if not required:
+            return 0
+        print(f"lb check: --live: no answer from lb on {config.resolve(config.admin.socket)}: "
+              f"{getattr(exc, 'message', None) or getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
+    for item in stale:
+        print(f"lb check: {'' if required else 'warning: '}{item.describe()}", file=sys.stderr)
+    if not stale:
+        print(f"{config.source}: the running lb agrees with its versions")
+    return 1 if stale and required else 0
 
 
 def cmd_ctl(args) -> int:
@@ -219,7 +238,7 @@ def cmd_deploy(args) -> int:
         return EXIT_USAGE
     return run_async(deploy_command(opts, args.socket or [default_socket()], args.state, log_path, view,
                                     args.resume, args.dry_run, expect_to=args.to, ssh_command=args.ssh_command,
-                                    lb_timeout_s=lb_timeout_s))
+                                    lb_timeout_s=lb_timeout_s, write_config=args.write_config))
 
 
 def cmd_demo(args) -> int:
@@ -261,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config: exit 0, or 2 naming the key path")
     check.add_argument("-c", "--config", help="config file (default: the embedded one)")
+    check.add_argument("--live", action="store_true", help="also ask the lb on the config's admin socket, "
+                       "and exit 1 when a node's version differs from the config's (2 when none answers)")
     check.set_defaults(func=cmd_check)
 
     ctl = sub.add_parser("ctl", help="send one admin command to one or more lbs and print the replies")
@@ -308,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--resume", action="store_true", help="continue the deploy recorded in --state")
     deploy.add_argument("--dry-run", action="store_true", help="print the plan after checking lb, nodes "
                         "and --min-ready; change nothing")
+    deploy.add_argument("--write-config", metavar="FILE", help="when done, set the nodes' new versions in "
+                        "this lb config file (comments and layout kept)")
     deploy.set_defaults(func=cmd_deploy)
 
     backend = sub.add_parser("backend", help="the demo/test app server")

@@ -42,7 +42,7 @@ def atomic_write(path: str, text: str, mode: int = 0o600) -> None:
     """Replace `path` with `text` so that a reader sees the old file or the new, never
     half of one (temp file, fsync, rename). The temp file is made by mkstemp (a new
     name, O_EXCL: never a symlink someone left there), mode 0600 unless `mode` says
-    otherwise. Raises OSError."""
+    otherwise (a config file keeps its own). Raises OSError."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")

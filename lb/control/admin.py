@@ -249,8 +249,7 @@ class Admin:
     def set_version(self, name: str, version: str) -> dict:
         node = self.pool.get(name)
         check_version(version)
-        node.version = version
-        self.pool.note_version(version)
+        self.pool.relabel(node, version, pending=True)     # a claim the next check must confirm
         self.control.changed()
         return self._server(node)
 
@@ -281,7 +280,10 @@ class Admin:
             fields["version"] = version
         if weight is not None:
             fields["weight"] = int(weight) if weight.isdigit() else weight
-        return self._server(self.control.add_node(backend_config(fields)))
+        node = self.control.add_node(backend_config(fields))
+        if version is not None:
+            self.pool.relabel(node, node.version, pending=True)    # a claim the checks must confirm
+        return self._server(node)
 
     def del_server(self, name: str) -> dict:
         node = self.pool.get(name)

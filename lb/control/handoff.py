@@ -125,12 +125,14 @@ def snapshot(control, now: float) -> dict:
         hs, stats = node.hstate, node.stats
         nodes[node.name] = {
             "state": str(node.admin_state), "version": node.version, "weight": node.weight,
+            "version_pending": node.version_pending,
             "max_conns": node.max_conns, "address": node.address, "added": node.name not in config_names,
             "health": str(node.health), "inflight": node.inflight, "tunnels": node.tunnels,
             "requests": node.requests, "errors": node.errors, "drain_cut": node.drain_cut,
             "drain_age": now - node.drain_started if node.admin_state == DRAINING else None,
             "hstate": {"passes": hs.passes, "fails": hs.fails, "passive_fails": hs.passive_fails,
                        "ejections": hs.ejections, "last_check": hs.last_check,
+                       "reported_version": hs.reported_version,
                        "ejected_for": hs.ejected_until - now if hs.ejected_until > now else 0.0,
                        "ejection_end_age": _ago(now, hs.last_ejection_end),
                        "ramp_age": _ago(now, hs.ramp_start)},
@@ -141,6 +143,7 @@ def snapshot(control, now: float) -> dict:
     pool_stats = control.stats
     return {"format": FORMAT, "pid": os.getpid(), "generation": control.generation,
             "upgrades": control.upgrades, "versions": list(control.pool.versions), "nodes": nodes,
+            "target": control.pool.target,
             "removing": sorted(control.removing), "clients": control.clients,
             "pins": {key: dict(counts) for key, counts in control.pins.items()},
             "pool": {"failed": dict(pool_stats.failed), "retries": pool_stats.retries,
@@ -165,7 +168,8 @@ def restore(control, state: dict, now: float) -> list[str]:
         if saved["drain_age"] is not None:
             node.drain_started = now - saved["drain_age"]
             control.drain_generation[name] = state["generation"] + 1    # the new master's first view
-        node.version, node.max_conns, node.drain_cut = saved["version"], saved["max_conns"], saved["drain_cut"]
+        pool.relabel(node, saved["version"], pending=saved.get("version_pending", False))
+        node.max_conns, node.drain_cut = saved["max_conns"], saved["drain_cut"]
         node.set_weight(saved["weight"])
         node.inflight, node.tunnels = saved["inflight"], saved["tunnels"]
         node.requests, node.errors = saved["requests"], saved["errors"]
@@ -173,6 +177,7 @@ def restore(control, state: dict, now: float) -> list[str]:
         hs, got = node.hstate, saved["hstate"]
         hs.passes, hs.fails, hs.passive_fails = got["passes"], got["fails"], got["passive_fails"]
         hs.ejections, hs.last_check = got["ejections"], got["last_check"]
+        hs.reported_version = got.get("reported_version")
         hs.ejected_until = now + got["ejected_for"] if got["ejected_for"] else 0.0
         hs.last_ejection_end = now - got["ejection_end_age"] if got["ejection_end_age"] is not None else float("-inf")
         hs.ramp_start = now - got["ramp_age"] if got["ramp_age"] is not None else None
@@ -184,8 +189,9 @@ def restore(control, state: dict, now: float) -> list[str]:
         stats.window.load(got["window"])
         if node.admin_state != READY or node.health != "up":
             said.append(f"{name} {node.admin_state}/{node.health}")
-    for version in state["versions"]:
-        pool.set_target(version)            # the old order, oldest first; the last is the target
+    pool.restore_order(state["versions"])      # the old order, oldest first
+    if state.get("target") is not None:       # (an old master's handoff has none)
+        pool.set_target(state["target"])
     control.removing = {name for name in state["removing"] if name in pool.backends}
     for key, counts in state["pins"].items():
         control.pins[key] = Counter(counts)

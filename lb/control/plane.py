@@ -24,7 +24,7 @@ from collections import Counter
 
 from ..core import health
 from ..core.config import BackendConfig, Config
-from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Node, Pool, transition
+from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, VERSION_MISMATCH, Node, Pool, transition
 from ..core.planes import Report
 from ..core.reload import (ADD, ADDRESS, AT_RESTART, BALANCE, KEEP, MAX_CONNS, REMOVE, VERSION, WEIGHT,
                            RunningNode, plan_reload, running_config)
@@ -206,11 +206,45 @@ class Control:
     # -- health ---------------------------------------------------------------------------
     def apply_check(self, node: Node, ok: bool, version: str | None) -> None:
         hc, now = self.config.health, self.now()
-        if health.record_check(node, ok, version, now, hc.rise, hc.fall):
+        outcome = health.apply_check(self.pool, node, ok, version, now, hc.rise, hc.fall)
+        for adoption in outcome.adopted:
+            self._say_adopted(adoption)
+        if outcome.changed:
             health.ramp(node, now, self.config.slow_start)   # from its first request on
-            log.info("health: %s is %s (last check %s)", node.name, node.health,
-                     node.hstate.last_check)
+            if node.health == VERSION_MISMATCH:
+                self._say_mismatch(node, version, outcome.move)
+            else:
+                log.info("health: %s is %s (last check %s)", node.name, node.health,
+                         node.hstate.last_check)
+        if outcome.changed or outcome.adopted:
             self.changed()
+
+    def _fixes(self, name: str, version: str) -> str:
+        """How to make lb's config say `version` for the node, or the running lb."""
+        config = self.config
+        index = next((i for i, b in enumerate(config.backends) if b.name == name), None)
+        command = f"`lb ctl -s {config.resolve(config.admin.socket)} set version {name} {version}`"
+        if index is None or config.backends[index].version == version:
+            return f"run {command} (the config file needs no change)"
+        return f"in {config.source}, set backends[{index}] ({name}) to `version: {version}`, or run {command}"
+
+    def _configured(self, name: str) -> str:
+        backend = self.config.backend(name)
+        return backend.version if backend is not None else "(not in the config)"
+
+    def _say_adopted(self, adoption) -> None:
+        log.warning("VERSION ADOPTED: %s is labelled %s (configured %s) but its health check reports %s; "
+                    "%s, so lb relabels it %s and it keeps serving. To make it so for good: %s "
+                    "(`lb check --live` lists every such node)", adoption.name, adoption.labelled,
+                    self._configured(adoption.name), adoption.reported, adoption.why, adoption.reported,
+                    self._fixes(adoption.name, adoption.reported))
+
+    def _say_mismatch(self, node: Node, reported: str | None, move: str | None) -> None:
+        log.warning("health: %s is version_mismatch and gets no traffic: labelled %s (configured %s), its "
+                    "health check reports %s, and a version move is in progress (%s). If %s is what it "
+                    "should run, put %s on it; if %s is right: %s", node.name, node.version,
+                    self._configured(node.name), reported, move or "?", node.version, node.version,
+                    reported, self._fixes(node.name, reported))
 
     def passive(self, node: Node, failed: bool) -> None:
         """A proxied outcome: connect error or 5xx (failed), or a success after failures."""
@@ -245,6 +279,9 @@ class Control:
 
     def _health_tick(self, now: float) -> None:
         changed = bool(health.end_ejections(self.pool.backends.values(), now))
+        for adoption in health.unstrand(self.pool, now):
+            self._say_adopted(adoption)
+            changed = True
         for node in self.pool.backends.values():
             if node.hstate.ramp_start is not None:
                 health.ramp(node, now, self.config.slow_start)
@@ -282,8 +319,7 @@ class Control:
         self.pool.backends[action.name].max_conns = action.value
 
     def _reload_version(self, action) -> None:
-        self.pool.backends[action.name].version = action.value
-        self.pool.note_version(action.value)
+        self.pool.relabel(self.pool.backends[action.name], action.value, pending=True)
 
     def _reload_keep(self, action) -> None:
         self.removing.discard(action.name)

@@ -1,8 +1,9 @@
 """The state file: admin changes survive a restart of lb.
 
 Every command that changes state writes the whole admin state (each node's
-admin state, version, weight, address, whether it was added at run time, and
-the version order) atomically before its reply; at start `load_state` applies
+admin state, version, weight, address, whether it was added at run time, whether
+its version is a claim no check has confirmed yet, the version order and the
+declared target) atomically before its reply; at start `load_state` applies
 it over the config through the transition table, so a restart in the middle
 of a deploy keeps a drained node drained. A node that was draining comes back
 drained: what it had in flight died with the old process.
@@ -33,9 +34,9 @@ def save_state(control) -> None:
     config = control.config
     path = config.resolve(config.state_file)
     config_names = {b.name for b in config.backends}
-    state = {"format": FORMAT, "versions": control.pool.versions, "servers": {
+    state = {"format": FORMAT, "versions": control.pool.versions, "target": control.pool.target, "servers": {
         n.name: {"state": str(n.admin_state), "version": n.version, "weight": n.weight, "max_conns": n.max_conns,
-                 "address": n.address, "added": n.name not in config_names}
+                 "address": n.address, "added": n.name not in config_names, "version_pending": n.version_pending}
         for n in control.pool.backends.values()}}
     try:
         atomic_write(path, json.dumps(state, indent=1))
@@ -69,16 +70,16 @@ def load_state(control) -> list[str]:
         if node is None or node.admin_state != NEW:
             continue                          # removed from the config since
         transition(node, RESTORE_EVENTS[entry["state"]], control.now())
-        node.version = entry["version"]
+        pool.relabel(node, entry["version"], pending=saved.get("version_pending") is True)
         node.set_weight(entry["weight"])
         node.max_conns = entry["max_conns"]
-        pool.note_version(node.version)
         if node.admin_state != READY:
             applied.append(f"{name} {node.admin_state}")
     versions = state.get("versions") if isinstance(state, dict) else None
-    for version in (versions if isinstance(versions, list) else ()):
-        if version in pool.versions:
-            pool.set_target(version)
+    pool.restore_order(v for v in (versions if isinstance(versions, list) else ()) if v in pool.versions)
+    target = state.get("target") if isinstance(state, dict) else None
+    if isinstance(target, str) and target in pool.versions:
+        pool.set_target(target)              # a deploy was under way: its version move goes on
     return applied
 
 

@@ -23,6 +23,16 @@ nothing is left.
 `Pool` is the control plane's table of nodes, their version order, and the
 `RoutingView` it publishes to the data plane (planes.py): the only thing the
 data plane learns of admin states and health.
+
+Version labels come from two sources of different weight. A label from the
+config file is a record that goes stale (a deploy changes the nodes and the
+state file, not the file), so a health check that reports another version
+corrects it. A label set at run time (`set version`, `add server ... VERSION`,
+a reload that changed it) is an operator's or a deploy's claim about a node it
+just changed: it is `version_pending` until a check confirms it. While any label
+is pending, or a target declared by `set target` is not yet every node's label
+(maint apart), a version move is in progress (`move_in_progress`), and a check
+that disagrees with a label is a wrong node, not a stale label (health.py).
 """
 
 from __future__ import annotations
@@ -97,7 +107,7 @@ class HealthState:
     """Per-node counters the health rules (health.py) need."""
 
     __slots__ = ("passes", "fails", "passive_fails", "ejected_until", "ejections",
-                 "last_ejection_end", "ramp_start", "last_check")
+                 "last_ejection_end", "ramp_start", "last_check", "reported_version")
 
     def __init__(self):
         self.passes = 0
@@ -108,6 +118,7 @@ class HealthState:
         self.last_ejection_end = float("-inf")
         self.ramp_start: float | None = None
         self.last_check: dict | None = None
+        self.reported_version: str | None = None    # by the last passing check that carried one
 
 
 class Node(Endpoint):
@@ -115,12 +126,13 @@ class Node(Endpoint):
 
     __slots__ = ("name", "host", "port", "version", "weight", "admin_state", "health",
                  "inflight", "tunnels", "requests", "errors", "drain_started", "drain_cut",
-                 "hstate", "ramp_factor", "effective_weight", "stats", "max_conns")
+                 "hstate", "ramp_factor", "effective_weight", "stats", "max_conns", "version_pending")
 
     def __init__(self, config: BackendConfig, since: float = 0.0):
         self.name = config.name
         self.host, self.port = config.address
         self.version = config.version
+        self.version_pending = False    # set at run time, not yet confirmed by a check
         self.weight = config.weight
         self.max_conns = config.max_conns
         self.admin_state = NEW
@@ -173,6 +185,7 @@ class Pool:
         self.backends: dict[str, Node] = {c.name: Node(c, since) for c in configs}
         # Versions oldest -> newest: first seen first; `set target` moves one last.
         self.versions: list[str] = []
+        self.target: str | None = None      # declared by `set target` (what a deploy rolls to)
         for node in self.backends.values():
             self.note_version(node.version)
 
@@ -182,9 +195,35 @@ class Pool:
             self.versions.append(version)
 
     def set_target(self, version: str) -> None:
-        if version in self.versions:
-            self.versions.remove(version)
-        self.versions.append(version)
+        """Declare `version` the newest: what a deploy rolls to (a version move begins)."""
+        self.restore_order([version])
+        self.target = version
+
+    def restore_order(self, versions: Iterable[str]) -> None:
+        """Put `versions` last, in that order (a saved order, oldest first); declares nothing."""
+        for version in versions:
+            if version in self.versions:
+                self.versions.remove(version)
+            self.versions.append(version)
+
+    def relabel(self, node: "Node", version: str, pending: bool) -> None:
+        """Give the node a new version label; `pending`: a claim made at run time, which a
+        check must confirm (see move_in_progress)."""
+        node.version = version
+        node.version_pending = pending
+        self.note_version(version)
+
+    def move_in_progress(self) -> str | None:
+        """Why a version move is in progress (a label set at run time that no check has
+        confirmed, or a declared target that a node outside maint is not labelled with);
+        None when there is none."""
+        for node in self.backends.values():
+            if node.version_pending:
+                return f"{node.name} was set to {node.version} at run time and no check has confirmed it yet"
+        for node in self.backends.values():
+            if self.target is not None and node.version != self.target and node.admin_state != MAINT:
+                return f"the target is {self.target} and {node.name} is on {node.version}"
+        return None
 
     def get(self, name: str) -> Node:
         """The node called `name`. Raises CommandError listing the known names."""

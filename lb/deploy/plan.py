@@ -186,8 +186,16 @@ def fit(names: list[str], servers: list[dict], size: int, min_ready: Fraction) -
         total = sum(s["weight"] for s in servers)
         left = spare_weight(servers, 0) - by_name[names[0]]["weight"]
         raise DeployError(f"taking {names[0]} out would leave {float(left / total):.0%} of the weight in "
-                          f"service, under --min-ready {float(min_ready):.0%}")
+                          f"service, under --min-ready {float(min_ready):.0%}; {suggest_min_ready(left, total)}")
     return taken
+
+
+def suggest_min_ready(left: Fraction, total: int) -> str:
+    """The --min-ready that lets this node go (whole percents, rounded down so that it fits)."""
+    percent = math.floor(left * 100 / total) if total else 0
+    if percent <= 0:
+        return "no --min-ready above 0% lets it go: that would leave nothing in service (add nodes first)"
+    return f"--min-ready {percent}% would let it go"
 
 
 def plan(servers: list[dict], opts: Options) -> tuple[list[Batch], list[str]]:

@@ -21,6 +21,7 @@ from ..core.errors import DeployError
 from ..core.stats import iso_utc
 from ..files import atomic_write
 from .client import RECONNECT_S, StepFailed, Unreachable
+from .configsync import check_editable, config_update
 from .fleet import Fleet, differences, merge_servers
 from .plan import (EXIT_DONE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, EXIT_STUCK, EXIT_USAGE, UNFINISHED, Batch,
                    DeployState, NodeProgress, Options, Sample, check_servers, command_env, fill, fit, in_service,
@@ -95,6 +96,7 @@ class Deployer:
         self.batch_failed = False
         self.timings: dict[str, dict[str, float]] = {}
         self.started = time.monotonic()
+        self.write_config: str | None = None   # --write-config: the lb config file to put the versions in
 
     # -- start ---------------------------------------------------------------------
     async def prepare(self, resume: bool) -> tuple[list[Batch], list[str]]:
@@ -263,7 +265,9 @@ class Deployer:
         try:
             if hold and step.name == "ready":
                 await self.admin.ok(f"set weight {name} 0")
-            await self.admin.ok(line, timeout_s + REPLY_SLACK_S)
+            replies = await self.admin.ok(line, timeout_s + REPLY_SLACK_S)
+            if step.name == "wait up":
+                check_label(name, values["version"], replies)
             if hold and step.name == "wait up":
                 await self.admin.ok(f"set weight {name} {self.state.weights.get(name, 1)}")
         except Unreachable as exc:
@@ -450,6 +454,17 @@ class Deployer:
         return rows
 
 
+def check_label(name: str, version: str, replies: dict[str, dict]) -> None:
+    """After `wait up`, the node must still carry the label the deploy gave it: lb adopts what a
+    node reports only when nothing else would serve (lb/core/health.py), and then the node is
+    up on another version. Raises StepFailed."""
+    for label, reply in replies.items():
+        got = reply.get("server", {}).get("version", version)
+        if got != version:
+            raise StepFailed(f"{name} is up but runs {got}, not {version} (lb {label} relabelled it from its "
+                             f"health check: the update did not put {version} on it)")
+
+
 def restarted(before: dict, after: dict) -> bool:
     """Whether lb restarted between two snapshots (its counters began again)."""
     return after["since"] != before["since"] or any(
@@ -510,32 +525,39 @@ async def report(deployer: Deployer, code: int) -> dict:
         if len(fleet.members) > 1:
             lost = {label: {**(fleet.last_seen.get(label, {}).get(name) or {}), "lost": True} for label in fleet.lost}
             nodes[-1]["on"] = {**lost, **server.get("on", {})}
+    config = config_update(nodes, {name: s["version"] for name, s in servers.items()}, deployer.write_config,
+                           code == EXIT_DONE and bool(servers))
     resume = None
     if code in (EXIT_INTERRUPTED, EXIT_STUCK):
         resume = f"lb deploy {fleet.flags} --state {deployer.state_path} --resume"
     return {"to": deployer.opts.to, "result": RESULTS.get(code, "error"), "exit": code,
             "seconds": round(time.monotonic() - deployer.started, 1), "failure": state.failure,
-            "nodes": nodes, "log": deployer.log_path, "resume": resume,
+            "nodes": nodes, "log": deployer.log_path, "resume": resume, "config": config,
             **({"lbs": fleet.labels, "lost": fleet.lost} if len(fleet.members) > 1 else {})}
 
 
 async def deploy_command(opts: Options | None, targets: list[str], state_path: str, log_path: str,
                          view, resume: bool, dry_run: bool, expect_to: str | None = None,
-                         ssh_command: str = "ssh", lb_timeout_s: float = RECONNECT_S) -> int:
+                         ssh_command: str = "ssh", lb_timeout_s: float = RECONNECT_S,
+                         write_config: str | None = None) -> int:
     try:
+        if write_config is not None:
+            check_editable(write_config)                          # before anything changes
         admin = Fleet(targets, ssh_command, reconnect_s=1.0)     # at start, unreachable means exit 2
     except DeployError as exc:
         view.error(exc.message)
         return EXIT_USAGE
     try:
-        return await _deploy(admin, opts, state_path, log_path, view, resume, dry_run, expect_to, lb_timeout_s)
+        return await _deploy(admin, opts, state_path, log_path, view, resume, dry_run, expect_to, lb_timeout_s,
+                             write_config)
     finally:
         await admin.close()
 
 
 async def _deploy(admin: Fleet, opts, state_path, log_path, view, resume, dry_run, expect_to,
-                  lb_timeout_s: float) -> int:
+                  lb_timeout_s: float, write_config: str | None) -> int:
     deployer = Deployer(opts, admin, view, state_path, log_path)
+    deployer.write_config = write_config
     deployer.expect_to = expect_to or deployer.expect_to
     try:
         batches, notes = await deployer.prepare(resume)

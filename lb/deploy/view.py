@@ -189,7 +189,27 @@ def format_report(report: dict) -> str:
             lines.append(f"  {row['name']} per lb: " + "; ".join(
                 f"{label} {v.get('version', '?')} {v.get('state', '?')}/{v.get('health', '?')}"
                 + (" (lost, last seen)" if v.get("lost") else "") for label, v in on.items()))
+    lines += config_lines(report.get("config"))
     if report.get("resume"):
         lines.append(f"  resume with: {report['resume']}")
     lines.append(f"  log: {report['log']}")
     return "\n".join(lines)
+
+
+def config_lines(config: dict | None) -> list[str]:
+    """What the deploy did, or asks, about lb's config file (its versions go stale otherwise)."""
+    if not config:
+        return []
+    if "to_change" in config:
+        return (["  lb's config file still has the old versions: a new lb started on it with no state file "
+                 "begins from them. Change these lines (or run with --write-config FILE):"]
+                + [f"    {row['name']}: version: {row['was']}  ->  version: {row['version']}"
+                   for row in config["to_change"]])
+    if config.get("error"):
+        return [f"  config {config['file']}: {config['error']}"]
+    lines = [f"  config {config['file']}: " + (f"{len(config['changed'])} version(s) changed:"
+                                              if config["changed"] else "already has these versions")]
+    lines += [f"    line {row['line']}: {row['text']}" for row in config["changed"]]
+    if config.get("missing"):
+        lines.append(f"    not in the file (added at run time?): {', '.join(config['missing'])}")
+    return lines

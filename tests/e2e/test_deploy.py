@@ -231,7 +231,8 @@ async def test_min_ready_90_percent_with_batch_3_goes_one_at_a_time(spawn, fleet
     assert [b["nodes"] for b in deploy.of("plan")[0]["batches"]] == [[n] for n in nodes.names]
     assert {s["state"] for s in servers(lb).values()} == {"ready"}        # a dry run changes nothing
     code, deploy = await run_deploy(lb, "--to", "v2", "--update", "true", "--min-ready", "95%", "--dry-run")
-    assert code == 2 and "would leave 90% of the weight in service, under --min-ready 95%" in deploy.stderr
+    assert code == 2 and "would leave 90% of the weight in service, under --min-ready 95%; " \
+        "--min-ready 90% would let it go" in deploy.stderr
 
 
 @pytest.mark.parametrize("args, message", [

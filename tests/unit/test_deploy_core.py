@@ -59,9 +59,26 @@ def test_plan_counts_weight_not_nodes():
     rows = servers(4, web1={"weight": 400})          # web1 alone is 400 of 700
     with pytest.raises(DeployError) as info:
         plan(rows, opts(min_ready="50%"))
-    assert info.value.message == "taking web1 out would leave 43% of the weight in service, under --min-ready 50%"
+    assert info.value.message == ("taking web1 out would leave 43% of the weight in service, under --min-ready 50%; "
+                                  "--min-ready 42% would let it go")
     batches, _ = plan(servers(4, web4={"weight": 300}), opts(min_ready="50%", batch="3"))
     assert names(batches) == [["web1"], ["web2", "web3"], ["web4"]]      # spare 300 of 600
+
+
+@pytest.mark.parametrize("count, suggested", [(2, "50%"), (3, "66%"), (4, "75%")])
+def test_a_min_ready_refusal_names_the_value_that_works_for_the_pool(count, suggested):
+    """Any pool of fewer than 5 equal nodes is refused at the default 80 %: say what would do."""
+    with pytest.raises(DeployError) as info:
+        plan(servers(count), opts(min_ready="80%"))
+    assert info.value.message.endswith(f"; --min-ready {suggested} would let it go")
+    batches, _ = plan(servers(count), opts(min_ready=suggested))      # and it does
+    assert names(batches)[0] == ["web1"]
+
+
+def test_a_pool_of_one_node_gets_no_suggestion_that_empties_it():
+    with pytest.raises(DeployError) as info:
+        plan(servers(1), opts(min_ready="10%"))
+    assert "no --min-ready above 0% lets it go" in info.value.message
 
 
 def test_a_node_already_out_of_service_costs_nothing():

@@ -85,9 +85,9 @@ async def test_the_new_control_plane_takes_up_the_old_ones_state(tmp_path):
     old.set_admin_state(nodes["web3"], "drain")
     old.on_report(Report(old.generation, {"web3": NodeReport(0, 0, StatsDelta())}, Counter(), 0, None, 0))
     assert nodes["web3"].admin_state == DRAINED
-    nodes["web3"].version = "v2"
-    old.pool.note_version("v2")
+    old.pool.relabel(nodes["web3"], "v2", pending=True)     # a claim no check has confirmed yet
     old.pool.set_target("v2")
+    nodes["web3"].hstate.reported_version = "v1"
     nodes["web4"].health, nodes["web4"].hstate.ejected_until, nodes["web4"].hstate.ejections = EJECTED, now + 8, 2
     delta = StatsDelta()
     delta.record("v1", 200, 0.01, time.monotonic())
@@ -111,6 +111,8 @@ async def test_the_new_control_plane_takes_up_the_old_ones_state(tmp_path):
     assert new.drain_generation == {"web1": old.generation + 1} and new.generation == old.generation
     assert (got["web1"].inflight, got["web1"].tunnels) == (3, 1)
     assert got["web3"].version == "v2" and new.pool.versions == ["v1", "v2"]
+    # the version move goes on across the upgrade: the check still protects, never adopts
+    assert new.pool.target == "v2" and got["web3"].version_pending and got["web3"].hstate.reported_version == "v1"
     assert got["web4"].health == EJECTED and got["web4"].hstate.ejected_until == later + 8
     assert got["web4"].hstate.ejections == 2 and got["web4"].requests == 1
     assert got["web4"].stats.summary(later)["requests"] == 1

@@ -146,3 +146,100 @@ def test_start_checking_takes_a_node_out_until_it_passes():
     assert not b.takes_traffic
     health.record_check(b, True, None, 1.0, rise=2, fall=3)
     assert b.takes_traffic
+
+
+# -- the version rule: adopt a stale label, protect during a version move, never the whole pool --
+
+def version_pool(nodes, target=None):
+    """nodes: "name:label[*][/state][@health]" (`*`: the label was set at run time, pending)."""
+    pool = Pool([])
+    for spec in nodes:
+        rest, _, health_state = spec.partition("@")
+        rest, _, state = rest.partition("/")
+        name, _, label = rest.partition(":")
+        b = node(name, label.rstrip("*"), health_state or UP)
+        pool.backends[name] = b
+        pool.relabel(b, b.version, pending=label.endswith("*"))
+        if state == MAINT:
+            transition(b, "maint", 0.0)
+    if target:
+        pool.set_target(target)
+    return pool
+
+
+NO_MOVE, NOTHING_ELSE = health.NO_MOVE, health.NOTHING_ELSE
+
+# (case, pool, target, check on web1: reported version or "fail",
+#  web1's label after, its health after, why it was adopted or None)
+VERSION_RULE = [
+    ("a stale config, no deploy: adopted", ["web1:v1", "web2:v1"], None, "v2", "v2", UP, NO_MOVE),
+    ("the label right: nothing to do", ["web1:v1", "web2:v1"], None, "v1", "v1", UP, None),
+    ("no version header: nothing to compare", ["web1:v1", "web2:v1"], None, None, "v1", UP, None),
+    ("a failing check adopts nothing", ["web1:v1", "web2:v1"], None, "fail", "v1", UP, None),
+    ("set version not yet confirmed: protected", ["web1:v2*", "web2:v1"], None, "v1", "v2", VERSION_MISMATCH, None),
+    ("another node's claim pending: protected", ["web1:v1", "web2:v2*"], None, "v3", "v1", VERSION_MISMATCH, None),
+    ("a deploy's target not reached: protected", ["web1:v2", "web2:v1"], "v2", "v1", "v2", VERSION_MISMATCH, None),
+    ("an untouched node mid-deploy: protected", ["web1:v1", "web2:v2"], "v2", "v3", "v1", VERSION_MISMATCH, None),
+    ("the target reached (maint apart): adopted", ["web1:v2", "web2:v2", "web3:v1/maint"], "v2", "v3", "v3", UP,
+     NO_MOVE),
+    ("the only node, mid-move: adopted, not 503", ["web1:v2*"], "v2", "v1", "v1", UP, NOTHING_ELSE),
+    ("the others all down, mid-move: adopted", ["web1:v2*", "web2:v1@down"], None, "v1", "v1", UP, NOTHING_ELSE),
+    ("a returning node, no move: adopted, still checked", ["web1:v1@down", "web2:v1"], None, "v2", "v2", DOWN,
+     NO_MOVE),
+]
+
+
+@pytest.mark.parametrize("case, nodes, target, reported, label, health_after, why", VERSION_RULE,
+                         ids=[row[0] for row in VERSION_RULE])
+def test_the_version_rule(case, nodes, target, reported, label, health_after, why):
+    pool = version_pool(nodes, target)
+    web1 = pool.backends["web1"]
+    ok = reported != "fail"
+    outcome = health.apply_check(pool, web1, ok, reported if ok else None, 1.0, rise=RISE, fall=FALL)
+    assert (web1.version, web1.health) == (label, health_after)
+    assert [(a.name, a.why) for a in outcome.adopted] == ([("web1", why)] if why else [])
+    if why:
+        assert outcome.adopted[0].labelled != label and outcome.adopted[0].reported == label
+        assert label in pool.versions and not web1.version_pending
+
+
+@pytest.mark.parametrize("nodes, target, move", [
+    (["web1:v1", "web2:v1"], None, None),
+    (["web1:v1", "web2:v2*"], None, "web2 was set to v2 at run time and no check has confirmed it yet"),
+    (["web1:v1", "web2:v2"], "v2", "the target is v2 and web1 is on v1"),
+    (["web1:v1/maint", "web2:v2"], "v2", None),
+    (["web1:v2", "web2:v2"], "v2", None),
+])
+def test_when_a_version_move_is_in_progress(nodes, target, move):
+    assert version_pool(nodes, target).move_in_progress() == move
+
+
+def test_a_check_confirms_a_claim_and_ends_the_move():
+    pool = version_pool(["web1:v2*", "web2:v1"])
+    web1 = pool.backends["web1"]
+    health.apply_check(pool, web1, True, "v2", 1.0, rise=RISE, fall=FALL)
+    assert not web1.version_pending and pool.move_in_progress() is None
+    health.apply_check(pool, web1, True, "v3", 2.0, rise=RISE, fall=FALL)     # later, no move: adopted
+    assert web1.version == "v3" and web1.health == UP
+
+
+def test_every_node_wrong_mid_move_the_last_check_adopts_them_all():
+    """A deploy's target is declared, and every backend reports a third version: one node at a
+    time goes out while the others serve, and the check that would leave none adopts all."""
+    pool = version_pool(["web1:v1", "web2:v1", "web3:v1"], target="v2")
+    seen = []
+    for i, name in enumerate(["web1", "web2", "web3"]):
+        outcome = health.apply_check(pool, pool.backends[name], True, "v3", float(i), rise=RISE, fall=FALL)
+        seen.append((sum(b.takes_traffic for b in pool.backends.values()), len(outcome.adopted)))
+    assert seen == [(2, 0), (1, 0), (3, 3)]
+    assert {b.version for b in pool.backends.values()} == {"v3"}
+    assert {a.why for a in outcome.adopted} == {NOTHING_ELSE}
+
+
+def test_unstrand_leaves_a_pool_alone_while_any_node_serves():
+    pool = version_pool(["web1:v2*@version_mismatch", "web2:v1"])
+    pool.backends["web1"].hstate.reported_version = "v1"
+    assert health.unstrand(pool, 0.0) == []
+    transition(pool.backends["web2"], "maint", 0.0)
+    assert [a.name for a in health.unstrand(pool, 0.0)] == ["web1"]
+    assert pool.backends["web1"].takes_traffic and pool.backends["web1"].version == "v1"

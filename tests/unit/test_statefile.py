@@ -40,6 +40,22 @@ async def test_saved_states_come_back_through_the_table(tmp_path):
     assert again.pool.backends["web3"].version == "v2" and again.pool.versions == ["v1", "v2"]
 
 
+async def test_a_version_move_in_progress_survives_a_restart(tmp_path):
+    """A deploy's target and a label no check has confirmed come back: after a restart the
+    version check still protects (it does not adopt the node the deploy is checking)."""
+    control = make_control(tmp_path)
+    control.place_nodes()
+    control.pool.set_target("v2")
+    control.pool.relabel(control.pool.backends["web1"], "v2", pending=True)
+    save_state(control)
+    again = make_control(tmp_path)
+    load_state(again)
+    assert again.pool.target == "v2" and again.pool.backends["web1"].version_pending
+    assert again.pool.move_in_progress() is not None
+    fresh = make_control(tmp_path / "elsewhere")              # no state file: nothing in progress
+    assert fresh.pool.target is None and fresh.pool.move_in_progress() is None
+
+
 @pytest.mark.parametrize("entry, where", [
     ({"state": "ready", "version": "v1\r\nSet-Cookie: x=1", "weight": 100, "address": "127.0.0.1:9001"},
      "servers.web1.version"),
