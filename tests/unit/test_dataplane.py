@@ -18,7 +18,7 @@ from lb.proxy.accesslog import AccessLog
 from lb.proxy.client import LINGER_MAX_BYTES, LINGER_S, MAX_PIPELINED, PARSE_SLICE, ClientConnection
 from lb.proxy.dataplane import DataPlane
 from lb.proxy.h2client import H2ClientConnection, H2Exchange, H2Stream, StreamFlow
-from lb.proxy.upstream import UpstreamConnection
+from lb.proxy.upstream import READ_BYTES, UpstreamConnection
 
 CONFIG = """
 backends:
@@ -335,6 +335,17 @@ async def test_a_failed_handshake_holds_no_shutdown(rig):
     assert held.transport is None
 
 
+def h2_connection(rig) -> tuple:
+    """An HTTP/2 client (h2's), lb's connection for it on a fake transport, past the preface."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    conn = H2ClientConnection(rig.plane, b"127.0.0.1", False, None, "", rig.client.own_headers, b"http")
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(client.data_to_send())
+    return client, conn, transport
+
+
 async def test_a_finished_http2_stream_and_its_exchange_are_freed_at_once(rig):
     """Without the cyclic GC: a stream, its flow and its exchange pointing at each other waited
     for it, request head and all, and with streams in flight past a young collection they
@@ -343,12 +354,7 @@ async def test_a_finished_http2_stream_and_its_exchange_are_freed_at_once(rig):
     def alive() -> list:
         return [type(o).__name__ for o in gc.get_objects() if isinstance(o, (H2Stream, StreamFlow, H2Exchange))]
 
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-    client.initiate_connection()
-    conn = H2ClientConnection(rig.plane, b"127.0.0.1", False, None, "", rig.client.own_headers, b"http")
-    transport = FakeTransport()
-    conn.connection_made(transport)
-    conn.data_received(client.data_to_send())
+    client, conn, transport = h2_connection(rig)
     gc.collect()
     gc.disable()
     try:
@@ -364,3 +370,23 @@ async def test_a_finished_http2_stream_and_its_exchange_are_freed_at_once(rig):
         assert alive() == []
     finally:
         gc.enable()
+
+
+async def test_an_http2_stream_that_does_not_read_holds_at_most_64_kib(rig):
+    """Its window (64 KiB) goes out, then its outbox fills to STREAM_WRITE_HIGH (32 KiB) plus
+    the backend read that crossed it, and its backend is no longer read (bench/abuse.py
+    h2_slow_reader: 1,000 such streams). Failed before, at 64 KiB: 65,537 bytes held here."""
+    client, conn, transport = h2_connection(rig)
+    client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                            (b":authority", b"a")], end_stream=True)
+    conn.data_received(client.data_to_send())
+    rig.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+    stream = conn.streams[1]
+    for _ in range(100):
+        if rig.upstream_transport.paused:
+            break
+        rig.upstream.data_received(b"x" * READ_BYTES)      # one read of a backend at most
+        await asyncio.sleep(0)                              # the connection's flush
+    events = client.receive_data(bytes(transport.out))              # read, never acknowledged
+    assert sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived)) == 65535
+    assert rig.upstream_transport.paused and 32 << 10 < stream.outbox_bytes <= 64 << 10
