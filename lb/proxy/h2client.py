@@ -86,6 +86,14 @@ class _Connection(h2.connection.H2Connection):
     (`_initialize_content_length`, `_track_content_length`); tests/e2e/test_h2.py and
     test_h2_framing.py fail if h2 changes them."""
 
+    # How each of the last 1,000 closed streams ended (h2 keeps 65,536): a frame the client
+    # sent before it saw lb's RST_STREAM gets a stream error while its stream is remembered,
+    # a connection error once forgotten (RFC 9113 5.1 lets that period be limited), and a
+    # thousand streams closing while one frame is in flight is a flood. A record is ~176 B:
+    # at h2's count a long-lived connection grew to 11 MiB, and bench/abuse.py
+    # h2_header_names (20 connections, ~2,000 streams each in 20 s) crept by ~7 MiB.
+    MAX_CLOSED_STREAMS = 1000
+
     @property
     def open_inbound_streams(self) -> int:
         # h2 makes a stream past SETTINGS_MAX_CONCURRENT_STREAMS a connection error, where RFC

@@ -390,3 +390,18 @@ async def test_an_http2_stream_that_does_not_read_holds_at_most_64_kib(rig):
     events = client.receive_data(bytes(transport.out))              # read, never acknowledged
     assert sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived)) == 65535
     assert rig.upstream_transport.paused and 32 << 10 < stream.outbox_bytes <= 64 << 10
+
+
+async def test_a_long_lived_http2_connection_remembers_at_most_1000_closed_streams(rig):
+    """h2 keeps how each of the last 65,536 closed streams ended, ~176 B each: 11 MiB a busy
+    connection. lb keeps 1,000 (h2client._Connection.MAX_CLOSED_STREAMS; this reads h2's
+    record, `_closed_streams`). Failed before: 1,499 kept after 1,500 streams."""
+    client, conn, transport = h2_connection(rig)
+    get = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
+    for stream_id in range(1, 3001, 2):
+        client.send_headers(stream_id, get, end_stream=True)
+        conn.data_received(client.data_to_send())
+        rig.respond(OK)
+        await asyncio.sleep(0)                  # the connection's flush
+        client.receive_data(transport.take())
+    assert conn.streams == {} and len(conn.h2._closed_streams) == 1000
