@@ -41,6 +41,7 @@ closes once those streams are done.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 
 import h2.config
@@ -64,7 +65,11 @@ INFINITY = float("inf")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # what a client with prior knowledge sends first
 MAX_CONCURRENT_STREAMS = 100
 CONNECTION_WINDOW = 16 << 20
-STREAM_WRITE_HIGH = 64 * 1024          # a stream's unsent response bytes past which its backend pauses
+# A stream's unsent response bytes past which its backend pauses; as over HTTP/1.1
+# (upstream.WRITE_HIGH_BYTES), a stream that does not read holds this plus one backend read.
+# bench/abuse.py h2_slow_reader (1,000 streams never read): at 64 KiB the outboxes held 62 MB,
+# at 32 KiB 33 MB (16 KiB: the same, one read); a 100 MiB download ran as fast with either.
+STREAM_WRITE_HIGH = 32 * 1024
 WRITE_HIGH_BYTES = 256 * 1024          # the transport's own buffer
 RESETS_PER_S = 100                     # streams that may end abnormally in a second (reset, refused, malformed)
 HPACK_BOMB_FACTOR = 4                  # a decoded header list past this times max_header_bytes: connection error
@@ -87,6 +92,14 @@ class _Connection(h2.connection.H2Connection):
     errors, which would fail every other stream of the client. This reaches into h2's stream
     (`_initialize_content_length`, `_track_content_length`); tests/e2e/test_h2.py and
     test_h2_framing.py fail if h2 changes them."""
+
+    # How each of the last 1,000 closed streams ended (h2 keeps 65,536): a frame the client
+    # sent before it saw lb's RST_STREAM gets a stream error while its stream is remembered,
+    # a connection error once forgotten (RFC 9113 5.1 lets that period be limited), and a
+    # thousand streams closing while one frame is in flight is a flood. A record is ~176 B:
+    # at h2's count a long-lived connection grew to 11 MiB, and bench/abuse.py
+    # h2_header_names (20 connections, ~2,000 streams each in 20 s) crept by ~7 MiB.
+    MAX_CLOSED_STREAMS = 1000
 
     @property
     def open_inbound_streams(self) -> int:
@@ -151,18 +164,24 @@ class _FrameBuffer(FrameBuffer):
 
 class StreamFlow(FlowControl):
     """The `flow` of an H2Stream: while any named reason holds, DATA it receives is not
-    acknowledged (the client's window for the stream stays shut); then what was held is."""
+    acknowledged (the client's window for the stream stays shut); then what was held is.
+    It holds its stream by a weak reference: the stream holds it, and a cycle would keep
+    every finished stream until the cyclic GC (see H2Stream.exchange_done)."""
 
     __slots__ = ()
+
+    def __init__(self, stream: "H2Stream"):
+        super().__init__(weakref.ref(stream))
 
     def _stop(self) -> None:
         # H2Stream.data holds the acknowledgements while paused; the client cannot send, so
         # its body deadline waits too
-        self._target.body_paused()
+        self._target().body_paused()
 
     def _go(self) -> None:
-        self._target.acknowledge_held()
-        self._target.body_resumed()
+        stream = self._target()
+        stream.acknowledge_held()
+        stream.body_resumed()
 
 
 class H2Stream:
@@ -247,6 +266,12 @@ class H2Stream:
     def exchange_done(self, exchange, keep_alive: bool) -> None:
         """The exchange is over: a stream whose response did not end whole is reset. The
         stream stays the connection's until its END_STREAM is out (or it is reset)."""
+        # The exchange points back at its stream: left here, the pair and the request head
+        # (up to limits.max_header_bytes, twice: parsed and serialized) would wait for the
+        # cyclic GC. With 200 streams in flight they outlive the young generation, and an
+        # attacker's 15 KB header names grew a worker by ~60 MiB (bench/abuse.py
+        # h2_header_names); dropped here, they go when the exchange does.
+        self.exchange = None
         self.done = True
         if not self.end_pending and not self.closed:
             self.reset(ErrorCodes.INTERNAL_ERROR)
@@ -336,7 +361,7 @@ class H2Stream:
         self.closed = True
         self.outbox.clear()
         self.outbox_bytes = 0
-        exchange = self.exchange
+        exchange, self.exchange = self.exchange, None       # no cycle left behind (exchange_done)
         if exchange is not None and not exchange.finished:
             exchange.client_gone()
 
