@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -166,11 +167,42 @@ UNITS = ROOT / "config" / "systemd"
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_the_shipped_units_pass_systemd_analyze_verify(tmp_path):
-    # The unit's ExecStart must name an executable that exists: point it at this checkout's lb.
-    for unit in ("lb.service", "lb.socket"):
-        text = (UNITS / unit).read_text().replace("/usr/local/bin/lb", str(ROOT / ".venv" / "bin" / "lb"))
+    # The unit's ExecStart must name an executable that exists: point it at this venv's Python.
+    units = ("lb.service", "lb.socket", "lb-https.socket")
+    for unit in units:
+        text = (UNITS / unit).read_text().replace("/opt/lb/bin/python", sys.executable)
         (tmp_path / unit).write_text(text)
-    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "lb.service"), str(tmp_path / "lb.socket")],
+    result = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / unit) for unit in units)],
                             capture_output=True, text=True, timeout=60)
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 0 and output == "", output     # an unknown key is only a warning
+
+
+def test_the_shipped_systemd_config_passes_lb_check_as_shipped_and_with_its_commented_lines(tmp_path):
+    """config/systemd/lb.yaml as shipped, then with its HTTPS listener and file access log
+    uncommented (the certificate made here, where the comment's /etc/lb/certs would be)."""
+    shipped = (UNITS / "lb.yaml").read_text()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=localhost", "-keyout", str(certs / "example.key"),
+                    "-out", str(certs / "example.pem")], check=True, capture_output=True, timeout=60)
+    uncommented = "\n".join(line.replace("# ", "", 1) if line.lstrip().startswith(("# - address", "#   tls:",
+                                                                                   "# access_log:")) else line
+                            for line in shipped.splitlines()).replace("/etc/lb/certs", str(certs))
+    assert uncommented.count("0.0.0.0:443") == 1 and "\naccess_log: /var/log/lb/access.log" in uncommented
+    uncommented = uncommented.replace("access_log: stdout", "# access_log: stdout")
+    for name, text, expected in (("shipped.yaml", shipped, "2 backends"),
+                                 ("https.yaml", uncommented, "2 backends, 1 certificates")):
+        (tmp_path / name).write_text(text)
+        result = subprocess.run([sys.executable, "-m", "lb.cli", "check", "-c", str(tmp_path / name)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and expected in result.stdout, result.stdout + result.stderr
+
+
+def test_the_logrotate_stanza_signals_the_master_only():
+    stanza = (ROOT / "config" / "logrotate" / "lb").read_text()
+    assert "/var/log/lb/access.log {" in stanza and "\n    create" not in stanza
+    assert "systemctl kill --kill-whom=main --signal=SIGUSR1 lb.service" in stanza
+    assert "access_log: /var/log/lb/access.log" in (UNITS / "lb.yaml").read_text()
+    assert "LogsDirectory=lb" in (UNITS / "lb.service").read_text()
