@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test unit e2e lint demo bench clean
+.PHONY: test unit e2e lint demo bench docs docs-gen clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,14 @@ e2e: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# the references generated from the code (docs/gen.py), then the site into site/, strict: a broken link
+# or anchor fails; tests/unit/test_docs.py fails when a committed reference differs from the code
+docs-gen: $(STAMP)
+	$(BIN)/python docs/gen.py
+
+docs: docs-gen
+	$(BIN)/python -m mkdocs build --strict
+
 # on other ports: make demo LB_DEMO_PORT_BASE=18080 (lb on 18080, /metrics 18081, the backends
 # 18082 and up), or a config of one's own: make demo LB_DEMO_CONFIG=FILE
 demo: $(STAMP)
@@ -47,4 +55,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/throughput.py --peers
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
