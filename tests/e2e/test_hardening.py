@@ -336,7 +336,7 @@ async def test_max_conns_caps_a_backend_and_the_rest_wait_then_succeed(spawn, tm
 
 
 def test_a_request_that_waits_longer_than_the_queue_timeout_is_503(spawn, tmp_path, module_backends):
-    # One worker: with N workers a cap is shared out, each worker at least 1 (see README).
+    # One worker: with N workers a cap is shared out, each worker at least 1 (see docs/architecture.md, "Master and workers").
     lb = spawn(Lb, tmp_path, [module_backends[0].config(max_conns=1)], timeouts={"queue": "300ms"}, workers=1)
     with RawClient(lb.port) as busy, RawClient(lb.port) as waiting:
         busy.send(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: a\r\n\r\n")
