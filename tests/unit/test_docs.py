@@ -86,3 +86,20 @@ def test_every_relative_link_stays_in_the_repository_and_finds_its_file(name):
         resolved = (path.parent / target.split("#")[0]).resolve()
         assert resolved.is_relative_to(ROOT), f"{name} links outside the repository: {target}"
         assert resolved.exists(), f"{name} links to a missing file: {target}"
+
+
+def _expand(pattern: str) -> list[str]:
+    """`a-{x,y}-N.json` -> the globs `a-x-[0-9].json`, `a-y-[0-9].json`."""
+    match = re.search(r"\{([^}]*)\}", pattern)
+    if match is None:
+        return [re.sub(r"(?<=-)N(?=[.-])", "[0-9]", pattern)]
+    return [g for alt in match.group(1).split(",")
+            for g in _expand(pattern[:match.start()] + alt + pattern[match.end():])]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_every_result_file_a_page_cites_is_in_bench_results(name):
+    text = (ROOT / "docs" / name).read_text()
+    for cited in set(re.findall(r"bench/results/([A-Za-z0-9_.*{},\-]+\.(?:json|png))", text)):
+        for pattern in _expand(cited):
+            assert list((ROOT / "bench" / "results").glob(pattern)), f"{name} cites bench/results/{cited}: none found"
