@@ -5,7 +5,7 @@ Theory of operation
 Everything on the hot path is a callback; no coroutine or task is made per
 request (a task costs more than the whole llhttp parse). A request's path
 through the files: `ClientConnection` (client.py) reads bytes and feeds the
-request parser (lb/core/http1.py); each parsed head becomes an `Exchange`
+request parser (lb/core/http1/); each parsed head becomes an `Exchange`
 (exchange.py), which asks pinning (lb/core/pinning.py) for a version and the
 `RoutingTable` (lb/core/balance.py) for a route, takes an `UpstreamConnection`
 (upstream.py), forwards, and streams the response back; errors become bytes

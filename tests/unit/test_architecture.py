@@ -59,6 +59,47 @@ def test_no_private_name_is_imported_across_modules(path):
         assert not private or name == "__future__", f"{path.relative_to(LB)} imports {private} from {name}"
 
 
+# lb/core/http1's modules and what each may import of its siblings: the rules first, the two
+# parser adapters on them side by side, the writer apart; the package's namespace imports
+# them and none imports it, so the package has no import circle.
+HTTP1_MAY_IMPORT = {
+    "framing": set(),
+    "heads": {"framing"},
+    "llhttp_adapter": {"heads"},
+    "h11_adapter": {"framing", "heads"},
+    "writer": {"framing", "heads"},
+    "__init__": {"heads", "llhttp_adapter", "h11_adapter", "writer"},
+}
+# Within core, each parser library is reached through its one adapter.
+PARSER_LIBRARIES = {"httptools": "llhttp_adapter", "h11": "h11_adapter"}
+
+
+def http1_siblings(path: Path):
+    """The lb.core.http1 modules a file imports, by their short names ("__init__" for the package)."""
+    for name, names in imports(path):
+        if name == "lb.core.http1":
+            yield from (n if (path.parent / f"{n}.py").exists() else "__init__" for n in names)
+        elif name.startswith("lb.core.http1."):
+            yield name.split(".")[3]
+
+
+def test_every_http1_module_has_a_row():
+    assert {p.stem for p in modules("core/http1")} == set(HTTP1_MAY_IMPORT)
+
+
+@pytest.mark.parametrize("path", modules("core/http1"), ids=lambda p: p.name)
+def test_http1_modules_import_only_the_siblings_their_row_names(path):
+    for sibling in http1_siblings(path):
+        assert sibling in HTTP1_MAY_IMPORT[path.stem], f"core/http1/{path.name} imports {sibling}"
+
+
+@pytest.mark.parametrize("path", modules("core"), ids=lambda p: str(p.relative_to(LB)))
+def test_only_its_adapter_in_core_imports_a_parser_library(path):
+    for name, _ in imports(path):
+        adapter = PARSER_LIBRARIES.get(name.split(".")[0])
+        assert adapter is None or path == LB / "core" / "http1" / f"{adapter}.py", f"{path.name} imports {name}"
+
+
 def test_the_walker_resolves_what_the_rules_need():
     found = list(imports_of("import asyncio\nfrom ..proxy import client\nfrom .config import _private\n"
                             "from . import nodes\n", "lb.core"))

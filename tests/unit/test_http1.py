@@ -1,8 +1,9 @@
-"""http1.py: both parser implementations, fed whole, byte by byte and in odd splits."""
+"""lb/core/http1: both parser implementations, fed whole, byte by byte and in odd splits."""
 
 import pytest
 
 from lb.core import http1
+from lb.core.http1 import heads
 from lb.core.errors import HttpError
 
 IMPLS = list(http1.PARSERS)
@@ -502,9 +503,9 @@ def head_fields(head) -> dict:
 @pytest.mark.parametrize("method, target, version, raw", FAST_REQUESTS)
 def test_the_host_only_request_path_gives_the_general_paths_head(method, target, version, raw):
     fast = http1.analyze_request(method, target, version, list(raw))
-    kept, specials = http1._split_headers(list(raw), http1._REQUEST_SPECIAL)
+    kept, specials = heads._split_headers(list(raw), heads._REQUEST_SPECIAL)
     assert list(specials) == [b"host"]                                  # it took the fast path
-    general = http1._analyze_request(method, target, version, kept, specials)
+    general = heads._analyze_request(method, target, version, kept, specials)
     assert head_fields(fast) == head_fields(general)
 
 
@@ -513,9 +514,9 @@ def test_the_host_only_path_checks_the_host_as_the_general_one(raw):
     target = b"http://other.example/"
     with pytest.raises(HttpError) as fast:
         http1.analyze_request(b"GET", target, b"1.1", raw)
-    kept, specials = http1._split_headers(raw, http1._REQUEST_SPECIAL)
+    kept, specials = heads._split_headers(raw, heads._REQUEST_SPECIAL)
     with pytest.raises(HttpError) as general:
-        http1._analyze_request(b"GET", target, b"1.1", kept, specials)
+        heads._analyze_request(b"GET", target, b"1.1", kept, specials)
     assert (fast.value.status, fast.value.message) == (general.value.status, general.value.message)
 
 

@@ -6,7 +6,8 @@ import tracemalloc
 
 import pytest
 
-from lb.core import h2head, http1
+from lb.core import h2head
+from lb.core.http1 import framing, heads, writer
 from lb.core.memo import Memo
 
 
@@ -33,25 +34,25 @@ def _hostile_requests(i: int) -> None:
     long = b"n" * 60_000 + b"%d" % i
     mid = b"m" * 100 + b"%d" % i
     for name in (long, mid, b"x-%d" % i):
-        http1._split_headers([(name, b"v")], http1._RESPONSE_SPECIAL)
-        http1._split_headers([(name, b"v")], http1._REQUEST_SPECIAL)
+        heads._split_headers([(name, b"v")], heads._RESPONSE_SPECIAL)
+        heads._split_headers([(name, b"v")], heads._REQUEST_SPECIAL)
     for token in (mid, b"x%d" % i):
-        http1._connection_tokens({b"connection": [b"close, " + token]})
+        framing.connection_tokens({b"connection": [b"close, " + token]})
     for reason in (b"R" * 100 + b"%d" % i, b"R%d" % i):
-        http1._status_line(200, reason)
+        writer._status_line(200, reason)
     for host in (b"h" * 16_000 + b"%d" % i, b"h%d.example" % i):
-        http1._check_host(host, b"/")
+        heads._check_host(host, b"/")
     base = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")]
     h2head.request_head(base + [(b"x-" + b"n" * 8000 + b"%d" % i, b"1"), (mid, b"%d" % i)], has_body=False)
     h2head.ResponseEncoder().encode([(b"x-" + b"n" * 8000 + b"%d" % i, b"1"), (mid, b"%d" % i)])
 
 
 MEMOS = {
-    "HTTP/1 response names": lambda: http1._NAMES_SEEN[http1._RESPONSE_SPECIAL],
-    "HTTP/1 request names": lambda: http1._NAMES_SEEN[http1._REQUEST_SPECIAL],
-    "Connection tokens": lambda: http1._TOKENS_SEEN,
-    "status lines": lambda: http1._STATUS_LINES,
-    "Host values": lambda: http1._GOOD_HOSTS,
+    "HTTP/1 response names": lambda: heads._NAMES_SEEN[heads._RESPONSE_SPECIAL],
+    "HTTP/1 request names": lambda: heads._NAMES_SEEN[heads._REQUEST_SPECIAL],
+    "Connection tokens": lambda: framing._TOKENS_SEEN,
+    "status lines": lambda: writer._STATUS_LINES,
+    "Host values": lambda: heads._GOOD_HOSTS,
     "HTTP/2 fields found valid": lambda: h2head._checked,
     "HTTP/2 encoded response fields": lambda: h2head._encoded,
 }
@@ -83,8 +84,8 @@ def test_every_cache_filled_with_hostile_keys_holds_only_its_bounds():
 
 
 def test_what_is_remembered_is_what_the_general_computation_gives():
-    assert http1._connection_tokens({b"connection": [b"Keep-Alive, X-Foo"]}) == {b"keep-alive", b"x-foo"}
-    assert http1._connection_tokens({b"connection": [b"Keep-Alive, X-Foo"]}) == {b"keep-alive", b"x-foo"}
-    assert http1._split_headers([(b"Keep_Alive", b"1"), (b"CONNECTION", b"x"), (b"A", b"b")],
-                                http1._RESPONSE_SPECIAL) == ([(b"A", b"b")], {b"connection": [b"x"]})
-    assert http1._status_line(200, b"") == http1._status_line(200, b"") == b"HTTP/1.1 200 OK\r\n"
+    assert framing.connection_tokens({b"connection": [b"Keep-Alive, X-Foo"]}) == {b"keep-alive", b"x-foo"}
+    assert framing.connection_tokens({b"connection": [b"Keep-Alive, X-Foo"]}) == {b"keep-alive", b"x-foo"}
+    assert heads._split_headers([(b"Keep_Alive", b"1"), (b"CONNECTION", b"x"), (b"A", b"b")],
+                                heads._RESPONSE_SPECIAL) == ([(b"A", b"b")], {b"connection": [b"x"]})
+    assert writer._status_line(200, b"") == writer._status_line(200, b"") == b"HTTP/1.1 200 OK\r\n"
