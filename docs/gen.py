@@ -1,6 +1,6 @@
-"""Writes docs/configuration.md and docs/admin.md from the code, so the references cannot drift.
+"""Writes docs/configuration.md, docs/admin.md and docs/cli.md from the code, so the references cannot drift.
 
-    .venv/bin/python docs/gen.py            # rewrite both files
+    .venv/bin/python docs/gen.py            # rewrite the three files
     .venv/bin/python docs/gen.py --check    # exit 1, naming the files, when a committed one differs
 
 How it works. The configuration reference walks the config schema (the frozen dataclasses of
@@ -9,12 +9,13 @@ back in the config's own notation and proven by parsing it again (a default that
 round-trip through its key's parser is an error, not a guess); what a key accepts is the
 parser's own error message for a value it refuses; the embedded default `lb/data/lb.yaml` is
 quoted whole. The admin reference takes every row of `lb/core/commands.py: COMMANDS` (usage,
-summary, whether it changes state) and the state table `lb/core/nodes.py: TRANSITIONS`.
+summary, whether it changes state) and the state table `lb/core/nodes.py: TRANSITIONS`; the
+command-line reference the argument parser of `lb/cli.py: build_parser()`.
 
-What the code cannot say is in two tables here, `CONFIG_NOTES` (key path -> what it does) and
-`COMMAND_NOTES` (command words -> what it does); `tests/unit/test_docs.py` fails when a key or a
-command has no note, when a note names one that no longer exists, and when a committed file
-differs from what this script writes now.
+What the code cannot say is in tables here, `CONFIG_NOTES` (key path -> what it does),
+`COMMAND_NOTES` (command words -> what it does) and `CLI_INTRO` (lb's commands);
+`tests/unit/test_docs.py` fails when a key or a command has no note, when a note names one
+that no longer exists, and when a committed file differs from what this script writes now.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import typing
 from pathlib import Path
 
+from lb import cli
 from lb.core import commands, nodes
 from lb.core import config as schema
 from lb.core.errors import ConfigError, InvalidValue
@@ -394,9 +396,56 @@ def admin_md() -> str:
     return "\n".join(out)
 
 
+# -- the command line --------------------------------------------------------------------------
+
+CLI_INTRO = {
+    "serve": "The master binds the listeners and starts the workers; SIGTERM or SIGINT stops it gracefully, "
+             "SIGHUP reloads the config, SIGUSR2 upgrades, SIGUSR1 reopens the access log. "
+             "See [Getting started](getting-started.md#running-it).",
+    "check": "See [Getting started](getting-started.md#running-it).",
+    "ctl": "Every admin command: the [admin command reference](admin.md).",
+    "deploy": "How it plans, bakes and rolls back, and fleets: [Deploying](deploying.md).",
+    "backend": "The app the demo, the tests and the benchmarks run; `--pidfile F --replace --detach` make "
+               "it a complete update command.",
+    "demo": "See [Getting started](getting-started.md#the-demo-make-demo).",
+}
+
+
+def _subcommands(parser) -> dict:
+    sub = next(a for a in parser._actions if a.choices and hasattr(a, "_choices_actions"))
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    return {name: (helps.get(name, ""), p) for name, p in sub.choices.items()}
+
+
+def _option_row(action) -> str:
+    names = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.dest}`"
+    takes = "" if action.nargs == 0 else (action.metavar or (action.dest.upper() if action.option_strings else ""))
+    if action.nargs == "*":
+        takes = f"{action.dest.upper()}..."
+    default = action.default if action.default not in (None, False, [], "==SUPPRESS==") else ""
+    default = "required" if action.required and action.option_strings else _code(str(default))
+    text = (action.help or "").replace("%%", "%")
+    extra = "; may be given several times" if type(action).__name__ == "_AppendAction" and "several" not in text else ""
+    return f"| {names} | {_code(str(takes))} | {default} | {_cell(text + extra)} |"
+
+
+def cli_md() -> str:
+    parser = cli.build_parser()
+    out = [HEADER.format(sources="lb/cli.py"), "# Command line\n",
+           "`lb` has six commands; `lb --version` prints lb's version. Every option of each, from the "
+           "argument parser itself (`lb COMMAND --help` prints the same).\n"]
+    for name, (summary, sub) in _subcommands(parser).items():
+        out.append(f"## `lb {name}`\n")
+        out.append(f"{summary[0].upper()}{summary[1:]}. {sub.description or ''} {CLI_INTRO[name]}".replace("  ", " ") + "\n")
+        out += ["| option | argument | default | what it does |", "|---|---|---|---|"]
+        out += [_option_row(a) for a in sub._actions if a.help != "==SUPPRESS==" and a.dest != "help"]
+        out.append("")
+    return "\n".join(out)
+
+
 # -- writing and checking -------------------------------------------------------------------------
 
-OUTPUTS = {"configuration.md": configuration_md, "admin.md": admin_md}
+OUTPUTS = {"configuration.md": configuration_md, "admin.md": admin_md, "cli.md": cli_md}
 
 
 def stale() -> list[str]:

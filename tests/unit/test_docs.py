@@ -1,4 +1,4 @@
-"""The generated references (docs/configuration.md, docs/admin.md) against the code, and the
+"""The generated references (docs/configuration.md, docs/admin.md, docs/cli.md) against the code, and the
 whole site built by MkDocs in strict mode (a broken link or anchor fails)."""
 
 import dataclasses
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lb import cli
 from lb.core import commands
 from lb.core.config import Config, parse_config
 
@@ -29,6 +30,10 @@ def test_every_command_has_a_note_and_every_note_a_command():
     names = [gen.command_name(c) for c in commands.COMMANDS]
     assert [n for n in names if n not in gen.COMMAND_NOTES] == [], "commands without a note in docs/gen.py"
     assert [n for n in gen.COMMAND_NOTES if n not in names] == [], "notes for commands that are gone"
+
+
+def test_every_lb_command_has_an_intro_and_every_intro_a_command():
+    assert sorted(gen._subcommands(cli.build_parser())) == sorted(gen.CLI_INTRO)
 
 
 def test_the_embedded_default_says_what_the_schema_defaults_are():
@@ -56,7 +61,7 @@ def test_a_default_no_notation_reads_back_is_an_error():
 
 
 def test_the_committed_references_are_what_the_generator_writes_now():
-    assert gen.stale() == [], "run `make docs-gen` and commit docs/configuration.md and docs/admin.md"
+    assert gen.stale() == [], "run `make docs-gen` and commit the references it rewrites"
 
 
 def test_the_site_builds_in_strict_mode(tmp_path):
