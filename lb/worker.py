@@ -1,6 +1,7 @@
-"""The worker's old name: a master of the layout before lb/process/ starts its workers as
-`python -m lb.worker` from the code on disk, also after this code replaced its own, until it
-is upgraded. The worker is lb/process/worker.py."""
+"""The name a worker process is started by (`python -P -m lb.worker CHANNEL_FD LISTENER_FD...`):
+every version of lb has it, so a master that restarts a worker from code on disk that is the
+next version, or the previous one again, still finds it (lb/process/arbiter.py). The worker
+is lb/process/worker.py."""
 
 import sys
 

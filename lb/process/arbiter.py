@@ -1,7 +1,7 @@
 """The arbiter: the worker processes, started, watched and started again, as one data plane.
 
 In gunicorn's manner, one small class keeps the workers: `Arbiter` starts `count`
-workers (`python -P -m lb.process.worker`, in /: lb/procs.py), each inheriting the
+workers (`python -P -m lb.worker`, in /: lb/procs.py), each inheriting the
 listening sockets the master bound and one end of a socketpair (channel.py); a
 worker is sent the config and the current view, and is in service once it says
 `ready`. A worker that exits is started again (after a second when it lived less
@@ -38,7 +38,10 @@ from ..procs import start_lb_process
 from .channel import Channel, open_channel
 
 log = logging.getLogger("lb.workers")
-WORKER_MODULE = "lb.process.worker"
+# The name a worker is started by is part of the upgrade's contract: a master starts its workers
+# from the code on disk, which may already be the next version (before its upgrade) or the
+# previous one again (a rollback), so it stays the name every version has (lb/worker.py).
+WORKER_MODULE = "lb.worker"
 START_TIMEOUT_S = 30.0
 CRASH_LOOP_S = 1.0            # a worker that lived less than this is restarted after this
 STOP_GRACE_S = 5.0            # after the drain timeout, before a worker is killed

@@ -1,9 +1,9 @@
 """A worker process: the data plane on listening sockets inherited from the master.
 
-Started by the master (arbiter.py) as `python -P -m lb.process.worker CHANNEL_FD
-LISTENER_FD...`. Everything else comes over the channel (channel.py): first the
-config and the routing view, then views, reloads, cuts and collects as they
-happen; the worker sends its data plane's reports back. It decides nothing about
+Started by the master (arbiter.py) as `python -P -m lb.worker CHANNEL_FD LISTENER_FD...`
+(lb/worker.py: the name every version has). Everything else comes over the channel
+(channel.py): first the config and the routing view, then views, reloads, cuts and
+collects as they happen; the worker sends its data plane's reports back. It decides nothing about
 node state. Started as root with `user:` set, it drops to that user once it holds its
 sockets and its access log file, before it accepts a connection (lb/core/privileges.py).
 
@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 
 from .. import privileges
 from ..proxy.accesslog import AccessLog
@@ -160,6 +159,3 @@ def main(argv: list[str]) -> int:
     fds = [int(a) for a in argv]
     return run_async(run(fds[0], fds[1:]))
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
