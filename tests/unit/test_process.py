@@ -86,3 +86,37 @@ def test_every_kind_a_side_sends_has_a_handler_on_the_other_and_every_row_resolv
 def test_what_the_arbiter_sends_its_predecessor_has_a_wire_form_or_is_left_out_on_purpose():
     assert set(handoff.TO_OLD_MASTER) == {"view", "cut", "collect"}
     assert set(handoff.TO_OLD_MASTER) < set(worker.FROM_MASTER)
+
+
+# -- admin passes the one gate --------------------------------------------------------------------
+
+async def test_admin_waits_at_a_frozen_gate_and_is_relayed_to_the_new_master_once_handed_over(tmp_path):
+    from lb.control.admin import Admin
+    from lb.control.plane import Control
+    from lb.core.config import parse_config
+
+    async def new_master(reader, writer):
+        line = await reader.readline()
+        writer.write(b'{"ok": true, "relayed": "%s"}\n' % line.strip())
+        await writer.drain()
+        writer.close()
+
+    path = str(tmp_path / "new.sock")
+    server = await asyncio.start_unix_server(new_master, path)
+    control = Control(parse_config("backends: [{name: web1, address: '127.0.0.1:9001'}]"),
+                      asyncio.get_running_loop())
+    gate = upgrade.Upgrade(asyncio.get_running_loop(), host=None)
+    admin = Admin(control, None, gate)
+    assert (await admin.execute("show servers"))["ok"]                # serving: answered here
+    gate._move("freeze")
+    waiting = asyncio.ensure_future(admin.execute("show servers"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()                                         # frozen: it waits
+    gate.new_master = upgrade.NewMaster(4242, path)
+    gate._move("hand_over")
+    assert (await asyncio.wait_for(waiting, 2)) == {"ok": True, "relayed": "show servers"}
+    assert (await admin.execute("help")) == {"ok": True, "relayed": "help"}
+    server.close()
+    gate.new_master = upgrade.NewMaster(4242, str(tmp_path / "gone.sock"))
+    refused = await admin.execute("help")
+    assert not refused["ok"] and "new master pid 4242" in refused["error"]
