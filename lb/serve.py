@@ -4,7 +4,7 @@ SIGTERM/SIGINT, and hands everything to a new master at an upgrade.
 The master binds the listeners once (or takes them from systemd socket activation,
 or from the old master at an upgrade) and never touches request bytes: it owns the
 control plane (pool, admin socket, state file, checks, /metrics) and the worker
-processes (lb/control/workers.py), which carry all traffic on the inherited
+processes (lb/process/arbiter.py), which carry all traffic on the inherited
 listening sockets. The control plane meets the workers through the one interface
 of lb/core/planes.py: their merged reports go to `Control.on_report`; views,
 reloads and cuts go to every worker.
@@ -15,8 +15,8 @@ a worker that exits or is replaced, and the old master's workers at an upgrade,
 would fail the clients waiting in its queue. A shared socket closes only with its
 last holder, and the new master holds it before the old one lets go.
 
-Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads, SIGUSR2 upgrades (the
-`upgrade` command: lb/control/handoff.py), SIGUSR1 reopens the access log file.
+Signals (`SIGNALS`): SIGTERM/SIGINT stop gracefully, SIGHUP reloads, SIGUSR2 upgrades
+(the `upgrade` command: lb/process/upgrade.py), SIGUSR1 reopens the access log file.
 systemd hears READY=1, RELOADING=1, STOPPING=1 and, from a new master, MAINPID=.
 """
 
@@ -31,15 +31,17 @@ import socket
 import time
 
 from . import privileges, systemd, tls
-from .control import handoff
 from .control.admin import Admin, AdminServer
 from .control.metrics import MetricsServer
 from .control.plane import Control
 from .control.statefile import load_state
-from .control.workers import Workers, worker_count
+from .core import handoff
 from .core.config import LISTEN_BACKLOG, Config, format_hostport
-from .core.errors import CommandError, LbError
+from .core.errors import LbError
 from .files import atomic_write
+from .process.arbiter import Arbiter, worker_count
+from .process.handoff import Predecessor, receive
+from .process.upgrade import Upgrade
 
 log = logging.getLogger("lb")
 
@@ -148,8 +150,7 @@ class Master:
         self.config_path = config_path
         self.upgrade_fd = upgrade_fd
         self.pidfile = pidfile            # an absolute path, or None
-        self.upgrading = False
-        self.successor: handoff.Successor | None = None
+        self.upgrade: Upgrade | None = None
         self.metrics_sock: socket.socket | None = None
 
     async def run(self) -> None:
@@ -161,7 +162,7 @@ class Master:
         self.stop = asyncio.Event()
         inherited = None
         if self.upgrade_fd is not None:
-            inherited = await handoff.receive(self.upgrade_fd)
+            inherited = await receive(self.upgrade_fd)
         try:
             await self._start(inherited)
         except (LbError, OSError, RuntimeError) as exc:
@@ -169,7 +170,7 @@ class Master:
                 inherited.send("error", failure_message(exc))
             raise
         await self.stop.wait()
-        if self.successor is not None:
+        if self.upgrade.successor is not None:
             await self._retire()
         else:
             await self._stop()
@@ -191,8 +192,8 @@ class Master:
             restored = load_state(control)
             if restored:
                 log.info("state file: %s", ", ".join(restored))
-        admin = self.admin = Admin(control, self.config_path)
-        admin.upgrader = self.upgrade
+        self.upgrade = Upgrade(loop, self)
+        admin = self.admin = Admin(control, self.config_path, self.upgrade)
         admin_server = self.admin_server = AdminServer(admin, config.resolve(config.admin.socket),
                                                        config.admin.mode)
         if inherited is None:
@@ -207,19 +208,16 @@ class Master:
                 raise LbError(f"systemd passed a socket on {format_hostport(*sock.getsockname()[:2])} that "
                               f"the config names in neither listen nor metrics.listen")
             sock.close()                  # no longer in the config: the old workers let go of it too
-        workers = self.workers = Workers(config, loop, listeners, control.on_report,
+        workers = self.workers = Arbiter(config, loop, listeners, control.on_report,
                                          worker_count(config.workers), identity)
         control.attach(workers)
         if inherited is not None:
-            workers.adopt(handoff.Predecessor(inherited, workers))
+            workers.adopt(Predecessor(inherited, workers))
         metrics = self.metrics = MetricsServer(control, self.metrics_sock) if self.metrics_sock else None
         control.place_nodes()             # nodes in service before the first client can connect
         # Signals are ours before anything shows lb is up (a SIGHUP's default action is to exit).
-        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
-        loop.add_signal_handler(signal.SIGINT, self.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._command("reload", "SIGHUP")))
-        loop.add_signal_handler(signal.SIGUSR2, lambda: loop.create_task(self._command("upgrade", "SIGUSR2")))
-        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        for signum, action in SIGNALS.items():
+            loop.add_signal_handler(signum, action, self)
         try:
             await workers.start()
             if metrics is not None:
@@ -261,9 +259,9 @@ class Master:
         """A new master serves: the workers finish what they carry, the admin socket relays to
         the new master meanwhile, and then this one exits."""
         log.info("upgraded: pid %d serves; the old workers finish their connections (up to %.0fs)",
-                 self.successor.proc.pid, self.config.drain.timeout)
+                 self.upgrade.successor.proc.pid, self.config.drain.timeout)
         await self.workers.shutdown(self.config.drain.timeout)
-        self.successor.close()
+        self.upgrade.successor.close()
         await self.admin_server.close()
         log.info("old master done")
 
@@ -294,56 +292,25 @@ class Master:
         except (OSError, UnicodeDecodeError):
             pass
 
-    # -- the upgrade (the old master's side; the new one's is `_start` with `inherited`) -----
-    async def upgrade(self) -> dict:
-        """Start a new master and hand it everything; the reply once it serves. Raises
-        CommandError when it cannot start: this master then serves on as before."""
-        if self.upgrading:
-            raise CommandError("an upgrade is in progress already; its reply tells how it went")
-        if self.stop.is_set():
-            raise CommandError("lb is stopping; nothing to upgrade")
-        self.upgrading = True
-        control, workers, admin = self.control, self.workers, self.admin
-        held: list = []
-        workers.report_to = held.append           # frozen: nothing is decided from here on
-        await control.stop()
-        gate = self.loop.create_future()
-        admin.frozen = gate                       # other commands wait for the outcome
-        state = handoff.snapshot(control, control.now())
-        successor = handoff.Successor(self.loop, workers, config_args(self.config, self.config_path)
-                                      + (["--pidfile", self.pidfile] if self.pidfile else []))
-        sockets = [*workers.listeners, *([self.metrics_sock] if self.metrics_sock else [])]
-        log.info("upgrade: starting a new master")
-        try:
-            serving = await successor.start(state, sockets)
-        except Exception as exc:                  # whatever it was, this master must thaw
-            why = exc.message if isinstance(exc, LbError) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, LbError):
-                log.exception("upgrade: unexpected failure")
-            workers.report_to = control.on_report
-            for report in held:
-                control.on_report(report)
-            control.start()
-            await self.admin_server.reclaim()     # had the new one taken the path, it is ours again
-            self.upgrading = False
-            admin.frozen = None
-            gate.set_result(None)
-            log.error("upgrade failed, this master serves on: %s", why)
-            raise CommandError(f"upgrade failed; lb (pid {os.getpid()}) serves on as before: {why}") from None
-        for report in held:
-            successor.relay(report)
-        successor.take_over()
-        self.successor = successor
-        admin.relay_to, admin.successor_pid = serving["admin"], serving["pid"]
-        admin.handed_over.set_result(None)        # a `wait` in progress goes on at the new master
-        admin.frozen = None
-        gate.set_result(None)                     # the waiting commands go to the new master
-        if self.metrics is not None:
-            await self.metrics.close()            # the new master serves /metrics on the socket
+    # -- the upgrade (the old master's side is lb/process/upgrade.py; the new one's is `_start`
+    # with `inherited`): what it needs of this master ---------------------------------------
+    def successor_args(self) -> list[str]:
+        """`lb serve`'s arguments for the new master, besides its end of the handoff channel."""
+        return config_args(self.config, self.config_path) + (["--pidfile", self.pidfile] if self.pidfile else [])
+
+    def handed_sockets(self) -> list[socket.socket]:
+        """The sockets the new master takes over: the listeners, then /metrics."""
+        return [*self.workers.listeners, *([self.metrics_sock] if self.metrics_sock else [])]
+
+    # -- signals ------------------------------------------------------------------------------
+    def _signalled_stop(self) -> None:
         self.stop.set()
-        log.info("upgrade: pid %d serves", serving["pid"])
-        return {"upgrade": {"old_pid": os.getpid(), "new_pid": serving["pid"],
-                            "upgrades": state["upgrades"] + 1, "workers": serving["workers"]}}
+
+    def _signalled_reload(self) -> None:
+        self.loop.create_task(self._command("reload", "SIGHUP"))
+
+    def _signalled_upgrade(self) -> None:
+        self.loop.create_task(self._command("upgrade", "SIGUSR2"))
 
     async def _command(self, line: str, why: str) -> None:
         reply = await self.admin.execute(line, why)
@@ -362,6 +329,16 @@ class Master:
                 log.error("SIGUSR1: cannot make %s %s's: %s", self.config.resolve(target), identity.user,
                           exc.strerror or exc)
         self.workers.reopen_logs()
+
+
+# What each signal to the master does (the workers ignore all but SIGTERM: worker.py).
+SIGNALS = {
+    signal.SIGTERM: Master._signalled_stop,
+    signal.SIGINT: Master._signalled_stop,
+    signal.SIGHUP: Master._signalled_reload,
+    signal.SIGUSR2: Master._signalled_upgrade,
+    signal.SIGUSR1: Master._reopen_logs,
+}
 
 
 async def serve(config: Config, config_path: str | None = None, upgrade_fd: int | None = None,

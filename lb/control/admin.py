@@ -51,14 +51,12 @@ WAIT_STATES = {
 class Admin:
     """The handlers of the admin commands, over the control plane."""
 
-    def __init__(self, control, config_path: str | None):
+    def __init__(self, control, config_path: str | None, gate=None):
         self.control = control
         self.config_path = config_path
-        self.upgrader = None              # the master's upgrade (serve.py), when there is one
-        self.frozen: asyncio.Future | None = None   # while an upgrade hands over: commands wait
-        self.relay_to: str | None = None  # after it: the new master's admin socket
-        self.successor_pid: int | None = None
-        self.handed_over = asyncio.get_running_loop().create_future()   # set when it serves
+        # The master's upgrade (lb/process/upgrade.py), the one gate every command passes: while
+        # it is frozen commands wait, once it handed over they are relayed to the new master.
+        self.gate = gate
 
     @property
     def pool(self):
@@ -76,12 +74,13 @@ class Admin:
         """The reply to one command line. While an upgrade hands over, a command waits for
         its outcome; once a new master serves, commands that still reach this one (on
         connections opened before) are relayed to it."""
+        gate = self.gate
         try:
-            if self.relay_to is not None:
-                return await self._relay(line)
+            if gate is not None and gate.new_master is not None:
+                return await self._relay(line, gate.new_master)
             command, args = parse(line)
-            if self.frozen is not None and command.handler != "upgrade":
-                await asyncio.shield(self.frozen)
+            if gate is not None and gate.frozen and command.handler != "upgrade":
+                await gate.settled()
                 return await self._execute(line)  # relayed, if the upgrade went through
             await self.control.synced()
             await self.control.applied()      # and what the reports changed, every worker routes by
@@ -100,17 +99,19 @@ class Admin:
     async def _until_handed_over(self, awaitable):
         """The command's result, unless an upgrade hands over first (then _HandedOver: the
         command goes to the new master, which knows how it ends)."""
+        if self.gate is None:
+            return await awaitable
         task = asyncio.ensure_future(awaitable)
-        done, _ = await asyncio.wait({task, self.handed_over}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, self.gate.handed_over}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
         task.cancel()
         raise _HandedOver
 
-    async def _relay(self, line: str) -> dict:
+    async def _relay(self, line: str, new_master) -> dict:
         """The new master's reply to `line`. Raises CommandError when it does not answer."""
         try:
-            reader, writer = await asyncio.open_unix_connection(self.relay_to, limit=1 << 24)
+            reader, writer = await asyncio.open_unix_connection(new_master.admin, limit=1 << 24)
             try:
                 writer.write(line.rstrip("\r\n").encode() + b"\n")
                 await writer.drain()
@@ -122,8 +123,8 @@ class Admin:
             why = "it closed the connection without a reply"
         except OSError as exc:
             why = exc.strerror or str(exc)
-        raise CommandError(f"lb was upgraded (new master pid {self.successor_pid}) and its admin socket "
-                           f"{self.relay_to} did not answer: {why}; retry")
+        raise CommandError(f"lb was upgraded (new master pid {new_master.pid}) and its admin socket "
+                           f"{new_master.admin} did not answer: {why}; retry")
 
     # -- handlers ------------------------------------------------------------------
     def help(self) -> dict:
@@ -315,9 +316,9 @@ class Admin:
             systemd.notify("READY=1")
 
     async def upgrade(self) -> dict:
-        if self.upgrader is None:
+        if self.gate is None:
             raise CommandError("'upgrade' needs lb serve's master")
-        return await self.upgrader()
+        return await self.gate.run()
 
 
 def audit(line: str, sender: str, reply: dict) -> None:

@@ -1,5 +1,6 @@
 """The layout's rules, checked on the source: core is pure, the planes meet only in serve.py,
-and no private name crosses a module boundary."""
+the processes (lb/process) know neither plane but the worker's data plane, and no private
+name crosses a module boundary."""
 
 import ast
 from pathlib import Path
@@ -50,6 +51,33 @@ def test_the_planes_do_not_import_each_other(plane, other):
     for path in modules(plane):
         for name, _ in imports(path):
             assert not name.startswith(other), f"{path.relative_to(LB)} imports {name}"
+
+
+# lb/process starts, watches and replaces processes; what they run is the planes' business.
+PROCESS_MAY_NOT_IMPORT = ("lb.control", "lb.deploy", "lb.demo", "lb.serve", "lb.proxy")
+PROCESS_RUNS_THE_DATA_PLANE = {"worker.py"}      # only the worker process imports lb.proxy
+MAX_MODULE_LINES = 600
+
+
+@pytest.mark.parametrize("path", modules("process"), ids=lambda p: p.name)
+def test_the_processes_import_no_plane_but_the_workers_data_plane(path):
+    for name, _ in imports(path):
+        forbidden = [p for p in PROCESS_MAY_NOT_IMPORT if name == p or name.startswith(p + ".")]
+        if path.name in PROCESS_RUNS_THE_DATA_PLANE:
+            forbidden = [p for p in forbidden if p != "lb.proxy"]
+        assert not forbidden, f"process/{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("plane", ["control", "proxy", "core"])
+def test_no_plane_imports_the_processes(plane):
+    for path in modules(plane):
+        for name, _ in imports(path):
+            assert not name.startswith("lb.process"), f"{path.relative_to(LB)} imports {name}"
+
+
+@pytest.mark.parametrize("path", modules("process"), ids=lambda p: p.name)
+def test_no_module_of_the_processes_is_over_600_lines(path):
+    assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(LB)))

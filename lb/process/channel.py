@@ -9,7 +9,8 @@ and the Config; nothing is ever sent per request (reports are batched).
 Master -> worker: ("config", (Config, slot, Identity or None)), ("view", RoutingView), ("cut", name),
 ("collect", None), ("reopen", None) (the access log file), ("stop", timeout_s).
 Worker -> master: ("ready", pid), ("report", Report). The handoff channel of an
-upgrade (lb/control/handoff.py) uses the same framing with builtins only.
+upgrade (handoff.py) uses the same framing with builtins only. Each side dispatches
+the kinds from one table: arbiter.py's FROM_WORKER, worker.py's FROM_MASTER.
 """
 
 from __future__ import annotations
