@@ -123,7 +123,7 @@ class System:
             self.sockets.append(workdir / f"lb{i}.sock")
             self.lb_ports.append(port)
             self.others.append((None, path))
-        from lb.core.config import parse_duration
+        from lb.core.values import parse_duration
         self.slow_start_s = parse_duration(config.get("slow_start", "10s"))
         self.lb: subprocess.Popen | None = None
         self.master_pid = 0                     # the serving master: another after an upgrade

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from .core.config import parse_hostport
+from .core.values import parse_hostport
 from .core.errors import ConfigError, InvalidValue, LbError
 from .files import load_config
 

@@ -37,7 +37,8 @@ from .control.metrics import MetricsServer
 from .control.plane import Control
 from .control.statefile import load_state
 from .control.workers import Workers, worker_count
-from .core.config import LISTEN_BACKLOG, Config, format_hostport
+from .core.config import LISTEN_BACKLOG, Config
+from .core.values import format_hostport
 from .core.errors import CommandError, LbError
 from .files import atomic_write
 

@@ -25,10 +25,10 @@ import lb
 
 from ..core.commands import (backend_config, check_version, help_lines, parse, parse_maxconn, parse_timeout,
                              parse_weight)
-from ..core.config import format_hostport
 from ..core.errors import CommandError, ConfigError, LbError
 from ..core.nodes import DRAINED, MAINT, READY, UP
 from ..core.stats import WINDOW_S, bucket_quantiles, iso_utc, ms
+from ..core.values import format_hostport
 from .. import systemd, tls
 from ..core.reload import running_config
 from ..files import load_config

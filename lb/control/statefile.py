@@ -16,10 +16,10 @@ import logging
 import time
 
 from ..core.commands import backend_config
-from ..core.config import (check_name, check_version_label, format_hostport, parse_hostport, parse_max_conns_value,
-                           parse_weight_value)
+from ..core.config import parse_max_conns_value, parse_weight_value
 from ..core.errors import CommandError, InvalidValue
 from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Node, transition
+from ..core.values import check_name, check_version_label, format_hostport, parse_hostport
 from ..files import atomic_write
 
 log = logging.getLogger("lb.admin")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import (MAX_CONNS_MAX, WEIGHT_MAX, BackendConfig, build, check_version_label, parse_duration,
-                     parse_max_conns_value, parse_weight_value)
+from .config import MAX_CONNS_MAX, WEIGHT_MAX, BackendConfig, build, parse_max_conns_value, parse_weight_value
 from .errors import CommandError, ConfigError, InvalidValue
+from .values import check_version_label, parse_duration
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 
-from ..core.config import parse_hostport
+from ..core.values import parse_hostport
 from ..core.errors import DeployError
 from ..core.stats import iso_utc
 from ..files import atomic_write
