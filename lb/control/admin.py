@@ -249,26 +249,22 @@ class Admin:
     def set_version(self, name: str, version: str) -> dict:
         node = self.pool.get(name)
         check_version(version)
-        self.pool.relabel(node, version, pending=True)     # a claim the next check must confirm
-        self.control.changed()
+        self.control.set_version(node, version)     # a claim the next check must confirm
         return self._server(node)
 
     def set_weight(self, name: str, weight: str) -> dict:
         node = self.pool.get(name)
-        node.set_weight(parse_weight(weight))
-        self.control.changed()
+        self.control.set_weight(node, parse_weight(weight))
         return self._server(node)
 
     def set_maxconn(self, name: str, count: str) -> dict:
         node = self.pool.get(name)
-        node.max_conns = parse_maxconn(count)
-        self.control.changed()
+        self.control.set_max_conns(node, parse_maxconn(count))
         return self._server(node)
 
     def set_target(self, version: str) -> dict:
         check_version(version)
-        self.pool.set_target(version)
-        self.control.changed()
+        self.control.set_target(version)
         return {"versions": self.pool.version_rows()}
 
     def add_server(self, name: str, address: str, version: str | None = None,
@@ -282,7 +278,7 @@ class Admin:
             fields["weight"] = int(weight) if weight.isdigit() else weight
         node = self.control.add_node(backend_config(fields))
         if version is not None:
-            self.pool.relabel(node, node.version, pending=True)    # a claim the checks must confirm
+            self.control.set_version(node, node.version)    # a claim the checks must confirm
         return self._server(node)
 
     def del_server(self, name: str) -> dict:
