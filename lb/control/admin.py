@@ -80,14 +80,14 @@ class Admin:
             if self.relay_to is not None:
                 return await self._relay(line)
             command, args = parse(line)
-            if self.frozen is not None and command.handler != "upgrade":
+            if self.frozen is not None and not command.replaces_master:
                 await asyncio.shield(self.frozen)
                 return await self._execute(line)  # relayed, if the upgrade went through
             await self.control.synced()
             await self.control.applied()      # and what the reports changed, every worker routes by
-            payload = getattr(self, command.handler)(*args)
+            payload = HANDLERS[command.words](self, *args)
             if inspect.isawaitable(payload):
-                payload = await (payload if command.handler == "upgrade" else self._until_handed_over(payload))
+                payload = await (payload if command.replaces_master else self._until_handed_over(payload))
             if command.mutates:
                 save_state(self.control)
                 await self.control.applied()  # the reply means every worker routes by the change
@@ -314,6 +314,31 @@ class Admin:
         if self.upgrader is None:
             raise CommandError("'upgrade' needs lb serve's master")
         return await self.upgrader()
+
+
+# The handler of every row of lb/core/commands.py's COMMANDS, by the row's words.
+HANDLERS = {
+    ("help",): Admin.help,
+    ("show", "servers"): Admin.show_servers,
+    ("show", "server"): Admin.show_server,
+    ("show", "info"): Admin.show_info,
+    ("show", "certs"): Admin.show_certs,
+    ("show", "versions"): Admin.show_versions,
+    ("show", "stats"): Admin.show_stats,
+    ("show", "latency"): Admin.show_latency,
+    ("drain",): Admin.drain,
+    ("wait",): Admin.wait,
+    ("ready",): Admin.ready,
+    ("maint",): Admin.maint,
+    ("set", "version"): Admin.set_version,
+    ("set", "weight"): Admin.set_weight,
+    ("set", "target"): Admin.set_target,
+    ("set", "maxconn"): Admin.set_maxconn,
+    ("add", "server"): Admin.add_server,
+    ("del", "server"): Admin.del_server,
+    ("reload",): Admin.reload,
+    ("upgrade",): Admin.upgrade,
+}
 
 
 def audit(line: str, sender: str, reply: dict) -> None:
