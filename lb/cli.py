@@ -4,24 +4,15 @@ command's work is in its own module."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
 
-from .core.values import parse_hostport
 from .core.errors import ConfigError, InvalidValue, LbError
+from .core.values import parse_hostport
 from .files import load_config
-
-
-def run_async(coro):
-    """Run a coroutine on uvloop; returns its result."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+from .loop import run_async
 
 
 def cmd_serve(args) -> int:
