@@ -63,11 +63,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from throughput import free_port, wait_port  # noqa: E402  (bench/ is this script's directory)
 
-from lb.loop import run_async  # noqa: E402
 from lb.demo.backend import start_detached, stop_pidfile  # noqa: E402
 from lb.deploy.client import request  # noqa: E402
-from lb.procs import become_subreaper, gone  # noqa: E402
-from lb.systemd import activated_command  # noqa: E402
+from lb.loop import run_async  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from supervise import activated_command, become_subreaper, gone  # noqa: E402  (the tests' helper)
 
 RESULTS = ROOT / "bench" / "results"
 NODES = 10

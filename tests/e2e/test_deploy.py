@@ -13,7 +13,7 @@ from lb.demo.backend import read_pidfile
 from lb.demo.users import Users
 from lb.deploy.plan import STEPS
 
-from conftest import PYTHON, ROOT, Lb, client_context, write_cert
+from conftest import PYTHON, ROOT, Lb, client_context, wait_for_requests, write_cert
 
 FAST = {"health": {"interval": "200ms", "timeout": "500ms", "rise": 1, "fall": 2}, "slow_start": "0s"}
 DEPLOY_TIMEOUT_S = 120
@@ -87,13 +87,13 @@ async def test_a_full_deploy_under_load_fails_no_request_and_sends_nobody_back(s
     nodes = fleet(10)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     async with sessions(lb, 30) as users:
-        await users.wait_for_requests(300)                 # steady load before the deploy
+        await wait_for_requests(users, 300)                 # steady load before the deploy
         before = users.requests
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--batch", "3",
                                         "--canary", "1", "--min-ready", "70%", "--bake", "1s",
                                         "--canary-bake", "2s")
         during = users.requests - before
-        await users.wait_for_requests(users.requests + 300)   # and after it, on v2
+        await wait_for_requests(users, users.requests + 300)   # and after it, on v2
     assert code == 0, (deploy.stderr, deploy.of("failed"))
     plan = deploy.of("plan")[0]["batches"]
     assert [len(b["nodes"]) for b in plan] == [1, 3, 3, 3] and plan[0]["canary"]
@@ -121,10 +121,10 @@ async def test_a_deploy_over_a_tls_listener_fails_no_request_and_sends_nobody_ba
     nodes = fleet(4)
     lb = spawn(Lb, tmp_path, nodes.configs(), tls={"certs": [write_cert(ca, tmp_path, "lb", "127.0.0.1")]}, **FAST)
     async with sessions(lb, 12, tls=client_context(ca)) as users:
-        await users.wait_for_requests(100)
+        await wait_for_requests(users, 100)
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--batch", "2",
                                         "--canary", "1", "--min-ready", "50%", "--bake", "1s")
-        await users.wait_for_requests(users.requests + 100)
+        await wait_for_requests(users, users.requests + 100)
     assert code == 0, (deploy.stderr, deploy.of("failed"))
     assert_all(lb, "v2")
     assert users.failures == []
@@ -136,7 +136,7 @@ async def test_a_bad_release_fails_the_canary_and_is_rolled_back(spawn, fleet, t
     nodes = fleet(4)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     async with sessions(lb, 20) as users:
-        await users.wait_for_requests(100)
+        await wait_for_requests(users, 100)
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command("--fail-rate 0.5"),
                                         "--rollback", nodes.update_command(), "--min-ready", "50%",
                                         "--canary-bake", "3s")

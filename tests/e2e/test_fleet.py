@@ -14,7 +14,7 @@ import pytest
 
 from lb.demo.users import Users
 
-from conftest import PYTHON, ROOT, Lb, wait_for
+from conftest import PYTHON, ROOT, Lb, wait_for, wait_for_requests
 from test_deploy import FAST, Deploy
 
 ONE_WORKER = {**FAST, "workers": 1}
@@ -54,14 +54,14 @@ async def test_a_deploy_across_three_lbs_fails_no_request_and_sends_nobody_back(
     lbs = lbs_on(spawn, tmp_path, 3, backends.configs())
     weights = [{s["name"]: s["weight"] for s in lb.ctl("show servers")["servers"]} for lb in lbs]
     async with fleet_users(lbs, 30) as users:
-        await users.wait_for_requests(300)
+        await wait_for_requests(users, 300)
         before = users.requests
         deploy = await FleetDeploy(tmp_path, [str(lb.socket_path) for lb in lbs], "--to", "v2", "--update",
                                    backends.update_command(), "--batch", "3", "--canary", "1", "--min-ready", "70%",
                                    "--bake", "1s", "--canary-bake", "2s").start()
         code = await deploy.finish()
         during = users.requests - before
-        await users.wait_for_requests(users.requests + 300)
+        await wait_for_requests(users, users.requests + 300)
     assert code == 0, (deploy.stderr, deploy.of("failed"))
     for lb, weight in zip(lbs, weights):
         assert rows(lb) == {("v2", "ready", "up")}, lb.ctl("show servers")
@@ -106,7 +106,7 @@ async def test_an_lb_killed_mid_deploy_fails_the_step_and_the_others_roll_back(s
     victim = lbs[2]
     targets = [str(lb.socket_path) for lb in lbs]
     async with fleet_users(lbs[:2], 10) as users:          # users of the two lbs that stay
-        await users.wait_for_requests(100)
+        await wait_for_requests(users, 100)
         deploy = await FleetDeploy(tmp_path, targets, "--to", "v2", "--update", backends.update_command(),
                                    "--canary", "1", "--canary-bake", "30s", "--min-ready", "60%",
                                    "--lb-timeout", "2s").start()
@@ -115,7 +115,7 @@ async def test_an_lb_killed_mid_deploy_fails_the_step_and_the_others_roll_back(s
         victim.signal(signal.SIGKILL)                        # the whole lb: master (its worker follows)
         victim.proc.wait(5)
         code = await deploy.finish()
-        await users.wait_for_requests(users.requests + 100)
+        await wait_for_requests(users, users.requests + 100)
     assert code == 1, (deploy.stderr, deploy.events[-5:])
     failure = deploy.summary["failure"]
     assert failure["step"] == "bake" and targets[2] in failure["reason"], failure

@@ -12,7 +12,7 @@ import yaml
 
 from lb.demo.users import Users
 
-from conftest import PYTHON, ROOT, Backend, Lb, wait_for
+from conftest import PYTHON, ROOT, Backend, Lb, wait_for, wait_for_requests
 from test_deploy import FAST, run_deploy, servers
 
 COMMENTED = """# lb in front of the web tier -- edited by hand, keep the comments
@@ -54,10 +54,10 @@ async def test_a_fresh_lb_on_the_config_a_deploy_left_behind_fails_no_request(sp
     (tmp_path / lb.config["state_file"]).unlink()          # a new box: no state file
     lb.restart()                                           # a fresh lb on the same (stale) config
     async with Users("127.0.0.1", lb.port, slots=6, life=(10, 30), think_s=0.01) as users:
-        await users.wait_for_requests(100)
+        await wait_for_requests(users, 100)
         wait_for(lambda: users.failures or all(s["version"] == "v2" and s["last_check"]
                                                for s in servers(lb).values()), 10, "the first checks")
-        await users.wait_for_requests(len(users.records) + 300)    # over many more checks
+        await wait_for_requests(users, len(users.records) + 300)    # over many more checks
     assert users.failures == []
     assert {(s["version"], s["health"]) for s in servers(lb).values()} == {("v2", "up")}
     assert users.backward_flips(["v1", "v2"]) == []
