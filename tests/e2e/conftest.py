@@ -447,9 +447,9 @@ def client_context(ca, minimum=ssl.TLSVersion.TLSv1_2, maximum=None) -> ssl.SSLC
     return context
 
 
-class Fleet:
-    """Backends (a fleet of nodes) started the way a deploy's update command restarts them:
-    detached, with pidfiles. The `fleet` fixture makes them: fleet(10)."""
+class DetachedBackends:
+    """Backends started the way a deploy's update command restarts them: detached, with
+    pidfiles. The `detached_backends` fixture makes them: detached_backends(10)."""
 
     def __init__(self, directory, count: int, version: str = "v1"):
         self.dir = directory
@@ -479,13 +479,13 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path):
-    fleets = []
+def detached_backends(tmp_path):
+    made = []
 
-    def make(count: int) -> Fleet:
-        fleets.append(Fleet(tmp_path, count))
-        return fleets[-1]
+    def make(count: int) -> DetachedBackends:
+        made.append(DetachedBackends(tmp_path, count))
+        return made[-1]
 
     yield make
-    for made in fleets:
-        made.stop()
+    for backends in made:
+        backends.stop()

@@ -32,7 +32,7 @@ def worker_report(generation, clients=0, failed=None, **nodes):
 
 
 @pytest.fixture
-async def fleet():
+async def two_workers():
     merged = []
     workers = Workers(None, asyncio.get_running_loop(), [], merged.append, count=2)
     for slot in (0, 1):
@@ -41,8 +41,8 @@ async def fleet():
     return workers, merged
 
 
-async def test_counts_of_now_are_sums_of_each_workers_latest_and_deltas_pass_through(fleet):
-    workers, merged = fleet
+async def test_counts_of_now_are_sums_of_each_workers_latest_and_deltas_pass_through(two_workers):
+    workers, merged = two_workers
     w0, w1 = workers.slots[0], workers.slots[1]
     workers._on_report(w0, worker_report(5, clients=3, web1=node_report(inflight=2, requests=10)))
     workers._on_report(w1, worker_report(5, clients=4, web1=node_report(inflight=1, requests=7)))
@@ -52,8 +52,8 @@ async def test_counts_of_now_are_sums_of_each_workers_latest_and_deltas_pass_thr
     assert [m.nodes["web1"].stats.requests for m in merged] == [10, 7, 2]   # each delta once
 
 
-async def test_the_generation_is_the_oldest_any_live_worker_applied(fleet):
-    workers, merged = fleet
+async def test_the_generation_is_the_oldest_any_live_worker_applied(two_workers):
+    workers, merged = two_workers
     w0, w1 = workers.slots[0], workers.slots[1]
     workers._on_report(w0, worker_report(7))
     workers._on_report(w1, worker_report(6))
@@ -62,8 +62,8 @@ async def test_the_generation_is_the_oldest_any_live_worker_applied(fleet):
     assert merged[-1].generation == 7
 
 
-async def test_a_cut_completes_when_every_worker_answered_with_the_sum(fleet):
-    workers, merged = fleet
+async def test_a_cut_completes_when_every_worker_answered_with_the_sum(two_workers):
+    workers, merged = two_workers
     w0, w1 = workers.slots[0], workers.slots[1]
     workers.cut("web2")
     assert ("cut", "web2") in w0.channel.sent and ("cut", "web2") in w1.channel.sent
@@ -73,8 +73,8 @@ async def test_a_cut_completes_when_every_worker_answered_with_the_sum(fleet):
     assert merged[-1].nodes["web2"].cut == 3
 
 
-async def test_a_worker_that_exits_answers_its_cut_with_nothing_and_leaves_the_sums(fleet):
-    workers, merged = fleet
+async def test_a_worker_that_exits_answers_its_cut_with_nothing_and_leaves_the_sums(two_workers):
+    workers, merged = two_workers
     w0, w1 = workers.slots[0], workers.slots[1]
     workers.stopping = True                                    # no restart in this test
     workers._on_report(w1, worker_report(3, web1=node_report(inflight=5)))
@@ -86,8 +86,8 @@ async def test_a_worker_that_exits_answers_its_cut_with_nothing_and_leaves_the_s
     assert 1 not in workers.slots
 
 
-async def test_collect_is_done_once_every_worker_reported(fleet):
-    workers, merged = fleet
+async def test_collect_is_done_once_every_worker_reported(two_workers):
+    workers, merged = two_workers
     w0, w1 = workers.slots[0], workers.slots[1]
     done = workers.collect()
     workers._on_report(w0, worker_report(1))
