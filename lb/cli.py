@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--min-ready", default="80%", help="weight that stays in service (default 80%%)")
     deploy.add_argument("--no-rollback-done", action="store_true",
                         help="on failure roll back only the failing batch")
-    deploy.add_argument("--state", default="lb-deploy.state", help="progress file (default lb-deploy.state)")
+    deploy.add_argument("--state", default="deploy.state", help="progress file (default deploy.state)")
     deploy.add_argument("--log", help="deploy log with the commands' output (default: beside --state)")
     deploy.add_argument("--resume", action="store_true", help="continue the deploy recorded in --state")
     deploy.add_argument("--dry-run", action="store_true", help="print the plan after checking lb, nodes "
