@@ -63,11 +63,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from throughput import free_port, wait_port  # noqa: E402  (bench/ is this script's directory)
 
-from lb.cli import run_async  # noqa: E402
 from lb.demo.backend import start_detached, stop_pidfile  # noqa: E402
 from lb.deploy.client import request  # noqa: E402
-from lb.procs import become_subreaper, gone  # noqa: E402
-from lb.systemd import activated_command  # noqa: E402
+from lb.loop import run_async  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from supervise import activated_command, become_subreaper, gone  # noqa: E402  (the tests' helper)
 
 RESULTS = ROOT / "bench" / "results"
 NODES = 10
@@ -123,7 +124,7 @@ class System:
             self.sockets.append(workdir / f"lb{i}.sock")
             self.lb_ports.append(port)
             self.others.append((None, path))
-        from lb.core.config import parse_duration
+        from lb.core.values import parse_duration
         self.slow_start_s = parse_duration(config.get("slow_start", "10s"))
         self.lb: subprocess.Popen | None = None
         self.master_pid = 0                     # the serving master: another after an upgrade

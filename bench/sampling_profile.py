@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (RESULTS, ROOT, backends_running, cpu_times, make_certs, run_h2load,  # noqa: E402
                         run_wrk, start_haproxy, start_lb)
 
-sys.path.insert(0, str(ROOT))
-from lb.procs import children  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from supervise import children  # noqa: E402  (the tests' helper: lb's processes seen from outside)
 
 
 def fold(raw: str) -> tuple[Counter, Counter, int]:

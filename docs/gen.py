@@ -28,6 +28,7 @@ from pathlib import Path
 from lb import cli
 from lb.core import commands, nodes
 from lb.core import config as schema
+from lb.core import values
 from lb.core.errors import ConfigError, InvalidValue
 
 DOCS = Path(__file__).resolve().parent
@@ -156,7 +157,7 @@ def _candidates(value: typing.Any) -> list:
         return [value]
     if isinstance(value, tuple):
         pair = len(value) == 2 and isinstance(value[1], int) and isinstance(value[0], str)
-        return ([schema.format_hostport(*value)] if pair else []) + [list(value)]
+        return ([values.format_hostport(*value)] if pair else []) + [list(value)]
     found: list = []
     if isinstance(value, float):
         found += [f"{value / size:g}{unit}" for unit, size in _DURATION_UNITS
@@ -248,7 +249,7 @@ def _short(item: typing.Any) -> str:
     """A list default's item: a listener that is only an address is written as the address."""
     bare = dataclasses.replace(type(item)(), address=item.address) if hasattr(item, "address") else None
     if bare == item:
-        return schema.format_hostport(*item.address)
+        return values.format_hostport(*item.address)
     raise ValueError(f"cannot write the default {item!r}")
 
 

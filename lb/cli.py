@@ -4,24 +4,15 @@ command's work is in its own module."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
 
-from .core.config import parse_hostport
 from .core.errors import ConfigError, InvalidValue, LbError
+from .core.values import parse_hostport
 from .files import load_config
-
-
-def run_async(coro):
-    """Run a coroutine on uvloop; returns its result."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+from .loop import run_async
 
 
 def cmd_serve(args) -> int:
@@ -324,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--min-ready", default="80%", help="weight that stays in service (default 80%%)")
     deploy.add_argument("--no-rollback-done", action="store_true",
                         help="on failure roll back only the failing batch")
-    deploy.add_argument("--state", default="lb-deploy.state", help="progress file (default lb-deploy.state)")
+    deploy.add_argument("--state", default="deploy.state", help="progress file (default deploy.state)")
     deploy.add_argument("--log", help="deploy log with the commands' output (default: beside --state)")
     deploy.add_argument("--resume", action="store_true", help="continue the deploy recorded in --state")
     deploy.add_argument("--dry-run", action="store_true", help="print the plan after checking lb, nodes "

@@ -36,8 +36,9 @@ from .control.metrics import MetricsServer
 from .control.plane import Control
 from .control.statefile import load_state
 from .core import handoff
-from .core.config import LISTEN_BACKLOG, Config, format_hostport
+from .core.config import LISTEN_BACKLOG, Config
 from .core.errors import LbError
+from .core.values import format_hostport
 from .files import atomic_write
 from .process.arbiter import Arbiter, worker_count
 from .process.handoff import Predecessor, receive

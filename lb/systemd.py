@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import time
 
 log = logging.getLogger("lb")
@@ -69,24 +68,3 @@ def notify(*lines: str, environ=None) -> bool:
 def monotonic_usec() -> str:
     """`MONOTONIC_USEC=` for a RELOADING=1 message (systemd 253+ reads it; older ones ignore it)."""
     return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
-
-
-# What systemd does between fork and exec, for running lb socket-activated without systemd
-# (the tests, the bench): the sockets moved to fd 3 onwards (by way of high numbers, so
-# that no move overwrites a socket still to be moved), and the variables naming the very
-# process that execs lb.
-_ACTIVATE = """\
-import fcntl, os, sys
-high = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1].split(",")]
-for n, fd in enumerate(high):
-    os.dup2(fd, 3 + n)
-    os.close(fd)
-os.environ.update(LISTEN_FDS=str(len(high)), LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES=sys.argv[2])
-os.execv(sys.executable, [sys.executable, "-m", "lb.cli", *sys.argv[3:]])
-"""
-
-
-def activated_command(fds: list[int], names: list[str], args: list[str]) -> list[str]:
-    """The command that runs `lb ARGS` with the listening sockets `fds` as systemd's socket
-    activation passes them. Start it with pass_fds=fds."""
-    return [sys.executable, "-c", _ACTIVATE, ",".join(map(str, fds)), ":".join(names), *args]

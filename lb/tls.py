@@ -36,7 +36,8 @@ from typing import Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .core.config import BackendTlsConfig, Config, ListenerTlsConfig, format_hostport
+from .core.config import BackendTlsConfig, Config, ListenerTlsConfig
+from .core.values import format_hostport
 from .core.errors import ConfigError
 
 log = logging.getLogger("lb")

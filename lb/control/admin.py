@@ -25,10 +25,10 @@ import lb
 
 from ..core.commands import (backend_config, check_version, help_lines, parse, parse_maxconn, parse_timeout,
                              parse_weight)
-from ..core.config import format_hostport
 from ..core.errors import CommandError, ConfigError, LbError
 from ..core.nodes import DRAINED, MAINT, READY, UP
 from ..core.stats import WINDOW_S, bucket_quantiles, iso_utc, ms
+from ..core.values import format_hostport
 from .. import systemd, tls
 from ..core.reload import running_config
 from ..files import load_config
@@ -79,14 +79,14 @@ class Admin:
             if gate is not None and gate.new_master is not None:
                 return await self._relay(line, gate.new_master)
             command, args = parse(line)
-            if gate is not None and gate.frozen and command.handler != "upgrade":
+            if gate is not None and gate.frozen and not command.replaces_master:
                 await gate.settled()
                 return await self._execute(line)  # relayed, if the upgrade went through
             await self.control.synced()
             await self.control.applied()      # and what the reports changed, every worker routes by
-            payload = getattr(self, command.handler)(*args)
+            payload = HANDLERS[command.words](self, *args)
             if inspect.isawaitable(payload):
-                payload = await (payload if command.handler == "upgrade" else self._until_handed_over(payload))
+                payload = await (payload if command.replaces_master else self._until_handed_over(payload))
             if command.mutates:
                 save_state(self.control)
                 await self.control.applied()  # the reply means every worker routes by the change
@@ -250,26 +250,22 @@ class Admin:
     def set_version(self, name: str, version: str) -> dict:
         node = self.pool.get(name)
         check_version(version)
-        self.pool.relabel(node, version, pending=True)     # a claim the next check must confirm
-        self.control.changed()
+        self.control.set_version(node, version)     # a claim the next check must confirm
         return self._server(node)
 
     def set_weight(self, name: str, weight: str) -> dict:
         node = self.pool.get(name)
-        node.set_weight(parse_weight(weight))
-        self.control.changed()
+        self.control.set_weight(node, parse_weight(weight))
         return self._server(node)
 
     def set_maxconn(self, name: str, count: str) -> dict:
         node = self.pool.get(name)
-        node.max_conns = parse_maxconn(count)
-        self.control.changed()
+        self.control.set_max_conns(node, parse_maxconn(count))
         return self._server(node)
 
     def set_target(self, version: str) -> dict:
         check_version(version)
-        self.pool.set_target(version)
-        self.control.changed()
+        self.control.set_target(version)
         return {"versions": self.pool.version_rows()}
 
     def add_server(self, name: str, address: str, version: str | None = None,
@@ -283,7 +279,7 @@ class Admin:
             fields["weight"] = int(weight) if weight.isdigit() else weight
         node = self.control.add_node(backend_config(fields))
         if version is not None:
-            self.pool.relabel(node, node.version, pending=True)    # a claim the checks must confirm
+            self.control.set_version(node, node.version)    # a claim the checks must confirm
         return self._server(node)
 
     def del_server(self, name: str) -> dict:
@@ -319,6 +315,31 @@ class Admin:
         if self.gate is None:
             raise CommandError("'upgrade' needs lb serve's master")
         return await self.gate.run()
+
+
+# The handler of every row of lb/core/commands.py's COMMANDS, by the row's words.
+HANDLERS = {
+    ("help",): Admin.help,
+    ("show", "servers"): Admin.show_servers,
+    ("show", "server"): Admin.show_server,
+    ("show", "info"): Admin.show_info,
+    ("show", "certs"): Admin.show_certs,
+    ("show", "versions"): Admin.show_versions,
+    ("show", "stats"): Admin.show_stats,
+    ("show", "latency"): Admin.show_latency,
+    ("drain",): Admin.drain,
+    ("wait",): Admin.wait,
+    ("ready",): Admin.ready,
+    ("maint",): Admin.maint,
+    ("set", "version"): Admin.set_version,
+    ("set", "weight"): Admin.set_weight,
+    ("set", "target"): Admin.set_target,
+    ("set", "maxconn"): Admin.set_maxconn,
+    ("add", "server"): Admin.add_server,
+    ("del", "server"): Admin.del_server,
+    ("reload",): Admin.reload,
+    ("upgrade",): Admin.upgrade,
+}
 
 
 def audit(line: str, sender: str, reply: dict) -> None:

@@ -11,7 +11,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from ..core.config import format_hostport
+from ..core.values import format_hostport
 from ..core.nodes import ADMIN_STATES, Health
 from ..core.stats import CLASSES, HISTOGRAM_BOUNDS_S
 

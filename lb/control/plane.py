@@ -152,6 +152,30 @@ class Control:
         self.removing.discard(node.name)
         self.changed()
 
+    # -- a node's settings: admin commands, reloads and the state file change them here -------
+    def set_version(self, node: Node, version: str, pending: bool = True) -> None:
+        """Relabel a node; `pending`: a claim (an admin command, a reload) that the next check
+        must confirm (see Pool.move_in_progress)."""
+        self.pool.relabel(node, version, pending)
+        self.changed()
+
+    def set_weight(self, node: Node, weight: int) -> None:
+        node.set_weight(weight)
+        self.changed()
+
+    def set_max_conns(self, node: Node, max_conns: int) -> None:
+        node.max_conns = max_conns
+        self.changed()
+
+    def set_address(self, node: Node, address: tuple[str, int]) -> None:
+        node.host, node.port = address
+        self.changed()
+
+    def set_target(self, version: str) -> None:
+        """Declare `version` the newest: a version move begins."""
+        self.pool.set_target(version)
+        self.changed()
+
     def _drop_if_removed(self, node: Node) -> None:
         if node.name in self.removing and node.idle and node.admin_state != DRAINING:
             self.remove_node(node)
@@ -309,17 +333,16 @@ class Control:
         self.add_node(action.value)
 
     def _reload_address(self, action) -> None:
-        node = self.pool.backends[action.name]
-        node.host, node.port = action.value
+        self.set_address(self.pool.backends[action.name], action.value)
 
     def _reload_weight(self, action) -> None:
-        self.pool.backends[action.name].set_weight(action.value)
+        self.set_weight(self.pool.backends[action.name], action.value)
 
     def _reload_max_conns(self, action) -> None:
-        self.pool.backends[action.name].max_conns = action.value
+        self.set_max_conns(self.pool.backends[action.name], action.value)
 
     def _reload_version(self, action) -> None:
-        self.pool.relabel(self.pool.backends[action.name], action.value, pending=True)
+        self.set_version(self.pool.backends[action.name], action.value)
 
     def _reload_keep(self, action) -> None:
         self.removing.discard(action.name)

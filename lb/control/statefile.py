@@ -16,10 +16,10 @@ import logging
 import time
 
 from ..core.commands import backend_config
-from ..core.config import (check_name, check_version_label, format_hostport, parse_hostport, parse_max_conns_value,
-                           parse_weight_value)
+from ..core.config import parse_max_conns_value, parse_weight_value
 from ..core.errors import CommandError, InvalidValue
 from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, Node, transition
+from ..core.values import check_name, check_version_label, format_hostport, parse_hostport
 from ..files import atomic_write
 
 log = logging.getLogger("lb.admin")
@@ -70,16 +70,16 @@ def load_state(control) -> list[str]:
         if node is None or node.admin_state != NEW:
             continue                          # removed from the config since
         transition(node, RESTORE_EVENTS[entry["state"]], control.now())
-        pool.relabel(node, entry["version"], pending=saved.get("version_pending") is True)
-        node.set_weight(entry["weight"])
-        node.max_conns = entry["max_conns"]
+        control.set_version(node, entry["version"], pending=saved.get("version_pending") is True)
+        control.set_weight(node, entry["weight"])
+        control.set_max_conns(node, entry["max_conns"])
         if node.admin_state != READY:
             applied.append(f"{name} {node.admin_state}")
     versions = state.get("versions") if isinstance(state, dict) else None
     pool.restore_order(v for v in (versions if isinstance(versions, list) else ()) if v in pool.versions)
     target = state.get("target") if isinstance(state, dict) else None
     if isinstance(target, str) and target in pool.versions:
-        pool.set_target(target)              # a deploy was under way: its version move goes on
+        control.set_target(target)           # a deploy was under way: its version move goes on
     return applied
 
 

@@ -1,21 +1,24 @@
 """The admin command table and the parsing of a command line. No I/O.
 
 Every command is a row of `COMMANDS`: its words, required and optional
-arguments, a one-line summary, the name of the handler method that runs it
-(on `lb.control.admin.Admin`), and whether it changes state (then the state
-file is written before the reply). `help` is generated from the rows, and an
-unknown command or a wrong number of arguments answers with the usage. Every
-command that changes something (`audited`: the pool's state, or the master
-itself at an upgrade) goes to the audit log with who sent it and its reply.
+arguments, a one-line summary, and whether it changes state (then the state
+file is written before the reply). The words are the row's key: the admin
+socket's handlers (`lb.control.admin.HANDLERS`) and `lb ctl`'s tables
+(`lb.deploy.ctlview.TABLES`) are tables keyed by them, which core cannot
+import; tests check that every row resolves. `help` is generated from the
+rows, and an unknown command or a wrong number of arguments answers with the
+usage. Every command that changes something (`audited`: the pool's state, or
+the master itself at an upgrade) goes to the audit log with who sent it and
+its reply.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import (MAX_CONNS_MAX, WEIGHT_MAX, BackendConfig, build, check_version_label, parse_duration,
-                     parse_max_conns_value, parse_weight_value)
+from .config import MAX_CONNS_MAX, WEIGHT_MAX, BackendConfig, build, parse_max_conns_value, parse_weight_value
 from .errors import CommandError, ConfigError, InvalidValue
+from .values import check_version_label, parse_duration
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,6 @@ class Command:
     args: tuple[str, ...]          # required argument names
     optional: tuple[str, ...]      # optional argument names, in order
     summary: str
-    handler: str                   # the Admin method that runs it
     mutates: bool                  # changes the pool: the state file is written before the reply
     replaces_master: bool = False  # changes lb without a state file to write (upgrade)
 
@@ -40,33 +42,29 @@ class Command:
 
 
 COMMANDS = [
-    Command(("help",), (), (), "this list", "help", False),
-    Command(("show", "servers"), (), (), "every server with state, health and counters", "show_servers", False),
-    Command(("show", "server"), ("NAME",), (), "one server", "show_server", False),
-    Command(("show", "info"), (), (), "pid, lb version, started, workers (pid, started, restarts), upgrades",
-            "show_info", False),
-    Command(("show", "certs"), (), (), "per TLS listener: certificates, names, not-after, days left, SHA-256",
-            "show_certs", False),
-    Command(("show", "versions"), (), (), "versions, oldest first, with ready capacity", "show_versions", False),
-    Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s",
-            "show_stats", False),
+    Command(("help",), (), (), "this list", False),
+    Command(("show", "servers"), (), (), "every server with state, health and counters", False),
+    Command(("show", "server"), ("NAME",), (), "one server", False),
+    Command(("show", "info"), (), (), "pid, lb version, started, workers (pid, started, restarts), upgrades", False),
+    Command(("show", "certs"), (), (), "per TLS listener: certificates, names, not-after, days left, SHA-256", False),
+    Command(("show", "versions"), (), (), "versions, oldest first, with ready capacity", False),
+    Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s", False),
     Command(("show", "latency"), ("NAME[,NAME...]", "WINDOW"), ("raw",), "p50/p90/p99 of those servers together "
-            "over the last WINDOW (1s..60s); raw: also the histogram's bucket counts, to merge", "show_latency",
-            False),
-    Command(("drain",), ("NAME",), (), "no new requests; in-flight ones finish", "drain", True),
-    Command(("wait",), ("NAME", "STATE"), ("TIMEOUT",), "block until drained|ready|maint|up", "wait", False),
-    Command(("ready",), ("NAME",), (), "back into service", "ready", True),
-    Command(("maint",), ("NAME",), (), "hold out of service", "maint", True),
-    Command(("set", "version"), ("NAME", "VERSION"), (), "relabel a server's version", "set_version", True),
-    Command(("set", "weight"), ("NAME", "WEIGHT"), (), "0..1000", "set_weight", True),
-    Command(("set", "target"), ("VERSION",), (), "declare the newest version", "set_target", True),
+            "over the last WINDOW (1s..60s); raw: also the histogram's bucket counts, to merge", False),
+    Command(("drain",), ("NAME",), (), "no new requests; in-flight ones finish", True),
+    Command(("wait",), ("NAME", "STATE"), ("TIMEOUT",), "block until drained|ready|maint|up", False),
+    Command(("ready",), ("NAME",), (), "back into service", True),
+    Command(("maint",), ("NAME",), (), "hold out of service", True),
+    Command(("set", "version"), ("NAME", "VERSION"), (), "relabel a server's version", True),
+    Command(("set", "weight"), ("NAME", "WEIGHT"), (), "0..1000", True),
+    Command(("set", "target"), ("VERSION",), (), "declare the newest version", True),
     Command(("set", "maxconn"), ("NAME", "N"), (), "requests at once on a server, 0 = no cap; more wait "
-            "(timeouts.queue)", "set_maxconn", True),
-    Command(("add", "server"), ("NAME", "HOST:PORT"), ("VERSION", "WEIGHT"), "joins in maint", "add_server", True),
-    Command(("del", "server"), ("NAME",), (), "only when drained or maint", "del_server", True),
-    Command(("reload",), (), (), "re-read the config file and the certificates", "reload", True),
+            "(timeouts.queue)", True),
+    Command(("add", "server"), ("NAME", "HOST:PORT"), ("VERSION", "WEIGHT"), "joins in maint", True),
+    Command(("del", "server"), ("NAME",), (), "only when drained or maint", True),
+    Command(("reload",), (), (), "re-read the config file and the certificates", True),
     Command(("upgrade",), (), (), "hitless upgrade: a new master (code and config on disk) takes the "
-            "listeners; the reply once it serves", "upgrade", False, replaces_master=True),
+            "listeners; the reply once it serves", False, replaces_master=True),
 ]
 
 

@@ -19,37 +19,8 @@ from typing import Any, Callable
 import yaml
 
 from .errors import ConfigError, InvalidValue
-
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-_DURATION_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# Host names (and so IPv4 literals): dot-separated labels of letters, digits and inner
-# hyphens (RFC 1123), and underscores, which container service names use.
-_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*$")
-# Versions travel in a cookie value: keep them to a short token.
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
-
-
-def format_hostport(host: str, port: int) -> str:
-    """The inverse of parse_hostport: an IPv6 literal goes in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def check_name(value: Any) -> str:
-    """A backend name. Raises InvalidValue."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise InvalidValue(f"expected a name of letters, digits, '.', '_' or '-', got {value!r}")
-    return value
-
-
-def check_version_label(value: Any) -> str:
-    """A version label (it travels in a cookie). Raises InvalidValue."""
-    if not isinstance(value, str) or not VERSION_RE.match(value):
-        raise InvalidValue(f"expected a version label of letters, digits, '.', '_' or '-' (max 32), "
-                           f"got {value!r}")
-    return value
-
+from .values import (check_host_name, check_name, check_version_label, format_hostport, parse_duration,
+                     parse_hostport)
 
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|kB|MB)/s$")
 _RATE_UNIT = {"B": 1, "KiB": 1024, "MiB": 1024 * 1024, "kB": 1000, "MB": 1000 * 1000}
@@ -91,42 +62,6 @@ def parse_max_conns_value(value: Any) -> int:
     return _int_range(0, MAX_CONNS_MAX)(value)
 
 
-def parse_duration(value: Any) -> float:
-    """'500ms', '2s', '1m', '1h', '1d' or a plain number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise InvalidValue(f"expected a duration like 500ms, 2s or 1m, got {value!r}")
-    if isinstance(value, (int, float)) and value >= 0:
-        return float(value)
-    match = _DURATION_RE.match(str(value).strip())
-    if not match:
-        raise InvalidValue(f"expected a duration like 500ms, 2s or 1m, got {value!r}")
-    return float(match.group(1)) * _DURATION_UNIT_S[match.group(2)]
-
-
-def parse_hostport(value: Any) -> tuple[str, int]:
-    """'HOST:PORT' (or '[v6]:PORT') -> (host, port). HOST is a DNS name or an IP literal:
-    an address reaches shell commands (`lb deploy --update 'ssh {host} ...'`), so nothing
-    else, and no leading '-' (an ssh option), ever passes."""
-    text = str(value)
-    host, sep, port = text.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    host = host[1:-1] if bracketed else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidValue(f"expected HOST:PORT, got {value!r}")
-    if not _valid_host(host, bracketed):
-        raise InvalidValue(f"expected HOST:PORT with HOST a host name or IP address, got {value!r}")
-    return host, int(port)
-
-
-def _valid_host(host: str, bracketed: bool) -> bool:
-    if bracketed:
-        try:
-            return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address) and "%" not in host
-        except ValueError:
-            return False
-    return bool(_HOST_RE.match(host))
-
-
 def _bool(value: Any) -> bool:
     # YAML 1.1 reads on/off/yes/no as booleans already.
     if not isinstance(value, bool):
@@ -143,12 +78,6 @@ def _alpn_list(value: Any) -> tuple[str, ...]:
             or len(set(value)) != len(value):
         raise InvalidValue(f"expected a list of protocols from {', '.join(ALPN_PROTOCOLS)}, got {value!r}")
     return tuple(value)
-
-
-def _host_name(value: Any) -> str:
-    if not isinstance(value, str) or not _HOST_RE.match(value):
-        raise InvalidValue(f"expected a host name, got {value!r}")
-    return value
 
 
 def _int_range(low: int, high: int) -> Callable[[Any], int]:
@@ -369,7 +298,7 @@ def _listen_list(raw: Any, path: str, source: str) -> tuple[ListenerConfig, ...]
 class BackendTlsConfig:
     verify: bool = _field(True, _bool)        # the backend's certificate, against `ca`
     ca: str | None = _optional(_text)         # a PEM file of CAs; the system's when left out
-    sni: str | None = _optional(_host_name)   # the name sent and verified; the address's host by default
+    sni: str | None = _optional(check_host_name)   # the name sent and verified; the address's host by default
 
 
 @dataclass(frozen=True)

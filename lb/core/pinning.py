@@ -34,7 +34,7 @@ import math
 import random
 from collections import Counter
 
-from .config import VERSION_RE
+from .values import VERSION_RE
 
 KEPT, ASSIGNED, FORWARD, BACKWARD = "kept", "assigned", "forward", "backward"
 MAX_PIN_BYTES = 32

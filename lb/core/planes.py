@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .config import format_hostport
+from .values import format_hostport
 from .stats import StatsDelta
 
 

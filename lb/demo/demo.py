@@ -32,6 +32,7 @@ import yaml
 
 from ..core.errors import ConfigError
 from ..files import atomic_write, embedded_config_text, load_config
+from ..loop import run_async
 from .backend import start_detached, stop_pidfile
 from .users import Users
 
@@ -201,7 +202,6 @@ def _summary(users: Users, code: int, deploy_s: float, bad: bool) -> int:
 
 
 def run_demo(args) -> int:
-    from ..cli import run_async
     try:
         demo = Demo(args.config, args.bad, args.port_base)
     except ConfigError as exc:

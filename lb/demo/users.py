@@ -122,13 +122,6 @@ class Users:
     async def __aexit__(self, *exc):
         await self.stop()
 
-    async def wait_for_requests(self, count: int, timeout_s: float = 60.0) -> None:
-        """Until `count` answers were recorded; AssertionError after timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        while len(self.records) < count:
-            assert time.monotonic() < deadline, f"only {len(self.records)} requests in {timeout_s}s"
-            await asyncio.sleep(0.01)
-
     async def _slot(self) -> None:
         while not self.stopping:
             self.users += 1

@@ -47,7 +47,7 @@ def stats_table(reply: dict) -> list[str]:
     return lines
 
 
-TABLES = {"show_servers": servers_table, "show_stats": stats_table}
+TABLES = {("show", "servers"): servers_table, ("show", "stats"): stats_table}   # by command words
 
 
 def render(words: list[str], reply: dict) -> str:
@@ -56,7 +56,7 @@ def render(words: list[str], reply: dict) -> str:
         command, _ = parse(" ".join(words))
     except CommandError:
         command = None
-    table = TABLES.get(command.handler) if command is not None else None
+    table = TABLES.get(command.words) if command is not None else None
     if table is None or not reply.get("ok"):
         return json.dumps(reply, indent=2)
     return "\n".join(table(reply))

@@ -30,7 +30,7 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
-from ..core.config import VERSION_RE, check_name, check_version_label, parse_duration, parse_hostport
+from ..core.values import VERSION_RE, check_name, check_version_label, parse_duration, parse_hostport
 from ..core.errors import DeployError, InvalidValue
 
 # Exit codes of `lb deploy`.

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 
-from ..core.config import parse_hostport
+from ..core.values import parse_hostport
 from ..core.errors import DeployError
 from ..core.stats import iso_utc
 from ..files import atomic_write
@@ -110,7 +110,7 @@ class Deployer:
         check_servers(servers)
         fleet_notes = [f"fleet of {len(per_lb)} lbs, agreeing on {len(servers)} nodes: "
                        + ", ".join(per_lb)] if len(per_lb) > 1 else []
-        saved = load_state(self.state_path)
+        saved = load_deploy_state(self.state_path)
         if resume:
             if saved is None:
                 raise DeployError(f"--resume: no deploy state in {self.state_path}")
@@ -420,7 +420,7 @@ class Deployer:
         return EXIT_INTERRUPTED
 
     def save(self) -> None:
-        save_state(self.state_path, self.state)
+        save_deploy_state(self.state_path, self.state)
 
     def _event(self, kind: str, **fields) -> None:
         self.log.write(f"{iso_utc(time.time())} {kind} {json.dumps(fields)}\n")
@@ -472,7 +472,9 @@ def restarted(before: dict, after: dict) -> bool:
         for name, row in after["servers"].items())
 
 
-def load_state(path: str) -> DeployState | None:
+def load_deploy_state(path: str) -> DeployState | None:
+    """The deploy's progress saved in `path` (`--state`), None when there is none. Raises
+    DeployError when the file cannot be read."""
     try:
         with open(path, encoding="utf-8") as handle:
             return DeployState.from_dict(json.load(handle))
@@ -482,7 +484,8 @@ def load_state(path: str) -> DeployState | None:
         raise DeployError(f"cannot read the deploy state {path}: {exc}") from None
 
 
-def save_state(path: str, state: DeployState) -> None:
+def save_deploy_state(path: str, state: DeployState) -> None:
+    """Written atomically after every step, so `--resume` continues from the last one."""
     atomic_write(path, json.dumps(state.to_dict(), indent=1))
 
 

@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)     # the master relays them (`systemctl kill`
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)     # signals every process of the unit)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from ..cli import run_async
+    from ..loop import run_async
     fds = [int(a) for a in argv]
     return run_async(run(fds[0], fds[1:]))
 

@@ -56,7 +56,7 @@ from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
 from ..core import h2head
 from ..core.errors import HttpError
-from ..core.exchange import NO_BODY, body_deadline
+from ..core.exchange import NO_BODY, RAW, body_deadline
 from .exchange import Exchange
 from .flow import FlowControl
 from .responses import error_fields
@@ -78,7 +78,7 @@ FRAMES_PER_TURN = 32                   # frames handled before the loop's other 
 STRIKES = 3                            # budgets passed (in different seconds) before GOAWAY
 HELD_MAX_BYTES = 8 << 20               # unread frames all held-back connections of a worker may keep
 SETTINGS_PER_S = 50
-CHUNKED = 1                            # the body mode of an HTTP/2 response with a body
+DATA_FRAMES = RAW                      # the body mode of an HTTP/2 response with a body: as is, in DATA frames
 
 
 def _length_is_lbs(*args) -> None:
@@ -391,7 +391,7 @@ class H2Exchange(Exchange):
             self._interim(head)
             return
         no_body = self.head.method == b"HEAD" or status in (204, 304)
-        self.body_mode = NO_BODY if no_body else CHUNKED
+        self.body_mode = NO_BODY if no_body else DATA_FRAMES
         self.status = status
         self.upstream_keep = head.keep_alive
         self.close_delimited = not no_body and head.content_length is None and not head.chunked

@@ -6,6 +6,7 @@ conditions (a line printed, a port accepting) and bounded in time.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -26,7 +27,7 @@ import yaml
 from lb.demo.backend import start_detached, stop_pidfile
 from lb.demo.users import Users
 from lb.deploy.client import request
-from lb.procs import become_subreaper, children, gone  # noqa: F401  (the tests import them from here)
+from supervise import become_subreaper, children, gone
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -52,6 +53,14 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.02):
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def wait_for_requests(users: Users, count: int, timeout_s: float = 60.0) -> None:
+    """Until `users` (lb.demo.users) recorded `count` answers; AssertionError after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while len(users.records) < count:
+        assert time.monotonic() < deadline, f"only {len(users.records)} requests in {timeout_s}s"
+        await asyncio.sleep(0.01)
 
 
 def admin_answers(path: Path) -> bool:
@@ -438,9 +447,9 @@ def client_context(ca, minimum=ssl.TLSVersion.TLSv1_2, maximum=None) -> ssl.SSLC
     return context
 
 
-class Fleet:
-    """Backends (a fleet of nodes) started the way a deploy's update command restarts them:
-    detached, with pidfiles. The `fleet` fixture makes them: fleet(10)."""
+class DetachedBackends:
+    """Backends started the way a deploy's update command restarts them: detached, with
+    pidfiles. The `detached_backends` fixture makes them: detached_backends(10)."""
 
     def __init__(self, directory, count: int, version: str = "v1"):
         self.dir = directory
@@ -470,13 +479,13 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path):
-    fleets = []
+def detached_backends(tmp_path):
+    made = []
 
-    def make(count: int) -> Fleet:
-        fleets.append(Fleet(tmp_path, count))
-        return fleets[-1]
+    def make(count: int) -> DetachedBackends:
+        made.append(DetachedBackends(tmp_path, count))
+        return made[-1]
 
     yield make
-    for made in fleets:
-        made.stop()
+    for backends in made:
+        backends.stop()

@@ -14,7 +14,7 @@ import time
 import aiohttp
 import pytest
 
-from conftest import ROOT, Backend, Lb, RawClient, free_port, get, steady_load, wait_for
+from conftest import ROOT, Backend, Lb, RawClient, free_port, get, steady_load, wait_for, wait_for_requests
 
 
 async def ctl(lb, line, timeout_s=30.0):
@@ -27,18 +27,18 @@ async def test_drain_update_ready_under_load_fails_nothing(spawn, tmp_path):
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], health={"interval": "200ms"},
                slow_start="0s", workers=2)
     async with steady_load(lb, 6) as load:
-        await load.wait_for_requests(100)
+        await wait_for_requests(load, 100)
         assert (await ctl(lb, "drain web3"))["ok"]
         drained_at = time.monotonic()
         waited = await ctl(lb, "wait web3 drained 10")
         assert waited["ok"] and waited["server"]["state"] == "drained"
         backends[2].stop()                                   # the update: stop...
-        await load.wait_for_requests(len(load.records) + 100)
+        await wait_for_requests(load, len(load.records) + 100)
         web3 = spawn(Backend, "web3", port=backends[2].port)  # ...and start again
         ready_at = time.monotonic()
         assert (await ctl(lb, "ready web3"))["ok"]
         assert (await ctl(lb, "wait web3 up 10"))["ok"]       # checked before it gets traffic
-        await load.wait_for_requests(len(load.records) + 300)
+        await wait_for_requests(load, len(load.records) + 300)
     assert load.failures == []
     during = [r for r in load.records if drained_at < r.sent < ready_at]
     assert len(during) > 100 and all(r.node != "web3" for r in during)
@@ -126,11 +126,11 @@ async def test_reload_adds_removes_and_changes_backends_without_failing_requests
     lb = spawn(Lb, tmp_path, [web1.config(), web2.config(), web3.config(weight=100)])
     assert lb.ctl("drain web1")["ok"]                      # a runtime state a reload must keep
     async with steady_load(lb, 4) as load:
-        await load.wait_for_requests(50)
+        await wait_for_requests(load, 50)
         lb.write_config(backends=[web1.config(), web3.config(weight=300), web4.config()])
         reply = await ctl(lb, "reload")
         assert reply["ok"], reply
-        await load.wait_for_requests(len(load.records) + 100)
+        await wait_for_requests(load, len(load.records) + 100)
     assert load.failures == []
     changed = "\n".join(reply["changed"])
     assert "added web4" in changed and "removed web2" in changed and "web3: weight 100 -> 300" in changed
@@ -318,8 +318,8 @@ async def test_many_admin_clients_at_once_do_not_disturb_traffic(spawn, tmp_path
         return replies
 
     async with steady_load(lb, 4) as load:
-        await load.wait_for_requests(20)
+        await wait_for_requests(load, 20)
         results = await asyncio.wait_for(asyncio.gather(*(client() for _ in range(60))), 30)
-        await load.wait_for_requests(len(load.records) + 50)
+        await wait_for_requests(load, len(load.records) + 50)
     assert all(r["ok"] and len(r["servers"]) == 2 for replies in results for r in replies)
     assert load.failures == []

@@ -13,7 +13,7 @@ from lb.demo.backend import read_pidfile
 from lb.demo.users import Users
 from lb.deploy.plan import STEPS
 
-from conftest import PYTHON, ROOT, Lb, client_context, write_cert
+from conftest import PYTHON, ROOT, Lb, client_context, wait_for_requests, write_cert
 
 FAST = {"health": {"interval": "200ms", "timeout": "500ms", "rise": 1, "fall": 2}, "slow_start": "0s"}
 DEPLOY_TIMEOUT_S = 120
@@ -83,17 +83,17 @@ def assert_all(lb, version: str):
     assert {(s["version"], s["state"], s["health"]) for s in rows.values()} == {(version, "ready", "up")}, rows
 
 
-async def test_a_full_deploy_under_load_fails_no_request_and_sends_nobody_back(spawn, fleet, tmp_path):
-    nodes = fleet(10)
+async def test_a_full_deploy_under_load_fails_no_request_and_sends_nobody_back(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(10)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     async with sessions(lb, 30) as users:
-        await users.wait_for_requests(300)                 # steady load before the deploy
+        await wait_for_requests(users, 300)                 # steady load before the deploy
         before = users.requests
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--batch", "3",
                                         "--canary", "1", "--min-ready", "70%", "--bake", "1s",
                                         "--canary-bake", "2s")
         during = users.requests - before
-        await users.wait_for_requests(users.requests + 300)   # and after it, on v2
+        await wait_for_requests(users, users.requests + 300)   # and after it, on v2
     assert code == 0, (deploy.stderr, deploy.of("failed"))
     plan = deploy.of("plan")[0]["batches"]
     assert [len(b["nodes"]) for b in plan] == [1, 3, 3, 3] and plan[0]["canary"]
@@ -114,17 +114,17 @@ async def test_a_full_deploy_under_load_fails_no_request_and_sends_nobody_back(s
     assert deploy.summary["result"] == "done" and "deploy to v2: done" in deploy.stderr
 
 
-async def test_a_deploy_over_a_tls_listener_fails_no_request_and_sends_nobody_back(spawn, fleet, tmp_path):
+async def test_a_deploy_over_a_tls_listener_fails_no_request_and_sends_nobody_back(spawn, detached_backends, tmp_path):
     """Drain, pinning and the deploy work unchanged when the clients come over HTTPS."""
     import trustme
     ca = trustme.CA()
-    nodes = fleet(4)
+    nodes = detached_backends(4)
     lb = spawn(Lb, tmp_path, nodes.configs(), tls={"certs": [write_cert(ca, tmp_path, "lb", "127.0.0.1")]}, **FAST)
     async with sessions(lb, 12, tls=client_context(ca)) as users:
-        await users.wait_for_requests(100)
+        await wait_for_requests(users, 100)
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--batch", "2",
                                         "--canary", "1", "--min-ready", "50%", "--bake", "1s")
-        await users.wait_for_requests(users.requests + 100)
+        await wait_for_requests(users, users.requests + 100)
     assert code == 0, (deploy.stderr, deploy.of("failed"))
     assert_all(lb, "v2")
     assert users.failures == []
@@ -132,11 +132,11 @@ async def test_a_deploy_over_a_tls_listener_fails_no_request_and_sends_nobody_ba
     assert {r.version for r in users.records[-50:]} == {"v2"}
 
 
-async def test_a_bad_release_fails_the_canary_and_is_rolled_back(spawn, fleet, tmp_path):
-    nodes = fleet(4)
+async def test_a_bad_release_fails_the_canary_and_is_rolled_back(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(4)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     async with sessions(lb, 20) as users:
-        await users.wait_for_requests(100)
+        await wait_for_requests(users, 100)
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command("--fail-rate 0.5"),
                                         "--rollback", nodes.update_command(), "--min-ready", "50%",
                                         "--canary-bake", "3s")
@@ -158,8 +158,8 @@ async def test_a_bad_release_fails_the_canary_and_is_rolled_back(spawn, fleet, t
     ("sleep 30", ["--update-timeout", "1s"], "update", "timed out after 1s (--update-timeout); killed"),
     (None, ["--health-timeout", "2s"], "wait up", "lb refused 'wait web1 up 2'"),
 ])
-async def test_a_failing_node_stops_the_deploy_and_is_restored(spawn, fleet, tmp_path, update, extra, step, reason):
-    nodes = fleet(3)
+async def test_a_failing_node_stops_the_deploy_and_is_restored(spawn, detached_backends, tmp_path, update, extra, step, reason):
+    nodes = detached_backends(3)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     update = update or nodes.update_command("--warmup 600")      # never healthy
     started = time.monotonic()
@@ -177,8 +177,8 @@ async def test_a_failing_node_stops_the_deploy_and_is_restored(spawn, fleet, tmp
     assert {row["result"] for row in deploy.summary["nodes"][1:]} == {"not started"}
 
 
-async def test_a_rollback_that_fails_too_exits_3_and_says_where_each_node_is(spawn, fleet, tmp_path):
-    nodes = fleet(3)
+async def test_a_rollback_that_fails_too_exits_3_and_says_where_each_node_is(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(3)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     code, deploy = await run_deploy(lb, "--to", "v2", "--update", "exit 1", "--rollback", "exit 2",
                                     "--min-ready", "60%")
@@ -192,8 +192,8 @@ async def test_a_rollback_that_fails_too_exits_3_and_says_where_each_node_is(spa
     assert code == 2 and "unfinished deploy to v2 (stuck)" in again.stderr
 
 
-async def test_interrupt_mid_batch_then_resume_finishes(spawn, fleet, tmp_path):
-    nodes = fleet(4)
+async def test_interrupt_mid_batch_then_resume_finishes(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(4)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     args = ["--to", "v2", "--update", "sleep 1; " + nodes.update_command(), "--batch", "2",
             "--min-ready", "50%", "--bake", "500ms", "--canary-bake", "500ms"]
@@ -222,8 +222,8 @@ async def test_interrupt_mid_batch_then_resume_finishes(spawn, fleet, tmp_path):
         == forward[:forward.index("update") + 1]
 
 
-async def test_min_ready_90_percent_with_batch_3_goes_one_at_a_time(spawn, fleet, tmp_path):
-    nodes = fleet(10)
+async def test_min_ready_90_percent_with_batch_3_goes_one_at_a_time(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(10)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     code, deploy = await run_deploy(lb, "--to", "v2", "--update", "true", "--batch", "3",
                                     "--min-ready", "90%", "--dry-run")
@@ -241,8 +241,8 @@ async def test_min_ready_90_percent_with_batch_3_goes_one_at_a_time(spawn, fleet
     (["--to", "v2", "--update", "true", "--bake", "soon"], "--bake: expected a duration"),
     (["--resume"], "--resume: no deploy state in"),
 ])
-async def test_bad_arguments_exit_2(spawn, fleet, tmp_path, args, message):
-    nodes = fleet(1)
+async def test_bad_arguments_exit_2(spawn, detached_backends, tmp_path, args, message):
+    nodes = detached_backends(1)
     lb = spawn(Lb, tmp_path, nodes.configs())
     code, deploy = await run_deploy(lb, *args)
     assert code == 2 and message in deploy.stderr, deploy.stderr
@@ -257,8 +257,8 @@ async def test_an_unreachable_lb_exits_2(tmp_path):
     assert proc.returncode == 2 and b"cannot reach lb on admin socket" in err
 
 
-async def test_a_restart_of_lb_mid_deploy_costs_retries_not_the_deploy(spawn, fleet, tmp_path):
-    nodes = fleet(3)
+async def test_a_restart_of_lb_mid_deploy_costs_retries_not_the_deploy(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(3)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     deploy = await Deploy(lb, "--to", "v2", "--update", "sleep 1; " + nodes.update_command(),
                           "--min-ready", "60%", "--bake", "500ms", "--canary-bake", "500ms").start()

@@ -9,7 +9,7 @@ import pytest
 
 from lb.demo.users import Users
 
-from conftest import Backend, FakeBackend, Lb, RawClient, free_port, get, port_open, wait_for
+from conftest import Backend, FakeBackend, Lb, RawClient, free_port, get, port_open, wait_for, wait_for_requests
 
 FAST_TIMEOUTS = {"connect": "300ms", "client_header": "500ms", "client_idle": "500ms",
                  "upstream_first_byte": "500ms", "upstream_idle": "2s"}
@@ -79,9 +79,9 @@ async def test_killing_a_backend_under_load_fails_no_request(spawn, tmp_path, ht
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], http=http_impl)
     async with Users("127.0.0.1", lb.port, slots=8, life=None, think_s=0, path="/slow?ms=20",
                      keep_cookie=False) as load:
-        await load.wait_for_requests(100)
+        await wait_for_requests(load, 100)
         backends[1].signal(signal.SIGKILL)        # requests are in flight on it now
-        await load.wait_for_requests(300)
+        await wait_for_requests(load, 300)
     statuses = [r.status for r in load.records]
     assert load.failures == [] and set(statuses) == {200}
     lines = wait_for(lambda: len(lb.access_lines()) >= len(statuses) and lb.access_lines(), 5, "log")

@@ -14,7 +14,7 @@ import pytest
 
 from lb.demo.users import Users
 
-from conftest import PYTHON, ROOT, Lb, wait_for
+from conftest import PYTHON, ROOT, Lb, wait_for, wait_for_requests
 from test_deploy import FAST, Deploy
 
 ONE_WORKER = {**FAST, "workers": 1}
@@ -49,19 +49,19 @@ def fleet_users(lbs: list[Lb], slots: int) -> Users:
     return Users("127.0.0.1", [lb.port for lb in lbs], slots=slots, life=(10, 30), think_s=0.02)
 
 
-async def test_a_deploy_across_three_lbs_fails_no_request_and_sends_nobody_back(spawn, fleet, tmp_path):
-    backends = fleet(10)
+async def test_a_deploy_across_three_lbs_fails_no_request_and_sends_nobody_back(spawn, detached_backends, tmp_path):
+    backends = detached_backends(10)
     lbs = lbs_on(spawn, tmp_path, 3, backends.configs())
     weights = [{s["name"]: s["weight"] for s in lb.ctl("show servers")["servers"]} for lb in lbs]
     async with fleet_users(lbs, 30) as users:
-        await users.wait_for_requests(300)
+        await wait_for_requests(users, 300)
         before = users.requests
         deploy = await FleetDeploy(tmp_path, [str(lb.socket_path) for lb in lbs], "--to", "v2", "--update",
                                    backends.update_command(), "--batch", "3", "--canary", "1", "--min-ready", "70%",
                                    "--bake", "1s", "--canary-bake", "2s").start()
         code = await deploy.finish()
         during = users.requests - before
-        await users.wait_for_requests(users.requests + 300)
+        await wait_for_requests(users, users.requests + 300)
     assert code == 0, (deploy.stderr, deploy.of("failed"))
     for lb, weight in zip(lbs, weights):
         assert rows(lb) == {("v2", "ready", "up")}, lb.ctl("show servers")
@@ -80,8 +80,8 @@ async def test_a_deploy_across_three_lbs_fails_no_request_and_sends_nobody_back(
     assert all(set(node["on"]) == set(summary["lbs"]) for node in summary["nodes"])
 
 
-async def test_lbs_that_disagree_on_the_nodes_are_refused_before_any_step(spawn, fleet, tmp_path):
-    backends = fleet(4)
+async def test_lbs_that_disagree_on_the_nodes_are_refused_before_any_step(spawn, detached_backends, tmp_path):
+    backends = detached_backends(4)
     configs = backends.configs()
     lbs = [spawn(Lb, tmp_path, configs, **ONE_WORKER), spawn(Lb, tmp_path, configs[:3], **ONE_WORKER),
            spawn(Lb, tmp_path, configs, **ONE_WORKER)]
@@ -100,13 +100,13 @@ async def test_lbs_that_disagree_on_the_nodes_are_refused_before_any_step(spawn,
         assert {r[0] for r in rows(lb)} == ({"v1", "v0"} if lb is lbs[2] else {"v1"})
 
 
-async def test_an_lb_killed_mid_deploy_fails_the_step_and_the_others_roll_back(spawn, fleet, tmp_path):
-    backends = fleet(5)
+async def test_an_lb_killed_mid_deploy_fails_the_step_and_the_others_roll_back(spawn, detached_backends, tmp_path):
+    backends = detached_backends(5)
     lbs = lbs_on(spawn, tmp_path, 3, backends.configs())
     victim = lbs[2]
     targets = [str(lb.socket_path) for lb in lbs]
     async with fleet_users(lbs[:2], 10) as users:          # users of the two lbs that stay
-        await users.wait_for_requests(100)
+        await wait_for_requests(users, 100)
         deploy = await FleetDeploy(tmp_path, targets, "--to", "v2", "--update", backends.update_command(),
                                    "--canary", "1", "--canary-bake", "30s", "--min-ready", "60%",
                                    "--lb-timeout", "2s").start()
@@ -115,7 +115,7 @@ async def test_an_lb_killed_mid_deploy_fails_the_step_and_the_others_roll_back(s
         victim.signal(signal.SIGKILL)                        # the whole lb: master (its worker follows)
         victim.proc.wait(5)
         code = await deploy.finish()
-        await users.wait_for_requests(users.requests + 100)
+        await wait_for_requests(users, users.requests + 100)
     assert code == 1, (deploy.stderr, deploy.events[-5:])
     failure = deploy.summary["failure"]
     assert failure["step"] == "bake" and targets[2] in failure["reason"], failure
@@ -170,9 +170,9 @@ def gone(pid: int) -> bool:
         return True
 
 
-async def test_ssh_targets_run_lb_ctl_stdio_through_the_users_ssh(spawn, fleet, tmp_path, ssh_path):
+async def test_ssh_targets_run_lb_ctl_stdio_through_the_users_ssh(spawn, detached_backends, tmp_path, ssh_path):
     folder, env, log = ssh_path
-    backends = fleet(3)
+    backends = detached_backends(3)
     lbs = lbs_on(spawn, tmp_path, 2, backends.configs())
     remote = [f"ssh://ops@lb{i + 1}.example:2222{lb.socket_path}" for i, lb in enumerate(lbs)]
     # lb ctl: one reply per lb, labelled; an ssh target and a local socket side by side
@@ -207,8 +207,8 @@ async def test_ssh_targets_run_lb_ctl_stdio_through_the_users_ssh(spawn, fleet, 
     assert wait_for(lambda: all(gone(c["pid"]) for c in made), 10, "every relay to end with the deploy")
 
 
-def test_lb_ctl_stdio_relays_a_reply_a_line_and_says_when_lb_is_unreachable(spawn, fleet, tmp_path):
-    backends = fleet(1)
+def test_lb_ctl_stdio_relays_a_reply_a_line_and_says_when_lb_is_unreachable(spawn, detached_backends, tmp_path):
+    backends = detached_backends(1)
     lb = spawn(Lb, tmp_path, backends.configs(), **ONE_WORKER)
     done = subprocess.run([PYTHON, "-m", "lb.cli", "ctl", "--stdio", "-s", str(lb.socket_path)], cwd=ROOT,
                           input="show versions\n\nfrobnicate\n", capture_output=True, text=True, timeout=30)

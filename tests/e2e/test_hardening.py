@@ -12,7 +12,7 @@ import pytest
 
 from lb.demo.users import Users
 
-from conftest import FakeBackend, Lb, RawClient, read_late_then_answer, steady_load, wait_for
+from conftest import FakeBackend, Lb, RawClient, read_late_then_answer, steady_load, wait_for, wait_for_requests
 
 RSS_GROWTH_LIMIT_MIB = 16          # what lb may grow by (VmHWM) during one attack
 
@@ -69,9 +69,9 @@ async def test_a_flood_is_refused_in_bounded_memory_while_users_see_nothing(lbs,
     lb = lbs[impl]
     before_kib = lb.rss_kib("VmHWM")
     async with steady_load(lb, workers=4) as load:
-        await load.wait_for_requests(50)
+        await wait_for_requests(load, 50)
         answer, sent = await asyncio.to_thread(send_until_closed, lb.port, head, filler, 50 << 20)
-        await load.wait_for_requests(load.requests + 100)
+        await wait_for_requests(load, load.requests + 100)
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:100]
     assert sent < 50 << 20, "lb kept reading the flood"
     grown_mib = (lb.rss_kib("VmHWM") - before_kib) / 1024
@@ -326,10 +326,10 @@ async def test_max_conns_caps_a_backend_and_the_rest_wait_then_succeed(spawn, tm
 
     async with Users("127.0.0.1", lb.port, slots=8, life=None, think_s=0, path="/slow?ms=100",
                      keep_cookie=False) as load:
-        await load.wait_for_requests(5)
+        await wait_for_requests(load, 5)
         for _ in range(10):
             await asyncio.to_thread(watch)
-        await load.wait_for_requests(60)
+        await wait_for_requests(load, 60)
     assert load.failures == []
     assert max(seen_inflight) <= 2 and max(seen_queued) >= 1, (seen_inflight, seen_queued)
     assert lb.server("web1")["max_conns"] == 2
@@ -365,7 +365,7 @@ async def test_slow_readers_cost_a_bounded_amount_each_and_do_not_stop_others(sp
     lb = spawn(Lb, tmp_path, [module_backends[0].config()], access_log="off")
     readers = []
     async with steady_load(lb, workers=4) as load:
-        await load.wait_for_requests(50)
+        await wait_for_requests(load, 50)
         before_kib = lb.rss_kib()
         for _ in range(100):                 # each asks for 64 MiB and reads nothing
             sock = socket.create_connection(("127.0.0.1", lb.port))
@@ -374,7 +374,7 @@ async def test_slow_readers_cost_a_bounded_amount_each_and_do_not_stop_others(sp
             readers.append(sock)
         wait_for(lambda: lb.server("web1")["inflight"] >= 100, 10, "100 responses in flight")
         count = load.requests
-        await load.wait_for_requests(count + 200)    # the others are served meanwhile
+        await wait_for_requests(load, count + 200)    # the others are served meanwhile
         per_reader_kib = (lb.rss_kib() - before_kib) / 100
     for sock in readers:
         sock.close()

@@ -5,7 +5,7 @@ import json
 import signal
 import time
 
-from conftest import Backend, Lb, get, steady_load, wait_for
+from conftest import Backend, Lb, get, steady_load, wait_for, wait_for_requests
 
 FAST = {"health": {"interval": "200ms", "timeout": "500ms", "rise": 2, "fall": 2},
         "passive": {"failures": 3, "eject": "1s"}, "slow_start": "0s"}
@@ -37,13 +37,13 @@ async def test_a_killed_backend_goes_down_and_no_request_fails(spawn, tmp_path):
     backends = [spawn(Backend, f"web{i}") for i in (1, 2, 3)]
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], **FAST)
     async with steady_load(lb, 6) as load:
-        await load.wait_for_requests(100)
+        await wait_for_requests(load, 100)
         backends[1].signal(signal.SIGKILL)
         killed = time.monotonic()
         down = await asyncio.to_thread(wait_for, lambda: lb.server("web2")["health"] == "down",
                                        5, "web2 to be down")
         took = time.monotonic() - killed
-        await load.wait_for_requests(len(load.records) + 200)
+        await wait_for_requests(load, len(load.records) + 200)
     assert down and took < 2 * 0.2 + 0.5 + 1.0          # fall x interval + timeout + slack
     assert load.failures == []
 

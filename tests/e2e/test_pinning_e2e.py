@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 
 from lb.demo.users import Users
 
-from conftest import Backend, Lb
+from conftest import Backend, Lb, wait_for_requests
 
 SESSIONS = 200
 THINK_S = 0.15
@@ -61,7 +61,7 @@ async def run_rollout(spawn, tmp_path, plan, until=lambda sessions: True):
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], **FAST)
     sessions = Sessions(lb)
     sessions.start()
-    await sessions.wait_for_requests(SESSIONS * 3)      # steady traffic before the rollout
+    await wait_for_requests(sessions, SESSIONS * 3)      # steady traffic before the rollout
     started = time.monotonic()
     marks = {}
     for step in plan:

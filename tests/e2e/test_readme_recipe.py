@@ -16,7 +16,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import LB_SCRIPT, ROOT, Backend, Lb, get, steady_load, wait_for
+from conftest import LB_SCRIPT, ROOT, Backend, Lb, get, steady_load, wait_for, wait_for_requests
 
 SECTION = "## Draining a node: the admin socket"
 UPDATE_LINE = re.compile(r"^#\s*\.\.\.\s*update (\S+) to (\S+)\s*\.\.\.\s*$")
@@ -73,7 +73,7 @@ async def test_the_readme_recipe_as_written_puts_the_node_back_on_the_new_versio
         assert README_SOCKET in line or README_CONFIG in line, f"{line!r} names no lb"
 
     async with steady_load(lb, 6) as load:
-        await load.wait_for_requests(100)
+        await wait_for_requests(load, 100)
         # Slow requests in flight on every node (least_conn spreads them): the drain has to wait.
         slow = ThreadPoolExecutor(6)
         answers = [slow.submit(get, lb.port, "/slow?ms=1500") for _ in range(6)]
@@ -94,7 +94,7 @@ async def test_the_readme_recipe_as_written_puts_the_node_back_on_the_new_versio
         await asyncio.to_thread(wait_for, lambda: any(r.node == node and r.version == version
                                                       for r in load.records[done:]),
                                 10, f"{node} to serve {version}")
-        await load.wait_for_requests(len(load.records) + 100)
+        await wait_for_requests(load, len(load.records) + 100)
     slow.shutdown()
     assert [answer.result().status for answer in answers] == [200] * 6
     assert load.failures == []

@@ -12,7 +12,7 @@ import yaml
 
 from lb.demo.users import Users
 
-from conftest import PYTHON, ROOT, Backend, Lb, wait_for
+from conftest import PYTHON, ROOT, Backend, Lb, wait_for, wait_for_requests
 from test_deploy import FAST, run_deploy, servers
 
 COMMENTED = """# lb in front of the web tier -- edited by hand, keep the comments
@@ -39,8 +39,8 @@ def lb_check(config_path, *flags) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30)
 
 
-async def test_a_fresh_lb_on_the_config_a_deploy_left_behind_fails_no_request(spawn, fleet, tmp_path):
-    nodes = fleet(3)
+async def test_a_fresh_lb_on_the_config_a_deploy_left_behind_fails_no_request(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(3)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--min-ready", "60%",
                                     "--bake", "500ms", "--canary-bake", "500ms")
@@ -54,10 +54,10 @@ async def test_a_fresh_lb_on_the_config_a_deploy_left_behind_fails_no_request(sp
     (tmp_path / lb.config["state_file"]).unlink()          # a new box: no state file
     lb.restart()                                           # a fresh lb on the same (stale) config
     async with Users("127.0.0.1", lb.port, slots=6, life=(10, 30), think_s=0.01) as users:
-        await users.wait_for_requests(100)
+        await wait_for_requests(users, 100)
         wait_for(lambda: users.failures or all(s["version"] == "v2" and s["last_check"]
                                                for s in servers(lb).values()), 10, "the first checks")
-        await users.wait_for_requests(len(users.records) + 300)    # over many more checks
+        await wait_for_requests(users, len(users.records) + 300)    # over many more checks
     assert users.failures == []
     assert {(s["version"], s["health"]) for s in servers(lb).values()} == {("v2", "up")}
     assert users.backward_flips(["v1", "v2"]) == []
@@ -90,8 +90,8 @@ async def test_check_live_agrees_once_the_config_is_right_and_needs_a_running_lb
     assert lb_check(lb.config_path).returncode == 0                     # without --live: a validation
 
 
-async def test_deploy_write_config_changes_only_the_versions_and_keeps_the_comments(spawn, fleet, tmp_path):
-    nodes = fleet(3)
+async def test_deploy_write_config_changes_only_the_versions_and_keeps_the_comments(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(3)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     commented = tmp_path / "lb.yaml"
     text = COMMENTED.format(listen=lb.config["listen"], socket=lb.socket_path, metrics=lb.config["metrics"]["listen"],
@@ -116,12 +116,12 @@ async def test_deploy_write_config_changes_only_the_versions_and_keeps_the_comme
     assert {s["version"] for s in servers(lb).values()} == {"v2"}
 
 
-async def test_an_update_that_changed_nothing_fails_the_deploy_though_the_only_node_is_adopted(spawn, fleet,
+async def test_an_update_that_changed_nothing_fails_the_deploy_though_the_only_node_is_adopted(spawn, detached_backends,
                                                                                                  tmp_path):
     """One node, --min-ready 0%: the update does nothing, the node labelled v2 reports v1. The
     version check may not leave the pool empty, so lb adopts v1 and serves; the deploy sees the
     node up on v1, not v2, and fails and rolls back."""
-    nodes = fleet(1)
+    nodes = detached_backends(1)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     code, deploy = await run_deploy(lb, "--to", "v2", "--update", "true", "--min-ready", "0%")
     assert code == 1, deploy.stderr

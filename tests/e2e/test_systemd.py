@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from lb.systemd import activated_command
 from conftest import ROOT, START_TIMEOUT_S, Backend, Lb, admin_answers, free_port, get, wait_for
+from supervise import activated_command
 
 def listening_socket(port: int = 0) -> socket.socket:
     sock = socket.socket()

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import trustme
 
-from conftest import Lb, RawClient, client_context, free_port, gone, port_open, steady_load, wait_for, write_cert
+from conftest import Lb, RawClient, client_context, free_port, gone, port_open, steady_load, wait_for, wait_for_requests, write_cert
 from h2_client import H2Client
 
 
@@ -214,7 +214,7 @@ async def test_certificates_reload_under_load_with_no_failed_request(tls_lb, ca,
     held = RawClient(tls_lb.port, tls=context, server_hostname="lb.example")   # established before
     try:
         async with steady_load(tls_lb, workers=4, tls=context) as load:
-            await load.wait_for_requests(50)
+            await wait_for_requests(load, 50)
             renewed = ca.issue_cert("lb.example", "127.0.0.1")
             main = tmp_path / "main.pem"
             main.write_bytes(b"".join(blob.bytes() for blob in renewed.cert_chain_pems))
@@ -222,7 +222,7 @@ async def test_certificates_reload_under_load_with_no_failed_request(tls_lb, ca,
             reply = tls_lb.ctl("reload")
             assert reply["ok"], reply
             assert any("new certificates" in line for line in reply["changed"]), reply
-            await load.wait_for_requests(load.requests + 100)
+            await wait_for_requests(load, load.requests + 100)
         assert load.failures == []
         _, after = served_cert(tls_lb.port, ca, "lb.example")
         assert after != before and after == hashlib.sha256(
@@ -334,11 +334,11 @@ async def test_an_upgrade_of_lb_with_a_tls_listener_fails_no_request(tls_lb, ca)
     keep_alive = Users("127.0.0.1", tls_lb.port, slots=4, life=(20, 60), think_s=0.005, ssl=context)
     one_shot = Users("127.0.0.1", tls_lb.port, slots=2, life=(1, 1), think_s=0.0, ssl=context)
     async with keep_alive, one_shot:
-        await keep_alive.wait_for_requests(100)
+        await wait_for_requests(keep_alive, 100)
         reply = await asyncio.to_thread(tls_lb.upgrade)
         assert reply["ok"], reply
-        await keep_alive.wait_for_requests(keep_alive.requests + 100)
-        await one_shot.wait_for_requests(50)
+        await wait_for_requests(keep_alive, keep_alive.requests + 100)
+        await wait_for_requests(one_shot, 50)
     assert keep_alive.failures == [] and one_shot.failures == []
     assert tls_lb.ctl("show certs")["certs"][0]["certs"][0]["names"] == ["lb.example", "127.0.0.1"]
 

@@ -9,7 +9,7 @@ import subprocess
 
 import aiohttp
 
-from conftest import PYTHON, ROOT, Backend, Lb, children, get, gone, wait_for
+from conftest import PYTHON, ROOT, Backend, Lb, children, get, gone, wait_for, wait_for_requests
 from lb.demo.users import Users
 
 
@@ -23,7 +23,7 @@ async def test_three_upgrades_in_a_row_under_load_fail_nothing(spawn, tmp_path):
     keep_alive = Users("127.0.0.1", lb.port, slots=8, life=(20, 60), think_s=0.005)
     one_shot = Users("127.0.0.1", lb.port, slots=3, life=(1, 1), think_s=0.0)   # a new connection each
     async with keep_alive, one_shot:
-        await keep_alive.wait_for_requests(300)
+        await wait_for_requests(keep_alive, 300)
         masters, workers = [], []
         for _ in range(3):
             masters.append(lb.master_pid)
@@ -31,11 +31,11 @@ async def test_three_upgrades_in_a_row_under_load_fail_nothing(spawn, tmp_path):
             reply = await asyncio.to_thread(lb.upgrade)
             assert reply["ok"], reply
             assert reply["upgrade"]["old_pid"] == masters[-1] and len(reply["upgrade"]["workers"]) == 2
-            await keep_alive.wait_for_requests(len(keep_alive.records) + 200)
-        await one_shot.wait_for_requests(100)
+            await wait_for_requests(keep_alive, len(keep_alive.records) + 200)
+        await wait_for_requests(one_shot, 100)
         assert await asyncio.to_thread(wait_for, lambda: old_processes_gone(masters, workers), 20,
                                        "every old master and worker to exit")
-        await keep_alive.wait_for_requests(len(keep_alive.records) + 100)
+        await wait_for_requests(keep_alive, len(keep_alive.records) + 100)
     assert keep_alive.failures == [] and one_shot.failures == []
     assert keep_alive.backward_flips(["v1"]) == []
     info = lb.ctl("show info")

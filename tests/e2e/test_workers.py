@@ -9,7 +9,7 @@ import os
 import signal
 from pathlib import Path
 
-from conftest import Backend, Lb, get, steady_load, wait_for
+from conftest import Backend, Lb, get, steady_load, wait_for, wait_for_requests
 
 
 def established_clients(pid: int, port: int) -> int:
@@ -37,13 +37,13 @@ async def test_a_killed_worker_fails_only_its_own_connections_and_is_replaced(sp
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], workers=2)
     workers = wait_for(lambda: len(lb.worker_pids()) == 2 and lb.worker_pids(), 5, "2 workers")
     async with steady_load(lb, 8) as load:           # 8 keep-alive users, one connection each
-        await load.wait_for_requests(200)
+        await wait_for_requests(load, 200)
         victim = workers[0]
         held = established_clients(victim, lb.port)
         os.kill(victim, signal.SIGKILL)
         replaced = wait_for(lambda: victim not in lb.worker_pids() and len(lb.worker_pids()) == 2,
                             5, "the master to start a new worker")
-        await load.wait_for_requests(len(load.records) + 300)
+        await wait_for_requests(load, len(load.records) + 300)
     # Each user whose connection that worker held saw it close (and then reconnected); no other did.
     assert replaced and len(load.failures) == held, (held, load.failures)
     assert all("Closed" in what or "Error" in what for _, what in load.failures), load.failures
@@ -59,7 +59,7 @@ async def test_show_stats_counts_what_the_clients_counted_over_every_worker(spaw
     backends = [spawn(Backend, f"web{i}") for i in (1, 2, 3)]
     lb = spawn(Lb, tmp_path, [b.config() for b in backends], workers=2)
     async with steady_load(lb, 8) as load:
-        await load.wait_for_requests(600)
+        await wait_for_requests(load, 600)
     assert load.failures == []
     stats = lb.ctl("show stats")["stats"]        # answered once every worker has reported
     assert stats["totals"]["requests"] == sum(s["requests"] for s in stats["servers"]) == len(load.records)

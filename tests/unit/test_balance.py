@@ -8,25 +8,25 @@ import pytest
 from lb.core.balance import POLICIES, RandomTwo
 from lb.core.nodes import DOWN
 
-from fleet import Fleet
+from routed_pool import RoutedPool
 
 
 def make(weights, policy="least_conn"):
-    return Fleet(["v1"] * len(weights), weights, policy)
+    return RoutedPool(["v1"] * len(weights), weights, policy)
 
 
-def picks(fleet, count):
-    return Counter(fleet.table.choose().name for _ in range(count))
+def picks(routed, count):
+    return Counter(routed.table.choose().name for _ in range(count))
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("weights", [[100, 100, 100], [100, 200, 300], [1, 0, 9]])
 def test_share_follows_weight_with_no_load(policy, weights):
-    fleet = make(weights, policy)
+    routed = make(weights, policy)
     if policy == "random_two":
-        fleet.table.policy = RandomTwo(random.Random(7))
+        routed.table.policy = RandomTwo(random.Random(7))
     count = 6000
-    seen = picks(fleet, count)
+    seen = picks(routed, count)
     total = sum(weights)
     for i, weight in enumerate(weights, 1):
         share = seen[f"web{i}"] / count
@@ -39,27 +39,27 @@ def test_share_follows_weight_with_no_load(policy, weights):
 
 
 def test_least_conn_prefers_lowest_load_per_weight():
-    fleet = make([100, 100, 200])
-    r1, r2, r3 = fleet.table.routes.values()
+    routed = make([100, 100, 200])
+    r1, r2, r3 = routed.table.routes.values()
     r1.inflight, r2.inflight, r3.inflight = 3, 0, 3
-    assert fleet.table.choose() is r2          # (0+1)/100 = 0.01 beats 0.04 and 0.02
+    assert routed.table.choose() is r2          # (0+1)/100 = 0.01 beats 0.04 and 0.02
     r2.inflight = 2
-    assert fleet.table.choose() is r3          # (3+1)/200 = 0.02 beats (2+1)/100 = 0.03
+    assert routed.table.choose() is r3          # (3+1)/200 = 0.02 beats (2+1)/100 = 0.03
 
 
 def test_least_conn_spreads_concurrent_load_by_weight():
-    fleet = make([100, 300])
+    routed = make([100, 300])
     for _ in range(400):                 # requests that never finish
-        fleet.table.choose().inflight += 1
-    r1, r2 = fleet.table.routes.values()
+        routed.table.choose().inflight += 1
+    r1, r2 = routed.table.routes.values()
     assert (r1.inflight, r2.inflight) == (100, 300)
 
 
 def test_random_two_prefers_the_less_loaded_of_two():
-    fleet = make([100, 100])
-    fleet.table.policy = RandomTwo(random.Random(1))
-    fleet.route("web1").inflight = 50
-    seen = picks(fleet, 1000)
+    routed = make([100, 100])
+    routed.table.policy = RandomTwo(random.Random(1))
+    routed.route("web1").inflight = 50
+    seen = picks(routed, 1000)
     # web1 wins only when both draws are web1 (p = 1/4).
     assert 150 < seen["web1"] < 350 and seen["web1"] + seen["web2"] == 1000
 
@@ -72,31 +72,31 @@ def test_random_two_prefers_the_less_loaded_of_two():
     lambda f: (f.node("web2").set_weight(0), f.publish()),
 ])
 def test_nodes_out_of_service_get_nothing(policy, change):
-    fleet = make([100, 100, 100], policy)
-    change(fleet)
-    assert "web2" not in picks(fleet, 300)
+    routed = make([100, 100, 100], policy)
+    change(routed)
+    assert "web2" not in picks(routed, 300)
 
 
 def test_routes_keep_their_counts_across_views_and_leave_with_their_node():
-    fleet = make([100, 100])
-    route = fleet.route("web1")
+    routed = make([100, 100])
+    route = routed.route("web1")
     route.inflight = 7
-    fleet.node("web1").set_weight(50)
-    fleet.publish()
-    assert fleet.route("web1") is route and route.inflight == 7 and route.effective_weight == 50
-    del fleet.nodes.backends["web1"]
-    changed = fleet.table.apply(fleet.nodes.view(99))
+    routed.node("web1").set_weight(50)
+    routed.publish()
+    assert routed.route("web1") is route and route.inflight == 7 and route.effective_weight == 50
+    del routed.nodes.backends["web1"]
+    changed = routed.table.apply(routed.nodes.view(99))
     assert changed == [route] and route.removed and not route.takes_traffic
-    assert list(fleet.table.routes) == ["web2"]
+    assert list(routed.table.routes) == ["web2"]
 
 
 def test_apply_names_the_routes_whose_idle_connections_must_close():
-    fleet = make([100, 100, 100])
-    fleet.set_state("web1", "drain")
-    fleet.node("web2").host = "10.0.0.2"
-    assert [r.name for r in fleet.table.apply(fleet.nodes.view(50))] == ["web2"]   # web1 already out
-    fleet.node("web3").set_weight(20)
-    assert fleet.table.apply(fleet.nodes.view(51)) == []                          # still in service
+    routed = make([100, 100, 100])
+    routed.set_state("web1", "drain")
+    routed.node("web2").host = "10.0.0.2"
+    assert [r.name for r in routed.table.apply(routed.nodes.view(50))] == ["web2"]   # web1 already out
+    routed.node("web3").set_weight(20)
+    assert routed.table.apply(routed.nodes.view(51)) == []                          # still in service
 
 
 def test_no_route_gives_none():
@@ -105,11 +105,11 @@ def test_no_route_gives_none():
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_exclude_avoids_tried_routes_while_others_exist(policy):
-    fleet = make([100, 100, 100], policy)
-    r1, r2, r3 = fleet.table.routes.values()
+    routed = make([100, 100, 100], policy)
+    r1, r2, r3 = routed.table.routes.values()
     for _ in range(50):
-        assert fleet.table.choose(exclude=[r1, r2]) is r3
-    assert fleet.table.choose(exclude=[r1, r2, r3]) in (r1, r2, r3)   # all tried: any may retry
+        assert routed.table.choose(exclude=[r1, r2]) is r3
+    assert routed.table.choose(exclude=[r1, r2, r3]) in (r1, r2, r3)   # all tried: any may retry
 
 
 def test_least_conn_shares_ties_evenly_whatever_sits_between_them():
@@ -117,27 +117,27 @@ def test_least_conn_shares_ties_evenly_whatever_sits_between_them():
     # idle. Each of web1-3 must get a third; a tie-break that takes "the first lowest after
     # a rotating start" gave web1 the turns of web4 and web5 too (measured 297/181/122 a
     # second in the deploy bench).
-    fleet = make([100, 100, 100, 10, 10])
-    seen = picks(fleet, 6000)
+    routed = make([100, 100, 100, 10, 10])
+    seen = picks(routed, 6000)
     assert seen["web4"] == seen["web5"] == 0
     assert all(abs(seen[f"web{i}"] - 2000) <= 30 for i in range(1, 4)), seen
 
 
 def test_a_route_at_max_conns_is_skipped_and_full_says_when_all_are():
-    fleet = make([100, 100])
-    fleet.node("web1").max_conns = 1
-    fleet.node("web2").max_conns = 2
-    fleet.publish()
-    r1, r2 = fleet.route("web1"), fleet.route("web2")
+    routed = make([100, 100])
+    routed.node("web1").max_conns = 1
+    routed.node("web2").max_conns = 2
+    routed.publish()
+    r1, r2 = routed.route("web1"), routed.route("web2")
     r1.inflight = 1
-    assert {fleet.table.choose().name for _ in range(20)} == {"web2"} and not fleet.table.full()
+    assert {routed.table.choose().name for _ in range(20)} == {"web2"} and not routed.table.full()
     r2.inflight = 2
-    assert fleet.table.choose() is None and fleet.table.full()
+    assert routed.table.choose() is None and routed.table.full()
     r2.inflight = 1
-    assert fleet.table.choose() is r2
+    assert routed.table.choose() is r2
 
 
 def test_no_cap_is_never_full():
-    fleet = make([100])
-    fleet.route("web1").inflight = 10_000
-    assert fleet.table.choose() is not None and not fleet.table.full()
+    routed = make([100])
+    routed.route("web1").inflight = 10_000
+    assert routed.table.choose() is not None and not routed.table.full()

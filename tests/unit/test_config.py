@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lb.core.config import parse_config, parse_duration
+from lb.core.config import parse_config
+from lb.core.values import parse_duration
 from lb.core.errors import ConfigError, InvalidValue
 from lb.files import load_config
 

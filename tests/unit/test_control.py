@@ -169,3 +169,28 @@ async def test_a_removed_backend_drains_then_leaves(plane):
     report(control, web2=(0, 0))
     assert "web2" not in control.pool.backends
     assert [n.name for n in data.views[-1].nodes] == ["web1", "web3"]
+
+
+# Admin commands, reloads and the state file change a node's settings through these alone.
+SETTINGS = [
+    ("set_version", ("v2",), lambda view: view.version == "v2"),
+    ("set_weight", (7,), lambda view: view.effective_weight == 7),
+    ("set_max_conns", (3,), lambda view: view.max_conns == 3),
+    ("set_address", (("127.0.0.1", 9011),), lambda view: view.port == 9011),
+]
+
+
+@pytest.mark.parametrize("method, args, shows", SETTINGS, ids=[row[0] for row in SETTINGS])
+async def test_a_setting_changed_through_control_reaches_the_data_plane(plane, method, args, shows):
+    control, data = plane
+    published = len(data.views)
+    getattr(control, method)(control.pool.backends["web2"], *args)
+    assert len(data.views) == published + 1 and shows(data.node("web2"))
+
+
+async def test_a_version_set_at_run_time_is_a_claim_and_a_target_starts_a_move(plane):
+    control, data = plane
+    control.set_version(control.pool.backends["web1"], "v2")
+    assert control.pool.backends["web1"].version_pending and control.pool.move_in_progress()
+    control.set_target("v2")
+    assert control.pool.target == "v2" and data.views[-1].versions[-1] == "v2"

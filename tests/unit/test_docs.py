@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lb import cli
-from lb.core import commands
+from lb.core import commands, values
 from lb.core.config import Config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,12 +43,12 @@ def test_the_embedded_default_says_what_the_schema_defaults_are():
 
 
 @pytest.mark.parametrize("value, parse, written", [
-    (30.0, gen.schema.parse_duration, "30s"),
-    (0.5, gen.schema.parse_duration, "500ms"),
-    (3600.0, gen.schema.parse_duration, "1h"),
+    (30.0, values.parse_duration, "30s"),
+    (0.5, values.parse_duration, "500ms"),
+    (3600.0, values.parse_duration, "1h"),
     (1024.0, gen.schema.parse_rate, "1KiB/s"),
     (0o600, gen.schema.AdminConfig.__dataclass_fields__["mode"].metadata["parse"], '"0600"'),
-    (("127.0.0.1", 9900), gen.schema.parse_hostport, "127.0.0.1:9900"),
+    (("127.0.0.1", 9900), values.parse_hostport, "127.0.0.1:9900"),
     ((), gen.schema.Config.__dataclass_fields__["trusted_proxies"].metadata["parse"], "[]"),
 ])
 def test_a_default_is_written_as_the_config_writes_it(value, parse, written):

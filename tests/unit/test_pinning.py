@@ -8,13 +8,13 @@ import pytest
 from lb.core.nodes import DOWN
 from lb.core.pinning import ASSIGNED, BACKWARD, FORWARD, KEPT, MIN_RATE, Pinning
 
-from fleet import Fleet
+from routed_pool import RoutedPool
 
 
 def make_pool(layout, target=None):
     """layout: version per node, e.g. ['v1', 'v1', 'v2']; versions ordered by first sight.
     Pinning decides over the data plane's routing table (`.table`)."""
-    return Fleet(layout, target=target)
+    return RoutedPool(layout, target=target)
 
 
 def pinning(seed=1):

@@ -13,7 +13,9 @@ def configs(layout, weights=None):
             for i, (v, w) in enumerate(zip(layout, weights), 1)]
 
 
-class Fleet:
+class RoutedPool:
+    """Nodes web1.. in a Pool (`.nodes`) and the RoutingTable (`.table`) their views feed."""
+
     def __init__(self, layout=("v1",), weights=None, policy="least_conn", target=None):
         self.nodes = Pool(configs(layout, weights))
         for node in self.nodes.backends.values():
