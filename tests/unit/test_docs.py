@@ -108,3 +108,13 @@ def test_every_result_file_a_page_cites_is_in_bench_results(name):
     for cited in set(re.findall(r"bench/results/([A-Za-z0-9_.*{},\-]+\.(?:json|png))", text)):
         for pattern in _expand(cited):
             assert list((ROOT / "bench" / "results").glob(pattern)), f"{name} cites bench/results/{cited}: none found"
+
+
+@pytest.mark.parametrize("name", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
+def test_every_file_of_the_repository_a_page_names_exists(name):
+    # Modules move (core/http1 became a package, the processes went to lb/process): a page
+    # that names a file must follow it.
+    path = ROOT / name if name == "README.md" else ROOT / "docs" / name
+    for named in re.findall(r"`((?:lb|tests|bench|config)/[A-Za-z0-9_./-]+)", path.read_text()):
+        if "bench/results/" not in named:
+            assert (ROOT / named.rstrip(".:")).exists(), f"{name} names {named}, which is not in the repository"
