@@ -322,12 +322,9 @@ class DataPlane:
             server.close()
         idle_until = self.now() + grace_s
         for client in list(self.clients):
-            if client.h2:
-                client.go_away()            # streams in flight finish; then it closes
-            elif client.current is None and client.tunnel is None and client.waiting_for_request:
-                client.deadline = min(client.deadline, idle_until)     # the sweeper closes it
+            client.finish(idle_until)
         if not await self._until_all_closed(timeout_s):
-            tunnels = [c for c in self.clients if c.tunnel is not None]
+            tunnels = [c for c in self.clients if c.in_tunnel]
             log.warning("shutdown: %d connections still open after %.1fs (%d tunnels); closing them",
                         len(self.clients), timeout_s, len(tunnels))
             for client in tunnels:
@@ -335,7 +332,7 @@ class DataPlane:
                 self.tunnel_closed(client, client.tunnel_route)
                 client.end_tunnel()
             for client in list(self.clients):
-                if client.tunnel is None and not client.discarding:
+                if not client.in_tunnel and not client.lingering:
                     client.transport.abort()
             if tunnels:
                 await self._until_all_closed(WEBSOCKET_CLOSE_WAIT_S)   # their closing handshakes

@@ -424,9 +424,8 @@ class H2ClientConnection:
     """One client connection speaking HTTP/2 (an asyncio Protocol)."""
 
     h2 = True
-    current = None                 # what the data plane's shutdown looks at on HTTP/1.1 ones
-    tunnel = None
-    discarding = False
+    in_tunnel = False              # no tunnels over HTTP/2, and no lingering close
+    lingering = False              # (what the data plane's shutdown asks)
 
     def __init__(self, plane, ip: bytes, trusted: bool, tls: dict | None, tls_text: str, own_headers,
                  proto: bytes = b"https", hsts: bytes = b""):
@@ -472,6 +471,10 @@ class H2ClientConnection:
     @property
     def waiting_for_request(self) -> bool:
         return not self.streams
+
+    def finish(self, idle_until: float) -> None:
+        """lb is stopping: streams in flight finish, then the connection closes."""
+        self.go_away()
 
     # -- asyncio Protocol ------------------------------------------------------------
     def connection_made(self, transport) -> None:
