@@ -134,27 +134,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.data_received(self.plane.upstreams.read_buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
-        RECEIVE[self.mode](self, data)
-
-    # -- one handler per mode (RECEIVE) ------------------------------------------------
-    def _receive_first(self, data: bytes) -> None:
-        """NEW: the first bytes. On an h2c listener they may be HTTP/2's preface."""
-        if self.h2c:
-            data, self.h2c_held = self.h2c_held + data, b""
-            if H2_PREFACE.startswith(data[:len(H2_PREFACE)]):
-                if len(data) < len(H2_PREFACE):
-                    self.h2c_held = data          # maybe the preface, not yet whole
-                    return
-                self._become_h2(self.transport, data)
-                return
-        self._to(modes.FIRST_BYTES)
-        limits = self.plane.config.limits
-        self.parser = self.plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
-                                                      limits.max_target_bytes)
-        self._receive_request(data)
-
-    def _receive_request(self, data: bytes) -> None:
-        """HEAD, BODY, WAITING, IDLE: HTTP requests, parsed."""
+        """HEAD, BODY, WAITING, IDLE: HTTP requests, parsed here; every other mode has its
+        handler in RECEIVE (a request's bytes take no call more than that lookup)."""
+        other = RECEIVE.get(self.mode)
+        if other is not None:
+            other(self, data)
+            return
         if self.unparsed:
             self.unparsed += data         # behind requests still waiting to be parsed, in order
             return
@@ -173,6 +158,23 @@ class ClientConnection(asyncio.BufferedProtocol):
             # Progress moves the body deadline on, but never past what the bytes received so
             # far earn at limits.min_body_rate: a trickle cannot hold both connections.
             self.deadline = body_deadline(self.plane.config, self.plane.now(), self.body_started, self.body_bytes)
+
+    # -- the other modes' handlers (RECEIVE) --------------------------------------------
+    def _receive_first(self, data: bytes) -> None:
+        """NEW: the first bytes. On an h2c listener they may be HTTP/2's preface."""
+        if self.h2c:
+            data, self.h2c_held = self.h2c_held + data, b""
+            if H2_PREFACE.startswith(data[:len(H2_PREFACE)]):
+                if len(data) < len(H2_PREFACE):
+                    self.h2c_held = data          # maybe the preface, not yet whole
+                    return
+                self._become_h2(self.transport, data)
+                return
+        self._to(modes.FIRST_BYTES)
+        limits = self.plane.config.limits
+        self.parser = self.plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
+                                                      limits.max_target_bytes)
+        self.data_received(data)
 
     def _receive_held(self, data: bytes) -> None:
         """HOLDING: the bytes after an Upgrade request wait for the backend's answer."""
@@ -345,7 +347,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def on_request_end(self) -> None:
         exchange = self.reading
-        self._to(modes.END)
+        if self.mode is not WAITING:      # (WAITING, END) stays WAITING: no call for a bodiless request
+            self._to(modes.END)
         exchange.end_body()
         if exchange.head.upgrade is not None and not exchange.finished:
             self._to(modes.UPGRADE)
@@ -571,8 +574,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
 
 CL = ClientConnection
-RECEIVE = {NEW: CL._receive_first, HEAD: CL._receive_request, BODY: CL._receive_request,
-           WAITING: CL._receive_request, IDLE: CL._receive_request, HOLDING: CL._receive_held,
-           TUNNEL: CL._receive_tunnel, ERROR: CL._ignore, LINGERING: CL._discard,
-           CLOSING_WEBSOCKET: CL._discard, CLOSED: CL._ignore}
+READING_REQUESTS = (HEAD, BODY, WAITING, IDLE)     # their handler is data_received itself
+RECEIVE = {NEW: CL._receive_first, HOLDING: CL._receive_held, TUNNEL: CL._receive_tunnel, ERROR: CL._ignore,
+           LINGERING: CL._discard, CLOSING_WEBSOCKET: CL._discard, CLOSED: CL._ignore}
 TIMEOUT = {HEAD: CL._head_late, BODY: CL._body_late, TUNNEL: CL._tunnel_idle}
