@@ -59,7 +59,7 @@ from ..core.errors import HttpError
 from ..core.exchange import NO_BODY, body_deadline
 from .exchange import Exchange
 from .flow import FlowControl
-from .responses import error_fields
+from .responses import error_fields, pin_cookie_field
 
 INFINITY = float("inf")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # what a client with prior knowledge sends first
@@ -396,8 +396,8 @@ class H2Exchange(Exchange):
         self.upstream_keep = head.keep_alive
         self.close_delimited = not no_body and head.content_length is None and not head.chunked
         extra = self.client.hsts_fields
-        if self.set_cookie:
-            extra = (*extra, (b"set-cookie", self.set_cookie[12:-2]))
+        if self.pin_cookie is not None:
+            extra = (*extra, pin_cookie_field(self.pin_cookie))
         length = head.content_length if status != 204 else None
         self.client.send_headers(h2head.response_fields(status, head.headers, length, extra))
 
