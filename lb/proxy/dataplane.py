@@ -48,6 +48,7 @@ from ..core.config import LISTEN_BACKLOG
 from ..core.errors import ConfigError, HttpError
 from ..core.pinning import Pinning
 from ..core.planes import NodeReport, Report, RoutingView
+from ..core.seams import Client
 from ..core.stats import StatsDelta
 from .client import WEBSOCKET_CLOSE_WAIT_S, ClientConnection
 from .upstream import UpstreamPools
@@ -74,7 +75,7 @@ class DataPlane:
         self.upstreams = UpstreamPools(loop, config.timeouts, response_parser_class,
                                        config.limits.max_response_header_bytes)
         self.upstreams.tls = tls.backend_contexts(config)
-        self.clients: set[ClientConnection] = set()
+        self.clients: set[Client] = set()        # HTTP/1.1 and HTTP/2 connections (lb/core/seams.py)
         # accepted, not yet made (see the top) -> when asyncio gives up its TLS handshake at the latest
         self.opening: weakref.WeakKeyDictionary[ClientConnection, float] = weakref.WeakKeyDictionary()
         self.handshake_timeout_s = config.timeouts.client_header     # the servers' own, set at start

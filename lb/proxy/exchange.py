@@ -25,6 +25,7 @@ from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_B
                              response_framing)
 from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
+from ..core.seams import ExchangeClient
 from .responses import pin_cookie_line
 
 INFINITY = float("inf")
@@ -39,7 +40,7 @@ class Exchange:
                  "keep_client", "upstream_keep", "version", "pin_cookie", "pin_how", "error",
                  "close_delimited", "queued_at")
 
-    def __init__(self, plane, client, head: http1.RequestHead):
+    def __init__(self, plane, client: ExchangeClient, head: http1.RequestHead):
         self.plane = plane
         self.client = client
         self.head = head

@@ -425,7 +425,7 @@ class H2ClientConnection:
 
     h2 = True
     in_tunnel = False              # no tunnels over HTTP/2, and no lingering close
-    lingering = False              # (what the data plane's shutdown asks)
+    lingering = False              # (the data plane's Client, lb/core/seams.py)
 
     def __init__(self, plane, ip: bytes, trusted: bool, tls: dict | None, tls_text: str, own_headers,
                  proto: bytes = b"https", hsts: bytes = b""):
