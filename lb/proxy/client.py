@@ -50,6 +50,11 @@ __all__ = ["ClientConnection", "LINGER_MAX_BYTES", "LINGER_S", "WEBSOCKET_CLOSE_
 class ClientConnection(asyncio.BufferedProtocol):
     """One client TCP connection; the request parser's sink."""
 
+    __slots__ = ("_corked", "_own", "body_bytes", "body_started", "closing_after_current", "current", "deadline",
+                 "deferred_error", "discard_budget", "eof_seen", "eof_written", "flow", "h2c", "h2c_held", "held",
+                 "hsts", "hsts_line", "ip", "listener", "mode", "parser", "pending", "plane", "proto", "reading",
+                 "redirect", "tls", "tls_text", "transport", "trusted", "tunnel", "tunnel_route", "tunnel_websocket",
+                 "unparsed", "write_paused", "__weakref__")
     h2 = False
 
     def __init__(self, plane, listener=None):
