@@ -154,13 +154,13 @@ class Admin:
 
     def show_info(self) -> dict:
         link = self.control.link
-        predecessor = getattr(link, "predecessor", None)
-        workers = link.info() if hasattr(link, "info") else []
+        predecessor = link.predecessor
+        workers = link.info()
         # Times as epoch seconds (for scripts) and, beside them, ISO 8601 UTC (for people).
         return {"pid": os.getpid(), "version": lb.__version__, "started": round(self.control.started, 3),
                 "started_iso": iso_utc(self.control.started),
                 "workers": [{**worker, "started_iso": iso_utc(worker["started"])} for worker in workers],
-                "worker_restarts": getattr(link, "restarts", 0), "upgrades": self.control.upgrades,
+                "worker_restarts": link.restarts, "upgrades": self.control.upgrades,
                 "old_master": {"pid": predecessor.pid} if predecessor is not None else None}
 
     def show_certs(self) -> dict:

@@ -91,9 +91,9 @@ class LbCollector:
                                     sum(1 for d in durations if d <= b))
                                    for b in (*DRAIN_BOUNDS_S, float("inf"))], sum(durations))
         restarts = CounterMetricFamily("lb_worker_restarts", "Worker processes started again after exiting")
-        restarts.add_metric([], getattr(control.link, "restarts", 0))
+        restarts.add_metric([], control.link.restarts)
         workers = GaugeMetricFamily("lb_workers", "Worker processes serving")
-        workers.add_metric([], len(control.link.info()) if hasattr(control.link, "info") else 0)
+        workers.add_metric([], len(control.link.info()))
         upgrades = CounterMetricFamily("lb_upgrades", "Hitless upgrades of lb itself (each master hands "
                                        "the count on)")
         upgrades.add_metric([], control.upgrades)

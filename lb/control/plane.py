@@ -29,6 +29,7 @@ from ..core.planes import Report
 from ..core.reload import (ADD, ADDRESS, AT_RESTART, BALANCE, KEEP, MAX_CONNS, REMOVE, VERSION, WEIGHT,
                            RunningNode, plan_reload, running_config)
 from ..core.stats import PoolStats
+from ..core.seams import Link
 from .checker import Checker
 
 log = logging.getLogger("lb.control")
@@ -38,7 +39,7 @@ SYNC_TIMEOUT_S = 1.0         # the longest an answer waits for every worker's re
 
 
 class Control:
-    """The pool's owner. `link` is the data plane (the interface of lb/core/planes.py)."""
+    """The pool's owner. `link` is the data plane (a `Link`, lb/core/seams.py)."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop):
         self.config = config
@@ -54,7 +55,7 @@ class Control:
         self.pinning_on = config.pinning.mode == "version"
         self.clients = 0                         # client connections, as last reported
         self.queued = 0                          # requests waiting for a capped backend, as reported
-        self.link = None
+        self.link: Link | None = None
         self.generation = 0                      # of the last view published
         self.reported_generation = -1            # of the view the last report was written under
         self.drain_generation: dict[str, int] = {}   # node -> first view without it in service
@@ -65,7 +66,7 @@ class Control:
         self.checker = Checker(self)
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def attach(self, link) -> None:
+    def attach(self, link: Link) -> None:
         """Connect the data plane and hand it the current view."""
         self.link = link
         self.publish()

@@ -10,6 +10,7 @@ decides the version:
   at random in proportion to each version's ready capacity (the summed
   effective weights of the nodes that take traffic), and the cookie is set
   (Secure on a TLS connection with `pinning.secure: auto`; always or never with true/false);
+  what to set is a decision, a `PinCookie`; each front door renders it (lb/proxy/responses.py);
 - a pin whose version has capacity and is not overloaded: kept;
 - otherwise the client moves *forward* to the nearest newer version with
   capacity, and the cookie is rewritten. A version is overloaded when its
@@ -33,7 +34,9 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from typing import NamedTuple
 
+from .memo import Memo
 from .values import VERSION_RE
 
 KEPT, ASSIGNED, FORWARD, BACKWARD = "kept", "assigned", "forward", "backward"
@@ -41,6 +44,14 @@ MAX_PIN_BYTES = 32
 RATE_TAU_S = 0.5          # how quickly the per-version request rate forgets
 MIN_RATE = 20.0           # below this many recent requests nothing is overloaded
 SHED_TARGET = 0.9         # shed towards this fraction of max_overload
+
+
+class PinCookie(NamedTuple):
+    """The cookie a response sets to pin its client to `version`, for `max_age_s`."""
+    name: bytes
+    version: bytes
+    max_age_s: int
+    secure: bool
 
 
 class Pinning:
@@ -56,7 +67,7 @@ class Pinning:
         self._rates: dict[str, float] = {}             # version -> decayed request count
         self._rates_at = 0.0
         self._secure = (secure is True, secure is not False)    # Secure over (plain, TLS)
-        self._set_cookie: dict[str, tuple[bytes, bytes]] = {}    # version -> its lines (plain, TLS)
+        self._cookies = Memo(256, 64 * 1024, 1024)     # version -> its PinCookies (plain, TLS); versions are few
 
     def take_counts(self) -> dict[str, Counter]:
         """The counters since the last call (for a report), and start them again."""
@@ -84,16 +95,15 @@ class Pinning:
                 start = value.find(prefix, start + 1)
         return None
 
-    def set_cookie(self, version: str, over_tls: bool) -> bytes:
-        """The Set-Cookie line pinning a client to `version`, for a request that came over TLS
-        or not; both lines are made at a version's first use, none per request."""
-        lines = self._set_cookie.get(version)
-        if lines is None:
-            line = b"Set-Cookie: %s%s; Path=/; HttpOnly; SameSite=Lax; Max-Age=%d" % (
-                self.cookie_prefix, version.encode(), self.max_age_s)
-            lines = self._set_cookie[version] = tuple(line + (b"; Secure\r\n" if secure else b"\r\n")
-                                                      for secure in self._secure)
-        return lines[over_tls]
+    def pin_cookie(self, version: str, over_tls: bool) -> PinCookie:
+        """The cookie pinning a client to `version`, for a request that came over TLS or not;
+        made at a version's first use, not per request."""
+        cookies = self._cookies.get(version)
+        if cookies is None:
+            cookies = tuple(PinCookie(self.cookie_prefix[:-1], version.encode(), self.max_age_s, secure)
+                            for secure in self._secure)
+            self._cookies.put(version, cookies, 3 * len(version) + 2 * len(self.cookie_prefix))
+        return cookies[over_tls]
 
     # -- the decision ----------------------------------------------------------------
     def route(self, pin: str | None, pool, now: float) -> tuple[str | None, str]:

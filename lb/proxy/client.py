@@ -6,8 +6,12 @@ so a keep-alive client is never bound to a backend; pipelined requests queue
 in `pending` and are answered in order. Backpressure: a `FlowControl` pauses
 reading while any named reason holds (the upstream cannot take more, too much
 is buffered, a queue of pipelined requests); the response side pauses the
-upstream's reading while the client's write buffer is full. Deadlines are
-fields the data plane's one sweeper compares (`deadline`, `deadline_kind`).
+upstream's reading while the client's write buffer is full.
+
+The connection is in one `Mode` (lb/core/modes.py) and moves only through that
+table (`_to`); reads go to the mode's handler (`RECEIVE`), a passed deadline to
+its timeout handler (`TIMEOUT`), and the deadline the data plane's one sweeper
+compares (`deadline`) is the one the mode's row names.
 
 Anything other than an HttpError raised while handling the client's bytes is
 a bug: it is logged with its traceback and the client gets a 500.
@@ -20,8 +24,12 @@ import logging
 from collections import deque
 
 from ..core import http1
-from ..core.exchange import body_deadline
+from ..core import modes
 from ..core.errors import HttpError
+from ..core.exchange import body_deadline
+from ..core.modes import (BODY, CLOSED, CLOSING_WEBSOCKET, ERROR, HEAD, HOLDING, IDLE, INFINITY, LINGER_MAX_BYTES,
+                          LINGER_S, LINGERING, NEW, TUNNEL, WAITING, WEBSOCKET_CLOSE_WAIT_S, Mode, entry_deadline,
+                          next_mode)
 from ..tls import tls_fields
 from .exchange import Exchange
 from .flow import FlowControl
@@ -33,21 +41,20 @@ log = logging.getLogger("lb.proxy")
 
 MAX_PIPELINED = 16
 PARSE_SLICE = 2048          # outside a body, the most parsed at once (bounds heads past the queue's limit)
-INFINITY = float("inf")
 EMPTY: deque = deque(maxlen=0)             # every connection's `pending` until a request waits
 WEBSOCKET_GOING_AWAY = b"\x88\x02\x03\xe9"   # a server close frame, status 1001
-WEBSOCKET_CLOSE_WAIT_S = 2.0                    # for the client's side of the closing handshake
-LINGER_S = 2.0                                  # a lingering close: how long lb reads and drops,
-LINGER_MAX_BYTES = 1 << 20                      # and how much (a flood is then reset, as before)
-
-# Client deadline kinds
-HEAD, IDLE, BODY, TUNNEL, NONE = "head", "idle", "body", "tunnel", "none"
-
+STOPS_PARSING = (HOLDING, ERROR, CLOSED)       # what is left of a read is not the parser's
+__all__ = ["ClientConnection", "LINGER_MAX_BYTES", "LINGER_S", "WEBSOCKET_CLOSE_WAIT_S"]
 
 
 class ClientConnection(asyncio.BufferedProtocol):
     """One client TCP connection; the request parser's sink."""
 
+    __slots__ = ("_corked", "_own", "body_bytes", "body_started", "closing_after_current", "current", "deadline",
+                 "deferred_error", "discard_budget", "eof_seen", "eof_written", "flow", "h2c", "h2c_held", "held",
+                 "hsts", "hsts_line", "ip", "listener", "mode", "parser", "pending", "plane", "proto", "reading",
+                 "redirect", "tls", "tls_text", "transport", "trusted", "tunnel", "tunnel_route", "tunnel_websocket",
+                 "unparsed", "write_paused", "__weakref__")
     h2 = False
 
     def __init__(self, plane, listener=None):
@@ -73,23 +80,19 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.reading: Exchange | None = None     # the exchange whose request is being parsed
         self.pending: deque[Exchange] = EMPTY    # a deque of its own once a request waits
         self.held = b""                          # bytes after an Upgrade request, until 101 or not
-        self.holding = False
+        self.mode: Mode = NEW
         self.tunnel = None                       # the UpstreamConnection after a 101
         self.tunnel_route = None
         self.tunnel_websocket = False
-        self.discarding = False                  # lb has half-closed and drops what still comes
-        self.discard_budget = 0                  # bytes it will still drop
+        self.discard_budget = 0                  # bytes it will still drop (LINGERING, CLOSING_WEBSOCKET)
         self.deadline = INFINITY
-        self.deadline_kind = HEAD
-        self.got_bytes = False
         self.body_started = 0.0                  # when the body being read began (min_body_rate)
         self.body_bytes = 0
         self.write_paused = False
         self.eof_written = False                 # a tunnel's backend half-closed towards us
         self.eof_seen = False                    # the client half-closed its side of a tunnel
         self._corked: list[bytes] | None = None  # writes held while one upstream read is parsed
-        self.closed = False
-        self.closing_after_current = False
+        self.closing_after_current = False       # the client half-closed after its requests
         self.deferred_error: HttpError | None = None   # a bad pipelined request, answered in turn
         plane.connection_accepted(self)          # made at accept, by the listener's protocol factory
 
@@ -109,7 +112,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 if ssl_object.selected_alpn_protocol() == "h2":
                     self._become_h2(transport)
                     return
-        self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
+        self.deadline = entry_deadline(NEW, self.plane.config, self.plane.now())
         if len(self.plane.clients) > self.plane.config.limits.max_connections:
             self.write(error_response(HttpError("too many connections", 503), self.hsts_line))
             self.close()
@@ -120,7 +123,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         conn = H2ClientConnection(self.plane, self.ip, self.trusted, self.tls, self.tls_text, self.own_headers,
                                   self.proto, self.hsts)
         self.plane.clients.discard(self)
-        self.closed = True                       # this HTTP/1.1 side reads no more
+        self._to(modes.HTTP2)                    # this HTTP/1.1 side reads no more
         transport.set_protocol(conn)
         conn.connection_made(transport)
         if data:
@@ -136,38 +139,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.data_received(self.plane.upstreams.read_buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.write(data)
-            self.deadline = self.plane.now() + self.plane.config.timeouts.tunnel
-            return
-        if self.discarding:
-            # After lb's half-close: a WebSocket's last frames, a refused body. Dropped.
-            self.discard_budget -= len(data)
-            if self.discard_budget < 0:
-                self.close()
-            return
-        if self.holding:
-            self.held += data
-            self.flow.pause("upgrade")
-            return
-        if self.deferred_error is not None or self.closed:
+        """HEAD, BODY, WAITING, IDLE: HTTP requests, parsed here; every other mode has its
+        handler in RECEIVE (a request's bytes take no call more than that lookup)."""
+        other = RECEIVE.get(self.mode)
+        if other is not None:
+            other(self, data)
             return
         if self.unparsed:
             self.unparsed += data         # behind requests still waiting to be parsed, in order
             return
-        if not self.got_bytes:
-            if self.h2c:
-                data, self.h2c_held = self.h2c_held + data, b""
-                if H2_PREFACE.startswith(data[:len(H2_PREFACE)]):
-                    if len(data) < len(H2_PREFACE):
-                        self.h2c_held = data          # maybe the preface, not yet whole
-                        return
-                    self._become_h2(self.transport, data)
-                    return
-            self.got_bytes = True
-            limits = self.plane.config.limits
-            self.parser = self.plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
-                                                          limits.max_target_bytes)
         try:
             if len(data) <= PARSE_SLICE and len(self.pending) < MAX_PIPELINED:
                 self.parser.feed(data)        # the common case: one piece, nothing queued
@@ -179,10 +159,96 @@ class ClientConnection(asyncio.BufferedProtocol):
             log.exception("bug while handling a client's request; answering 500")
             self._internal_error()
             return
-        if self.deadline_kind is BODY:
+        if self.mode is BODY:
             # Progress moves the body deadline on, but never past what the bytes received so
             # far earn at limits.min_body_rate: a trickle cannot hold both connections.
             self.deadline = body_deadline(self.plane.config, self.plane.now(), self.body_started, self.body_bytes)
+
+    # -- the other modes' handlers (RECEIVE) --------------------------------------------
+    def _receive_first(self, data: bytes) -> None:
+        """NEW: the first bytes. On an h2c listener they may be HTTP/2's preface."""
+        if self.h2c:
+            data, self.h2c_held = self.h2c_held + data, b""
+            if H2_PREFACE.startswith(data[:len(H2_PREFACE)]):
+                if len(data) < len(H2_PREFACE):
+                    self.h2c_held = data          # maybe the preface, not yet whole
+                    return
+                self._become_h2(self.transport, data)
+                return
+        self._to(modes.FIRST_BYTES)
+        limits = self.plane.config.limits
+        self.parser = self.plane.request_parser_class(self, limits.max_header_bytes, limits.max_headers,
+                                                      limits.max_target_bytes)
+        self.data_received(data)
+
+    def _receive_held(self, data: bytes) -> None:
+        """HOLDING: the bytes after an Upgrade request wait for the backend's answer."""
+        self.held += data
+        self.flow.pause("upgrade")
+
+    def _receive_tunnel(self, data: bytes) -> None:
+        self.tunnel.write(data)
+        self._restart_clock()
+
+    def _discard(self, data: bytes) -> None:
+        """LINGERING, CLOSING_WEBSOCKET: after lb's half-close (a WebSocket's last frames, a
+        refused body), dropped, up to a budget."""
+        self.discard_budget -= len(data)
+        if self.discard_budget < 0:
+            self.close()
+
+    def _ignore(self, data: bytes) -> None:
+        """ERROR (a bad request waits for its answer's turn), CLOSED: nothing is read."""
+
+    # -- the mode table's side ---------------------------------------------------------
+    def _to(self, event: str) -> None:
+        """Move to the mode the table gives; a mode with another clock starts its deadline."""
+        mode = self.mode
+        new = mode.moves.get(event)          # its row of modes.TRANSITIONS
+        if new is not mode:
+            if new is None:
+                next_mode(mode, event)       # raises ModeError
+            self.mode = new
+            if new.clock is not mode.clock:
+                # entry_deadline, inlined for the two clocks every request starts (head, idle)
+                seconds = new.seconds
+                if seconds is not None:
+                    self.deadline = self.plane.now() + seconds(self.plane.config)
+                elif new.clock is None:
+                    self.deadline = INFINITY
+                else:
+                    self._restart_clock()
+
+    def _restart_clock(self) -> None:
+        mode = self.mode
+        now = self.plane.now()
+        if mode is BODY:
+            self.body_started, self.body_bytes = now, 0
+        self.deadline = entry_deadline(mode, self.plane.config, now)
+
+    @property
+    def closed(self) -> bool:
+        return self.mode is CLOSED
+
+    @property
+    def in_tunnel(self) -> bool:
+        return self.tunnel is not None
+
+    @property
+    def lingering(self) -> bool:
+        """lb half-closed and drops what still comes, until the client ends or a deadline."""
+        return self.mode is LINGERING or self.mode is CLOSING_WEBSOCKET
+
+    def finish(self, idle_until: float) -> None:
+        """lb is stopping: a connection waiting for a request closes by idle_until; one with a
+        request in flight gets `Connection: close` on its response (exchange.py)."""
+        if self.current is None and self.tunnel is None and self.waiting_for_request:
+            self.deadline = min(self.deadline, idle_until)     # the sweeper closes it
+
+    def tunnel_received(self, data: bytes) -> None:
+        """The backend's end of the tunnel sent `data`: to the client, and the clock restarts."""
+        self.write(data)
+        self._restart_clock()
 
     def _parse(self, data: bytes) -> None:
         """Feed the parser, but no further than MAX_PIPELINED waiting requests (HAProxy and
@@ -202,7 +268,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 piece, at = data[at:at + PARSE_SLICE], at + PARSE_SLICE
             parser.feed(piece)
-            if at < size and (self.holding or self.deferred_error is not None or self.closed):
+            if at < size and self.mode in STOPS_PARSING:
                 self.data_received(data[at:])  # it belongs to an upgrade, or to nobody
                 return
 
@@ -216,7 +282,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.flow.resume("pipeline")
 
     def eof_received(self):
-        if self.discarding:
+        if self.lingering:
             return False          # the client ended its side too: close
         if self.tunnel is not None:
             # Both directions ended: close (connection_lost closes the other side too).
@@ -231,7 +297,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc) -> None:
-        self.closed = True
+        self._to(modes.LOST)
         self.plane.clients.discard(self)
         if self.tunnel is not None:
             self.tunnel.close()
@@ -264,21 +330,12 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # -- parser sink -------------------------------------------------------------
     def on_request_begin(self) -> None:
-        if self.deadline_kind is not HEAD:
-            self.deadline_kind = HEAD
-            self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
+        self._to(modes.BEGIN)
 
     def on_request(self, head: http1.RequestHead) -> None:
         exchange = Exchange(self.plane, self, head)
         self.reading = exchange
-        if head.has_body:
-            self.deadline_kind = BODY
-            self.body_started = now = self.plane.now()
-            self.body_bytes = 0
-            self.deadline = body_deadline(self.plane.config, now, now, 0)
-        else:
-            self.deadline_kind = NONE
-            self.deadline = INFINITY
+        self._to(modes.HEAD_WITH_BODY if head.has_body else modes.HEAD_ONLY)
         if self.current is None:
             self.current = exchange
             exchange.start()
@@ -295,12 +352,11 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def on_request_end(self) -> None:
         exchange = self.reading
-        if self.deadline_kind is BODY:
-            self.deadline_kind = NONE
-            self.deadline = INFINITY
+        if self.mode is not WAITING:      # (WAITING, END) stays WAITING: no call for a bodiless request
+            self._to(modes.END)
         exchange.end_body()
         if exchange.head.upgrade is not None and not exchange.finished:
-            self.holding = True
+            self._to(modes.UPGRADE)
 
     # -- used by exchanges ---------------------------------------------------------
     def own_headers(self, head) -> bytes:
@@ -324,7 +380,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def write(self, data: bytes) -> None:
         if self._corked is not None:
             self._corked.append(data)
-        elif not self.closed and not self.eof_written:
+        elif self.mode is not CLOSED and not self.eof_written:
             self.transport.write(data)
 
     def write_eof(self) -> bool:
@@ -342,7 +398,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def uncork(self) -> None:
         held, self._corked = self._corked, None
-        if held and not self.closed:
+        if held and self.mode is not CLOSED:
             self.transport.write(b"".join(held) if len(held) > 1 else held[0])
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
@@ -357,7 +413,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 self.close()
             return
-        if self.holding:
+        if self.mode is HOLDING:
             self._refused_upgrade()
         if self.pending:
             # Not now: this may run inside the upstream parser's callback, and the
@@ -372,9 +428,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._answer_error(self.deferred_error)
         elif self.closing_after_current:
             self.close()
-        elif self.deadline_kind is NONE:
-            self.deadline_kind = IDLE
-            self.deadline = self.plane.now() + self.plane.config.timeouts.client_idle
+        else:
+            self._to(modes.DONE)
 
     def _start_current(self) -> None:
         if self.current is not None and not self.closed and self.current.route is None \
@@ -383,7 +438,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _refused_upgrade(self) -> None:
         """The backend did not switch: go on parsing HTTP from where the request ended."""
-        self.holding = False
+        self._to(modes.REFUSED)
         held, self.held = self.held, b""
         self.parser.leftover += held
         self.flow.resume("upgrade")
@@ -393,14 +448,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._parse_error(exc)
 
     def start_tunnel(self, upstream, route) -> None:
-        self.holding = False
+        self._to(modes.SWITCHED)
         self.tunnel = upstream
         self.tunnel_route = route
         self.tunnel_websocket = (self.current.head.upgrade or b"").lower() == b"websocket"
         self.plane.tunnels.setdefault(route.name, set()).add(self)
         upstream.tunnel_peer = self
-        self.deadline = self.plane.now() + self.plane.config.timeouts.tunnel
-        self.deadline_kind = TUNNEL
         data, self.held = self.parser.leftover + self.held, b""
         self.parser = upstream.parser = None     # a tunnel parses nothing more: free both heads
         if data:
@@ -410,12 +463,12 @@ class ClientConnection(asyncio.BufferedProtocol):
     @property
     def waiting_for_request(self) -> bool:
         """Open with no byte of a next request yet: idle, or new and silent."""
-        return self.deadline_kind is IDLE or (self.deadline_kind is HEAD and not self.got_bytes)
+        return self.mode.waiting_for_request
 
     def close(self) -> None:
-        if not self.closed:
+        if self.mode is not CLOSED:
             self.uncork()
-            self.closed = True
+            self._to(modes.CLOSE)
             self.transport.close()
 
     def linger(self) -> None:
@@ -428,11 +481,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.closed or not self.write_eof():
             self.close()
             return
-        self.discarding = True
+        self._to(modes.LINGER)
         self.discard_budget = LINGER_MAX_BYTES
         self.flow.resume_all()
-        self.deadline_kind = NONE
-        self.deadline = self.plane.now() + LINGER_S
 
     def end_tunnel(self) -> None:
         """Close a tunnel at a drain deadline or its idle timeout. Other tunnels close at once. A WebSocket
@@ -440,6 +491,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         WEBSOCKET_CLOSE_WAIT_S to answer with its own close and end the connection (the
         closing handshake of RFC 6455 section 7): a client busy sending meets no reset,
         and reads the close frame after what it sent."""
+        if self.mode is not TUNNEL:
+            self.close()
+            return
         upstream, self.tunnel = self.tunnel, None
         if upstream is not None:
             upstream.tunnel_peer = None
@@ -447,17 +501,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         if not self.tunnel_websocket:
             self.close()
             return
-        self.discarding = True
+        self._to(modes.CLOSE_WEBSOCKET)
         self.discard_budget = LINGER_MAX_BYTES
         self.write(WEBSOCKET_GOING_AWAY)
         if not self.write_eof():
             self.close()
-            return
-        self.deadline_kind = NONE
-        self.deadline = self.plane.now() + WEBSOCKET_CLOSE_WAIT_S
 
     def _parse_error(self, exc: HttpError) -> None:
         """A bad request: answered in order, after the good ones before it, then close."""
+        self._to(modes.BAD_REQUEST)
         self.flow.pause("error")
         # Kept without its traceback: the frames hold the bytes read (up to 256 KiB) and this
         # connection, a cycle that would wait for the cyclic GC.
@@ -497,29 +549,37 @@ class ClientConnection(asyncio.BufferedProtocol):
         """A client deadline passed. A 408 goes out in turn, never into the middle of a
         response still streaming: it fails the request being read (the current one, or a
         pipelined one after it), and is answered once what came before it is done."""
-        kind = self.deadline_kind
         self.deadline = INFINITY
-        if kind is TUNNEL and self.tunnel is not None:
-            # timeouts.tunnel with no byte either way (HAProxy's `timeout tunnel`): closed
-            # as at a drain deadline, a WebSocket with close 1001
-            self.plane.failed["tunnel_timeout"] += 1
-            self.plane.tunnel_closed(self, self.tunnel_route)
-            self.end_tunnel()
-            return
-        if kind is HEAD and self.got_bytes:
-            self._parse_error(HttpError("request header not received in time", 408))
-            return
+        TIMEOUT.get(self.mode, ClientConnection.close)(self)
+
+    # -- one timeout handler per mode with a clock of its own (TIMEOUT; the others close) ----
+    def _head_late(self) -> None:
+        self._parse_error(HttpError("request header not received in time", 408))
+
+    def _body_late(self) -> None:
         reading = self.reading
-        if kind is BODY and reading is not None and not reading.request_done:
-            if self.flow.held_by("upstream", "buffer"):
-                # lb is not reading: its backend is slow to take the body (or not connected
-                # yet). The client is not late; its clock starts again.
-                now = self.plane.now()
-                self.body_started, self.body_bytes = now, 0
-                self.deadline = body_deadline(self.plane.config, now, now, 0)
-                return
+        if reading is None or reading.request_done:
+            self.close()
+        elif self.flow.held_by("upstream", "buffer"):
+            # lb is not reading: its backend is slow to take the body (or not connected
+            # yet). The client is not late; its clock starts again.
+            self._restart_clock()
+        else:
             self._parse_error(HttpError("request body not received in time", 408))
+
+    def _tunnel_idle(self) -> None:
+        """timeouts.tunnel with no byte either way (HAProxy's `timeout tunnel`): closed as at a
+        drain deadline, a WebSocket with close 1001."""
+        if self.tunnel is None:
+            self.close()
             return
-        self.close()
+        self.plane.failed["tunnel_timeout"] += 1
+        self.plane.tunnel_closed(self, self.tunnel_route)
+        self.end_tunnel()
 
 
+CL = ClientConnection
+READING_REQUESTS = (HEAD, BODY, WAITING, IDLE)     # their handler is data_received itself
+RECEIVE = {NEW: CL._receive_first, HOLDING: CL._receive_held, TUNNEL: CL._receive_tunnel, ERROR: CL._ignore,
+           LINGERING: CL._discard, CLOSING_WEBSOCKET: CL._discard, CLOSED: CL._ignore}
+TIMEOUT = {HEAD: CL._head_late, BODY: CL._body_late, TUNNEL: CL._tunnel_idle}

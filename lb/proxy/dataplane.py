@@ -48,6 +48,7 @@ from ..core.config import LISTEN_BACKLOG
 from ..core.errors import ConfigError, HttpError
 from ..core.pinning import Pinning
 from ..core.planes import NodeReport, Report, RoutingView
+from ..core.seams import Client
 from ..core.stats import StatsDelta
 from .client import WEBSOCKET_CLOSE_WAIT_S, ClientConnection
 from .upstream import UpstreamPools
@@ -74,7 +75,7 @@ class DataPlane:
         self.upstreams = UpstreamPools(loop, config.timeouts, response_parser_class,
                                        config.limits.max_response_header_bytes)
         self.upstreams.tls = tls.backend_contexts(config)
-        self.clients: set[ClientConnection] = set()
+        self.clients: set[Client] = set()        # HTTP/1.1 and HTTP/2 connections (lb/core/seams.py)
         # accepted, not yet made (see the top) -> when asyncio gives up its TLS handshake at the latest
         self.opening: weakref.WeakKeyDictionary[ClientConnection, float] = weakref.WeakKeyDictionary()
         self.handshake_timeout_s = config.timeouts.client_header     # the servers' own, set at start
@@ -322,12 +323,9 @@ class DataPlane:
             server.close()
         idle_until = self.now() + grace_s
         for client in list(self.clients):
-            if client.h2:
-                client.go_away()            # streams in flight finish; then it closes
-            elif client.current is None and client.tunnel is None and client.waiting_for_request:
-                client.deadline = min(client.deadline, idle_until)     # the sweeper closes it
+            client.finish(idle_until)
         if not await self._until_all_closed(timeout_s):
-            tunnels = [c for c in self.clients if c.tunnel is not None]
+            tunnels = [c for c in self.clients if c.in_tunnel]
             log.warning("shutdown: %d connections still open after %.1fs (%d tunnels); closing them",
                         len(self.clients), timeout_s, len(tunnels))
             for client in tunnels:
@@ -335,7 +333,7 @@ class DataPlane:
                 self.tunnel_closed(client, client.tunnel_route)
                 client.end_tunnel()
             for client in list(self.clients):
-                if client.tunnel is None and not client.discarding:
+                if not client.in_tunnel and not client.lingering:
                     client.transport.abort()
             if tunnels:
                 await self._until_all_closed(WEBSOCKET_CLOSE_WAIT_S)   # their closing handshakes

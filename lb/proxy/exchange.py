@@ -25,6 +25,8 @@ from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_B
                              response_framing)
 from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
+from ..core.seams import ExchangeClient
+from .responses import pin_cookie_line
 
 INFINITY = float("inf")
 
@@ -35,10 +37,10 @@ class Exchange:
     __slots__ = ("plane", "client", "head", "head_bytes", "route", "upstream", "tried",
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
-                 "keep_client", "upstream_keep", "version", "set_cookie", "pin_how", "error",
+                 "keep_client", "upstream_keep", "version", "pin_cookie", "pin_how", "error",
                  "close_delimited", "queued_at")
 
-    def __init__(self, plane, client, head: http1.RequestHead):
+    def __init__(self, plane, client: ExchangeClient, head: http1.RequestHead):
         self.plane = plane
         self.client = client
         self.head = head
@@ -62,7 +64,7 @@ class Exchange:
         self.finished = False
         self.keep_client = head.keep_alive
         self.version = None             # the code version this request is served by
-        self.set_cookie = b""           # a Set-Cookie line when the pin is new or moved
+        self.pin_cookie = None          # the cookie to set when the pin is new or moved (a PinCookie)
         self.pin_how = None             # kept / assigned / forward / backward
         self.error = None               # why lb answered or cut it itself (for the access log)
 
@@ -127,7 +129,7 @@ class Exchange:
         if version is None:
             return False
         if how is not KEPT:
-            self.set_cookie = pinning.set_cookie(version, self.client.tls is not None)
+            self.pin_cookie = pinning.pin_cookie(version, self.client.tls is not None)
         self.version = version
         self.pin_how = how
         return True
@@ -226,8 +228,8 @@ class Exchange:
         self.status = status
         self.upstream_keep = head.keep_alive
         self.close_delimited = self.body_mode != NO_BODY and head.content_length is None and not head.chunked
-        if self.set_cookie:
-            framing += self.set_cookie
+        if self.pin_cookie is not None:
+            framing += pin_cookie_line(self.pin_cookie)
         hsts = self.client.hsts_line
         if hsts:
             framing += hsts

@@ -59,7 +59,7 @@ from ..core.errors import HttpError
 from ..core.exchange import NO_BODY, RAW, body_deadline
 from .exchange import Exchange
 from .flow import FlowControl
-from .responses import error_fields
+from .responses import error_fields, pin_cookie_field
 
 INFINITY = float("inf")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # what a client with prior knowledge sends first
@@ -396,8 +396,8 @@ class H2Exchange(Exchange):
         self.upstream_keep = head.keep_alive
         self.close_delimited = not no_body and head.content_length is None and not head.chunked
         extra = self.client.hsts_fields
-        if self.set_cookie:
-            extra = (*extra, (b"set-cookie", self.set_cookie[12:-2]))
+        if self.pin_cookie is not None:
+            extra = (*extra, pin_cookie_field(self.pin_cookie))
         length = head.content_length if status != 204 else None
         self.client.send_headers(h2head.response_fields(status, head.headers, length, extra))
 
@@ -424,9 +424,8 @@ class H2ClientConnection:
     """One client connection speaking HTTP/2 (an asyncio Protocol)."""
 
     h2 = True
-    current = None                 # what the data plane's shutdown looks at on HTTP/1.1 ones
-    tunnel = None
-    discarding = False
+    in_tunnel = False              # no tunnels over HTTP/2, and no lingering close
+    lingering = False              # (the data plane's Client, lb/core/seams.py)
 
     def __init__(self, plane, ip: bytes, trusted: bool, tls: dict | None, tls_text: str, own_headers,
                  proto: bytes = b"https", hsts: bytes = b""):
@@ -472,6 +471,10 @@ class H2ClientConnection:
     @property
     def waiting_for_request(self) -> bool:
         return not self.streams
+
+    def finish(self, idle_until: float) -> None:
+        """lb is stopping: streams in flight finish, then the connection closes."""
+        self.go_away()
 
     # -- asyncio Protocol ------------------------------------------------------------
     def connection_made(self, transport) -> None:

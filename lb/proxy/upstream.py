@@ -62,8 +62,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         peer = self.tunnel_peer
         if peer is not None:
-            peer.write(data)
-            peer.deadline = self.pools.now() + self.pools.timeouts.tunnel
+            peer.tunnel_received(data)
             return
         exchange = self.exchange
         if exchange is None:

@@ -133,3 +133,13 @@ def test_the_walker_resolves_what_the_rules_need():
                             "from . import nodes\n", "lb.core"))
     assert found == [("asyncio", []), ("lb.proxy", ["client"]), ("lb.core.config", ["_private"]),
                      ("lb.core", ["nodes"])]
+
+
+@pytest.mark.parametrize("path", modules("proxy") + modules("control"), ids=lambda p: str(p.relative_to(LB)))
+def test_the_planes_probe_no_seam_with_hasattr(path):
+    # A seam with two implementations is declared in lb/core/seams.py (a Protocol), and the
+    # caller uses what it declares; a probe would hide an implementation that lacks a member.
+    probes = [node.lineno for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)
+              and isinstance(node.func, ast.Name) and node.func.id == "hasattr"]
+    assert not probes, f"{path.relative_to(LB)} probes with hasattr at lines {probes}"
+

@@ -22,10 +22,16 @@ passive: {failures: 3, eject: 10s}
 
 
 class FakeDataPlane:
-    """What the control plane may call on the data plane, recorded."""
+    """What the control plane may call on the data plane (a Link, lb/core/seams.py), recorded."""
+
+    restarts = 0
+    predecessor = None
 
     def __init__(self):
         self.views, self.configs, self.cuts, self.collected = [], [], [], 0
+
+    def info(self):
+        return []
 
     def apply_view(self, view):
         self.views.append(view)

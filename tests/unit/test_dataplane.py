@@ -13,9 +13,11 @@ import h2.events
 import pytest
 
 from lb.core.config import parse_config
+from lb.core.modes import Mode
 from lb.core.planes import NodeView, RoutingView
 from lb.proxy.accesslog import AccessLog
-from lb.proxy.client import LINGER_MAX_BYTES, LINGER_S, MAX_PIPELINED, PARSE_SLICE, ClientConnection
+from lb.proxy.client import (LINGER_MAX_BYTES, LINGER_S, MAX_PIPELINED, PARSE_SLICE, READING_REQUESTS, RECEIVE,
+                             TIMEOUT, ClientConnection)
 from lb.proxy.dataplane import DataPlane
 from lb.proxy.h2client import H2ClientConnection, H2Exchange, H2Stream, StreamFlow
 from lb.proxy.upstream import READ_BYTES, UpstreamConnection
@@ -405,3 +407,8 @@ async def test_a_long_lived_http2_connection_remembers_at_most_1000_closed_strea
         await asyncio.sleep(0)                  # the connection's flush
         client.receive_data(transport.take())
     assert conn.streams == {} and len(conn.h2._closed_streams) == 1000
+
+
+def test_every_client_mode_has_one_read_handler_and_the_timeouts_name_modes_with_a_clock():
+    assert set(RECEIVE) | set(READING_REQUESTS) == set(Mode) and not set(RECEIVE) & set(READING_REQUESTS)
+    assert all(mode.clock is not None for mode in TIMEOUT)

@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 
 from lb.core.nodes import DOWN
-from lb.core.pinning import ASSIGNED, BACKWARD, FORWARD, KEPT, MIN_RATE, Pinning
+from lb.core.pinning import ASSIGNED, BACKWARD, FORWARD, KEPT, MIN_RATE, PinCookie, Pinning
+from lb.proxy.responses import pin_cookie_field, pin_cookie_line, pin_cookie_value
 
 from routed_pool import RoutedPool
 
@@ -45,20 +46,20 @@ def test_read_pin(cookies, pin):
 
 @pytest.mark.parametrize("secure, plain_secure, tls_secure", [
     ("auto", False, True), (True, True, True), (False, False, False)])
-def test_set_cookie_line_is_secure_over_tls_with_auto_always_with_true_never_with_false(secure, plain_secure,
-                                                                                        tls_secure):
+def test_the_pin_cookie_is_secure_over_tls_with_auto_always_with_true_never_with_false(secure, plain_secure,
+                                                                                       tls_secure):
     pins = Pinning("lb_version", 86400, 1.5, random.Random(1), secure=secure)
-    line = b"Set-Cookie: lb_version=v2; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400"
     for over_tls, with_secure in ((False, plain_secure), (True, tls_secure)):
-        assert pins.set_cookie("v2", over_tls) == line + (b"; Secure\r\n" if with_secure else b"\r\n")
-        assert pins.set_cookie("v2", over_tls) is pins.set_cookie("v2", over_tls)     # made once
+        assert pins.pin_cookie("v2", over_tls) == PinCookie(b"lb_version", b"v2", 86400, with_secure)
+        assert pins.pin_cookie("v2", over_tls) is pins.pin_cookie("v2", over_tls)     # made once
 
 
-def test_the_http2_set_cookie_value_is_the_line_without_its_name_and_crlf():
-    # H2Exchange sends set_cookie[12:-2] as the value of its set-cookie field
-    line = pinning().set_cookie("v1", True)
-    assert line[:12] == b"Set-Cookie: " and line[-2:] == b"\r\n"
-    assert line[12:-2] == b"lb_version=v1; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400; Secure"
+def test_each_front_door_renders_the_same_cookie_its_own_way():
+    cookie = PinCookie(b"lb_version", b"v1", 86400, True)
+    value = b"lb_version=v1; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400; Secure"
+    assert pin_cookie_line(cookie) == b"Set-Cookie: " + value + b"\r\n"
+    assert pin_cookie_field(cookie) == (b"set-cookie", value)
+    assert pin_cookie_value(cookie._replace(secure=False)) == value[:-len(b"; Secure")]
 
 
 @pytest.mark.parametrize("layout, expected", [
