@@ -266,11 +266,14 @@ class Attack:
             await self.held(reader, writer, b"X-Slow: 1\r\n", 2.0)
         await self.many(1000, one)
 
-    async def slow_body(self) -> None:
+    async def slow_posts(self, count: int) -> None:
         async def one(reader, writer):
             writer.write(b"POST /sink HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 1000000000\r\n\r\n")
             await self.held(reader, writer, b"x", 2.0)
-        await self.many(200, one)
+        await self.many(count, one)
+
+    async def slow_body(self) -> None:
+        await self.slow_posts(200)
 
     async def partial_heads(self) -> None:
         head = b"GET / HTTP/1.1\r\nHost: lb.test\r\n" + b"X-Pad: " + b"p" * 990 + b"\r\n"
@@ -282,10 +285,7 @@ class Attack:
         await self.many(1000, one)
 
     async def slow_bodies(self) -> None:
-        async def one(reader, writer):
-            writer.write(b"POST /sink HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 1000000000\r\n\r\n")
-            await self.held(reader, writer, b"x", 2.0)
-        await self.many(500, one)
+        await self.slow_posts(500)
 
     async def slow_reader(self) -> None:
         async def one(reader, writer):

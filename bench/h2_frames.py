@@ -3,7 +3,7 @@
     .venv/bin/python bench/h2_frames.py [--requests 20000]
 
 A client-side h2 connection makes `--requests` GET requests (HEADERS, END_STREAM; h2load's
-fields); lb's server-side connection (lb/proxy/h2client.py's `_Connection`, its
+fields); lb's server-side connection (lb/proxy/h2frames.py's `LbH2Connection`, its
 configuration and lb's ResponseEncoder, or h2's own encoder with --h2-encoder) receives each
 and answers it with HEADERS and one DATA frame that ends the stream, as lb does for a small
 response that came whole. Prints the µs per request of receive_data, of send_headers +
@@ -24,7 +24,7 @@ import h2.connection
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lb.core.h2head import ResponseEncoder  # noqa: E402
-from lb.proxy.h2client import _Connection  # noqa: E402
+from lb.proxy.h2frames import LbH2Connection as _Connection  # noqa: E402
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"127.0.0.1:8443"), (b":path", b"/"),
            (b"user-agent", b"h2load nghttp2/1.52.0"), (b"accept", b"*/*")]

@@ -7,7 +7,7 @@ tests/unit/test_seams.py checks that every implementation named here has every m
 - `ExchangeClient`: the client side of one request, as its `Exchange` (lb/proxy/exchange.py)
   and the exchange's upstream connection see it: a `ClientConnection` (HTTP/1.1,
   lb/proxy/client.py) or an `H2Stream` (one stream of an HTTP/2 connection,
-  lb/proxy/h2client.py). `Http1Client` adds what only the HTTP/1.1 writer of a
+  lb/proxy/h2stream.py). `Http1Client` adds what only the HTTP/1.1 writer of a
   response uses; `H2Exchange` overrides those paths and uses `H2StreamClient`'s instead.
 - `Client`: a client connection as the data plane (lb/proxy/dataplane.py) holds it: a
   `ClientConnection` or an `H2ClientConnection`. Its sweeper and its shutdown use these.
@@ -122,8 +122,8 @@ class Link(Protocol):
         """One row per worker process: worker, pid, started, restarts."""
 
 
-SEAMS = {ExchangeClient: ("lb.proxy.client:ClientConnection", "lb.proxy.h2client:H2Stream"),
+SEAMS = {ExchangeClient: ("lb.proxy.client:ClientConnection", "lb.proxy.h2stream:H2Stream"),
          Http1Client: ("lb.proxy.client:ClientConnection",),
-         H2StreamClient: ("lb.proxy.h2client:H2Stream",),
+         H2StreamClient: ("lb.proxy.h2stream:H2Stream",),
          Client: ("lb.proxy.client:ClientConnection", "lb.proxy.h2client:H2ClientConnection"),
          Link: ("lb.process.arbiter:Arbiter",)}

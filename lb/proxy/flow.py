@@ -1,6 +1,6 @@
 """Flow control by named reasons: reading stops while any reason holds and goes on when
 the last one is lifted. A client connection's stops its transport's reading; an HTTP/2
-stream's holds back the window updates of its DATA (lb/proxy/h2client.py)."""
+stream's holds back the window updates of its DATA (lb/proxy/h2stream.py)."""
 
 from __future__ import annotations
 

@@ -41,35 +41,22 @@ closes once those streams are done.
 
 from __future__ import annotations
 
-import weakref
-from collections import deque
-
 import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from h2.frame_buffer import FrameBuffer
-from hyperframe.exceptions import InvalidPaddingError
-from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import GoAwayFrame
 
 from ..core import h2head
 from ..core.errors import HttpError
-from ..core.exchange import NO_BODY, RAW, body_deadline
-from .exchange import Exchange
-from .flow import FlowControl
-from .responses import error_fields, pin_cookie_field
+from .h2frames import HeaderBoundFrameBuffer, LbH2Connection
+from .h2stream import H2Exchange, H2Stream
 
 INFINITY = float("inf")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # what a client with prior knowledge sends first
 MAX_CONCURRENT_STREAMS = 100
 CONNECTION_WINDOW = 16 << 20
-# A stream's unsent response bytes past which its backend pauses; as over HTTP/1.1
-# (upstream.WRITE_HIGH_BYTES), a stream that does not read holds this plus one backend read.
-# bench/abuse.py h2_slow_reader (1,000 streams never read): at 64 KiB the outboxes held 62 MB,
-# at 32 KiB 33 MB (16 KiB: the same, one read); a 100 MiB download ran as fast with either.
-STREAM_WRITE_HIGH = 32 * 1024
 WRITE_HIGH_BYTES = 256 * 1024          # the transport's own buffer
 RESETS_PER_S = 100                     # streams that may end abnormally in a second (reset, refused, malformed)
 HPACK_BOMB_FACTOR = 4                  # a decoded header list past this times max_header_bytes: connection error
@@ -78,347 +65,6 @@ FRAMES_PER_TURN = 32                   # frames handled before the loop's other 
 STRIKES = 3                            # budgets passed (in different seconds) before GOAWAY
 HELD_MAX_BYTES = 8 << 20               # unread frames all held-back connections of a worker may keep
 SETTINGS_PER_S = 50
-DATA_FRAMES = RAW                      # the body mode of an HTTP/2 response with a body: as is, in DATA frames
-
-
-def _length_is_lbs(*args) -> None:
-    return None
-
-
-class _Connection(h2.connection.H2Connection):
-    """h2's connection, except that content-length is lb's to judge: a value that is not
-    digits or is given twice (h2head: 400 on the stream) and DATA that does not match it
-    (H2Stream.data/request_ended: a stream error, RFC 9113 8.1.1) instead of h2's connection
-    errors, which would fail every other stream of the client. This reaches into h2's stream
-    (`_initialize_content_length`, `_track_content_length`); tests/e2e/test_h2.py and
-    test_h2_framing.py fail if h2 changes them."""
-
-    # How each of the last 1,000 closed streams ended (h2 keeps 65,536): a frame the client
-    # sent before it saw lb's RST_STREAM gets a stream error while its stream is remembered,
-    # a connection error once forgotten (RFC 9113 5.1 lets that period be limited), and a
-    # thousand streams closing while one frame is in flight is a flood. A record is ~176 B:
-    # at h2's count a long-lived connection grew to 11 MiB, and bench/abuse.py
-    # h2_header_names (20 connections, ~2,000 streams each in 20 s) crept by ~7 MiB.
-    MAX_CLOSED_STREAMS = 1000
-
-    @property
-    def open_inbound_streams(self) -> int:
-        # h2 makes a stream past SETTINGS_MAX_CONCURRENT_STREAMS a connection error, where RFC
-        # 9113 5.1.2 asks for a stream error: seeing half the streams, h2 lets twice as many
-        # open, and lb refuses those past its limit with REFUSED_STREAM (_request), which a
-        # client may retry. Past twice the limit, h2's connection error stands.
-        return super().open_inbound_streams // 2
-
-    def receive_frames(self, max_frames: int) -> tuple[list, bool]:
-        """h2's receive_data over what `incoming_buffer` holds, at most `max_frames` frames at a
-        time: their events, and whether it stopped at the bound (frames may be left). A flood's
-        read (256 KiB of PINGs is 15,000 frames) is then handled a slice per loop turn, and the
-        budgets (_over) act after a slice instead of after the whole read. This reaches into
-        h2's `_receive_frame` and `_terminate_connection`, as receive_data does."""
-        events: list = []
-        buffer = self.incoming_buffer
-        buffer.max_frame_size = self.max_inbound_frame_size
-        try:
-            for frame in buffer:
-                events.extend(self._receive_frame(frame))
-                max_frames -= 1
-                if not max_frames:
-                    return events, True
-        except InvalidPaddingError as exc:
-            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
-            raise h2.exceptions.ProtocolError("Received frame with invalid padding.") from exc
-        except h2.exceptions.ProtocolError as exc:
-            self._terminate_connection(exc.error_code)
-            raise
-        return events, False
-
-    def _begin_new_stream(self, stream_id, allowed_ids):
-        stream = super()._begin_new_stream(stream_id, allowed_ids)
-        stream._initialize_content_length = _length_is_lbs
-        stream._track_content_length = _length_is_lbs
-        return stream
-
-
-class _FrameBuffer(FrameBuffer):
-    """h2's frame buffer, except that a header block (HEADERS and its CONTINUATION frames) is
-    held to `max_block_bytes` as it comes: h2 alone keeps up to 64 frames of 16 KiB (~1 MiB a
-    connection) until the block ends. Past it: GOAWAY ENHANCE_YOUR_CALM, as HAProxy does."""
-
-    def __init__(self, max_block_bytes: int):
-        super().__init__(server=True)
-        self.max_block_bytes = max_block_bytes
-        self.block_bytes = 0
-
-    @property
-    def held(self) -> int:
-        return len(self._data)
-
-    def _update_header_buffer(self, frame):
-        if isinstance(frame, (HeadersFrame, ContinuationFrame)):
-            self.block_bytes = len(frame.data) + (self.block_bytes if self._headers_buffer else 0)
-            if self.block_bytes > self.max_block_bytes:
-                raise h2.exceptions.DenialOfServiceError(
-                    f"header block over {self.max_block_bytes} bytes (limits.max_header_bytes)")
-        return super()._update_header_buffer(frame)
-
-
-class StreamFlow(FlowControl):
-    """The `flow` of an H2Stream: while any named reason holds, DATA it receives is not
-    acknowledged (the client's window for the stream stays shut); then what was held is.
-    It holds its stream by a weak reference: the stream holds it, and a cycle would keep
-    every finished stream until the cyclic GC (see H2Stream.exchange_done)."""
-
-    __slots__ = ()
-
-    def __init__(self, stream: "H2Stream"):
-        super().__init__(weakref.ref(stream))
-
-    def _stop(self) -> None:
-        # H2Stream.data holds the acknowledgements while paused; the client cannot send, so
-        # its body deadline waits too
-        self._target().body_paused()
-
-    def _go(self) -> None:
-        stream = self._target()
-        stream.acknowledge_held()
-        stream.body_resumed()
-
-
-class H2Stream:
-    """One request of an HTTP/2 connection, as its exchange sees the client."""
-
-    redirect = False
-    h2 = True
-
-    def __init__(self, conn, stream_id: int, expected_length: int | None, head=None):
-        self.conn = conn
-        self.head = head               # until the exchange starts (the end of the read that brought it)
-        self.early: list[bytes] = []   # DATA that came before the exchange started
-        self.id = stream_id
-        self.plane = conn.plane
-        self.ip, self.trusted, self.proto = conn.ip, conn.trusted, conn.proto
-        self.tls, self.tls_text = conn.tls, conn.tls_text
-        self.hsts_fields = conn.hsts_fields
-        self.flow = StreamFlow(self)
-        self.exchange: Exchange | None = None
-        self.closed = False            # reset (by either side), or the connection is gone
-        self.write_paused = False
-        self.held_ack = 0              # DATA bytes received and not yet acknowledged
-        self.received = 0
-        self.body_started = 0.0
-        self.body_received = 0         # since body_started (min_body_rate)
-        self.body_deadline = INFINITY  # while the request body is expected
-        self.expected_length = expected_length
-        self.outbox: deque[bytes] = deque()
-        self.outbox_bytes = 0
-        self.end_pending = False       # END_STREAM goes after the outbox
-        self.ended = False             # END_STREAM sent
-        self.client_ended = False      # the client's END_STREAM came (the request is whole)
-        self.done = False              # the exchange is over (the outbox may still be sending)
-
-    # -- what an exchange and its upstream use ----------------------------------------
-    def own_headers(self, head) -> bytes:
-        return self.conn.own_headers(head)
-
-    def cork(self) -> None:
-        self.conn.corked += 1
-
-    def uncork(self) -> None:
-        # One write per loop turn for every stream of the connection: the responses of many
-        # backends' reads go out in one TLS write (with `schedule`'s one-DATA-frame ending,
-        # bench/throughput.py --h2: 145 -> ~100 µs per request).
-        self.conn.corked -= 1
-        self.conn.flush_soon()
-
-    def send_headers(self, fields: list) -> None:
-        if not self.closed:
-            try:
-                self.conn.h2.send_headers(self.id, fields)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                self.closed = True             # reset meanwhile: nothing more goes to it
-                return
-            self.conn.flush_soon()
-
-    def send_data(self, data: bytes) -> None:
-        if self.closed or not data:
-            return
-        self.outbox.append(data)
-        self.outbox_bytes += len(data)
-        self.conn.schedule(self)
-        if self.outbox_bytes > STREAM_WRITE_HIGH and not self.write_paused:
-            self.write_paused = True
-            upstream = self.exchange.upstream if self.exchange is not None else None
-            if upstream is not None:
-                upstream.pause_reading()
-
-    def end(self) -> None:
-        if not self.closed and not self.end_pending:
-            self.end_pending = True
-            self.conn.schedule(self)
-
-    def send_error(self, exc: HttpError) -> None:
-        """lb's own answer (a 502, a 503...), as an HTTP/1.1 client would get it."""
-        fields, body = error_fields(exc, self.hsts_fields)
-        self.send_headers(fields)
-        self.send_data(body)
-        self.end()
-
-    def exchange_done(self, exchange, keep_alive: bool) -> None:
-        """The exchange is over: a stream whose response did not end whole is reset. The
-        stream stays the connection's until its END_STREAM is out (or it is reset)."""
-        # The exchange points back at its stream: left here, the pair and the request head
-        # (up to limits.max_header_bytes, twice: parsed and serialized) would wait for the
-        # cyclic GC. With 200 streams in flight they outlive the young generation, and an
-        # attacker's 15 KB header names grew a worker by ~60 MiB (bench/abuse.py
-        # h2_header_names); dropped here, they go when the exchange does.
-        self.exchange = None
-        self.done = True
-        if not self.end_pending and not self.closed:
-            self.reset(ErrorCodes.INTERNAL_ERROR)
-        if self.ended or self.closed:
-            self.conn.stream_done(self)
-
-    # -- from the connection -------------------------------------------------------------
-    def expect_body(self) -> None:
-        """The request has a body: it must come in time (timeouts.client_idle between pieces,
-        limits.min_body_rate on average, as over HTTP/1.1), or the stream gets a 408."""
-        self.body_started = now = self.plane.now()
-        self.body_received = 0
-        self.body_deadline = body_deadline(self.plane.config, now, now, 0)
-        self.conn.deadline = min(self.conn.deadline, self.body_deadline)
-
-    def body_paused(self) -> None:
-        self.body_deadline = INFINITY              # lb, not the client, holds the body up
-
-    def body_resumed(self) -> None:
-        if not self.closed and self.exchange is not None and not self.exchange.request_done:
-            self.expect_body()
-
-    def data(self, data: bytes, flow_length: int) -> None:
-        self.received += len(data)
-        if self.body_deadline != INFINITY:
-            self.body_received += len(data)
-            self.body_deadline = body_deadline(self.plane.config, self.plane.now(), self.body_started,
-                                               self.body_received)
-        exchange = self.exchange
-        if self.expected_length is not None and self.received > self.expected_length:
-            self.malformed("more DATA than content-length")
-            return
-        if self.head is not None and not self.closed:      # the exchange starts at the read's end
-            self.early.append(data)
-            self.held_ack += flow_length
-            return
-        if exchange is not None and not exchange.finished and not self.closed:
-            exchange.add_body(data)
-            if self.flow.paused:
-                self.held_ack += flow_length
-                return
-        self.conn.h2.acknowledge_received_data(flow_length, self.id)
-
-    def request_ended(self) -> None:
-        self.client_ended = True
-        self.body_deadline = INFINITY
-        if self.expected_length is not None and self.received != self.expected_length:
-            self.malformed("DATA shorter than content-length")
-            return
-        if self.exchange is not None and not self.exchange.finished:
-            self.exchange.end_body()
-
-    def acknowledge_held(self) -> None:
-        held, self.held_ack = self.held_ack, 0
-        if held and not self.closed:
-            self.conn.h2.acknowledge_received_data(held, self.id)
-            self.conn.flush_soon()
-
-    def malformed(self, why: str) -> None:
-        """RFC 9113 8.1.1: a malformed request is a stream error, and is not sent on. An
-        exchange already under way ends, and its backend connection with it (never reused)."""
-        self.plane.failed["h2_stream_error"] += 1
-        self.reset(ErrorCodes.PROTOCOL_ERROR)
-        if self.exchange is not None:
-            self.exchange.fail(HttpError(f"malformed HTTP/2 request: {why}", 400))
-        elif not self.done:
-            self.done = True               # it never started: nothing went upstream
-            self.head = None
-            self.conn.stream_done(self)
-        self.conn.ended_abnormally("malformed requests")
-
-    def reset(self, code) -> None:
-        if not self.closed:
-            self.closed = True
-            self.outbox.clear()
-            self.outbox_bytes = 0
-            try:
-                self.conn.h2.reset_stream(self.id, code)
-            except h2.exceptions.StreamClosedError:
-                pass
-            self.conn.flush_soon()
-            if self.done:
-                self.conn.stream_done(self)
-
-    def reset_by_client(self) -> None:
-        """The client reset the stream, or went away: what it asked is not worth finishing."""
-        self.closed = True
-        self.outbox.clear()
-        self.outbox_bytes = 0
-        exchange, self.exchange = self.exchange, None       # no cycle left behind (exchange_done)
-        if exchange is not None and not exchange.finished:
-            exchange.client_gone()
-
-    def drained(self) -> None:
-        """Called by the connection after it sent from the outbox."""
-        if self.write_paused and self.outbox_bytes <= STREAM_WRITE_HIGH // 2:
-            self.write_paused = False
-            upstream = self.exchange.upstream if self.exchange is not None else None
-            if upstream is not None:
-                upstream.resume_reading()
-
-
-class H2Exchange(Exchange):
-    """An exchange whose client is an HTTP/2 stream: the response goes out as HEADERS and
-    DATA frames instead of HTTP/1.1 bytes; everything else is Exchange's."""
-
-    __slots__ = ()
-
-    def _interim(self, head) -> None:
-        if head.status == 101:
-            raise HttpError("backend switched protocols without being asked", 502)
-        # other 1xx are not forwarded over HTTP/2 (100-continue is between lb and the backend)
-
-    def on_response(self, head) -> None:
-        status = head.status
-        if status < 200:
-            self._interim(head)
-            return
-        no_body = self.head.method == b"HEAD" or status in (204, 304)
-        self.body_mode = NO_BODY if no_body else DATA_FRAMES
-        self.status = status
-        self.upstream_keep = head.keep_alive
-        self.close_delimited = not no_body and head.content_length is None and not head.chunked
-        extra = self.client.hsts_fields
-        if self.pin_cookie is not None:
-            extra = (*extra, pin_cookie_field(self.pin_cookie))
-        length = head.content_length if status != 204 else None
-        self.client.send_headers(h2head.response_fields(status, head.headers, length, extra))
-
-    def on_response_body(self, data: bytes) -> None:
-        if self.body_mode != NO_BODY:
-            self.bytes_out += len(data)
-            self.client.send_data(data)
-
-    def on_response_end(self) -> None:
-        self.client.end()
-        self._done(reusable=self.request_done and self.upstream_keep)
-        self.client.exchange_done(self, False)
-
-    def upstream_lost(self, conn) -> None:
-        if conn is self.upstream and not self.finished and self.close_delimited:
-            self.client.end()              # the backend's close ends this body
-            self._done(reusable=False)
-            self.client.exchange_done(self, False)
-            return
-        super().upstream_lost(conn)
-
 
 class H2ClientConnection:
     """One client connection speaking HTTP/2 (an asyncio Protocol)."""
@@ -450,9 +96,9 @@ class H2ClientConnection:
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=False, normalize_inbound_headers=False,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
-        self.h2 = _Connection(config=config)
+        self.h2 = LbH2Connection(config=config)
         self.h2.encoder = h2head.ResponseEncoder()
-        self.h2.incoming_buffer = _FrameBuffer(limits.max_header_bytes)
+        self.h2.incoming_buffer = HeaderBoundFrameBuffer(limits.max_header_bytes)
         # An HPACK bomb (a few bytes naming a large dynamic-table entry over and over) is a
         # connection error; a list over max_header_bytes below that is a 431 on its stream.
         self.h2.decoder.max_header_list_size = HPACK_BOMB_FACTOR * limits.max_header_bytes

@@ -19,7 +19,8 @@ from lb.proxy.accesslog import AccessLog
 from lb.proxy.client import (LINGER_MAX_BYTES, LINGER_S, MAX_PIPELINED, PARSE_SLICE, READING_REQUESTS, RECEIVE,
                              TIMEOUT, ClientConnection)
 from lb.proxy.dataplane import DataPlane
-from lb.proxy.h2client import H2ClientConnection, H2Exchange, H2Stream, StreamFlow
+from lb.proxy.h2client import H2ClientConnection
+from lb.proxy.h2stream import H2Exchange, H2Stream, StreamFlow
 from lb.proxy.upstream import READ_BYTES, UpstreamConnection
 
 CONFIG = """
@@ -396,7 +397,7 @@ async def test_an_http2_stream_that_does_not_read_holds_at_most_64_kib(rig):
 
 async def test_a_long_lived_http2_connection_remembers_at_most_1000_closed_streams(rig):
     """h2 keeps how each of the last 65,536 closed streams ended, ~176 B each: 11 MiB a busy
-    connection. lb keeps 1,000 (h2client._Connection.MAX_CLOSED_STREAMS; this reads h2's
+    connection. lb keeps 1,000 (h2frames.LbH2Connection.MAX_CLOSED_STREAMS; this reads h2's
     record, `_closed_streams`). Failed before: 1,499 kept after 1,500 streams."""
     client, conn, transport = h2_connection(rig)
     get = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]

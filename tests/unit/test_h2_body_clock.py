@@ -1,4 +1,4 @@
-"""An HTTP/2 stream's request body clock (lb/proxy/h2client.H2Stream): client_idle between
+"""An HTTP/2 stream's request body clock (lb/proxy/h2stream.H2Stream): client_idle between
 pieces, min_body_rate on average, and stopped while lb itself holds the stream's window
 shut. Stubs for the connection and the exchange; `now` is set by the test."""
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lb.proxy.h2client import INFINITY, H2Stream
+from lb.proxy.h2stream import INFINITY, H2Stream
 
 
 class Plane:
