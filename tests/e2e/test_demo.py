@@ -1,5 +1,7 @@
 """`lb demo` (what `make demo` runs) on free ports: it deploys, reports, and stops what it started."""
 
+import random
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -7,15 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PYTHON, ROOT, free_port, port_open
+from conftest import PYTHON, ROOT, port_open
 
 
 def demo_config(tmp_path: Path) -> tuple[Path, dict]:
     config = yaml.safe_load((ROOT / "config" / "lb.yaml").read_text())
-    config.update(listen=f"127.0.0.1:{free_port()}", metrics={"listen": f"127.0.0.1:{free_port()}"},
+    base = free_port_run(2 + len(config["backends"]))        # distinct, and none ephemeral
+    config.update(listen=f"127.0.0.1:{base}", metrics={"listen": f"127.0.0.1:{base + 1}"},
                   admin={"socket": str(Path(tempfile.mkdtemp(prefix="lb", dir="/tmp")) / "lb.sock")})
-    for backend in config["backends"]:
-        backend["address"] = f"127.0.0.1:{free_port()}"
+    for i, backend in enumerate(config["backends"]):
+        backend["address"] = f"127.0.0.1:{base + 2 + i}"
     path = tmp_path / "lb.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, config
@@ -41,12 +44,25 @@ def test_the_demo_deploys_and_cleans_up(tmp_path, bad, expected):
 
 
 def free_port_run(count: int) -> int:
-    """The first of `count` consecutive free ports."""
-    for _ in range(50):
-        base = free_port()
-        if base + count <= 65535 and not any(port_open(port) for port in range(base, base + count)):
+    """The first of `count` consecutive ports that can be bound, below the kernel's ephemeral
+    range: a port inside it may become the local end of any connection the demo itself opens
+    (its users, its checks) between this choice and the demo's bind, which failed a run."""
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10000, first_ephemeral - count)
+        if all(_bindable(port) for port in range(base, base + count)):
             return base
-    raise AssertionError(f"no {count} consecutive free ports")
+    raise AssertionError(f"no {count} consecutive free ports below {first_ephemeral}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def test_the_demo_moves_to_other_ports_with_port_base(tmp_path):
