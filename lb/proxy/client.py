@@ -9,7 +9,8 @@ is buffered, a queue of pipelined requests); the response side pauses the
 upstream's reading while the client's write buffer is full.
 
 The connection is in one `Mode` (lb/core/modes.py) and moves only through that
-table (`_to`); reads go to the mode's handler (`RECEIVE`), a passed deadline to
+table (`_to`; the three moves of every keep-alive request, `modes.KEEPALIVE_MOVES`,
+are inlined where they happen, and a test holds them to the table); reads go to the mode's handler (`RECEIVE`), a passed deadline to
 its timeout handler (`TIMEOUT`), and the deadline the data plane's one sweeper
 compares (`deadline`) is the one the mode's row names.
 
@@ -330,12 +331,20 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # -- parser sink -------------------------------------------------------------
     def on_request_begin(self) -> None:
-        self._to(modes.BEGIN)
+        if self.mode is IDLE:       # modes.KEEPALIVE_MOVES[0], inlined: the next request's first byte
+            self.mode = HEAD
+            self.deadline = self.plane.now() + self.plane.config.timeouts.client_header
+        else:
+            self._to(modes.BEGIN)
 
     def on_request(self, head: http1.RequestHead) -> None:
         exchange = Exchange(self.plane, self, head)
         self.reading = exchange
-        self._to(modes.HEAD_WITH_BODY if head.has_body else modes.HEAD_ONLY)
+        if head.has_body or self.mode is not HEAD:
+            self._to(modes.HEAD_WITH_BODY if head.has_body else modes.HEAD_ONLY)
+        else:                       # modes.KEEPALIVE_MOVES[1], inlined: a bodiless head, no clock
+            self.mode = WAITING
+            self.deadline = INFINITY
         if self.current is None:
             self.current = exchange
             exchange.start()
@@ -428,6 +437,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._answer_error(self.deferred_error)
         elif self.closing_after_current:
             self.close()
+        elif self.mode is WAITING:  # modes.KEEPALIVE_MOVES[2], inlined: answered, nothing more read
+            self.mode = IDLE
+            self.deadline = self.plane.now() + self.plane.config.timeouts.client_idle
         else:
             self._to(modes.DONE)
 

@@ -13,7 +13,7 @@ import h2.events
 import pytest
 
 from lb.core.config import parse_config
-from lb.core.modes import Mode
+from lb.core.modes import IDLE, KEEPALIVE_MOVES, TRANSITIONS, Mode, entry_deadline
 from lb.core.planes import NodeView, RoutingView
 from lb.proxy.accesslog import AccessLog
 from lb.proxy.client import (LINGER_MAX_BYTES, LINGER_S, MAX_PIPELINED, PARSE_SLICE, READING_REQUESTS, RECEIVE,
@@ -413,3 +413,31 @@ async def test_a_long_lived_http2_connection_remembers_at_most_1000_closed_strea
 def test_every_client_mode_has_one_read_handler_and_the_timeouts_name_modes_with_a_clock():
     assert set(RECEIVE) | set(READING_REQUESTS) == set(Mode) and not set(RECEIVE) & set(READING_REQUESTS)
     assert all(mode.clock is not None for mode in TIMEOUT)
+
+
+async def test_the_keep_alive_moves_client_py_inlines_land_where_the_table_says(rig):
+    """client.py makes modes.KEEPALIVE_MOVES without `_to`: each must give the table's mode and the
+    deadline its row names (entry_deadline), as `_to` would."""
+    moves = []
+
+    def spied(name):
+        def spy(self, *args):
+            before = self.mode
+            rig.clock.t += 1.0                          # each move at its own time: its deadline is new
+            getattr(ClientConnection, name)(self, *args)
+            moves.append((before, self.mode, self.deadline, rig.clock.t))
+        return spy
+
+    spying = type("Spying", (ClientConnection,), {name: spied(name) for name in
+                                                  ("on_request_begin", "on_request", "exchange_done")})
+    client, transport = spying(rig.plane), FakeTransport()
+    client.connection_made(transport)
+    for path in (b"/1", b"/2"):
+        client.data_received(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path)
+        rig.respond(OK)
+    inlined = {(before, new): (deadline, now) for before, new, deadline, now in moves}
+    for mode, event, new in KEEPALIVE_MOVES:
+        assert TRANSITIONS[mode, event] is new
+        deadline, now = inlined[mode, new]
+        assert deadline == entry_deadline(new, rig.plane.config, now)
+    assert client.mode is IDLE and transport.take().count(b"200 OK") == 2
