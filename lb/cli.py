@@ -165,6 +165,7 @@ def ctl_fleet(targets: list[str], words: list[str], ssh_command: str) -> int:
 def cmd_backend(args) -> int:
     try:
         from .demo.backend import serve, start_detached, stop_pidfile
+        from .demo.spa import Site
     except ImportError as exc:     # wsproto comes with the demo extra
         print(f"lb backend: {exc}; install the demo extra: pip install 'lb[demo]'", file=sys.stderr)
         return 2
@@ -173,27 +174,41 @@ def cmd_backend(args) -> int:
     except InvalidValue as exc:
         print(f"lb backend: --listen: {exc}", file=sys.stderr)
         return 2
-    if not 0.0 <= args.fail_rate <= 1.0:
-        print("lb backend: --fail-rate: expected a fraction from 0 to 1", file=sys.stderr)
-        return 2
-    if (args.replace or args.detach) and not args.pidfile:
-        print("lb backend: --replace and --detach need --pidfile", file=sys.stderr)
+    if (error := backend_args_error(args)) is not None:
+        print(f"lb backend: {error}", file=sys.stderr)
         return 2
     if args.replace:
         stop_pidfile(args.pidfile)
     if args.detach:
-        argv = ["--listen", args.listen, "--version", args.version, "--warmup", str(args.warmup),
-                "--fail-rate", str(args.fail_rate), *(["--name", args.name] if args.name else [])]
         try:
-            pid = start_detached(argv, args.pidfile, args.log)
+            pid = start_detached(backend_argv(args), args.pidfile, args.log)
         except RuntimeError as exc:
             print(f"lb backend: {exc}", file=sys.stderr)
             return 1
         print(json.dumps({"backend": args.name, "version": args.version, "pid": pid}))
         return 0
-    run_async(serve(host, port, args.name or f"{host}:{port}", args.version, args.warmup,
-                    args.fail_rate, args.pidfile))
+    name = args.name or f"{host}:{port}"
+    site = Site(args.version, name, args.chunks, args.asset_bytes) if args.spa else None
+    run_async(serve(host, port, name, args.version, args.warmup, args.fail_rate, args.pidfile, site))
     return 0
+
+
+def backend_args_error(args) -> str | None:
+    """What is wrong with `lb backend`'s arguments (--listen apart), or None."""
+    if not 0.0 <= args.fail_rate <= 1.0:
+        return "--fail-rate: expected a fraction from 0 to 1"
+    if args.chunks < 0 or args.asset_bytes < 0:
+        return "--chunks and --asset-bytes: expected a count from 0 up"
+    if (args.replace or args.detach) and not args.pidfile:
+        return "--replace and --detach need --pidfile"
+    return None
+
+
+def backend_argv(args) -> list[str]:
+    """The arguments a --detach'ed `lb backend` serves with."""
+    spa = ["--spa", "--chunks", str(args.chunks), "--asset-bytes", str(args.asset_bytes)] if args.spa else []
+    return ["--listen", args.listen, "--version", args.version, "--warmup", str(args.warmup),
+            "--fail-rate", str(args.fail_rate), *(["--name", args.name] if args.name else []), *spa]
 
 
 def cmd_deploy(args) -> int:
@@ -337,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--detach", action="store_true",
                          help="run in the background; return once it listens")
     backend.add_argument("--log", help="with --detach: append the server's output here")
+    backend.add_argument("--spa", action="store_true", help="serve a single-page app: / is an HTML page "
+                         "naming hashed, immutable assets of this version; other versions' assets 404")
+    backend.add_argument("--chunks", type=int, default=4, metavar="N",
+                         help="with --spa: lazy chunks the page names besides the app (default 4)")
+    backend.add_argument("--asset-bytes", type=int, default=4096, metavar="N",
+                         help="with --spa: size of each asset (default 4096)")
     backend.set_defaults(func=cmd_backend)
 
     demo = sub.add_parser("demo", help="10 backends + lb + live traffic + a v1 -> v2 rolling deploy")

@@ -16,6 +16,11 @@ Routes:
   GET /setcookie        sets the app's own cookie (app=1)
   *   /status/N         that status
   GET /ws               WebSocket echo (wsproto does the framing)
+With --spa (lb/demo/spa.py; without it / answers JSON as above):
+  GET / , /index.html   the version's HTML page (no-cache), naming its hashed assets
+  GET /assets/NAME.HASH.js   this version's asset (immutable); any other asset path 404,
+                        as a newer release answers an older page's lazy chunk
+  GET /api/...          {"version", "node", "path"} JSON (no-store)
 Every response carries X-Backend-Version and X-Backend-Node.
 --fail-rate P answers 500 to that fraction of requests (never to /health): a
 broken release whose health check still passes.
@@ -48,6 +53,7 @@ import wsproto.events as ws
 
 from ..core.http1 import reason_phrase
 from ..files import atomic_write
+from .spa import Answer, Site
 
 _CONN_ID: contextvars.ContextVar[int] = contextvars.ContextVar("conn_id", default=0)
 _HEAD: contextvars.ContextVar[bool] = contextvars.ContextVar("head", default=False)   # answering a HEAD
@@ -57,8 +63,10 @@ MAX_ECHO_BYTES = 1 << 20
 
 
 class BackendApp:
-    def __init__(self, name: str, version: str, warmup_s: float, fail_rate: float = 0.0):
+    def __init__(self, name: str, version: str, warmup_s: float, fail_rate: float = 0.0,
+                 spa: Site | None = None):
         self.name = name
+        self.spa = spa
         self.fail_rate = fail_rate
         self._fail_debt = 0.0        # grows by fail_rate a request; a failure pays 1
         self.version = version
@@ -163,7 +171,10 @@ class BackendApp:
             await self._json(conn, writer, 500, {"error": "injected failure", "node": self.name,
                                                  "version": self.version})
             return False
-        if path == "/health":
+        answer = self.spa.answer(path) if self.spa else None
+        if answer is not None:
+            await self._send(conn, writer, answer)
+        elif path == "/health":
             ok = self.loop.time() >= self.ready_at and not self.stopping
             await self._json(conn, writer, 200 if ok else 503, {"ok": ok, "version": self.version})
         elif path == "/setcookie":
@@ -199,7 +210,18 @@ class BackendApp:
     async def _json(self, conn, writer, status: int, payload, with_body: bool = True,
                     extra=()) -> None:
         body = json.dumps(payload).encode() if with_body else b""
-        headers = self.headers([(b"content-type", b"application/json"), *extra])
+        writer.write(self._whole(conn, status, [(b"content-type", b"application/json"), *extra],
+                                 body, with_body))
+        await writer.drain()
+
+    async def _send(self, conn, writer, answer: Answer) -> None:
+        """An answer lb/demo/spa.py decided, with this backend's headers."""
+        writer.write(self._whole(conn, answer.status, list(answer.headers), answer.body))
+        await writer.drain()
+
+    def _whole(self, conn, status: int, extra: list, body: bytes, with_body: bool = True) -> bytes:
+        """One whole response: this backend's headers, then `extra`, then Content-Length."""
+        headers = self.headers(extra)
         if with_body:
             headers.append((b"content-length", str(len(body)).encode()))
         # One write for the whole response: a backend killed at any instant has sent all of it
@@ -208,8 +230,7 @@ class BackendApp:
         if body and conn.our_state is h11.SEND_BODY and not _HEAD.get():
             out.append(conn.send(h11.Data(data=body)))
         out.append(conn.send(h11.EndOfMessage()))
-        writer.write(b"".join(out))
-        await writer.drain()
+        return b"".join(out)
 
     async def _stream(self, conn, writer, chunks: int, ms: int) -> None:
         writer.write(conn.send(h11.Response(status_code=200, headers=self.headers(
@@ -291,8 +312,8 @@ class BackendApp:
 
 
 async def serve(host: str, port: int, name: str, version: str, warmup_s: float,
-                fail_rate: float = 0.0, pidfile: str | None = None) -> None:
-    app = BackendApp(name, version, warmup_s, fail_rate)
+                fail_rate: float = 0.0, pidfile: str | None = None, spa: Site | None = None) -> None:
+    app = BackendApp(name, version, warmup_s, fail_rate, spa)
     server = await asyncio.start_server(app.handle, host, port, reuse_address=True, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -109,13 +109,14 @@ class Process:
 
 class Backend(Process):
     def __init__(self, name: str, version: str = "v1", port: int | None = None,
-                 warmup_s: float = 0.0, fail_rate: float = 0.0):
+                 warmup_s: float = 0.0, fail_rate: float = 0.0, args: tuple[str, ...] = ()):
+        """`args`: more arguments to `lb backend` (`("--spa", "--chunks", "3")`)."""
         self.name = name
         self.version = version
         self.port = port or free_port()
         super().__init__([PYTHON, "-m", "lb.cli", "backend", "--listen", f"127.0.0.1:{self.port}",
                           "--version", version, "--name", name, "--warmup", str(warmup_s),
-                          "--fail-rate", str(fail_rate)],
+                          "--fail-rate", str(fail_rate), *args],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT_S)
         line = self.proc.stdout.readline() if ready else b""

@@ -53,6 +53,18 @@ def test_the_planes_do_not_import_each_other(plane, other):
             assert not name.startswith(other), f"{path.relative_to(LB)} imports {name}"
 
 
+# The demo app's parts that the backend, the benches and the tests share, as plain data both ways.
+DEMO_PURE = ["spa.py"]
+
+
+@pytest.mark.parametrize("name", DEMO_PURE)
+def test_the_demo_apps_shared_parts_do_no_io(name):
+    for imported, _ in imports(LB / "demo" / name):
+        top = imported.split(".")[0]
+        assert top not in IO_MODULES and imported not in IO_MODULES, f"demo/{name} imports {imported}"
+        assert top != "lb", f"demo/{name} imports {imported}"
+
+
 # lb/process starts, watches and replaces processes; what they run is the planes' business.
 PROCESS_MAY_NOT_IMPORT = ("lb.control", "lb.deploy", "lb.demo", "lb.serve", "lb.proxy")
 PROCESS_RUNS_THE_DATA_PLANE = {"worker.py"}      # only the worker process imports lb.proxy
