@@ -118,6 +118,20 @@ CONFIG_NOTES = {
                             "times the pool's moves clients forward to a newer version.",
     "pinning.secure": "The cookie's `Secure`: `auto` on TLS connections, `true` everywhere, "
                       "`false` nowhere.",
+    "pinning.header": "A request header naming the version to serve it (skew protection): a tab "
+                      "sends its page's version; stronger than the query and the cookie.",
+    "pinning.query": "A query parameter naming the version (`/api/x?dpl=v1`), after the header.",
+    "skew": "Skew protection: assets and API calls follow their page's version across a deploy "
+            "([Deploying](deploying.md#skew-protection)).",
+    "skew.assets": "Path globs (`/assets/*`) that are immutable assets besides responses saying "
+                   "`Cache-Control: immutable`.",
+    "skew.store_bytes": "The on-disk store of asset copies, all together (0: keep no copies).",
+    "skew.max_asset_bytes": "The largest asset copied.",
+    "skew.max_assets": "Entries (path, version) the index holds; least recently learned go first "
+                       "(0: learn none).",
+    "skew.retention": "How long lb serves a gone version's assets from its store.",
+    "skew.override_from": "Who may name a version nobody is sent to yet (weight 0, a canary before "
+                          "its bake): CIDRs, or `{header: NAME, secret: TEXT}`. Loopback by default.",
     "timeouts": "Deadlines.",
     "timeouts.connect": "Connecting to a backend (then the next backend is tried).",
     "timeouts.client_header": "A client's whole request head, and a TLS handshake (then 408).",
@@ -316,6 +330,10 @@ COMMAND_NOTES = {
                   "fingerprint.",
     "show versions": "Versions oldest first: nodes, ready capacity, requests routed by pin and "
                      "assignments, and every migration (`from`, `to`, `direction`, `count`).",
+    "show assets": "Skew protection, per version: asset paths learned, copies stored and their bytes, "
+                   "in service or when it left, and requests routed `by_asset`, `by_header`, "
+                   "`by_query`, `by_override`, `by_store`, `by_gone` (named while out of service); "
+                   "`store`: entries, bytes stored, the bound, the folder.",
     "show stats": "Totals and per server: requests by class (2xx..5xx), lb-made failures, retries, "
                   "connect errors, p50/p99 over the last 60 s, and `since`. Counters never reset; a "
                   "deploy's bake reads their deltas.",

@@ -152,6 +152,11 @@ class Admin:
                 for (f, t, d), n in sorted(pins["migrations"].items())]}
         return {"versions": rows}
 
+    def show_assets(self) -> dict:
+        """Skew protection's index and store (lb/control/assets.py)."""
+        assets = self.control.assets
+        return {"assets": assets.rows(self.pool.version_capacity()), "store": assets.info()}
+
     def show_info(self) -> dict:
         link = self.control.link
         predecessor = link.predecessor
@@ -325,6 +330,7 @@ HANDLERS = {
     ("show", "info"): Admin.show_info,
     ("show", "certs"): Admin.show_certs,
     ("show", "versions"): Admin.show_versions,
+    ("show", "assets"): Admin.show_assets,
     ("show", "stats"): Admin.show_stats,
     ("show", "latency"): Admin.show_latency,
     ("drain",): Admin.drain,

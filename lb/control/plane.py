@@ -30,6 +30,7 @@ from ..core.reload import (ADD, ADDRESS, AT_RESTART, BALANCE, KEEP, MAX_CONNS, R
                            RunningNode, plan_reload, running_config)
 from ..core.stats import PoolStats
 from ..core.seams import Link
+from .assets import Assets
 from .checker import Checker
 
 log = logging.getLogger("lb.control")
@@ -64,12 +65,16 @@ class Control:
         self.state_changed = asyncio.Event()     # set and replaced on every node change
         self._reported = asyncio.Event()         # set and replaced on every report
         self.checker = Checker(self)
+        self.assets = Assets(config)             # skew protection's index (control/assets.py)
         self._sweeper: asyncio.TimerHandle | None = None
 
     def attach(self, link: Link) -> None:
-        """Connect the data plane and hand it the current view."""
+        """Connect the data plane and hand it the current view and asset index."""
         self.link = link
         self.publish()
+        if self.pinning_on:
+            self.assets.load()
+            link.apply_assets(self.assets.snapshot())
 
     def start(self) -> None:
         """The sweeper and the checks begin (after `place_nodes` and the listeners)."""
@@ -86,6 +91,8 @@ class Control:
     async def stop(self) -> None:
         """No more checks and sweeps (at exit, and while an upgrade hands the state over)."""
         await self.checker.stop()
+        if self.pinning_on:
+            self.assets.save()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -95,6 +102,7 @@ class Control:
         self.generation += 1
         if self.link is not None:
             self.link.apply_view(self.pool.view(self.generation))
+        self.assets.view(self.pool.version_capacity(), self.pool.versions, time.time())
 
     def changed(self) -> None:
         """After any change of a node: publish the view, wake whoever waits."""
@@ -212,6 +220,8 @@ class Control:
         if report.pins is not None:
             for key, counts in report.pins.items():
                 self.pins[key].update(counts)
+        if report.assets or report.skew:
+            self.assets.learned(report.assets, report.skew)
         self.clients = report.clients
         self.queued = report.queued
         for node in list(self.pool.backends.values()):
@@ -293,6 +303,9 @@ class Control:
         """What time alone changes: drain deadlines, ejections ending, slow-start ramps."""
         self._drain_deadlines(now)
         self._health_tick(now)
+        update = self.assets.tick(time.time())
+        if update is not None and self.link is not None:
+            self.link.apply_assets(update)
 
     def _drain_deadlines(self, now: float) -> None:
         drain_s = self.config.drain.timeout
@@ -325,6 +338,7 @@ class Control:
             if said or action.message:
                 changes.append(said or action.message)
         self.config = running_config(new, self.config)
+        self.assets.configure(self.config)
         self.link.apply_config(self.config)
         self.changed()
         return changes

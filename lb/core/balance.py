@@ -30,7 +30,7 @@ class Route(Endpoint):
 
     __slots__ = ("name", "host", "port", "version", "effective_weight", "takes_traffic",
                  "draining", "inflight", "tunnels", "rr_current", "removed",
-                 "stats", "outcomes", "fail_streak", "cut", "max_conns")
+                 "stats", "outcomes", "fail_streak", "cut", "max_conns", "reachable")
 
     def __init__(self, view: NodeView):
         self.inflight = 0
@@ -51,6 +51,11 @@ class Route(Endpoint):
         self.takes_traffic = view.takes_traffic
         self.draining = view.draining
         self.max_conns = view.max_conns
+        self.reachable = view.reachable
+
+
+def _inflight(route: Route) -> int:
+    return route.inflight
 
 
 class LeastConn:
@@ -114,6 +119,8 @@ class RoutingTable:
         self._by_version: dict[str, list[Route]] = {}
         self._capacity: dict[str, float] = {}
         self._capped = False             # some route has max_conns: choose() skips full ones
+        self._weightless: dict[str, list[Route]] = {}    # versions nobody is sent to but an override
+        self._weightless_versions: frozenset = frozenset()
         if view is not None:
             self.apply(view)
 
@@ -151,6 +158,17 @@ class RoutingTable:
         self._by_version = groups
         self._capacity = {v: sum(r.effective_weight for r in routes) for v, routes in groups.items()}
         self._capped = any(r.max_conns for r in self._eligible)
+        weightless: dict[str, list[Route]] = {}
+        for route in self.routes.values():
+            if route.reachable and route.version not in groups:
+                weightless.setdefault(route.version, []).append(route)
+        self._weightless = weightless
+        self._weightless_versions = frozenset(weightless)
+
+    def weightless(self) -> frozenset:
+        """The versions whose ready, up nodes all stand at weight 0 (skew.py: reached only by
+        a request that may override)."""
+        return self._weightless_versions
 
     def by_version(self) -> dict[str, list[Route]]:
         """The routes taking traffic, of each version that has any."""
@@ -177,6 +195,9 @@ class RoutingTable:
         while any other candidate is eligible.
         """
         candidates = self._eligible if version is None else self._by_version.get(version, [])
+        if not candidates and version in self._weightless:
+            others = [r for r in self._weightless[version] if r not in exclude]
+            return min(others or self._weightless[version], key=_inflight)     # no weight to share by
         if self._capped:
             candidates = [r for r in candidates if not r.max_conns or r.inflight < r.max_conns]
         if exclude:

@@ -48,6 +48,8 @@ COMMANDS = [
     Command(("show", "info"), (), (), "pid, lb version, started, workers (pid, started, restarts), upgrades", False),
     Command(("show", "certs"), (), (), "per TLS listener: certificates, names, not-after, days left, SHA-256", False),
     Command(("show", "versions"), (), (), "versions, oldest first, with ready capacity", False),
+    Command(("show", "assets"), (), (), "per version: asset paths learned, copies stored, requests routed by "
+            "asset, header, query, served from the store", False),
     Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s", False),
     Command(("show", "latency"), ("NAME[,NAME...]", "WINDOW"), ("raw",), "p50/p90/p99 of those servers together "
             "over the last WINDOW (1s..60s); raw: also the histogram's bucket counts, to merge", False),

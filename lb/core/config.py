@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError, InvalidValue
 from .values import (check_host_name, check_name, check_version_label, format_hostport, parse_duration,
-                     parse_hostport)
+                     parse_hostport, parse_size)
 
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|kB|MB)/s$")
 _RATE_UNIT = {"B": 1, "KiB": 1024, "MiB": 1024 * 1024, "kB": 1000, "MB": 1000 * 1000}
@@ -34,6 +34,9 @@ def parse_rate(value: Any) -> float:
     if not match:
         raise InvalidValue(f"expected a rate like 1KiB/s, 500B/s or 0 (off), got {value!r}")
     return float(match.group(1)) * _RATE_UNIT[match.group(2)]
+
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")       # an HTTP field name (RFC 9110)
 
 
 def _cidr_list(value: Any) -> tuple[str, ...]:
@@ -374,6 +377,42 @@ class PinningConfig:
     max_age: float = _field(86400.0, parse_duration)
     max_overload: float = _field(1.5, _float_range(1.0, 100.0))
     secure: str | bool = _field("auto", _auto_or_bool)     # the cookie's Secure; auto: on TLS listeners
+    # where a request may name its own version (skew protection, lb/core/skew.py)
+    header: str = _field("X-Lb-Version", _matching(_TOKEN_RE, "a header name"))
+    query: str = _field("dpl", _matching(re.compile(r"^[A-Za-z0-9_.-]{1,64}$"), "a query parameter name"))
+
+
+def _override_list(value: Any) -> tuple:
+    """skew.override_from: CIDRs ('10.0.0.0/8'), or {header: NAME, secret: TEXT} (at least 16
+    characters: it is a password) for a request that proves it knows the secret."""
+    if not isinstance(value, list):
+        raise InvalidValue(f"expected a list of CIDRs or {{header, secret}} mappings, got {value!r}")
+    items = []
+    for item in value:
+        if isinstance(item, dict):
+            if set(item) != {"header", "secret"} or not _TOKEN_RE.match(str(item["header"])) \
+                    or not isinstance(item["secret"], str) or len(item["secret"]) < 16:
+                raise InvalidValue(f"expected {{header: NAME, secret: TEXT of 16 characters or more}}, got {item!r}")
+            items.append((str(item["header"]), item["secret"]))
+        else:
+            items.append(_cidr_list([item])[0])
+    return tuple(items)
+
+
+def _glob_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.startswith("/") for item in value):
+        raise InvalidValue(f"expected a list of path globs like /assets/*, got {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class SkewConfig:
+    assets: tuple[str, ...] = _field((), _glob_list)      # paths that are immutable assets besides
+    store_bytes: int = _field(256 << 20, parse_size)      # responses saying Cache-Control: immutable
+    max_asset_bytes: int = _field(8 << 20, parse_size)
+    max_assets: int = _field(10000, _int_range(0, 1000000))     # entries of the index (0: learn none)
+    retention: float = _field(86400.0, parse_duration)
+    override_from: tuple = _field(("127.0.0.0/8", "::1/128"), _override_list)
 
 
 @dataclass(frozen=True)
@@ -411,6 +450,7 @@ class Config:
     drain: DrainConfig = _field(DrainConfig(), DrainConfig)
     slow_start: float = _field(10.0, parse_duration)
     pinning: PinningConfig = _field(PinningConfig(), PinningConfig)
+    skew: SkewConfig = _field(SkewConfig(), SkewConfig)
     timeouts: TimeoutsConfig = _field(TimeoutsConfig(), TimeoutsConfig)
     limits: LimitsConfig = _field(LimitsConfig(), LimitsConfig)
     trusted_proxies: tuple[str, ...] = _field((), _cidr_list)   # peers whose X-Forwarded-For is kept

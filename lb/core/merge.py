@@ -7,7 +7,8 @@ plane. The arbiter (lb/process/arbiter.py) hands every report a member sends (a
 worker, or after an upgrade the old master standing for its own workers) to
 `ReportMerge`, and passes what comes out to `Control.on_report`:
 
-- what was served (stats, outcomes, failures, retries, pins) passes through as it
+- what was served (stats, outcomes, failures, retries, pins, assets learned, skew
+  counters) passes through as it
   comes: deltas add up;
 - what is true now (in flight and tunnels per node, clients, queued) is the sum of
   every live member's latest report;
@@ -53,7 +54,8 @@ class ReportMerge:
         deltas = {name: (got.stats, got.outcomes,
                          self._cut_answered(name, member, got.cut) if got.cut is not None else None)
                   for name, got in report.nodes.items()}
-        merged = self._merged(deltas, report.failed, report.retries, report.pins, view)
+        merged = self._merged(deltas, report.failed, report.retries, report.pins, view,
+                              report.assets, report.skew)
         self._answered(member)
         return merged
 
@@ -112,7 +114,8 @@ class ReportMerge:
         del self._cuts[name]
         return total[0]
 
-    def _merged(self, deltas: dict, failed: Counter, retries: int, pins, view: RoutingView | None) -> Report:
+    def _merged(self, deltas: dict, failed: Counter, retries: int, pins, view: RoutingView | None,
+                assets: list | None = None, skew: Counter | None = None) -> Report:
         """Per node, what is true now summed over the live members' latest reports, with
         `deltas` (name -> stats, outcomes, cut); pool-wide deltas pass through."""
         live = list(self.latest.values())
@@ -121,7 +124,7 @@ class ReportMerge:
                                   sum(r.nodes[name].tunnels for r in live if name in r.nodes), *delta)
                  for name, delta in deltas.items()}
         return Report(generation, nodes, failed, retries, pins,
-                      sum(r.clients for r in live), sum(r.queued for r in live))
+                      sum(r.clients for r in live), sum(r.queued for r in live), assets or [], skew)
 
 
 def share(total: int, workers: int, slot: int) -> int:

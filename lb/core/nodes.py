@@ -162,7 +162,8 @@ class Node(Endpoint):
 
     def view(self) -> NodeView:
         return NodeView(self.name, self.host, self.port, self.version, self.effective_weight,
-                        self.takes_traffic, self.admin_state == DRAINING, self.max_conns)
+                        self.takes_traffic, self.admin_state == DRAINING, self.max_conns,
+                        self.admin_state == READY and self.health == UP and self.weight == 0)
 
     def describe(self, now: float | None = None) -> dict:
         hstate = self.hstate

@@ -54,6 +54,16 @@ class PinCookie(NamedTuple):
     secure: bool
 
 
+def names_cookie(value: bytes, prefix: bytes) -> bool:
+    """Whether a Cookie header's value holds the pin cookie itself (not only a longer name)."""
+    start = value.find(prefix)
+    while start != -1:
+        if start == 0 or value[start - 1] in b" ;":
+            return True
+        start = value.find(prefix, start + 1)
+    return False
+
+
 class Pinning:
     def __init__(self, cookie: str, max_age_s: float, max_overload: float,
                  rng: random.Random | None = None, *, secure: str | bool = "auto"):
@@ -79,20 +89,26 @@ class Pinning:
     # -- the cookie ----------------------------------------------------------------
     def read_pin(self, headers, known: list[str]) -> str | None:
         """The pinned version from a request's Cookie headers, or None when absent or invalid."""
-        prefix = self.cookie_prefix
         for name, value in headers:
-            if len(name) != 6 or name.lower() != b"cookie":
-                continue
-            start = value.find(prefix)
-            while start != -1:
-                if start == 0 or value[start - 1] in b" ;":
-                    end = value.find(b";", start)
-                    raw = value[start + len(prefix):end if end != -1 else len(value)].strip()
-                    if len(raw) > MAX_PIN_BYTES:
-                        return None
-                    pin = raw.decode("latin-1")
-                    return pin if pin in known and VERSION_RE.match(pin) else None
-                start = value.find(prefix, start + 1)
+            if len(name) == 6 and name.lower() == b"cookie" and self.cookie_prefix in value:
+                pin = self.pin_in(value, known)
+                if pin is not None or names_cookie(value, self.cookie_prefix):
+                    return pin
+        return None
+
+    def pin_in(self, value: bytes, known) -> str | None:
+        """The pinned version in one Cookie header's value, or None when absent or invalid."""
+        prefix = self.cookie_prefix
+        start = value.find(prefix)
+        while start != -1:
+            if start == 0 or value[start - 1] in b" ;":
+                end = value.find(b";", start)
+                raw = value[start + len(prefix):end if end != -1 else len(value)].strip()
+                if len(raw) > MAX_PIN_BYTES:
+                    return None
+                pin = raw.decode("latin-1")
+                return pin if pin in known and VERSION_RE.match(pin) else None
+            start = value.find(prefix, start + 1)
         return None
 
     def pin_cookie(self, version: str, over_tls: bool) -> PinCookie:

@@ -14,6 +14,7 @@ Control -> data plane (`DataPlane` methods, lb/proxy/dataplane.py):
 - `apply_config(Config)`: the settings a reload may change (timeouts, limits,
   retries, balance);
 - `cut(name)`: drain.timeout passed on that node: close what is left on it;
+- `apply_assets(AssetsUpdate)`: what changed in the asset index (lb/core/skew.py);
 - `collect()`: report now (before the control plane answers a question whose
   answer counts requests).
 
@@ -26,7 +27,7 @@ and latency bucket, connect errors, upstream errors, retries, lb-made
 failures), the passive-health outcomes in order, and the result of a `cut`;
 and for the whole data plane the lb-made failures by reason, retries, pin
 counters, open client connections and requests waiting for a backend at its
-max_conns.
+max_conns, the assets learned and the skew counters.
 
 A report names the view generation it was written under: the control plane
 calls a draining node drained only on a report written after the data plane
@@ -68,6 +69,7 @@ class NodeView:
     takes_traffic: bool          # ready, up, weight > 0
     draining: bool               # the control plane waits for the node's work to end
     max_conns: int = 0           # requests at once on this node in this data plane; 0: no cap
+    reachable: bool = False      # ready and up at weight 0: only a request that may override goes (skew)
 
 
 @dataclass(frozen=True)
@@ -98,3 +100,5 @@ class Report:
     pins: dict[str, Counter] | None   # assignments, migrations, pinned_requests (pinning on)
     clients: int                 # client connections open now
     queued: int = 0              # requests waiting for a capped backend now
+    assets: list = field(default_factory=list)     # skew: Assets learned since the last report
+    skew: Counter | None = None  # skew: requests by (how, version), gone versions named, copies missing

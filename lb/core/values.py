@@ -64,6 +64,23 @@ def parse_duration(value: Any) -> float:
     return float(match.group(1)) * _DURATION_UNIT_S[match.group(2)]
 
 
+_SIZE_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|kB|MB|GB)?$")
+_SIZE_UNIT = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "kB": 1000, "MB": 10 ** 6,
+              "GB": 10 ** 9}
+
+
+def parse_size(value: Any) -> int:
+    """'256MiB', '8MiB', '4KiB', '1GB' or a plain number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise InvalidValue(f"expected a size like 256MiB, 8KiB or 0, got {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _SIZE_RE.match(str(value).strip())
+    if not match:
+        raise InvalidValue(f"expected a size like 256MiB, 8KiB or 0, got {value!r}")
+    return int(match.group(1)) * _SIZE_UNIT[match.group(2)]
+
+
 def parse_hostport(value: Any) -> tuple[str, int]:
     """'HOST:PORT' (or '[v6]:PORT') -> (host, port). HOST is a DNS name or an IP literal:
     an address reaches shell commands (`lb deploy --update 'ssh {host} ...'`), so nothing

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from ..core.merge import ReportMerge, view_for
 from ..core.planes import Report, RoutingView
 from ..core.privileges import Identity
+from ..core.skew import AssetMap
 from ..procs import start_lb_process
 from .channel import Channel, open_channel
 
@@ -71,6 +72,7 @@ class Arbiter:
         self._report_to = report_to
         self.count = count
         self.view: RoutingView | None = None
+        self.assets = AssetMap()              # the asset index as the workers hold it (lb/core/skew.py)
         self.slots: dict[int, Worker] = {}
         self.merge = ReportMerge()
         self.restarts = 0
@@ -104,6 +106,8 @@ class Arbiter:
                                             lambda: self._on_closed(worker))
         worker.channel.send("config", (self.config, slot, self.identity))
         worker.channel.send("view", view_for(self.view, self.count, slot))
+        if self.assets.by_path or self.assets.retired:
+            worker.channel.send("assets", self.assets.snapshot())
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT_S)
         except (asyncio.TimeoutError, RuntimeError):
@@ -224,6 +228,13 @@ class Arbiter:
             worker.channel.send("view", view_for(view, self.count, worker.slot))
         if self.predecessor is not None:
             self.predecessor.channel.send("view", view)      # it shares max_conns out itself
+
+    def apply_assets(self, update) -> None:
+        """The asset index's changes (skew protection); a worker started later gets it whole."""
+        self.assets.apply(update)
+        for worker in self.slots.values():
+            worker.channel.send("assets", update)
+        # Not to a predecessor: its workers only finish what they hold, with the index they have.
 
     def apply_config(self, config) -> None:
         self.config = config

@@ -75,6 +75,9 @@ class WorkerProcess:
     def _on_cut(self, name: str) -> None:
         self._apply(lambda data: data.cut(name))
 
+    def _on_assets(self, update) -> None:
+        self._apply(lambda data: data.apply_assets(update))
+
     def _on_collect(self, _=None) -> None:
         self._apply(lambda data: data.collect())
 
@@ -132,6 +135,7 @@ FROM_MASTER = {
     "config": WorkerProcess._on_config,
     "view": WorkerProcess._on_view,
     "cut": WorkerProcess._on_cut,
+    "assets": WorkerProcess._on_assets,
     "collect": WorkerProcess._on_collect,
     "reopen": WorkerProcess._on_reopen,
     "stop": WorkerProcess._on_stop,

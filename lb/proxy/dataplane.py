@@ -47,6 +47,7 @@ from ..core.balance import POLICIES, RoutingTable
 from ..core.config import LISTEN_BACKLOG
 from ..core.errors import ConfigError, HttpError
 from ..core.pinning import Pinning
+from .skew import SkewPlane
 from ..core.planes import NodeReport, Report, RoutingView
 from ..core.seams import Client
 from ..core.stats import StatsDelta
@@ -91,6 +92,7 @@ class DataPlane:
         pin = config.pinning
         self.pinning = (Pinning(pin.cookie, pin.max_age, pin.max_overload, secure=pin.secure)
                         if pin.mode == "version" else None)
+        self.skew = SkewPlane(config, loop) if self.pinning is not None else None
         self._trusted = _networks(config.trusted_proxies)
         self._report_pending = False
         self._servers: list[asyncio.base_events.Server] = []
@@ -136,6 +138,8 @@ class DataPlane:
             self.table.policy = POLICIES[config.balance]()
         self.config = config
         self._trusted = _networks(config.trusted_proxies)
+        if self.skew is not None:
+            self.skew.configure(config)
         self.upstreams.timeouts = config.timeouts
         self.upstreams.max_response_header_bytes = config.limits.max_response_header_bytes
         self._reload_tls(config)
@@ -196,10 +200,16 @@ class DataPlane:
                                      route.cut)
             route.stats, route.outcomes, route.cut = StatsDelta(), [], None
         pins = self.pinning.take_counts() if self.pinning is not None else None
+        assets, skew = self.skew.take() if self.skew is not None else ([], None)
         failed, self.failed = self.failed, Counter()
         retries, self.retries = self.retries, 0
         self.report_to(Report(self.table.generation, nodes, failed, retries, pins, len(self.clients),
-                              len(self.queue)))
+                              len(self.queue), assets, skew))
+
+    def apply_assets(self, update) -> None:
+        """What changed in the control plane's asset index (lb/core/skew.py)."""
+        if self.skew is not None:
+            self.skew.apply(update)
 
     # -- the queue for backends at max_conns (HAProxy's per-server maxconn) -------------------
     def enqueue(self, exchange) -> None:

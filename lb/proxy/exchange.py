@@ -27,6 +27,7 @@ from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
 from ..core.seams import ExchangeClient
 from .responses import pin_cookie_line
+from ..files import read_copy
 
 INFINITY = float("inf")
 
@@ -38,7 +39,7 @@ class Exchange:
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
                  "keep_client", "upstream_keep", "version", "pin_cookie", "pin_how", "error",
-                 "close_delimited", "queued_at")
+                 "close_delimited", "queued_at", "gone", "capture", "stored")
 
     def __init__(self, plane, client: ExchangeClient, head: http1.RequestHead):
         self.plane = plane
@@ -67,17 +68,23 @@ class Exchange:
         self.pin_cookie = None          # the cookie to set when the pin is new or moved (a PinCookie)
         self.pin_how = None             # kept / assigned / forward / backward
         self.error = None               # why lb answered or cut it itself (for the access log)
+        self.gone = None                # a version the request named that is out of service (skew)
+        self.capture = None             # the body being copied for the asset store (proxy/skew.py)
+        self.stored = None              # the stored copy lb answers with itself (an Asset)
 
     # -- routing -------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, skew: bool = True) -> None:
         plane = self.plane
         if self.client.redirect:
             self._redirect_https()
             return
         # the version is picked once (and again for a retry), not when leaving the queue
         if plane.pinning is not None and (self.version is None or self.tried) and \
-                not self._pick_version(plane.pinning):
+                not self._pick_version(plane.pinning, skew):
             self.fail(HttpError("no backend available", 503))
+            return
+        if self.stored is not None:
+            self._read_stored()
             return
         route = plane.table.choose(self.tried, self.version)
         if route is None:
@@ -118,12 +125,20 @@ class Exchange:
         if self.request_done:
             self.client.exchange_done(self, self.keep_client)
 
-    def _pick_version(self, pinning) -> bool:
-        """Decide (first try) or revisit (a retry) the version; False when none is left."""
+    def _pick_version(self, pinning, skew: bool = True) -> bool:
+        """Decide (first try) or revisit (a retry) the version; False when none is left. The
+        skew rules come first (lb/core/skew.py); a version they pick leaves the cookie alone."""
         table = self.plane.table
         if not self.tried:
-            version, how = pinning.route(pinning.read_pin(self.head.headers, table.versions), table,
-                                         self.plane.now())
+            if skew:
+                pin, decision = self.plane.skew.route(self, pinning, table)
+                self.gone = decision.gone
+                if decision.version is not None:
+                    self.version, self.pin_how, self.stored = decision.version, decision.how, decision.stored
+                    return True
+            else:
+                pin = pinning.read_pin(self.head.headers, table.versions)
+            version, how = pinning.route(pin, table, self.plane.now())
         else:
             version, how = pinning.retry_version(self.version, table, self.tried)
         if version is None:
@@ -212,8 +227,8 @@ class Exchange:
                 upstream.write(LAST_CHUNK)
             if not self.response_bytes_seen:
                 upstream.deadline = upstream.first_byte_deadline()
-        elif upstream is None and self.finished and self.status == 308 and not self.tried:
-            self.client.exchange_done(self, self.keep_client)     # a redirect's request has ended
+        elif upstream is None and self.finished and self.status and self.error is None and not self.tried:
+            self.client.exchange_done(self, self.keep_client)     # lb answered itself; the request ended
 
     # -- response from the upstream ------------------------------------------
     def on_response(self, head: http1.ResponseHead) -> None:
@@ -230,6 +245,10 @@ class Exchange:
         self.close_delimited = self.body_mode != NO_BODY and head.content_length is None and not head.chunked
         if self.pin_cookie is not None:
             framing += pin_cookie_line(self.pin_cookie)
+        if self.gone is not None:
+            framing += b"X-Lb-Version-Gone: %s\r\n" % self.gone.encode()
+        if status == 200:
+            self._learn(head)
         hsts = self.client.hsts_line
         if hsts:
             framing += hsts
@@ -253,6 +272,51 @@ class Exchange:
             return
         self.bytes_out += len(data)
         self.client.write(chunk(data) if mode == CHUNKED else data)
+        if self.capture is not None:
+            self._copy(data)
+
+    # -- skew protection: learning assets, answering with a stored copy (proxy/skew.py) ------
+    def _learn(self, head) -> None:
+        """A 200: an asset to learn (and copy) when it says immutable or its path is one."""
+        skew = self.plane.skew
+        if skew is not None and self.stored is None and (head.cache_control is not None or skew.globs) \
+                and self.head.method == b"GET" and self.version is not None:
+            self.capture = skew.consider(self, head)
+
+    def _copy(self, data: bytes) -> None:
+        if not self.capture.add(data):
+            self._end_copy(whole=False)
+
+    def _end_copy(self, whole: bool) -> None:
+        capture, self.capture = self.capture, None
+        self.plane.skew.captured(capture, whole)
+
+    def _read_stored(self) -> None:
+        skew = self.plane.skew
+        done = self.plane.loop.run_in_executor(None, read_copy, skew.dir, self.stored.digest)
+        done.add_done_callback(self._answer_stored)
+
+    def _answer_stored(self, done) -> None:
+        """The copy was read (or not): answer with it, or route as if there were none."""
+        body = None if done.cancelled() or done.exception() else done.result()
+        if self.finished:
+            return
+        asset, self.stored = self.stored, None
+        if body is None:
+            self.plane.skew.counts["store_missing", asset.version] += 1
+            self.version = self.pin_how = None
+            self.start(skew=False)
+            return
+        self.on_response(http1.ResponseHead(200, b"OK", b"1.1", list(asset.headers), len(body), False, True, None))
+        self.on_response_body(body)
+        self._end_own_answer()
+        self.finished = True
+        self.plane.access_log.write(self, None)
+        if self.request_done:
+            self.client.exchange_done(self, self.keep_client)
+
+    def _end_own_answer(self) -> None:
+        """The body of an answer lb made itself has gone out (HTTP/2 ends its stream here)."""
 
     def on_response_end(self) -> None:
         if self.switching:
@@ -278,6 +342,8 @@ class Exchange:
     def _done(self, reusable: bool | None) -> None:
         """Count, log, and hand the upstream back (None: it becomes a tunnel)."""
         self.finished = True
+        if self.capture is not None:
+            self._end_copy(whole=True)
         route = self.route
         now = time.monotonic()
         route.stats.record(route.version, self.status, now - self.started, now)
@@ -298,6 +364,8 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        if self.capture is not None:
+            self._end_copy(whole=False)
         self.error = exc.message
         # After retries the request holds no route: the last one tried answers for it.
         route = self.route or (self.tried[-1] if self.tried else None)
@@ -353,6 +421,8 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        if self.capture is not None:
+            self._end_copy(whole=False)
         if self.upstream is not None:
             self.upstream.abort()
         route = self.route

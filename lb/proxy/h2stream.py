@@ -16,6 +16,7 @@ from ..core.errors import HttpError
 from ..core.exchange import NO_BODY, RAW, body_deadline
 from .exchange import Exchange
 from .flow import FlowControl
+from ..core.skew import GONE_HEADER
 from .responses import error_fields, pin_cookie_field
 
 INFINITY = float("inf")
@@ -263,6 +264,10 @@ class H2Exchange(Exchange):
         extra = self.client.hsts_fields
         if self.pin_cookie is not None:
             extra = (*extra, pin_cookie_field(self.pin_cookie))
+        if self.gone is not None:
+            extra = (*extra, (GONE_HEADER, self.gone.encode()))
+        if status == 200:
+            self._learn(head)
         length = head.content_length if status != 204 else None
         self.client.send_headers(h2head.response_fields(status, head.headers, length, extra))
 
@@ -270,6 +275,11 @@ class H2Exchange(Exchange):
         if self.body_mode != NO_BODY:
             self.bytes_out += len(data)
             self.client.send_data(data)
+            if self.capture is not None:
+                self._copy(data)
+
+    def _end_own_answer(self) -> None:
+        self.client.end()
 
     def on_response_end(self) -> None:
         self.client.end()

@@ -29,6 +29,7 @@ class FakeDataPlane:
 
     def __init__(self):
         self.views, self.configs, self.cuts, self.collected = [], [], [], 0
+        self.assets = []
 
     def info(self):
         return []
@@ -41,6 +42,9 @@ class FakeDataPlane:
 
     def cut(self, name):
         self.cuts.append(name)
+
+    def apply_assets(self, update):
+        self.assets.append(update)
 
     def collect(self):
         self.collected += 1

@@ -83,7 +83,7 @@ def test_parse(line, words, args):
     ("drain", "usage: drain NAME"),
     ("drain web1 web2", "usage: drain NAME"),
     ("wait web1", "usage: wait NAME STATE [TIMEOUT]"),
-    ("show", "usage: show servers | show server NAME | show info | show certs | show versions | show stats [NAME] "
+    ("show", "usage: show servers | show server NAME | show info | show certs | show versions | show assets | show stats [NAME] "
              "| show latency NAME[,NAME...] WINDOW"),
     ("set colour web1 red", "usage: set version NAME VERSION | set weight NAME WEIGHT | set target VERSION"),
 ])

@@ -74,10 +74,10 @@ class ResponseHead:
     """A parsed response head. `headers` are end-to-end only."""
 
     __slots__ = ("status", "reason", "version", "headers", "content_length", "chunked",
-                 "keep_alive", "upgrade")
+                 "keep_alive", "upgrade", "cache_control")
 
     def __init__(self, status, reason, version, headers, content_length, chunked,
-                 keep_alive, upgrade):
+                 keep_alive, upgrade, cache_control=None):
         self.status: int = status
         self.reason: bytes = reason
         self.version: bytes = version
@@ -86,6 +86,7 @@ class ResponseHead:
         self.chunked: bool = chunked
         self.keep_alive: bool = keep_alive     # the upstream lets us reuse the connection
         self.upgrade: bytes | None = upgrade
+        self.cache_control: bytes | None = cache_control   # read for skew protection (immutable)
 
 
 def _split_headers(raw_headers, special: frozenset):
@@ -107,6 +108,8 @@ def _split_headers(raw_headers, special: frozenset):
         if kind is _KEEP:
             kept.append(field)            # the (name, value) pair as parsed: no new tuple
         elif kind is not _DROP:
+            if kind in _READ_AND_KEPT:
+                kept.append(field)
             if kind in specials:
                 specials[kind].append(field[1])
             else:
@@ -130,9 +133,11 @@ def _name_kind(name: bytes, special: frozenset):
 
 
 _FRAMING = frozenset({b"content-length", b"host", b"expect", b"via"})
+# Special names that still pass on: collected for lb to read, kept in the head as they came.
+_READ_AND_KEPT = frozenset({b"cache-control"})
 _REQUEST_SPECIAL = HOP_BY_HOP | _FRAMING | REQUEST_OWNED
 # Host, Expect and Via are end-to-end in a response: they pass as they came.
-_RESPONSE_SPECIAL = HOP_BY_HOP | frozenset({b"content-length"})
+_RESPONSE_SPECIAL = HOP_BY_HOP | frozenset({b"content-length"}) | _READ_AND_KEPT
 _NAMES_SEEN.update({special: Memo(1024, 64 * 1024, CACHED_MAX_BYTES)
                     for special in (_REQUEST_SPECIAL, _RESPONSE_SPECIAL)})
 
@@ -268,7 +273,9 @@ def analyze_response(status: int, reason: bytes, version: bytes, raw_headers) ->
     kept = drop_named(kept, connection)
     keep_alive = b"close" not in connection if version == b"1.1" else b"keep-alive" in connection
     upgrade = specials[b"upgrade"][0] if status == 101 and b"upgrade" in specials else None
-    return ResponseHead(status, reason, version, kept, content_length, chunked, keep_alive, upgrade)
+    cache_control = specials.get(b"cache-control")
+    return ResponseHead(status, reason, version, kept, content_length, chunked, keep_alive, upgrade,
+                        b", ".join(cache_control) if cache_control else None)
 
 
 def client_address(forwarded_for: bytes | None, peer: bytes, trusted) -> bytes:
