@@ -35,7 +35,6 @@ from .control.admin import Admin, AdminServer
 from .control.metrics import MetricsServer
 from .control.plane import Control
 from .control.statefile import load_state
-from .core import handoff
 from .core.config import LISTEN_BACKLOG, Config
 from .core.errors import LbError
 from .core.values import format_hostport
@@ -186,7 +185,7 @@ class Master:
         for warning in warnings:
             log.warning("certificate: %s", warning)
         if inherited is not None:             # the old master's live state, not its state file
-            said = handoff.restore(control, inherited.state, control.now())
+            said = control.restore(inherited.state, control.now())
             log.info("upgrade: taking over from pid %d%s", inherited.state["pid"],
                      f" ({', '.join(said)})" if said else "")
         else:

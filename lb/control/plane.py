@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 `Control` holds the nodes (lb/core/nodes.py) and applies every change to them:
 admin commands (through the transition table), active health checks, passive
-ejection, slow-start ramps, drain deadlines, reloads, the state file at start.
-After any change it publishes a new `RoutingView` to the data plane and wakes
-whoever waits on a node (`wait`). It never touches request bytes.
+ejection, slow-start ramps, drain deadlines, reloads, the state file at start,
+the old master's state at an upgrade (`restore`). After any change it publishes
+a new `RoutingView` to the data plane and wakes whoever waits on a node (`wait`).
+It never touches request bytes.
 
 What the data plane did comes back in `Report`s (`on_report`, see
 lb/core/planes.py): in-flight and tunnel counts, per-node stats deltas merged
@@ -22,9 +23,9 @@ import logging
 import time
 from collections import Counter
 
-from ..core import health
+from ..core import handoff, health
 from ..core.config import BackendConfig, Config
-from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, VERSION_MISMATCH, Node, Pool, transition
+from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, UP, VERSION_MISMATCH, Node, Pool, transition
 from ..core.planes import Report
 from ..core.reload import (ADD, ADDRESS, AT_RESTART, BALANCE, KEEP, MAX_CONNS, REMOVE, VERSION, WEIGHT,
                            RunningNode, plan_reload, running_config)
@@ -184,6 +185,48 @@ class Control:
         """Declare `version` the newest: a version move begins."""
         self.pool.set_target(version)
         self.changed()
+
+    # -- an upgrade: the state the old master handed over (lb/core/handoff.py) -----------------
+    def restore(self, state: dict, now: float) -> list[str]:
+        """Lay the old master's state over the config, instead of the state file (which the old
+        master wrote, and may have written a moment behind), before place_nodes. Returns what
+        differs from the config."""
+        said = []
+        for name, saved in state["nodes"].items():
+            node = self._restore_node(name, saved, state["generation"], now)
+            if node is not None and (node.admin_state != READY or node.health != UP):
+                said.append(f"{name} {node.admin_state}/{node.health}")
+        self.pool.restore_order(state["versions"])      # the old order, oldest first
+        if state.get("target") is not None:             # (an old master's handoff has none)
+            self.set_target(state["target"])
+        self.removing = {name for name in state["removing"] if name in self.pool.backends}
+        for key, counts in state["pins"].items():
+            self.pins[key] = Counter(counts)
+        handoff.restore_pool_stats(self.stats, state["pool"])
+        self.generation = state["generation"]           # the views go on from the old master's
+        self.upgrades = state["upgrades"] + 1
+        return said
+
+    def _restore_node(self, name: str, saved: dict, generation: int, now: float) -> Node | None:
+        """One node as the old master had it; None when it is gone from the config (the old
+        workers finish with it)."""
+        event = handoff.RESTORE[saved["state"]]
+        node = self.pool.backends.get(name)
+        if node is not None:
+            transition(node, event, now)
+        elif saved.get("added"):
+            node = self.add_node(handoff.added_backend(name, saved), event)
+        else:
+            return None
+        if node.admin_state == DRAINING:
+            # it is drained by a report written under the new master's own first view
+            self.drain_generation[name] = generation + 1
+        self.set_version(node, saved["version"], pending=saved.get("version_pending", False))
+        self.set_max_conns(node, saved["max_conns"])
+        self.set_weight(node, saved["weight"])
+        handoff.restore_node(node, saved, now)
+        health.ramp(node, now, self.config.slow_start)
+        return node
 
     def _drop_if_removed(self, node: Node) -> None:
         if node.name in self.removing and node.idle and node.admin_state != DRAINING:

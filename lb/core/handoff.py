@@ -11,9 +11,11 @@ know, so a field added later does not break an upgrade either way.
 
 `snapshot` is the old control plane's runtime state (every node's admin state,
 version, weight, health, ejection, drain and counters, the version order, the
-pin and pool counters, the generation of its last view); `restore` lays it over
-the new master's config. Times cross as ages (seconds before `now`, passed in),
-since the two processes' monotonic clocks are not comparable.
+pin and pool counters, the generation of its last view). The new master's
+`Control.restore` (lb/control/plane.py) lays it over its config: admin states and
+settings through its own setters, the rest with `restore_node` and
+`restore_pool_stats` from here. Times cross as ages (seconds before `now`, passed
+in), since the two processes' monotonic clocks are not comparable.
 
 `FORMAT` names the snapshot's layout. A new master refuses a snapshot whose
 format it does not know (`known_format`), and the old master then serves on.
@@ -26,14 +28,15 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from . import health
 from .commands import backend_config
-from .nodes import DRAINED, DRAINING, MAINT, READY, Health, Node, transition
+from .config import BackendConfig
+from .nodes import DRAINED, DRAINING, MAINT, READY, Health, Node
 from .planes import NodeReport, NodeView, Report, RoutingView
-from .stats import StatsDelta
+from .stats import PoolStats, StatsDelta
 
 FORMAT = 1
 NODE_VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(NodeView))
+# The transition that takes a node born `new` to the admin state the old master had it in.
 RESTORE = {READY: "start", DRAINING: "restore_draining", DRAINED: "restore_drained", MAINT: "restore_maint"}
 
 
@@ -124,57 +127,41 @@ def snapshot(control, now: float, pid: int) -> dict:
                      "since": pool_stats.since}}
 
 
-def restore(control, state: dict, now: float) -> list[str]:
-    """Lay the old master's state over the config, instead of the state file (which the old
-    master wrote, and may have written a moment behind), before place_nodes. Returns what
-    differs from the config."""
-    pool, said = control.pool, []
-    for name, saved in state["nodes"].items():
-        node = pool.backends.get(name)
-        if node is None and saved.get("added"):
-            node = Node(backend_config({"name": name, "address": saved["address"], "version": saved["version"],
-                                        "weight": saved["weight"]}), saved["stats"]["since"])
-            pool.backends[name] = node
-        if node is None:
-            continue                        # gone from the config: the old workers finish with it
-        transition(node, RESTORE[saved["state"]], now)
-        if saved["drain_age"] is not None:
-            node.drain_started = now - saved["drain_age"]
-            control.drain_generation[name] = state["generation"] + 1    # the new master's first view
-        pool.relabel(node, saved["version"], pending=saved.get("version_pending", False))
-        node.max_conns, node.drain_cut = saved["max_conns"], saved["drain_cut"]
-        node.set_weight(saved["weight"])
-        node.inflight, node.tunnels = saved["inflight"], saved["tunnels"]
-        node.requests, node.errors = saved["requests"], saved["errors"]
-        node.health = Health(saved["health"])
-        hs, got = node.hstate, saved["hstate"]
-        hs.passes, hs.fails, hs.passive_fails = got["passes"], got["fails"], got["passive_fails"]
-        hs.ejections, hs.last_check = got["ejections"], got["last_check"]
-        hs.reported_version = got.get("reported_version")
-        hs.ejected_until = now + got["ejected_for"] if got["ejected_for"] else 0.0
-        hs.last_ejection_end = now - got["ejection_end_age"] if got["ejection_end_age"] is not None else float("-inf")
-        hs.ramp_start = now - got["ramp_age"] if got["ramp_age"] is not None else None
-        health.ramp(node, now, control.config.slow_start)
-        stats, got = node.stats, saved["stats"]
-        stats.by_class, stats.histogram, stats.histogram_sum = got["by_class"], got["histogram"], got["histogram_sum"]
-        stats.retries, stats.connect_errors, stats.lb_failures = got["retries"], got["connect_errors"], got["lb_failures"]
-        stats.since = got["since"]
-        stats.window.load(got["window"])
-        if node.admin_state != READY or node.health != "up":
-            said.append(f"{name} {node.admin_state}/{node.health}")
-    pool.restore_order(state["versions"])      # the old order, oldest first
-    if state.get("target") is not None:       # (an old master's handoff has none)
-        pool.set_target(state["target"])
-    control.removing = {name for name in state["removing"] if name in pool.backends}
-    for key, counts in state["pins"].items():
-        control.pins[key] = Counter(counts)
-    pool_stats, got = control.stats, state["pool"]
-    pool_stats.failed, pool_stats.retries = Counter(got["failed"]), got["retries"]
-    pool_stats.drains, pool_stats.drain_durations = got["drains"], list(got["drain_durations"])
-    pool_stats.since = got["since"]
-    control.generation = state["generation"]
-    control.upgrades = state["upgrades"] + 1
-    return said
+def added_backend(name: str, saved: dict) -> BackendConfig:
+    """The config of a node the old master had added at run time (`added`)."""
+    return backend_config({"name": name, "address": saved["address"], "version": saved["version"],
+                           "weight": saved["weight"]})
+
+
+def restore_node(node: Node, saved: dict, now: float) -> None:
+    """Lay what the snapshot says of a node's traffic and health over it: its drain's start
+    and cut, its counters, its health and the checks' state, its stats. Its admin state and
+    settings are the control plane's to set (`Control.restore`)."""
+    if saved["drain_age"] is not None:
+        node.drain_started = now - saved["drain_age"]
+    node.drain_cut = saved["drain_cut"]
+    node.inflight, node.tunnels = saved["inflight"], saved["tunnels"]
+    node.requests, node.errors = saved["requests"], saved["errors"]
+    node.health = Health(saved["health"])
+    hs, got = node.hstate, saved["hstate"]
+    hs.passes, hs.fails, hs.passive_fails = got["passes"], got["fails"], got["passive_fails"]
+    hs.ejections, hs.last_check = got["ejections"], got["last_check"]
+    hs.reported_version = got.get("reported_version")
+    hs.ejected_until = now + got["ejected_for"] if got["ejected_for"] else 0.0
+    hs.last_ejection_end = now - got["ejection_end_age"] if got["ejection_end_age"] is not None else float("-inf")
+    hs.ramp_start = now - got["ramp_age"] if got["ramp_age"] is not None else None
+    stats, got = node.stats, saved["stats"]
+    stats.by_class, stats.histogram, stats.histogram_sum = got["by_class"], got["histogram"], got["histogram_sum"]
+    stats.retries, stats.connect_errors, stats.lb_failures = got["retries"], got["connect_errors"], got["lb_failures"]
+    stats.since = got["since"]
+    stats.window.load(got["window"])
+
+
+def restore_pool_stats(stats: PoolStats, got: dict) -> None:
+    """Lay the snapshot's pool counters (`pool`) over the new control plane's."""
+    stats.failed, stats.retries = Counter(got["failed"]), got["retries"]
+    stats.drains, stats.drain_durations = got["drains"], list(got["drain_durations"])
+    stats.since = got["since"]
 
 
 def first_report(state: dict) -> Report:

@@ -8,9 +8,13 @@ import sys
 import time
 
 from ..core.stats import iso_utc
+from .ctlview import table_lines
 
 BAR_WIDTH = 30
 NODES_PER_LINE = 5
+# The summary's table: its column headings, and the key of a report's node each shows.
+REPORT_COLUMNS = ("node", "was", "now", "state", "health", "result", "drain s", "update s", "up s")
+REPORT_KEYS = ("name", "was", "version", "state", "health", "result", "drain_s", "update_s", "up_s")
 
 
 class JsonView:
@@ -173,13 +177,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  failed at {failure['node']}, step {failure['step']}: {failure['reason']}")
         for line in failure.get("output", [])[-5:]:
             lines.append(f"    | {line}")
-    header = ("node", "was", "now", "state", "health", "result", "drain s", "update s", "up s")
-    rows = [header] + [tuple(str(row.get(k, "")) for k in
-                             ("name", "was", "version", "state", "health", "result", "drain_s", "update_s", "up_s"))
-                       for row in report["nodes"]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    rows = [tuple(row.get(key, "") for key in REPORT_KEYS) for row in report["nodes"]]
+    lines += ["  " + line for line in table_lines(REPORT_COLUMNS, rows)]
     for label, why in report.get("lost", {}).items():
         lines.append(f"  lb {label} stopped answering ({why}); what it last said of each node is below")
     for row in report["nodes"]:

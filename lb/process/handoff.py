@@ -14,7 +14,7 @@ start a *new* master from the code and config on disk (`lb serve -c FILE
    is frozen (lb/process/upgrade.py: its states): no checks, no sweeps, admin
    commands wait, its workers' reports are held.
 2. The new master keeps the sockets its config names (it binds any other listener,
-   and closes what it no longer wants), lays the state over its config (`restore`),
+   and closes what it no longer wants), lays the state over its config (`Control.restore`),
    starts its workers on the sockets, takes the admin socket's path (bound under a
    temporary name and renamed over the old one: the path always answers) and
    /metrics, and says ("serving", ...). Until it takes the old one's stderr the new

@@ -25,6 +25,7 @@ def test_the_summary_table_names_the_failure_and_every_node():
                                 "s", "up", "s"]
     assert lines[5].split()[:6] == ["web1", "v1", "v1", "ready", "up", "rolled"]
     assert lines[5].index("v1") == lines[6].index("v1")        # columns line up
+    assert lines[6] == "  web10  v1   v1   ready  up      not started"   # ctl's table: no padding at the end
     assert lines[-1] == "  log: lb-deploy.log"
 
 

@@ -85,8 +85,8 @@ async def test_the_new_control_plane_takes_up_the_old_ones_state(tmp_path):
     old.set_admin_state(nodes["web3"], "drain")
     old.on_report(Report(old.generation, {"web3": NodeReport(0, 0, StatsDelta())}, Counter(), 0, None, 0))
     assert nodes["web3"].admin_state == DRAINED
-    old.pool.relabel(nodes["web3"], "v2", pending=True)     # a claim no check has confirmed yet
-    old.pool.set_target("v2")
+    old.set_version(nodes["web3"], "v2", pending=True)      # a claim no check has confirmed yet
+    old.set_target("v2")
     nodes["web3"].hstate.reported_version = "v1"
     nodes["web4"].health, nodes["web4"].hstate.ejected_until, nodes["web4"].hstate.ejections = EJECTED, now + 8, 2
     delta = StatsDelta()
@@ -102,7 +102,7 @@ async def test_the_new_control_plane_takes_up_the_old_ones_state(tmp_path):
 
     new = make_control(tmp_path)
     later = now + 1.5                                     # the new master's clock, a moment on
-    said = handoff.restore(new, pickle.loads(pickle.dumps(state)), later)
+    said = new.restore(pickle.loads(pickle.dumps(state)), later)
     got = new.pool.backends
     assert {n.name: n.admin_state for n in got.values()} == {"web1": DRAINING, "web2": MAINT, "web3": DRAINED,
                                                              "web4": READY}
@@ -121,6 +121,7 @@ async def test_the_new_control_plane_takes_up_the_old_ones_state(tmp_path):
     assert got["web2"].weight == 50 and got["web1"].health == UP
     assert new.pins["assignments"] == Counter({"v1": 5}) and new.pins["migrations"][("v1", "v2", "forward")] == 2
     assert new.stats.failed == Counter({"502": 1}) and new.upgrades == 3
+    assert new.stats.drains == old.stats.drains == 2         # restored, not counted again
     assert sorted(said) == ["web1 draining/up", "web2 maint/up", "web3 drained/up", "web4 ready/ejected"]
     first = handoff.first_report(state)
     assert first.generation == old.generation and first.nodes["web1"].inflight == 3
@@ -137,7 +138,7 @@ backends:
   - {{name: web1, address: '127.0.0.1:9001', version: v1}}
 state_file: {tmp_path / 'lb.state'}
 """, str(tmp_path / "lb.yaml")), asyncio.get_running_loop())
-    handoff.restore(new, state, new.now())
+    new.restore(state, new.now())
     assert list(new.pool.backends) == ["web1", "web9"]
     assert new.pool.backends["web9"].admin_state == MAINT
 
@@ -202,4 +203,4 @@ async def test_the_snapshot_keeps_the_layout_of_format_1_that_older_and_newer_lb
     assert handoff.known_format(state)
     assert not handoff.known_format({**state, "format": 2}) and not handoff.known_format({})
     older = {key: value for key, value in state.items() if key != "target"}    # before `set target`
-    handoff.restore(make_control(tmp_path), older, old.now())
+    make_control(tmp_path).restore(older, old.now())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lb.core.errors import CommandError
 from lb.process import arbiter, handoff, upgrade, worker
 from lb.process.upgrade import FROZEN, HANDED_OVER, SERVING, THAWED, TRANSITIONS, UpgradeRefused, next_state
 
@@ -39,18 +40,93 @@ def test_the_table_is_the_upgrade_of_the_design():
     assert set(upgrade.REFUSALS) == {s for s in STATES if (s, "freeze") not in TRANSITIONS}
 
 
-@pytest.mark.parametrize("outcome, relayed", [("thaw", False), ("hand_over", True)])
-async def test_commands_wait_at_the_gate_while_frozen_and_pass_once_it_settles(outcome, relayed):
-    gate = upgrade.Upgrade(asyncio.get_running_loop(), host=None)
+class Master:
+    """What `Upgrade.run` needs of serve.py's master (its `Host`), over a real control plane."""
+
+    def __init__(self, control):
+        self.control = control
+        self.workers = self.admin_server = self
+        self.metrics = None
+        self.stop = asyncio.Event()
+        self.reports_to = None                  # where the workers' reports go
+        self.reclaimed = False                  # the admin socket's path, after a failure
+
+    def send_reports_to(self, receiver) -> None:
+        self.reports_to = receiver
+
+    async def reclaim(self) -> None:
+        self.reclaimed = True
+
+    def successor_args(self) -> list[str]:
+        return []
+
+    def handed_sockets(self) -> list:
+        return []
+
+
+@pytest.fixture
+async def upgrading(monkeypatch):
+    """An `Upgrade` of a master whose new master serves, or fails, when the test settles the
+    future it returns: handoff.Successor would start a real lb (tests/e2e/test_upgrade.py does)."""
+    from lb.control.plane import Control
+    from lb.core.config import parse_config
+
+    loop = asyncio.get_running_loop()
+    new_master = loop.create_future()
+
+    class Starting:
+        def __init__(self, loop, workers, config_args):
+            pass
+
+        async def start(self, state, sockets) -> dict:
+            return await new_master
+
+        def relay(self, report) -> None:
+            pass
+
+        def take_over(self) -> None:
+            pass
+
+    monkeypatch.setattr(upgrade, "Successor", Starting)
+    # port 1: a thawed control plane starts its health checks, and they should reach nobody
+    control = Control(parse_config("backends: [{name: web1, address: '127.0.0.1:1'}]"), loop)
+    master = Master(control)
+    yield upgrade.Upgrade(loop, master), new_master, master
+    await control.stop()
+
+
+async def frozen(gate) -> None:
+    """Until `run` has frozen the gate (bounded)."""
+    for _ in range(200):
+        if gate.frozen:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"the upgrade is {gate.state}, not frozen")
+
+
+@pytest.mark.parametrize("relayed", [False, True], ids=["thaw", "hand_over"])
+async def test_commands_wait_at_the_gate_while_frozen_and_pass_once_it_settles(upgrading, relayed):
+    gate, new_master, master = upgrading
     assert not gate.frozen and gate.new_master is None
     await gate.settled()                                # serving: nothing to wait for
-    gate._move("freeze")
+    running = asyncio.ensure_future(gate.run())
+    await frozen(gate)
     waiting = asyncio.ensure_future(gate.settled())
     await asyncio.sleep(0)
-    assert gate.frozen and not waiting.done()
+    assert not waiting.done() and master.reports_to is not master.control.on_report    # held
+    with pytest.raises(UpgradeRefused, match="in progress already"):
+        await gate.run()                                # one at a time
     if relayed:
-        gate.new_master = upgrade.NewMaster(4242, "/run/lb.sock")
-    gate._move(outcome)
+        new_master.set_result({"pid": 4242, "admin": "/run/lb.sock", "workers": 2})
+        assert (await asyncio.wait_for(running, 1))["upgrade"]["new_pid"] == 4242
+        assert gate.new_master == upgrade.NewMaster(4242, "/run/lb.sock") and gate.handed_over.done()
+        assert master.stop.is_set()                     # this master retires
+    else:
+        new_master.set_exception(handoff.UpgradeFailed("the new master exited with code 1: bad config"))
+        with pytest.raises(CommandError, match="serves on as before: the new master exited with code 1"):
+            await asyncio.wait_for(running, 1)
+        assert gate.new_master is None and not gate.handed_over.done() and not master.stop.is_set()
+        assert master.reports_to == master.control.on_report and master.reclaimed
     await asyncio.wait_for(waiting, 1)
     assert not gate.frozen and gate.state == (HANDED_OVER if relayed else THAWED)
 
@@ -90,33 +166,32 @@ def test_what_the_arbiter_sends_its_predecessor_has_a_wire_form_or_is_left_out_o
 
 # -- admin passes the one gate --------------------------------------------------------------------
 
-async def test_admin_waits_at_a_frozen_gate_and_is_relayed_to_the_new_master_once_handed_over(tmp_path):
+async def test_admin_waits_at_a_frozen_gate_and_is_relayed_to_the_new_master_once_handed_over(tmp_path,
+                                                                                           upgrading):
     from lb.control.admin import Admin
-    from lb.control.plane import Control
-    from lb.core.config import parse_config
 
-    async def new_master(reader, writer):
+    async def new_master_answers(reader, writer):
         line = await reader.readline()
         writer.write(b'{"ok": true, "relayed": "%s"}\n' % line.strip())
         await writer.drain()
         writer.close()
 
     path = str(tmp_path / "new.sock")
-    server = await asyncio.start_unix_server(new_master, path)
-    control = Control(parse_config("backends: [{name: web1, address: '127.0.0.1:9001'}]"),
-                      asyncio.get_running_loop())
-    gate = upgrade.Upgrade(asyncio.get_running_loop(), host=None)
-    admin = Admin(control, None, gate)
+    server = await asyncio.start_unix_server(new_master_answers, path)
+    gate, new_master, master = upgrading
+    admin = Admin(master.control, None, gate)
     assert (await admin.execute("show servers"))["ok"]                # serving: answered here
-    gate._move("freeze")
+    running = asyncio.ensure_future(gate.run())
+    await frozen(gate)
     waiting = asyncio.ensure_future(admin.execute("show servers"))
     await asyncio.sleep(0.05)
     assert not waiting.done()                                         # frozen: it waits
-    gate.new_master = upgrade.NewMaster(4242, path)
-    gate._move("hand_over")
+    new_master.set_result({"pid": 4242, "admin": path, "workers": 1})
+    await asyncio.wait_for(running, 2)
     assert (await asyncio.wait_for(waiting, 2)) == {"ok": True, "relayed": "show servers"}
     assert (await admin.execute("help")) == {"ok": True, "relayed": "help"}
     server.close()
-    gate.new_master = upgrade.NewMaster(4242, str(tmp_path / "gone.sock"))
+    await server.wait_closed()
+    Path(path).unlink(missing_ok=True)                                # the new master is gone
     refused = await admin.execute("help")
     assert not refused["ok"] and "new master pid 4242" in refused["error"]
