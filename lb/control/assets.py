@@ -44,6 +44,7 @@ class Assets:
         self._added: dict = {}                  # (path, version) -> Asset, for the next update
         self._dropped: set = set()
         self._left_changed = False
+        self._full_sent = False
         self._dirty = False
         self._saved_at = 0.0
 
@@ -84,16 +85,19 @@ class Assets:
             if now - since >= self.retention and any(v == version for _, v in self.index.entries):
                 self._drop(*self.index.forget_version(version))
         update = None
-        if self._added or self._dropped or self._left_changed:
-            update = AssetsUpdate(tuple(self._added.values()), tuple(self._dropped), dict(self.left))
+        if self._added or self._dropped or self._left_changed or self.index.full != self._full_sent:
+            update = AssetsUpdate(tuple(self._added.values()), tuple(self._dropped), dict(self.left),
+                                  store_full=self.index.full)
             self._added, self._dropped, self._left_changed = {}, set(), False
+            self._full_sent = self.index.full
             self._dirty = True
         if self._dirty and now - self._saved_at >= SAVE_INTERVAL_S:
             self.save(now)
         return update
 
     def snapshot(self) -> AssetsUpdate:
-        return AssetsUpdate(tuple(self.index.entries.values()), (), dict(self.left), full=True)
+        return AssetsUpdate(tuple(self.index.entries.values()), (), dict(self.left), full=True,
+                            store_full=self.index.full)
 
     def _drop(self, dropped, freed) -> None:
         for key in dropped:
@@ -148,7 +152,8 @@ class Assets:
 
     def info(self) -> dict:
         return {"entries": len(self.index.entries), "stored_bytes": self.index.stored_bytes,
-                "store_bytes": self.index.store_bytes, "copies": len(self.index.digests), "dir": self.dir}
+                "store_bytes": self.index.store_bytes, "copies": len(self.index.digests),
+                "full": self.index.full, "dir": self.dir}
 
 
 def _encode(asset: Asset) -> dict:

@@ -265,6 +265,8 @@ class Control:
                 self.pins[key].update(counts)
         if report.assets or report.skew:
             self.assets.learned(report.assets, report.skew)
+            if report.assets:
+                self._publish_assets()     # now, not at the next sweep: every worker routes by them
         self.clients = report.clients
         self.queued = report.queued
         for node in list(self.pool.backends.values()):
@@ -346,6 +348,9 @@ class Control:
         """What time alone changes: drain deadlines, ejections ending, slow-start ramps."""
         self._drain_deadlines(now)
         self._health_tick(now)
+        self._publish_assets()
+
+    def _publish_assets(self) -> None:
         update = self.assets.tick(time.time())
         if update is not None and self.link is not None:
             self.link.apply_assets(update)

@@ -28,7 +28,9 @@ The index (`AssetIndex`) is learned from responses (lb/proxy/skew.py says which:
 GET whose Cache-Control says `immutable`, or a path matching `skew.assets`). The control
 plane owns it (lb/control/assets.py), bounded in entries, index bytes and stored bytes,
 least recently learned or used out first; every data plane holds a copy (`AssetMap`) kept
-up to date by `AssetsUpdate`s, as routing views are.
+up to date by `AssetsUpdate`s, as routing views are. When the store is full, new copies are
+refused (their entries still route) until a version's retention passes and frees room: the
+copies kept are those of the oldest versions, which leave service first.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class AssetsUpdate(NamedTuple):
     drop: tuple = ()                    # (path, version)
     retired: dict | None = None         # version -> left service at; None: unchanged
     full: bool = False                  # a whole index: forget the old one first
+    store_full: bool = False            # copy no more (the control plane refuses them) until this is False
 
 
 class Decision(NamedTuple):
@@ -138,18 +141,16 @@ class Override:
             return False
         return any(address in net for net in self.networks)
 
-    def secret_shown(self, headers) -> bool:
-        """Whether a request carries one of the shared secrets in its header."""
-        for lname, secret in self.secrets:
-            for name, value in headers:
-                if len(name) == len(lname) and name.lower() == lname and _same(value.strip(), secret):
-                    return True
-        return False
-
-    def secret_header(self, name: bytes) -> bool:
-        """Whether `name` is a secret's header (it is not passed on to a backend)."""
-        lname = name.lower()
-        return any(lname == n for n, _ in self.secrets)
+    def take_secret(self, head) -> bool:
+        """Whether a request carries one of the shared secrets; the secrets' headers are taken
+        out of `head.headers` either way (the app never sees them)."""
+        names = {lname for lname, _ in self.secrets}
+        taken = [(name.lower(), value.strip()) for name, value in head.headers if name.lower() in names]
+        if not taken:
+            return False
+        head.headers = [(name, value) for name, value in head.headers if name.lower() not in names]
+        return any(lname == name and _same(value, secret) for lname, secret in self.secrets
+                   for name, value in taken)
 
 
 def _same(a: bytes, b: bytes) -> bool:
@@ -213,8 +214,10 @@ class AssetMap:
     def __init__(self):
         self.by_path: dict[bytes, dict[str, Asset]] = {}
         self.retired: dict[str, float] = {}
+        self.store_full = False
 
     def apply(self, update: AssetsUpdate) -> None:
+        self.store_full = update.store_full
         if update.full:
             self.by_path = {}
         for asset in update.add:
@@ -242,13 +245,13 @@ class AssetMap:
 
     def snapshot(self) -> AssetsUpdate:
         return AssetsUpdate(tuple(a for have in self.by_path.values() for a in have.values()), (),
-                            dict(self.retired), full=True)
+                            dict(self.retired), full=True, store_full=self.store_full)
 
 
 class AssetIndex:
-    """The control plane's index: every (path, version) learned, least recently learned or
-    used first, bounded by `max_entries`, `INDEX_MAX_BYTES` and, for the stored copies (one
-    file per digest, however many entries share it), `store_bytes`."""
+    """The control plane's index: every (path, version) learned, bounded by `max_entries` and
+    `INDEX_MAX_BYTES` (least recently learned or used out first) and, for the stored copies
+    (one file per digest, however many entries share it), by `store_bytes` (refused past it)."""
 
     def __init__(self, max_entries: int, store_bytes: int, max_asset_bytes: int):
         self.max_entries = max_entries
@@ -258,19 +261,26 @@ class AssetIndex:
         self.index_bytes = 0
         self.digests: dict[str, list] = {}      # digest -> [size, entries using it]
         self.stored_bytes = 0
+        self.full = False                        # a copy was refused for room since room was last freed
 
     def learn(self, asset: Asset) -> tuple[list[Asset], list[tuple[bytes, str]], list[str]]:
         """Add or refresh one entry. Returns (added, dropped keys, digests no entry uses any
-        more: their files can go). An entry whose copy is too big is kept without it."""
+        more: their files can go). A copy that does not fit in what is left of `store_bytes`
+        is refused (the entry is kept without it, and `full` says so until room is freed):
+        the copies kept are those of the versions that leave service first."""
         if len(asset.path) > MAX_PATH_BYTES or self.max_entries == 0:
-            return [], [], []
-        if asset.digest and (asset.size > min(self.max_asset_bytes, self.store_bytes)):
-            asset = asset._replace(digest=None, headers=())
+            return [], [], [asset.digest] if asset.digest and asset.digest not in self.digests else []
+        refused = []
+        if asset.digest and asset.digest not in self.digests and \
+                (asset.size > self.max_asset_bytes or self.stored_bytes + asset.size > self.store_bytes):
+            refused = [asset.digest]
+            self.full = self.full or asset.size <= self.max_asset_bytes
+            asset = asset._replace(digest=None, size=0, headers=())
         key = (asset.path, asset.version)
         old = self.entries.get(key)
         if old is not None and (old.digest or not asset.digest):
             self.entries.move_to_end(key)
-            return [], [], []
+            return [], [], refused
         freed = self._remove(key) if old is not None else []
         self.entries[key] = asset
         self.index_bytes += asset.index_bytes
@@ -280,7 +290,7 @@ class AssetIndex:
                 self.stored_bytes += asset.size
             use[1] += 1
         dropped, freed_more = self._bound(keep=key)
-        return [asset], dropped, freed + freed_more
+        return [asset], dropped, refused + freed + freed_more
 
     def touch(self, path: bytes, version: str) -> None:
         """An entry was used: it leaves last."""
@@ -293,12 +303,13 @@ class AssetIndex:
         freed = []
         for key in keys:
             freed += self._remove(key)
+        if freed:
+            self.full = False
         return keys, freed
 
     def _bound(self, keep) -> tuple[list, list[str]]:
         dropped, freed = [], []
-        while self.entries and (len(self.entries) > self.max_entries or self.index_bytes > INDEX_MAX_BYTES
-                                or self.stored_bytes > self.store_bytes):
+        while self.entries and (len(self.entries) > self.max_entries or self.index_bytes > INDEX_MAX_BYTES):
             key = next(iter(self.entries))
             if key == keep:
                 if len(self.entries) == 1:
@@ -322,8 +333,6 @@ class AssetIndex:
         self.stored_bytes -= asset.size
         return [asset.digest]
 
-    def snapshot(self) -> AssetsUpdate:
-        return AssetsUpdate(add=tuple(self.entries.values()), full=True)
 
     def rows(self, capacity: dict, retired: dict) -> list[dict]:
         """Per version: paths learned, copies and their bytes, and where it stands."""

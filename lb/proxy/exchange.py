@@ -39,12 +39,15 @@ class Exchange:
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
                  "keep_client", "upstream_keep", "version", "pin_cookie", "pin_how", "error",
-                 "close_delimited", "queued_at", "gone", "capture", "stored")
+                 "close_delimited", "queued_at", "gone", "capture", "stored", "secret_shown")
 
     def __init__(self, plane, client: ExchangeClient, head: http1.RequestHead):
         self.plane = plane
         self.client = client
         self.head = head
+        skew = plane.skew
+        # skew.override_from's secret header: read, then never passed on to the app
+        self.secret_shown = skew is not None and skew.override.secrets and skew.override.take_secret(head)
         self.head_bytes = http1.serialize_request(head, client.ip, (), client.trusted, own=client.own_headers(head))
         self.route = None
         self.upstream = None

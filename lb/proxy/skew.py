@@ -132,8 +132,7 @@ class SkewPlane:
         return pin, decision
 
     def _may_override(self, exchange) -> bool:
-        ip = exchange.client.ip
-        return self.override.peer_allowed(ip.decode("latin-1")) or self.override.secret_shown(exchange.head.headers)
+        return exchange.secret_shown or self.override.peer_allowed(exchange.client.ip.decode("latin-1"))
 
     # -- learning ------------------------------------------------------------------------
     def consider(self, exchange, head) -> Capture | None:
@@ -145,12 +144,14 @@ class SkewPlane:
         if not (is_immutable(head.cache_control) or self.globs and self.is_asset_path(path)):
             return None
         version = exchange.version
-        if self.assets.knows(path, version, stored=self.dir is not None) or (path, version) in self.capturing:
+        copying = self.dir is not None and not self.assets.store_full
+        if self.assets.knows(path, version, stored=copying) or (path, version) in self.capturing:
             return None
         length = head.content_length
-        if self.dir is None or length is None and not head.chunked or (length or 0) > self.max_asset_bytes \
+        if not copying or length is None and not head.chunked or (length or 0) > self.max_asset_bytes \
                 or self.captured_bytes + (length or self.max_asset_bytes) > CAPTURE_MAX_BYTES:
-            self._learned(Asset(path, version))
+            if not self.assets.knows(path, version, stored=False):
+                self._learned(Asset(path, version))
             return None
         headers = tuple((n, v) for n, v in head.headers if n.lower() not in SKIPPED_HEADERS)
         reserved = length or self.max_asset_bytes
