@@ -79,6 +79,7 @@ class Decision(NamedTuple):
     how: str | None                     # HEADER, QUERY, OVERRIDE, ASSET, STORE
     gone: str | None = None             # a named version out of service, to say so
     stored: Asset | None = None         # STORE: the copy to answer with
+    pin: str | None = None              # version None: the cookie's pin, for the cookie's rules
 
 
 # -- what a request names ------------------------------------------------------------------
@@ -189,7 +190,7 @@ def decide(named: tuple, path: bytes | None, pin: str | None, may_override, view
             decision = _asset(have, pin, view, assets.retired, now, retention, gone)
             if decision is not None:
                 return decision
-    return Decision(None, None, gone)
+    return Decision(None, None, gone, None, pin)
 
 
 def _asset(have: dict, pin: str | None, view: View, retired: dict, now: float, retention: float,

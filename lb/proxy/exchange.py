@@ -27,6 +27,7 @@ from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
 from ..core.seams import ExchangeClient
 from .responses import pin_cookie_line
+from ..core.skew import Decision
 from ..files import read_copy
 
 INFINITY = float("inf")
@@ -45,9 +46,8 @@ class Exchange:
         self.plane = plane
         self.client = client
         self.head = head
-        skew = plane.skew
         # skew.override_from's secret header: read, then never passed on to the app
-        self.secret_shown = skew is not None and skew.override.secrets and skew.override.take_secret(head)
+        self.secret_shown = plane.skew_secrets and plane.skew.override.take_secret(head)
         self.head_bytes = http1.serialize_request(head, client.ip, (), client.trusted, own=client.own_headers(head))
         self.route = None
         self.upstream = None
@@ -134,11 +134,14 @@ class Exchange:
         table = self.plane.table
         if not self.tried:
             if skew:
-                pin, decision = self.plane.skew.route(self, pinning, table)
-                self.gone = decision.gone
-                if decision.version is not None:
-                    self.version, self.pin_how, self.stored = decision.version, decision.how, decision.stored
-                    return True
+                pin = self.plane.skew.route(self, pinning, table)
+                if pin.__class__ is Decision:
+                    decision = pin
+                    self.gone = decision.gone
+                    if decision.version is not None:
+                        self.version, self.pin_how, self.stored = decision.version, decision.how, decision.stored
+                        return True
+                    pin = decision.pin
             else:
                 pin = pinning.read_pin(self.head.headers, table.versions)
             version, how = pinning.route(pin, table, self.plane.now())
@@ -250,7 +253,7 @@ class Exchange:
             framing += pin_cookie_line(self.pin_cookie)
         if self.gone is not None:
             framing += b"X-Lb-Version-Gone: %s\r\n" % self.gone.encode()
-        if status == 200:
+        if status == 200 and (head.cache_control is not None or self.plane.skew_globs):
             self._learn(head)
         hsts = self.client.hsts_line
         if hsts:
@@ -282,8 +285,7 @@ class Exchange:
     def _learn(self, head) -> None:
         """A 200: an asset to learn (and copy) when it says immutable or its path is one."""
         skew = self.plane.skew
-        if skew is not None and self.stored is None and (head.cache_control is not None or skew.globs) \
-                and self.head.method == b"GET" and self.version is not None:
+        if skew is not None and self.stored is None and self.head.method == b"GET" and self.version is not None:
             self.capture = skew.consider(self, head)
 
     def _copy(self, data: bytes) -> None:

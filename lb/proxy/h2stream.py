@@ -266,7 +266,7 @@ class H2Exchange(Exchange):
             extra = (*extra, pin_cookie_field(self.pin_cookie))
         if self.gone is not None:
             extra = (*extra, (GONE_HEADER, self.gone.encode()))
-        if status == 200:
+        if status == 200 and (head.cache_control is not None or self.plane.skew_globs):
             self._learn(head)
         length = head.content_length if status != 204 else None
         self.client.send_headers(h2head.response_fields(status, head.headers, length, extra))

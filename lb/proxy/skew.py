@@ -29,13 +29,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from ..core.pinning import names_cookie
 from ..core.skew import (ASSET, HEADER, OVERRIDE, QUERY, STORE, Asset, AssetMap, Decision, Override, View,
                          asset_path, decide, glob_matcher, is_immutable, label, query_value)
 from ..files import store_dir, write_copy
 
 CAPTURE_MAX_BYTES = 64 << 20        # response bytes one data plane copies at once, all assets together
-NO_DECISION = Decision(None, None)
 SKIPPED_HEADERS = frozenset((b"set-cookie", b"date", b"age", b"x-lb-version-gone"))
 SKEW_HOWS = frozenset((HEADER, QUERY, OVERRIDE, ASSET, STORE))     # the cookie is left as it is
 
@@ -77,7 +75,7 @@ class SkewPlane:
     def configure(self, config) -> None:
         pin, skew = config.pinning, config.skew
         self.header = pin.header.lower().encode()
-        self.cookie = pin.cookie.encode() + b"="
+        self.hlen = len(self.header)
         self.query = pin.query.encode()
         self.is_asset_path = glob_matcher(skew.assets)
         self.globs = bool(skew.assets)
@@ -86,6 +84,7 @@ class SkewPlane:
         self.max_asset_bytes = skew.max_asset_bytes
         self.learning = skew.max_assets > 0
         self.dir = store_dir(config) if skew.store_bytes > 0 else None
+        self.secrets = bool(self.override.secrets)
 
     def apply(self, update) -> None:
         self.assets.apply(update)
@@ -96,40 +95,42 @@ class SkewPlane:
         return learned, counts
 
     # -- routing -------------------------------------------------------------------------
-    def route(self, exchange, pinning, table) -> tuple[str | None, Decision]:
-        """(the cookie's pin, the skew decision) for a request's first try."""
+    def route(self, exchange, pinning, table) -> str | None | Decision:
+        """A request's first try: its cookie's pin (a version or None) when no skew rule applies
+        (nearly every request: no tuple is made), else the Decision (with the pin in it)."""
         head = exchange.head
         named = pin = None
-        pin_read = False
-        header, hlen, cookie = self.header, len(self.header), self.cookie
+        hlen = self.hlen
         for name, value in head.headers:
             size = len(name)
             if size == 6:
-                if not pin_read and name.lower() == b"cookie" and cookie in value and names_cookie(value, cookie):
-                    pin, pin_read = pinning.pin_in(value, table.versions), True
-            elif size == hlen and named is None and name.lower() == header:
+                if pin is None and name.lower() == b"cookie":
+                    pin = pinning.pin_in(value, table.versions)
+            elif size == hlen and named is None and name.lower() == self.header:
                 named = ((label(value), HEADER),)
         target = head.target
         if b"?" in target:
             value = query_value(target, self.query)
             if value is not None:
                 named = (named or ()) + ((label(value), QUERY),)
-        by_path = self.assets.by_path
         path = None
+        by_path = self.assets.by_path
         if by_path and (head.method == b"GET" or head.method == b"HEAD"):
             path = asset_path(target)
             if path not in by_path:
                 path = None
-        if named is None and path is None:
-            return pin, NO_DECISION
+            elif named is None:
+                named = ()
+        if named is None:
+            return pin
         view = View(table.version_capacity(), table.weightless(), table.versions)
-        decision = decide(named or (), path, pin, lambda: self._may_override(exchange), view, self.assets,
+        decision = decide(named, path, pin, lambda: self._may_override(exchange), view, self.assets,
                           time.time(), self.retention)
         if decision.how is not None:
             self.counts[decision.how, decision.version] += 1
         if decision.gone is not None:
             self.counts["gone", decision.gone] += 1
-        return pin, decision
+        return decision
 
     def _may_override(self, exchange) -> bool:
         return exchange.secret_shown or self.override.peer_allowed(exchange.client.ip.decode("latin-1"))
