@@ -86,9 +86,9 @@ class Clock:
 class Rig:
     """A data plane with one route, a fake clock, and a pooled fake upstream connection."""
 
-    def __init__(self, http="httptools"):
+    def __init__(self, http="httptools", config_text: str = CONFIG):
         self.reports = []
-        config = parse_config(CONFIG + f"http: {http}\n")
+        config = parse_config(config_text + f"http: {http}\n")
         self.plane = DataPlane(config, asyncio.get_running_loop(), AccessLog("off"), self.reports.append)
         self.clock = Clock()
         self.plane.now = self.clock
