@@ -109,6 +109,44 @@ def asset_path(target: bytes) -> bytes:
     return target if end < 0 else target[:end]
 
 
+def asset_key(target: bytes, query_name: bytes) -> bytes:
+    """What the index knows an asset by: its path and query (`app.js?v=1` and `app.js?v=2` are
+    two files, one a version's), without the version's own parameter (`?dpl=v1`) or fragment."""
+    start = target.find(b"?")
+    if start < 0:
+        return target
+    kept = [part for part in target[start + 1:].partition(b"#")[0].split(b"&")
+            if part and part.partition(b"=")[0] != query_name]
+    return target[:start] + (b"?" + b"&".join(kept) if kept else b"")
+
+
+def may_copy(response_headers, request_headers) -> bool:
+    """Whether a shared store may keep this answer for anyone (RFC 9111 3 and 3.5, as a careful
+    shared cache): not when it sets a cookie or varies on anything but Accept-Encoding, nor
+    when the request carried credentials and the answer does not say `public`."""
+    public = False
+    for name, value in response_headers:
+        lname = name.lower()
+        if lname == b"set-cookie":
+            return False
+        if lname == b"vary" and any(v.strip().lower() not in (b"accept-encoding", b"")
+                                    for v in value.split(b",")):
+            return False
+        if lname == b"cache-control" and b"public" in value.lower():
+            public = True
+    return public or not any(name.lower() == b"authorization" for name, _ in request_headers)
+
+
+def encoding_accepted(asset_headers, request_headers) -> bool:
+    """Whether a stored copy's Content-Encoding (if any) is one the request accepts."""
+    encoding = next((v.strip().lower() for n, v in asset_headers if n.lower() == b"content-encoding"), b"identity")
+    if encoding == b"identity":
+        return True
+    accepted = b",".join(v for n, v in request_headers if n.lower() == b"accept-encoding").lower()
+    codings = {part.split(b";")[0].strip() for part in accepted.split(b",")}
+    return encoding in codings or b"*" in codings
+
+
 def is_immutable(cache_control: bytes | None) -> bool:
     """Whether a response's Cache-Control says immutable (RFC 8246) and lets it be stored."""
     if not cache_control:

@@ -30,7 +30,8 @@ import time
 from collections import Counter
 
 from ..core.skew import (ASSET, HEADER, OVERRIDE, QUERY, STORE, Asset, AssetMap, Decision, Override, View,
-                         asset_path, decide, glob_matcher, is_immutable, label, query_value)
+                         asset_key, asset_path, decide, encoding_accepted, glob_matcher, is_immutable, label,
+                         may_copy, query_value)
 from ..files import store_dir, write_copy
 
 CAPTURE_MAX_BYTES = 64 << 20        # response bytes one data plane copies at once, all assets together
@@ -116,7 +117,7 @@ class SkewPlane:
         path = None
         by_path = self.assets.by_path
         if by_path and (head.method == b"GET" or head.method == b"HEAD"):
-            path = asset_path(target)
+            path = asset_key(target, self.query)
             if path not in by_path:
                 path = None
             elif named is None:
@@ -126,6 +127,8 @@ class SkewPlane:
         view = View(table.version_capacity(), table.weightless(), table.versions)
         decision = decide(named, path, pin, lambda: self._may_override(exchange), view, self.assets,
                           time.time(), self.retention)
+        if decision.how is STORE and not encoding_accepted(decision.stored.headers, head.headers):
+            decision = Decision(None, None, decision.gone, None, pin)      # a copy it cannot read
         if decision.how is not None:
             self.counts[decision.how, decision.version] += 1
         if decision.gone is not None:
@@ -141,11 +144,13 @@ class SkewPlane:
         when its body should be copied."""
         if not self.learning:
             return None
-        path = asset_path(exchange.head.target)
-        if not (is_immutable(head.cache_control) or self.globs and self.is_asset_path(path)):
+        target = exchange.head.target
+        if not (is_immutable(head.cache_control) or self.globs and self.is_asset_path(asset_path(target))):
             return None
+        path = asset_key(target, self.query)
         version = exchange.version
-        copying = self.dir is not None and not self.assets.store_full
+        copying = self.dir is not None and not self.assets.store_full and \
+            may_copy(head.headers, exchange.head.headers)
         if self.assets.knows(path, version, stored=copying) or (path, version) in self.capturing:
             return None
         length = head.content_length

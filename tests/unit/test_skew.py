@@ -3,8 +3,8 @@
 import pytest
 
 from lb.core.skew import (ASSET, HEADER, INDEX_MAX_BYTES, OVERRIDE, QUERY, STORE, Asset, AssetIndex, AssetMap,
-                          AssetsUpdate, Override, View, asset_path, decide, glob_matcher, is_immutable, label,
-                          query_value)
+                          AssetsUpdate, Override, View, asset_key, asset_path, decide, encoding_accepted, glob_matcher,
+                          is_immutable, label, may_copy, query_value)
 
 ORDER = ("v1", "v2", "v3")
 COPY = "ab" * 32                       # a stored copy's digest
@@ -237,3 +237,35 @@ def test_the_data_plane_s_map_follows_updates_and_a_snapshot_rebuilds_it():
     assert copy.by_path == assets.by_path and copy.retired == assets.retired and copy.store_full
     copy.apply(AssetsUpdate(add=(IN_V2,), full=True))
     assert list(copy.by_path) == [A] and not copy.store_full
+
+
+@pytest.mark.parametrize("target, key", [
+    (b"/a.js", b"/a.js"), (b"/a.js?v=1", b"/a.js?v=1"), (b"/a.js?dpl=v1", b"/a.js"),
+    (b"/a.js?v=1&dpl=v1", b"/a.js?v=1"), (b"/a.js?dpl=v1&v=1#x", b"/a.js?v=1"), (b"/a.js?", b"/a.js"),
+    (b"/a.js?xdpl=1", b"/a.js?xdpl=1"),
+])
+def test_an_asset_is_known_by_path_and_query_without_the_version_s_own_parameter(target, key):
+    assert asset_key(target, b"dpl") == key
+
+
+@pytest.mark.parametrize("response, request_headers, allowed", [
+    ([(b"Cache-Control", b"max-age=1, immutable")], [], True),
+    ([(b"Cache-Control", b"immutable"), (b"Set-Cookie", b"s=1")], [], False),
+    ([(b"Vary", b"Accept-Encoding")], [], True),
+    ([(b"Vary", b"Accept-Encoding, Cookie")], [], False),
+    ([(b"Vary", b"*")], [], False),
+    ([(b"Cache-Control", b"immutable")], [(b"Authorization", b"Bearer x")], False),
+    ([(b"Cache-Control", b"public, immutable")], [(b"authorization", b"Bearer x")], True),
+])
+def test_what_the_store_may_keep_for_everyone(response, request_headers, allowed):
+    assert may_copy(response, request_headers) is allowed
+
+
+@pytest.mark.parametrize("stored, accept, ok", [
+    ([], [], True), ([(b"Content-Encoding", b"gzip")], [(b"Accept-Encoding", b"gzip, br")], True),
+    ([(b"Content-Encoding", b"br")], [(b"Accept-Encoding", b"gzip")], False),
+    ([(b"Content-Encoding", b"gzip")], [], False), ([(b"Content-Encoding", b"gzip")], [(b"accept-encoding", b"*")], True),
+    ([(b"content-encoding", b"GZIP")], [(b"Accept-Encoding", b"deflate;q=0.5, gzip;q=1")], True),
+])
+def test_a_copy_is_served_only_in_an_encoding_the_request_accepts(stored, accept, ok):
+    assert encoding_accepted(stored, accept) is ok

@@ -13,7 +13,7 @@ from test_dataplane import FakeTransport, Rig, h2_connection
 
 ASSET = b"/assets/app.1234.js"
 IMMUTABLE = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=31536000, immutable\r\nContent-Type: text/javascript" \
-            b"\r\nSet-Cookie: session=1\r\nContent-Length: 7\r\n\r\nconsole"
+            b"\r\nDate: Thu, 03 Dec 2026 15:00:00 GMT\r\nContent-Length: 7\r\n\r\nconsole"
 
 
 def skew_rig(tmp_path, extra: str = "") -> Rig:
@@ -36,19 +36,26 @@ async def wait_until(predicate, what: str) -> None:
 
 async def test_an_immutable_answer_is_learned_copied_to_disk_and_reported(tmp_path):
     rig = skew_rig(tmp_path)
-    rig.client.data_received(b"GET " + ASSET + b"?v=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.client.data_received(b"GET " + ASSET + b"?v=1&dpl=v1 HTTP/1.1\r\nHost: a\r\n\r\n")
     rig.respond(IMMUTABLE)
     assert rig.client_transport.take().endswith(b"console")
     skew = rig.plane.skew
     await wait_until(lambda: skew.learned, "the copy written")
     asset = skew.learned[0]
-    assert (asset.path, asset.version, asset.size) == (ASSET, "v1", 7)
+    assert (asset.path, asset.version, asset.size) == (ASSET + b"?v=1", "v1", 7)      # dpl is not the file's
     assert dict(asset.headers) == {b"Cache-Control": b"public, max-age=31536000, immutable",
-                                   b"Content-Type": b"text/javascript"}          # not its Set-Cookie
+                                   b"Content-Type": b"text/javascript"}          # not its Date
     with open(os.path.join(store_dir(rig.plane.config), asset.digest), "rb") as file:
         assert file.read() == b"console"
     rig.plane.report()
     assert rig.reports[-1].assets == [asset] and skew.learned == []
+
+
+async def test_an_answer_that_sets_a_cookie_is_learned_but_never_copied(tmp_path):
+    rig = skew_rig(tmp_path)
+    rig.client.data_received(b"GET " + ASSET + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    rig.respond(IMMUTABLE.replace(b"Date:", b"Set-Cookie: session=1\r\nDate:"))
+    assert rig.plane.skew.learned == [Asset(ASSET, "v1")] and not rig.plane.skew.capturing
 
 
 async def test_a_stored_copy_is_served_over_http1_and_http2_when_its_version_is_gone(tmp_path):
