@@ -26,9 +26,10 @@ from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_B
 from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
 from ..core.seams import ExchangeClient
-from .responses import pin_cookie_line
 from ..core.skew import Decision
 from ..files import read_copy
+from .responses import pin_cookie_line
+from .skew import SKEW_HOWS
 
 INFINITY = float("inf")
 
@@ -147,6 +148,9 @@ class Exchange:
             version, how = pinning.route(pin, table, self.plane.now())
         else:
             version, how = pinning.retry_version(self.version, table, self.tried)
+            if self.pin_how in SKEW_HOWS and version is not None:
+                self.version = version          # a tab's request, retried: still not its user's move
+                return True
         if version is None:
             return False
         if how is not KEPT:

@@ -119,3 +119,16 @@ async def test_a_request_naming_a_weightless_version_with_the_secret_reaches_it_
     sent = web2.take()
     assert sent.startswith(b"GET / ") and secret not in sent and b"X-Lb-Override" not in sent
     assert rig.client.current.pin_how == "override" and rig.upstream_transport.take() == b""
+
+
+async def test_a_named_request_retried_on_another_node_still_leaves_the_cookie_alone(tmp_path):
+    rig = skew_rig(tmp_path)
+    rig.plane.apply_view(RoutingView(3, (NodeView("web1", "127.0.0.1", 9001, "v1", 100.0, True, False),
+                                         NodeView("web3", "127.0.0.1", 9003, "v2", 100.0, True, False)),
+                                     ("v1", "v2")))
+    rig.client.data_received(b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Lb-Version: v1\r\nCookie: lb_version=v2\r\n\r\n")
+    exchange = rig.client.current
+    assert (exchange.version, exchange.pin_how, exchange.route.name) == ("v1", "header", "web1")
+    rig.upstream.connection_lost(None)                 # web1 goes before answering: a retry, on v2
+    await wait_until(lambda: exchange.tried and exchange.tried[-1].name == "web3", "the retry")
+    assert (exchange.version, exchange.pin_how, exchange.pin_cookie) == ("v2", "header", None)
