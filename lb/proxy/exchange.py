@@ -29,9 +29,25 @@ from ..core.seams import ExchangeClient
 from ..core.skew import Decision
 from ..files import read_copy
 from .responses import pin_cookie_line
-from .skew import SKEW_HOWS
+from .skew import SKEW_HOWS, StoredBody
 
 INFINITY = float("inf")
+
+
+class _Discard:
+    """The sink of an upstream connection whose answer lb dropped (a 404 skew protection fell
+    back from): what its parser still says goes nowhere."""
+
+    switching = False
+    response_bytes_seen = True
+
+    def on_response(self, *_) -> None:
+        pass
+
+    on_response_body = on_response_end = upstream_lost = upstream_failed = upstream_timed_out = on_response
+
+
+DISCARD = _Discard()
 
 
 class Exchange:
@@ -41,7 +57,7 @@ class Exchange:
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
                  "keep_client", "upstream_keep", "version", "pin_cookie", "pin_how", "error",
-                 "close_delimited", "queued_at", "gone", "capture", "stored", "secret_shown")
+                 "close_delimited", "queued_at", "gone", "capture", "stored", "secret_shown", "fallback")
 
     def __init__(self, plane, client: ExchangeClient, head: http1.RequestHead):
         self.plane = plane
@@ -75,6 +91,7 @@ class Exchange:
         self.gone = None                # a version the request named that is out of service (skew)
         self.capture = None             # the body being copied for the asset store (proxy/skew.py)
         self.stored = None              # the stored copy lb answers with itself (an Asset)
+        self.fallback = None            # a known asset's versions, should its version answer 404
 
     # -- routing -------------------------------------------------------------
     def start(self, skew: bool = True) -> None:
@@ -90,6 +107,11 @@ class Exchange:
         if self.stored is not None:
             self._read_stored()
             return
+        self._route()
+
+    def _route(self) -> None:
+        """A node of the version picked, and a connection to it."""
+        plane = self.plane
         route = plane.table.choose(self.tried, self.version)
         if route is None:
             if plane.table.full(self.version):
@@ -140,9 +162,9 @@ class Exchange:
                     decision = pin
                     self.gone = decision.gone
                     if decision.version is not None:
-                        self.version, self.pin_how, self.stored = decision.version, decision.how, decision.stored
+                        self.version, self.pin_how = decision.version, decision.how
                         return True
-                    pin = decision.pin
+                    pin, self.fallback = decision.pin, decision.fallback
             else:
                 pin = pinning.read_pin(self.head.headers, table.versions)
             version, how = pinning.route(pin, table, self.plane.now())
@@ -246,6 +268,8 @@ class Exchange:
         if status < 200:
             self._interim(head)
             return
+        if status == 404 and self.fallback is not None and self._fall_back():
+            return
         request = self.head
         self.body_mode, framing, self.keep_client = response_framing(
             request.method, request.version, status, head.content_length, self.keep_client,
@@ -300,6 +324,26 @@ class Exchange:
         capture, self.capture = self.capture, None
         self.plane.skew.captured(capture, whole)
 
+    def _fall_back(self) -> bool:
+        """A known asset got a 404 from its user's version: held back, the request goes to a
+        version that has the asset, or lb answers with its copy (lb/core/skew.py fall_back).
+        Nothing of the 404 reached the client; its connection goes (the body is not wanted)."""
+        have, self.fallback = self.fallback, None
+        decision = self.plane.skew.fall_back(have, self.version, self.plane.table, self.head.headers)
+        if decision is None:
+            return False
+        upstream = self.upstream
+        upstream.exchange = DISCARD           # what the parser still says of the 404 goes nowhere
+        upstream.abort()
+        self._leave_route()
+        self.pin_cookie = None                # the asset's version is not its user's move
+        self.version, self.pin_how, self.stored = decision.version, decision.how, decision.stored
+        if self.stored is not None:
+            self._read_stored()
+        else:
+            self._route()
+        return True
+
     def _read_stored(self) -> None:
         skew = self.plane.skew
         done = self.plane.loop.run_in_executor(None, read_copy, skew.dir, self.stored.digest)
@@ -311,13 +355,19 @@ class Exchange:
         if self.finished:
             return
         asset, self.stored = self.stored, None
-        if body is None:
+        if body is None:                      # missing or corrupt: the version that said 404 again
             self.plane.skew.counts["store_missing", asset.version] += 1
-            self.version = self.pin_how = None
-            self.start(skew=False)
+            self.version, self.pin_how = self.tried[-1].version, None
+            self._route()
             return
+        self.response_bytes_seen = True
         self.on_response(http1.ResponseHead(200, b"OK", b"1.1", list(asset.headers), len(body), False, True, None))
-        self.on_response_body(body)
+        self.upstream = StoredBody(self, body if self.body_mode != NO_BODY else b"")
+        self.upstream.pump()
+
+    def end_stored(self) -> None:
+        """The stored copy went out whole (StoredBody)."""
+        self.upstream = None
         self._end_own_answer()
         self.finished = True
         self.plane.access_log.write(self, None)

@@ -256,6 +256,8 @@ class H2Exchange(Exchange):
         if status < 200:
             self._interim(head)
             return
+        if status == 404 and self.fallback is not None and self._fall_back():
+            return
         no_body = self.head.method == b"HEAD" or status in (204, 304)
         self.body_mode = NO_BODY if no_body else DATA_FRAMES
         self.status = status

@@ -3,7 +3,7 @@
 import pytest
 
 from lb.core.skew import (ASSET, HEADER, INDEX_MAX_BYTES, OVERRIDE, QUERY, STORE, Asset, AssetIndex, AssetMap,
-                          AssetsUpdate, Override, View, asset_key, asset_path, decide, encoding_accepted, glob_matcher,
+                          AssetsUpdate, Override, View, asset_key, asset_path, decide, encoding_accepted, fall_back, glob_matcher,
                           is_immutable, label, may_copy, query_value)
 
 ORDER = ("v1", "v2", "v3")
@@ -89,8 +89,7 @@ def test_named_versions(what, named, path, pin, capacity, weightless, expected, 
         asked.append(True)
         return may
 
-    decision = decide(tuple(named), path, pin, may_override, View(capacity, frozenset(weightless), ORDER), EMPTY,
-                      100.0, 3600.0)
+    decision = decide(tuple(named), path, pin, may_override, View(capacity, frozenset(weightless), ORDER), EMPTY)
     if what.startswith("weightless"):
         expected = ("v3", OVERRIDE, None) if may else (None, None, None)
         assert asked == [True]
@@ -105,39 +104,51 @@ A = b"/assets/chunk.js"
 IN_V1 = Asset(A, "v1", COPY, 10, ((b"Content-Type", b"text/javascript"),))
 IN_V2 = Asset(A, "v2", "cd" * 32, 10)
 NO_COPY_V1 = Asset(A, "v1")
-ASSET_CASES = [
-    # (what, entries, pin, capacity, retired, now, expected version, how)
-    ("the only version that has it", [IN_V1], "v2", {"v1": 1, "v2": 1}, {}, 100.0, ("v1", ASSET)),
-    ("the pin's own when it has it", [IN_V1, IN_V2], "v1", {"v1": 1, "v2": 1}, {}, 100.0, ("v1", ASSET)),
-    ("else the newest that has it", [IN_V1, IN_V2], None, {"v1": 1, "v2": 1}, {}, 100.0, ("v2", ASSET)),
-    ("the newest in service", [IN_V1, IN_V2], "v3", {"v1": 1, "v3": 1}, {"v2": 50.0}, 100.0, ("v1", ASSET)),
+
+
+def test_a_known_asset_goes_by_the_cookie_with_its_versions_for_a_404_and_an_unknown_one_without():
+    assets = mapping(IN_V1, IN_V2)
+    view = View({"v1": 1, "v2": 1}, frozenset(), ORDER)
+    known = decide((), A, "v2", lambda: False, view, assets)
+    assert (known.version, known.how, known.pin, known.fallback) == (None, None, "v2", {"v1": IN_V1, "v2": IN_V2})
+    assert decide((), None, "v2", lambda: False, view, assets).fallback is None
+
+
+FALLBACKS = [
+    # (what, entries, answered 404, capacity, retired, now, expected version, how)
+    ("another version in service that has it", [IN_V1], "v2", {"v1": 1, "v2": 1}, {}, 100.0, ("v1", ASSET)),
+    ("the newest other one", [IN_V1, IN_V2], "v3", {"v1": 1, "v2": 1, "v3": 1}, {}, 100.0, ("v2", ASSET)),
+    ("never the one that said 404", [IN_V1, IN_V2], "v2", {"v1": 1, "v2": 1}, {}, 100.0, ("v1", ASSET)),
+    ("a version in service before a copy", [IN_V1, IN_V2], "v3", {"v1": 1, "v3": 1}, {"v2": 50.0}, 100.0,
+     ("v1", ASSET)),
     ("its version gone: the copy", [IN_V1], "v2", {"v2": 1}, {"v1": 50.0}, 100.0, ("v1", STORE)),
     ("the copy within retention", [IN_V1], "v2", {"v2": 1}, {"v1": 50.0}, 50.0 + 3599.0, ("v1", STORE)),
-    ("past retention: the cookie's rules", [IN_V1], "v2", {"v2": 1}, {"v1": 50.0}, 50.0 + 3600.0, (None, None)),
-    ("gone and no copy: the cookie's rules", [NO_COPY_V1], "v2", {"v2": 1}, {"v1": 50.0}, 100.0, (None, None)),
+    ("past retention: the 404 stands", [IN_V1], "v2", {"v2": 1}, {"v1": 50.0}, 50.0 + 3600.0, (None, None)),
+    ("gone and no copy: the 404 stands", [NO_COPY_V1], "v2", {"v2": 1}, {"v1": 50.0}, 100.0, (None, None)),
     ("gone just now (no time yet): the copy", [IN_V1], "v2", {"v2": 1}, {}, 100.0, ("v1", STORE)),
     ("the newest copy of two gone", [IN_V1, IN_V2], "v3", {"v3": 1}, {"v1": 10.0, "v2": 90.0}, 100.0,
      ("v2", STORE)),
+    ("only the version that said 404 has it", [IN_V1], "v1", {"v1": 1}, {}, 100.0, (None, None)),
 ]
 
 
-@pytest.mark.parametrize("what, entries, pin, capacity, retired, now, expected", ASSET_CASES,
-                         ids=[c[0] for c in ASSET_CASES])
-def test_assets(what, entries, pin, capacity, retired, now, expected):
-    assets = mapping(*entries, retired=retired)
-    decision = decide((), A, pin, lambda: False, View(capacity, frozenset(), ORDER), assets, now, 3600.0)
-    assert (decision.version, decision.how) == expected
-    assert (decision.stored is not None) == (decision.how == STORE)
-    if decision.how == STORE:
-        assert decision.stored.digest and decision.stored.version == decision.version
+@pytest.mark.parametrize("what, entries, answered, capacity, retired, now, expected", FALLBACKS,
+                         ids=[c[0] for c in FALLBACKS])
+def test_where_a_404_for_a_known_asset_goes(what, entries, answered, capacity, retired, now, expected):
+    have = {asset.version: asset for asset in entries}
+    decision = fall_back(have, answered, View(capacity, frozenset(), ORDER), retired, now, 3600.0)
+    assert ((decision.version, decision.how) if decision else (None, None)) == expected
+    if decision is not None:
+        assert (decision.stored is not None) == (decision.how == STORE)
 
 
 def test_a_named_version_beats_the_asset_and_a_gone_one_is_still_said_with_it():
     assets = mapping(IN_V1)
     view = View({"v1": 1, "v2": 1}, frozenset(), ORDER)
-    assert decide((("v2", HEADER),), A, None, lambda: False, view, assets, 0.0, 60.0)[:3] == ("v2", HEADER, None)
+    assert decide((("v2", HEADER),), A, None, lambda: False, view, assets)[:3] == ("v2", HEADER, None)
     view = View({"v1": 1, "v3": 1}, frozenset(), ORDER)
-    assert decide((("v2", HEADER),), A, "v3", lambda: False, view, assets, 0.0, 60.0)[:3] == ("v1", ASSET, "v2")
+    gone = decide((("v2", HEADER),), A, "v3", lambda: False, view, assets)
+    assert (gone.version, gone.gone, gone.pin, list(gone.fallback)) == (None, "v2", "v3", ["v1"])
 
 
 # -- who may override -----------------------------------------------------------------------

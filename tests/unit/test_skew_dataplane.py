@@ -26,6 +26,18 @@ def skew_rig(tmp_path, extra: str = "") -> Rig:
     return rig
 
 
+def fake_upstream(rig: Rig, name: str) -> tuple:
+    """A pooled connection to node `name` on a fake transport: (connection, transport)."""
+    from lb.proxy.upstream import UpstreamConnection
+    connection, transport = UpstreamConnection(rig.plane.upstreams, rig.plane.table.routes[name]), FakeTransport()
+    connection.connection_made(transport)
+    rig.plane.upstreams.idle[name] = [connection]
+    return connection, transport
+
+
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"
+
+
 async def wait_until(predicate, what: str) -> None:
     for _ in range(500):                          # the thread that writes or reads a copy
         if predicate():
@@ -58,7 +70,7 @@ async def test_an_answer_that_sets_a_cookie_is_learned_but_never_copied(tmp_path
     assert rig.plane.skew.learned == [Asset(ASSET, "v1")] and not rig.plane.skew.capturing
 
 
-async def test_a_stored_copy_is_served_over_http1_and_http2_when_its_version_is_gone(tmp_path):
+async def test_a_404_for_a_known_asset_falls_back_to_the_stored_copy_over_http1_and_http2(tmp_path):
     rig = skew_rig(tmp_path)
     rig.client.data_received(b"GET " + ASSET + b" HTTP/1.1\r\nHost: a\r\n\r\n")
     rig.respond(IMMUTABLE)
@@ -70,17 +82,23 @@ async def test_a_stored_copy_is_served_over_http1_and_http2_when_its_version_is_
                                      ("v1", "v2")))         # v1 left: web2 (v2) alone in service
     rig.plane.apply_assets(AssetsUpdate(add=(asset,), retired={"v1": 0.0}))
     rig.plane.skew.retention = 10 ** 12               # the fake time 0.0 is long ago: keep it in
+    web2, web2_transport = fake_upstream(rig, "web2")
     rig.client.data_received(b"GET " + ASSET + b" HTTP/1.1\r\nHost: a\r\nCookie: lb_version=v2\r\n\r\n")
+    assert web2_transport.take().startswith(b"GET " + ASSET)   # its user's version first
+    web2.data_received(NOT_FOUND)                              # v2 has no such file
     await wait_until(lambda: rig.client_transport.out.endswith(b"console"), "the copy served")
     answer = rig.client_transport.take()
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 7\r\n" in answer
-    assert b"immutable" in answer and b"Set-Cookie" not in answer
-    assert rig.upstream_transport.take() == b""        # no backend asked
+    assert b"immutable" in answer and b"Set-Cookie" not in answer and b"not found" not in answer
+    assert web2_transport.closed                               # the 404's connection is not reused
 
+    web2, web2_transport = fake_upstream(rig, "web2")
     client, conn, transport = h2_connection(rig)
     client.send_headers(1, [(b":method", b"GET"), (b":path", ASSET), (b":scheme", b"http"),
                             (b":authority", b"a")], end_stream=True)
     conn.data_received(client.data_to_send())
+    await wait_until(lambda: web2_transport.out, "the request to v2")
+    web2.data_received(NOT_FOUND)
     events = []
     await wait_until(lambda: events.extend(client.receive_data(transport.take())) or
                      any(isinstance(e, h2.events.StreamEnded) for e in events), "the copy over HTTP/2")
@@ -91,20 +109,48 @@ async def test_a_stored_copy_is_served_over_http1_and_http2_when_its_version_is_
     assert sum(r.skew["store", "v1"] for r in rig.reports if r.skew) == 2
 
 
-async def test_a_corrupt_copy_is_not_served_and_the_request_goes_to_a_version_in_service(tmp_path):
+async def test_a_404_for_a_known_asset_goes_to_a_version_in_service_that_has_it(tmp_path):
     rig = skew_rig(tmp_path)
-    folder = store_dir(rig.plane.config)
-    os.makedirs(folder)
-    digest = "0" * 64
-    with open(os.path.join(folder, digest), "wb") as file:
-        file.write(b"not what the digest says")
-    rig.plane.apply_assets(AssetsUpdate(add=(Asset(ASSET, "v0", digest, 24),), retired={"v0": 1e18}))
-    rig.plane.apply_view(RoutingView(3, (NodeView("web1", "127.0.0.1", 9001, "v1", 100.0, True, False),),
-                                     ("v0", "v1")))
-    rig.client.data_received(b"GET " + ASSET + b" HTTP/1.1\r\nHost: a\r\n\r\n")
-    await wait_until(lambda: rig.upstream_transport.out, "the request sent to v1")
-    assert not os.path.exists(os.path.join(folder, digest))       # deleted: a later answer writes it again
-    assert rig.plane.skew.counts["store_missing", "v0"] == 1
+    rig.plane.apply_view(RoutingView(3, (NodeView("web1", "127.0.0.1", 9001, "v1", 100.0, True, False),
+                                         NodeView("web2", "127.0.0.1", 9002, "v2", 100.0, True, False)),
+                                     ("v1", "v2")))
+    rig.plane.apply_assets(AssetsUpdate(add=(Asset(ASSET, "v1"),)))
+    web2, web2_transport = fake_upstream(rig, "web2")
+    rig.client.data_received(b"GET " + ASSET + b" HTTP/1.1\r\nHost: a\r\nCookie: lb_version=v2\r\n\r\n")
+    web2.data_received(NOT_FOUND)
+    assert rig.upstream_transport.take().startswith(b"GET " + ASSET)    # then to web1, v1
+    rig.respond(IMMUTABLE)
+    answer = rig.client_transport.take()
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"console") and b"Set-Cookie" not in answer
+    assert rig.client.current is None and rig.plane.skew.counts["asset", "v1"] == 1
+
+
+async def test_a_stored_copy_goes_out_as_fast_as_the_client_reads_it(tmp_path):
+    """A client that reads nothing and pipelines requests for a big copy: the worker holds one
+    piece beyond the write buffer's high-water mark, not a copy per request."""
+    rig = skew_rig(tmp_path)
+    body = b"x" * (1 << 20)
+    from lb.files import write_copy
+    digest = write_copy(store_dir(rig.plane.config), body)
+    rig.plane.apply_view(RoutingView(3, (NodeView("web2", "127.0.0.1", 9002, "v2", 100.0, True, False),),
+                                     ("v1", "v2")))
+    rig.plane.apply_assets(AssetsUpdate(add=(Asset(ASSET, "v1", digest, len(body)),), retired={}))
+    web2, web2_transport = fake_upstream(rig, "web2")
+    written, full = [], [True]                  # the client's socket buffer: full past 100 kB
+
+    def write(data):
+        written.append(len(data))
+        if full[0] and sum(written) > 100_000 and not rig.client.write_paused:
+            rig.client.pause_writing()
+    rig.client_transport.write = write
+    rig.client.data_received(b"GET " + ASSET + b" HTTP/1.1\r\nHost: a\r\n\r\n" * 30)
+    web2.data_received(NOT_FOUND)
+    await wait_until(lambda: sum(written) > 100_000, "the copy begun")
+    await asyncio.sleep(0.05)
+    assert sum(written) < 200_000                       # paused: the rest waits in lb's copy
+    full[0] = False
+    rig.client.resume_writing()
+    assert sum(written) > 1 << 20                       # the rest of the copy, once it reads
 
 
 async def test_a_request_naming_a_weightless_version_with_the_secret_reaches_it_and_the_app_never_sees_it(tmp_path):
