@@ -39,7 +39,7 @@ from .control.statefile import load_state
 from .core.config import LISTEN_BACKLOG, Config
 from .core.errors import LbError
 from .core.values import format_hostport
-from .files import atomic_write
+from .files import atomic_write, store_dir
 from .process.arbiter import Arbiter, worker_count
 from .process.handoff import Predecessor, receive
 from .process.upgrade import Upgrade
@@ -180,6 +180,12 @@ class Master:
         # The master reads the PEM files for the workers, which may drop to `user:`.
         config = self.config = dataclasses.replace(self.config, pem_files=tls.read_pem_files(self.config))
         identity = privileges.workers_identity(config)
+        if identity is not None and config.pinning.mode == "version" and config.skew.store_bytes > 0:
+            try:                              # the workers write the asset store's copies
+                privileges.hand_over_dir(store_dir(config), identity)
+            except OSError as exc:
+                log.warning("skew: cannot make %s %s's (%s); assets are learned without copies",
+                            store_dir(config), identity.user, exc)
         loop = self.loop
         control = self.control = Control(config, loop)
         control.certs, warnings = tls.check(config, time.time())     # before anything is bound

@@ -93,7 +93,7 @@ class Control:
         """No more checks and sweeps (at exit, and while an upgrade hands the state over)."""
         await self.checker.stop()
         if self.pinning_on:
-            self.assets.save()
+            self.assets.save(in_thread=False)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

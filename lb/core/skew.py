@@ -29,7 +29,7 @@ move its user (its first try, by the cookie's rules, may: as any request's does)
 The index (`AssetIndex`) is learned from responses (lb/proxy/skew.py says which: a 200 to a
 GET whose Cache-Control says `immutable`, or a path matching `skew.assets`). The control
 plane owns it (lb/control/assets.py), bounded in entries, index bytes and stored bytes,
-least recently learned or used out first; every data plane holds a copy (`AssetMap`) kept
+least recently learned out first; every data plane holds a copy (`AssetMap`) kept
 up to date by `AssetsUpdate`s, as routing views are. When the store is full, new copies are
 refused (their entries still route) until a version's retention passes and frees room: the
 copies kept are those of the oldest versions, which leave service first.
@@ -41,7 +41,7 @@ import fnmatch
 import hmac
 import ipaddress
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import NamedTuple
 
 from .values import VERSION_RE
@@ -49,6 +49,7 @@ from .values import VERSION_RE
 HEADER, QUERY, OVERRIDE, ASSET, STORE = "header", "query", "override", "asset", "store"
 MAX_LABEL_BYTES = 32
 MAX_PATH_BYTES = 1024                  # longer paths are not learned
+MAX_QUERY_VARIANTS = 4                 # keys with a query per path and version (app.js?v=1, ?v=2...)
 INDEX_MAX_BYTES = 16 << 20             # the index's own size (paths, headers), apart from the store
 GONE_HEADER = b"x-lb-version-gone"
 
@@ -123,10 +124,16 @@ def asset_key(target: bytes, query_name: bytes) -> bytes:
     return target[:start] + (b"?" + b"&".join(kept) if kept else b"")
 
 
+def directives(value: bytes) -> set[bytes]:
+    """A Cache-Control value's directive names, lowercase (`max-age=60, public` -> max-age, public)."""
+    return {d.strip().partition(b"=")[0].lower() for d in value.split(b",")}
+
+
 def may_copy(response_headers, request_headers) -> bool:
     """Whether a shared store may keep this answer for anyone (RFC 9111 3 and 3.5, as a careful
-    shared cache): not when it sets a cookie or varies on anything but Accept-Encoding, nor
-    when the request carried credentials and the answer does not say `public`."""
+    shared cache): not when it says private, no-store or no-cache, sets a cookie or varies on
+    anything but Accept-Encoding, nor when the request carried credentials and the answer does
+    not say `public`."""
     public = False
     for name, value in response_headers:
         lname = name.lower()
@@ -135,27 +142,47 @@ def may_copy(response_headers, request_headers) -> bool:
         if lname == b"vary" and any(v.strip().lower() not in (b"accept-encoding", b"")
                                     for v in value.split(b",")):
             return False
-        if lname == b"cache-control" and b"public" in value.lower():
-            public = True
+        if lname == b"cache-control":
+            said = directives(value)
+            if said & {b"private", b"no-store", b"no-cache"}:
+                return False
+            public = public or b"public" in said
     return public or not any(name.lower() == b"authorization" for name, _ in request_headers)
 
 
+def plain_path(key: bytes) -> bool:
+    """Whether an asset's path is one a backend cannot read as another: no dot segments
+    (`/assets/../api/me`), no encoded dots or slashes, no empty segments; and not too long."""
+    path = asset_path(key)
+    lowered = path.lower()
+    return len(key) <= MAX_PATH_BYTES and path.startswith(b"/") and b"//" not in path and \
+        b"%2e" not in lowered and b"%2f" not in lowered and b"\\" not in path and \
+        not any(segment in (b".", b"..") for segment in path.split(b"/"))
+
+
 def encoding_accepted(asset_headers, request_headers) -> bool:
-    """Whether a stored copy's Content-Encoding (if any) is one the request accepts."""
+    """Whether a stored copy's Content-Encoding (if any) is one the request accepts (q > 0)."""
     encoding = next((v.strip().lower() for n, v in asset_headers if n.lower() == b"content-encoding"), b"identity")
     if encoding == b"identity":
         return True
     accepted = b",".join(v for n, v in request_headers if n.lower() == b"accept-encoding").lower()
-    codings = {part.split(b";")[0].strip() for part in accepted.split(b",")}
-    return encoding in codings or b"*" in codings
+    for part in accepted.split(b","):
+        coding, _, params = part.partition(b";")
+        if coding.strip() in (encoding, b"*"):
+            quality = params.strip().partition(b"q=")[2].strip() if b"q=" in params else b"1"
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def is_immutable(cache_control: bytes | None) -> bool:
     """Whether a response's Cache-Control says immutable (RFC 8246) and lets it be stored."""
     if not cache_control:
         return False
-    directives = {d.strip().partition(b"=")[0].lower() for d in cache_control.split(b",")}
-    return b"immutable" in directives and not directives & {b"no-store", b"private", b"no-cache"}
+    said = directives(cache_control)
+    return b"immutable" in said and not said & {b"no-store", b"private", b"no-cache"}
 
 
 def glob_matcher(globs: tuple[str, ...]):
@@ -291,8 +318,10 @@ class AssetMap:
 
 class AssetIndex:
     """The control plane's index: every (path, version) learned, bounded by `max_entries` and
-    `INDEX_MAX_BYTES` (least recently learned or used out first) and, for the stored copies
-    (one file per digest, however many entries share it), by `store_bytes` (refused past it)."""
+    `INDEX_MAX_BYTES` (least recently learned out first), query variants per path by
+    MAX_QUERY_VARIANTS (a flood of `?junk` keys cannot push the real ones out) and, for the
+    stored copies (one file per digest, however many entries share it), by `store_bytes`
+    (refused past it)."""
 
     def __init__(self, max_entries: int, store_bytes: int, max_asset_bytes: int):
         self.max_entries = max_entries
@@ -303,28 +332,35 @@ class AssetIndex:
         self.digests: dict[str, list] = {}      # digest -> [size, entries using it]
         self.stored_bytes = 0
         self.full = False                        # a copy was refused for room since room was last freed
+        self.variants: Counter = Counter()       # (path, version) -> its keys with a query
+        self.per_version: Counter = Counter()    # version -> its entries
 
     def learn(self, asset: Asset) -> tuple[list[Asset], list[tuple[bytes, str]], list[str]]:
-        """Add or refresh one entry. Returns (added, dropped keys, digests no entry uses any
-        more: their files can go). A copy that does not fit in what is left of `store_bytes`
-        is refused (the entry is kept without it, and `full` says so until room is freed):
-        the copies kept are those of the versions that leave service first."""
-        if len(asset.path) > MAX_PATH_BYTES or self.max_entries == 0:
-            return [], [], [asset.digest] if asset.digest and asset.digest not in self.digests else []
+        """Add one entry. Returns (added, dropped keys, digests no entry uses: their files can
+        go). A key that is not a plain path, or one more query variant of a path than
+        MAX_QUERY_VARIANTS, is refused: dropped (a data plane that learned it forgets it). A
+        copy that does not fit in what is left of `store_bytes` is refused (the entry is kept
+        without it, and `full` says so until room is freed): the copies kept are those of the
+        versions that leave service first. A second copy of an entry that has one goes."""
+        key = (asset.path, asset.version)
+        unused = [asset.digest] if asset.digest and asset.digest not in self.digests else []
+        if self.max_entries == 0 or not plain_path(asset.path) or \
+                key not in self.entries and self._variants(asset) >= MAX_QUERY_VARIANTS:
+            return [], [key], unused
         refused = []
-        if asset.digest and asset.digest not in self.digests and \
-                (asset.size > self.max_asset_bytes or self.stored_bytes + asset.size > self.store_bytes):
-            refused = [asset.digest]
+        if unused and (asset.size > self.max_asset_bytes or self.stored_bytes + asset.size > self.store_bytes):
+            refused = unused
             self.full = self.full or asset.size <= self.max_asset_bytes
             asset = asset._replace(digest=None, size=0, headers=())
-        key = (asset.path, asset.version)
         old = self.entries.get(key)
         if old is not None and (old.digest or not asset.digest):
-            self.entries.move_to_end(key)
-            return [], [], refused
+            return [], [], refused or (unused if asset.digest != old.digest else [])
         freed = self._remove(key) if old is not None else []
         self.entries[key] = asset
         self.index_bytes += asset.index_bytes
+        self.per_version[asset.version] += 1
+        if b"?" in asset.path:
+            self.variants[asset_path(asset.path), asset.version] += 1
         if asset.digest:
             use = self.digests.setdefault(asset.digest, [asset.size, 0])
             if use[1] == 0:
@@ -333,10 +369,8 @@ class AssetIndex:
         dropped, freed_more = self._bound(keep=key)
         return [asset], dropped, refused + freed + freed_more
 
-    def touch(self, path: bytes, version: str) -> None:
-        """An entry was used: it leaves last."""
-        if (path, version) in self.entries:
-            self.entries.move_to_end((path, version))
+    def _variants(self, asset: Asset) -> int:
+        return self.variants[asset_path(asset.path), asset.version] if b"?" in asset.path else 0
 
     def forget_version(self, version: str) -> tuple[list[tuple[bytes, str]], list[str]]:
         """Drop every entry of `version` (its retention passed). Returns (dropped, freed digests)."""
@@ -364,6 +398,12 @@ class AssetIndex:
     def _remove(self, key) -> list[str]:
         asset = self.entries.pop(key)
         self.index_bytes -= asset.index_bytes
+        self.per_version[asset.version] -= 1
+        if b"?" in asset.path:
+            plain = (asset_path(asset.path), asset.version)
+            self.variants[plain] -= 1
+            if not self.variants[plain]:
+                del self.variants[plain]
         if not asset.digest:
             return []
         use = self.digests[asset.digest]

@@ -26,14 +26,16 @@ goes to the versions in service as if no copy existed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 
 from ..core.skew import (ASSET, HEADER, OVERRIDE, QUERY, STORE, Asset, AssetMap, Decision, Override, View,
                          asset_key, asset_path, decide, encoding_accepted, fall_back, glob_matcher, is_immutable, label,
-                         may_copy, query_value)
+                         may_copy, plain_path, query_value)
 from ..files import store_dir, write_copy
 
+log = logging.getLogger("lb.proxy")
 CAPTURE_MAX_BYTES = 64 << 20        # response bytes one data plane copies at once, all assets together
 SKIPPED_HEADERS = frozenset((b"set-cookie", b"date", b"age", b"x-lb-version-gone"))
 SKEW_HOWS = frozenset((HEADER, QUERY, OVERRIDE, ASSET, STORE))     # the cookie is left as it is
@@ -114,6 +116,7 @@ class SkewPlane:
         self.counts: Counter = Counter()     # (what, version) -> requests, for the next report
         self.learned: list[Asset] = []       # entries for the next report
         self.capturing: set = set()          # (path, version) being copied now
+        self.write_failed = False
         self.captured_bytes = 0
         self.configure(config)
 
@@ -148,9 +151,8 @@ class SkewPlane:
         hlen = self.hlen
         for name, value in head.headers:
             size = len(name)
-            if size == 6:
-                if pin is None and name.lower() == b"cookie":
-                    pin = pinning.pin_in(value, table.versions)
+            if size == 6 and pin is None and name.lower() == b"cookie":
+                pin = pinning.pin_in(value, table.versions)
             elif size == hlen and named is None and name.lower() == self.header:
                 named = ((label(value), HEADER),)
         target = head.target
@@ -205,6 +207,8 @@ class SkewPlane:
         if not (is_immutable(head.cache_control) or self.globs and self.is_asset_path(asset_path(target))):
             return None
         path = asset_key(target, self.query)
+        if not plain_path(path):
+            return None                       # never an entry (AssetIndex refuses it too)
         version = exchange.version
         copying = self.dir is not None and not self.assets.store_full and \
             may_copy(head.headers, exchange.head.headers)
@@ -224,10 +228,9 @@ class SkewPlane:
 
     def captured(self, capture: Capture, whole: bool) -> None:
         """The response ended (whole, or cut): write the copy, or give up on it."""
-        key = (capture.path, capture.version)
-        self.captured_bytes -= capture.reserved
         if not whole or capture.size > capture.limit:
-            self.capturing.discard(key)
+            self.captured_bytes -= capture.reserved
+            self.capturing.discard((capture.path, capture.version))
             return
         body = b"".join(capture.parts)
         capture.parts = []
@@ -235,8 +238,13 @@ class SkewPlane:
         future.add_done_callback(lambda done: self._written(capture, len(body), done))
 
     def _written(self, capture: Capture, size: int, done) -> None:
+        self.captured_bytes -= capture.reserved          # held until written: the thread has it
         self.capturing.discard((capture.path, capture.version))
         digest = None if done.cancelled() or done.exception() else done.result()
+        if digest is None and not done.cancelled() and not self.write_failed:
+            self.write_failed = True          # said once: every copy would fail the same way
+            log.warning("skew: cannot write asset copies in %s (%s); assets are learned without them",
+                        self.dir, done.exception())
         self._learned(Asset(capture.path, capture.version, digest, size if digest else 0,
                             capture.headers if digest else ()))
 

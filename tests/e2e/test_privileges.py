@@ -19,6 +19,7 @@ import trustme
 from conftest import PYTHON, ROOT, Backend, Lb, client_context, get, wait_for, write_cert
 from lb import privileges
 from lb.core.privileges import Identity
+from lb.demo.spa import asset_paths
 from test_tls import served_cert
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
@@ -128,3 +129,22 @@ def test_the_master_hands_over_no_file_through_a_symlink(tmp_path):
     with pytest.raises(OSError):
         privileges.hand_over(str(tmp_path / "access.log"), Identity("nobody", NOBODY.pw_uid, NOBODY.pw_gid, ()))
     assert target.stat().st_uid == 0
+
+
+def test_workers_that_dropped_to_nobody_write_the_asset_store_s_copies(spawn, tmp_path):
+    """The state's folder is root's (as /var/lib/lb): the master makes the store's folder the
+    workers' before they start, or every copy would fail to be written."""
+    folder = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp"))
+    try:
+        os.chmod(folder, 0o755)
+        backend = spawn(Backend, "web1", args=("--spa", "--chunks", "1"))
+        lb = spawn(Lb, tmp_path, [backend.config()], workers=2, user="nobody", state_file=str(folder / "lb.state"))
+        for path in asset_paths("v1", 1):
+            assert get(lb.port, path).status == 200
+        wait_for(lambda: lb.ctl("show assets")["store"]["copies"] == 2, 10, "both copies stored")
+        store = folder / "lb.state.assets"
+        assert store.stat().st_uid == NOBODY.pw_uid and oct(store.stat().st_mode & 0o777) == "0o750"
+        assert all(f.stat().st_uid == NOBODY.pw_uid for f in store.iterdir() if len(f.name) == 64)
+        assert "cannot write asset copies" not in lb.stderr_path.read_text()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from lb.core.skew import (ASSET, HEADER, INDEX_MAX_BYTES, OVERRIDE, QUERY, STORE, Asset, AssetIndex, AssetMap,
+from lb.core.skew import (ASSET, HEADER, INDEX_MAX_BYTES, MAX_QUERY_VARIANTS, OVERRIDE, QUERY, STORE, Asset, AssetIndex, AssetMap,
                           AssetsUpdate, Override, View, asset_key, asset_path, decide, encoding_accepted, fall_back, glob_matcher,
-                          is_immutable, label, may_copy, query_value)
+                          is_immutable, label, may_copy, plain_path, query_value)
 
 ORDER = ("v1", "v2", "v3")
 COPY = "ab" * 32                       # a stored copy's digest
@@ -190,14 +190,41 @@ def test_the_index_learns_once_and_a_copy_replaces_an_entry_without_one():
     assert index.learn(NO_COPY_V1) == ([], [], [])            # a copy is never replaced by none
 
 
-def test_entries_past_max_entries_go_least_recently_learned_or_used_first():
+def test_entries_past_max_entries_go_least_recently_learned_first():
     index = AssetIndex(3, 1000, 100)
     paths = [b"/a%d" % i for i in range(4)]
     for path in paths[:3]:
         index.learn(Asset(path, "v1"))
-    index.touch(paths[0], "v1")
     _, dropped, _ = index.learn(Asset(paths[3], "v1"))
-    assert dropped == [(paths[1], "v1")] and len(index.entries) == 3
+    assert dropped == [(paths[0], "v1")] and len(index.entries) == 3
+
+
+def test_query_variants_of_one_path_are_bounded_and_refused_keys_are_dropped_everywhere():
+    index = AssetIndex(100, 1000, 100)
+    for i in range(MAX_QUERY_VARIANTS):
+        assert index.learn(Asset(b"/app.js?v=%d" % i, "v1"))[0]
+    added, dropped, freed = index.learn(Asset(b"/app.js?junk=1", "v1", COPY, 5))
+    assert (added, dropped, freed) == ([], [(b"/app.js?junk=1", "v1")], [COPY])
+    assert index.learn(Asset(b"/app.js?v=0", "v2"))[0]           # another version's are its own
+    index.forget_version("v1")
+    assert index.learn(Asset(b"/app.js?junk=1", "v1"))[0] and index.variants[b"/app.js", "v1"] == 1
+
+
+@pytest.mark.parametrize("key, plain", [
+    (b"/assets/a.js", True), (b"/assets/a.js?v=1", True), (b"/assets/../api/me", False), (b"/assets/./a.js", False),
+    (b"/assets//a.js", False), (b"/assets/%2e%2e/api", False), (b"/assets/%2E/a", False), (b"/a%2fb", False),
+    (b"/" + b"a" * 1100, False), (b"assets/a.js", False), (b"/a\\..\\b", False), (b"/a.js?x=../y", True),
+])
+def test_only_plain_paths_are_learned(key, plain):
+    assert plain_path(key) is plain
+    assert bool(AssetIndex(10, 100, 100).learn(Asset(key, "v1"))[0]) is plain
+
+
+def test_a_second_copy_of_an_entry_that_has_one_is_freed():
+    index = AssetIndex(10, 100, 100)
+    index.learn(IN_V1)
+    assert index.learn(IN_V1._replace(digest="ef" * 32)) == ([], [], ["ef" * 32])   # gzip and identity, say
+    assert index.learn(IN_V1) == ([], [], [])
 
 
 def test_index_bytes_are_bounded_too():
@@ -233,8 +260,8 @@ def test_two_entries_with_one_copy_count_its_bytes_once_and_free_it_with_the_las
 
 
 def test_nothing_is_learned_with_max_assets_0_and_an_overlong_path_never():
-    assert AssetIndex(0, 100, 100).learn(IN_V1) == ([], [], [COPY])
-    assert AssetIndex(10, 100, 100).learn(Asset(b"/" + b"a" * 2000, "v1")) == ([], [], [])
+    assert AssetIndex(0, 100, 100).learn(IN_V1) == ([], [(A, "v1")], [COPY])
+    assert AssetIndex(10, 100, 100).learn(Asset(b"/" + b"a" * 2000, "v1")) == ([], [(b"/" + b"a" * 2000, "v1")], [])
 
 
 def test_the_data_plane_s_map_follows_updates_and_a_snapshot_rebuilds_it():
@@ -267,6 +294,9 @@ def test_an_asset_is_known_by_path_and_query_without_the_version_s_own_parameter
     ([(b"Vary", b"*")], [], False),
     ([(b"Cache-Control", b"immutable")], [(b"Authorization", b"Bearer x")], False),
     ([(b"Cache-Control", b"public, immutable")], [(b"authorization", b"Bearer x")], True),
+    ([(b"Cache-Control", b"private, max-age=60")], [], False), ([(b"Cache-Control", b"no-store")], [], False),
+    ([(b"Cache-Control", b"no-cache, immutable")], [], False),
+    ([(b"Cache-Control", b"x-not-public, immutable")], [(b"Authorization", b"x")], False),
 ])
 def test_what_the_store_may_keep_for_everyone(response, request_headers, allowed):
     assert may_copy(response, request_headers) is allowed
@@ -277,6 +307,8 @@ def test_what_the_store_may_keep_for_everyone(response, request_headers, allowed
     ([(b"Content-Encoding", b"br")], [(b"Accept-Encoding", b"gzip")], False),
     ([(b"Content-Encoding", b"gzip")], [], False), ([(b"Content-Encoding", b"gzip")], [(b"accept-encoding", b"*")], True),
     ([(b"content-encoding", b"GZIP")], [(b"Accept-Encoding", b"deflate;q=0.5, gzip;q=1")], True),
+    ([(b"Content-Encoding", b"gzip")], [(b"Accept-Encoding", b"gzip;q=0")], False),
+    ([(b"Content-Encoding", b"gzip")], [(b"Accept-Encoding", b"gzip;q=0.001")], True),
 ])
 def test_a_copy_is_served_only_in_an_encoding_the_request_accepts(stored, accept, ok):
     assert encoding_accepted(stored, accept) is ok
