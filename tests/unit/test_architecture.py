@@ -114,12 +114,12 @@ HTTP1_MAY_IMPORT = {
 PARSER_LIBRARIES = {"httptools": "llhttp_adapter", "h11": "h11_adapter"}
 
 
-def http1_siblings(path: Path):
-    """The lb.core.http1 modules a file imports, by their short names ("__init__" for the package)."""
+def siblings(path: Path, package: str = "http1"):
+    """The lb.core.<package> modules a file imports, by their short names ("__init__" for the package)."""
     for name, names in imports(path):
-        if name == "lb.core.http1":
+        if name == f"lb.core.{package}":
             yield from (n if (path.parent / f"{n}.py").exists() else "__init__" for n in names)
-        elif name.startswith("lb.core.http1."):
+        elif name.startswith(f"lb.core.{package}."):
             yield name.split(".")[3]
 
 
@@ -129,8 +129,30 @@ def test_every_http1_module_has_a_row():
 
 @pytest.mark.parametrize("path", modules("core/http1"), ids=lambda p: p.name)
 def test_http1_modules_import_only_the_siblings_their_row_names(path):
-    for sibling in http1_siblings(path):
+    for sibling in siblings(path):
         assert sibling in HTTP1_MAY_IMPORT[path.stem], f"core/http1/{path.name} imports {sibling}"
+
+
+# lb/core/http2, the same way: HPACK on its Huffman code. lb's own HTTP/2 uses none of the
+# libraries it replaces (h2, hpack, hyperframe): they are the tests' references.
+HTTP2_MAY_IMPORT = {
+    "huffman": set(),
+    "hpack": {"huffman"},
+    "__init__": set(),
+}
+HTTP2_REFERENCES = {"h2", "hpack", "hyperframe"}
+
+
+def test_every_http2_module_has_a_row():
+    assert {p.stem for p in modules("core/http2")} == set(HTTP2_MAY_IMPORT)
+
+
+@pytest.mark.parametrize("path", modules("core/http2"), ids=lambda p: p.name)
+def test_http2_modules_import_only_their_rows_siblings_and_no_reference_library(path):
+    for sibling in siblings(path, "http2"):
+        assert sibling in HTTP2_MAY_IMPORT[path.stem], f"core/http2/{path.name} imports {sibling}"
+    for name, _ in imports(path):
+        assert name.split(".")[0] not in HTTP2_REFERENCES, f"core/http2/{path.name} imports {name}"
 
 
 @pytest.mark.parametrize("path", modules("core"), ids=lambda p: str(p.relative_to(LB)))
