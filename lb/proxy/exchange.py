@@ -346,7 +346,7 @@ class Exchange:
 
     def _read_stored(self) -> None:
         skew = self.plane.skew
-        done = self.plane.loop.run_in_executor(None, read_copy, skew.dir, self.stored.digest)
+        done = self.plane.loop.run_in_executor(skew.files(), read_copy, skew.dir, self.stored.digest)
         done.add_done_callback(self._answer_stored)
 
     def _answer_stored(self, done) -> None:

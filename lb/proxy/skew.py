@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from ..core.skew import (ASSET, HEADER, OVERRIDE, QUERY, STORE, Asset, AssetMap, Decision, Override, View,
                          asset_key, asset_path, decide, encoding_accepted, fall_back, glob_matcher, is_immutable, label,
@@ -117,6 +118,7 @@ class SkewPlane:
         self.learned: list[Asset] = []       # entries for the next report
         self.capturing: set = set()          # (path, version) being copied now
         self.write_failed = False
+        self._files: ThreadPoolExecutor | None = None
         self.captured_bytes = 0
         self.configure(config)
 
@@ -136,6 +138,13 @@ class SkewPlane:
 
     def apply(self, update) -> None:
         self.assets.apply(update)
+
+    def files(self) -> ThreadPoolExecutor:
+        """The store's own thread: its reads and writes (a hash over up to max_asset_bytes each)
+        never hold up the default executor, which resolves backend names."""
+        if self._files is None:
+            self._files = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lb-store")
+        return self._files
 
     def take(self) -> tuple[list[Asset], Counter]:
         learned, counts = self.learned, self.counts
@@ -234,7 +243,7 @@ class SkewPlane:
             return
         body = b"".join(capture.parts)
         capture.parts = []
-        future = self.loop.run_in_executor(None, write_copy, self.dir, body)
+        future = self.loop.run_in_executor(self.files(), write_copy, self.dir, body)
         future.add_done_callback(lambda done: self._written(capture, len(body), done))
 
     def _written(self, capture: Capture, size: int, done) -> None:
