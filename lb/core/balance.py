@@ -11,7 +11,9 @@ new view is applied, so the hot path never filters the whole pool.
 
 Balancing policies are a name table (`POLICIES`); each is an object with
 `choose(candidates) -> Route`. Every policy honours the effective weight:
-- least_conn: the lowest (in-flight + 1) / weight, equal ones in turn;
+- least_conn: the lowest (in-flight + 1) / weight, equal ones in turn; a group of
+  HEAP_FROM routes or more keeps them in a `LoadHeap`, updated as each request starts and
+  ends (HAProxy keeps a tree), so that choosing costs the same with 200 nodes as with 10;
 - round_robin: smooth weighted round robin (each route gains its weight,
   the leader is picked and pays back the total);
 - random_two: two candidates drawn by weight, the less loaded one wins.
@@ -20,6 +22,7 @@ Balancing policies are a name table (`POLICIES`); each is an object with
 from __future__ import annotations
 
 import random
+from heapq import heapify, heappop, heappush
 
 from .planes import Endpoint, NodeView, RoutingView
 from .stats import StatsDelta
@@ -30,7 +33,7 @@ class Route(Endpoint):
 
     __slots__ = ("name", "host", "port", "version", "effective_weight", "takes_traffic",
                  "draining", "inflight", "tunnels", "rr_current", "removed",
-                 "stats", "outcomes", "fail_streak", "cut", "max_conns", "reachable")
+                 "stats", "outcomes", "fail_streak", "cut", "max_conns", "reachable", "heaps")
 
     def __init__(self, view: NodeView):
         self.inflight = 0
@@ -41,7 +44,14 @@ class Route(Endpoint):
         self.outcomes: list[list] = []      # passive outcomes since the last report (planes.py)
         self.fail_streak = 0                # failures in a row, here (0: the last one succeeded)
         self.cut: int | None = None         # closed by a `cut` since the last report
+        self.heaps: tuple = ()              # the LoadHeaps it is in (least_conn, large groups)
         self.update(view)
+
+    def requeue(self) -> None:
+        """Its in-flight count changed: its place in the LoadHeaps it is in (a caller with a
+        large pool only: `if route.heaps: route.requeue()`)."""
+        for heap in self.heaps:
+            heap.push(self)
 
     def update(self, view: NodeView) -> None:
         self.name = view.name
@@ -56,6 +66,51 @@ class Route(Endpoint):
 
 def _inflight(route: Route) -> int:
     return route.inflight
+
+
+HEAP_FROM = 16
+
+
+class LoadHeap:
+    """One group's routes by load, least first: least_conn without a scan. Every start and end
+    of a request pushes the route again with its new load; an entry whose in-flight count is
+    no longer the route's is stale and skipped. Equal loads come out in the order they went
+    in, so equal routes take turns. Rebuilt when stale entries pass 3 per route."""
+
+    __slots__ = ("heap", "seq", "limit")
+
+    def __init__(self, routes: list[Route]):
+        self.seq = 0
+        self.limit = 4 * len(routes) + 16
+        self.heap = [self._entry(route) for route in routes]
+        heapify(self.heap)
+
+    def _entry(self, route: Route) -> tuple:
+        self.seq += 1
+        return ((route.inflight + 1) / route.effective_weight, self.seq, route.inflight, route)
+
+    def push(self, route: Route) -> None:
+        heap = self.heap
+        heappush(heap, self._entry(route))
+        if len(heap) > self.limit:
+            fresh = {}
+            for entry in heap:
+                if entry[2] == entry[3].inflight:
+                    fresh[entry[3]] = entry
+            self.heap = list(fresh.values())
+            heapify(self.heap)
+
+    def top(self) -> Route | None:
+        heap = self.heap
+        while heap:
+            entry = heap[0]
+            if entry[2] == entry[3].inflight:
+                # taken now: it goes behind the others of its load until its count changes
+                heappop(heap)
+                heappush(heap, self._entry(entry[3]))
+                return entry[3]
+            heappop(heap)
+        return None
 
 
 class LeastConn:
@@ -120,6 +175,7 @@ class RoutingTable:
         self._capacity: dict[str, float] = {}
         self._capped = False             # some route has max_conns: choose() skips full ones
         self._weightless: dict[str, list[Route]] = {}    # versions nobody is sent to but an override
+        self._heaps: dict = {}           # group (None: all, or a version) -> LoadHeap, large groups
         self._weightless_versions: frozenset = frozenset()
         if view is not None:
             self.apply(view)
@@ -143,6 +199,7 @@ class RoutingTable:
             if name not in routes:
                 route.removed = True
                 route.takes_traffic = False
+                route.heaps = ()
                 changed.append(route)
         self.routes = routes
         self.versions = view.versions
@@ -164,6 +221,24 @@ class RoutingTable:
                 weightless.setdefault(route.version, []).append(route)
         self._weightless = weightless
         self._weightless_versions = frozenset(weightless)
+        self._build_heaps()
+
+    def _build_heaps(self) -> None:
+        heaps = {}
+        if isinstance(self.policy, LeastConn):
+            for key, routes in ((None, self._eligible), *self._by_version.items()):
+                if len(routes) >= HEAP_FROM:
+                    heaps[key] = LoadHeap(routes)
+        for route in self.routes.values():
+            route.heaps = ()
+        for heap in heaps.values():
+            for entry in heap.heap:
+                entry[3].heaps += (heap,)
+        self._heaps = heaps
+
+    def set_policy(self, name: str) -> None:
+        self.policy = POLICIES[name]()
+        self._build_heaps()
 
     def weightless(self) -> frozenset:
         """The versions whose ready, up nodes all stand at weight 0 (skew.py: reached only by
@@ -194,6 +269,10 @@ class RoutingTable:
         `exclude` (the routes already tried for this request) is avoided
         while any other candidate is eligible.
         """
+        if self._heaps and not exclude and not self._capped:
+            heap = self._heaps.get(version)
+            if heap is not None:
+                return heap.top()
         candidates = self._eligible if version is None else self._by_version.get(version, [])
         if not candidates and version in self._weightless:
             others = [r for r in self._weightless[version] if r not in exclude]

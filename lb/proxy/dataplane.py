@@ -43,7 +43,7 @@ from typing import Callable
 
 from .. import tls
 from ..core import http1
-from ..core.balance import POLICIES, RoutingTable
+from ..core.balance import RoutingTable
 from ..core.config import LISTEN_BACKLOG
 from ..core.errors import ConfigError, HttpError
 from ..core.pinning import Pinning
@@ -136,7 +136,7 @@ class DataPlane:
     def apply_config(self, config) -> None:
         """A reloaded config: the settings a reload may change apply to new work."""
         if config.balance != self.config.balance:
-            self.table.policy = POLICIES[config.balance]()
+            self.table.set_policy(config.balance)
         self.config = config
         self._trusted = _networks(config.trusted_proxies)
         if self.skew is not None:

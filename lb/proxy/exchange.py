@@ -122,6 +122,8 @@ class Exchange:
         self.route = route
         self.tried.append(route)
         route.inflight += 1
+        if route.heaps:
+            route.requeue()
         conn = plane.upstreams.acquire(route)
         if conn is not None:
             self._attach(conn)
@@ -226,6 +228,8 @@ class Exchange:
         route = self.route
         if route is not None:
             route.inflight -= 1
+            if route.heaps:
+                route.requeue()
             self.route = None
             if route.draining and route.idle:
                 self.plane.report_soon()     # the control plane is waiting for this

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from lb.core.balance import POLICIES, RandomTwo
+from lb.core.balance import HEAP_FROM, POLICIES, RandomTwo
 from lb.core.nodes import DOWN
 
 from routed_pool import RoutedPool
@@ -141,3 +141,47 @@ def test_no_cap_is_never_full():
     routed = make([100])
     routed.route("web1").inflight = 10_000
     assert routed.table.choose() is not None and not routed.table.full()
+
+
+def scan_loads(routes) -> float:
+    return min((r.inflight + 1) / r.effective_weight for r in routes)
+
+
+@pytest.mark.parametrize("size", [HEAP_FROM, 40, 200])
+@pytest.mark.parametrize("seed", range(3))
+def test_least_conn_on_a_large_pool_picks_a_least_loaded_route_as_the_scan_would(size, seed):
+    """With HEAP_FROM routes or more least_conn keeps a LoadHeap instead of scanning: every
+    pick over random starts and ends has the least load there is, and the table's routes
+    are picked in turn when equal."""
+    rng = random.Random(seed)
+    routed = make([rng.choice([100, 100, 200, 300]) for _ in range(size)])
+    table = routed.table
+    assert table._heaps and all(route.heaps for route in table.eligible())
+    in_flight = []
+    for _ in range(3000):
+        if in_flight and rng.random() < 0.45:
+            route = in_flight.pop(rng.randrange(len(in_flight)))
+            route.inflight -= 1
+            route.requeue()
+        else:
+            route = table.choose()
+            assert (route.inflight + 1) / route.effective_weight == scan_loads(table.eligible())
+            route.inflight += 1
+            route.requeue()
+            in_flight.append(route)
+    assert len(table._heaps[None].heap) <= table._heaps[None].limit
+
+
+def test_equal_routes_of_a_large_pool_take_turns():
+    routed = make([100] * 30)
+    first = [routed.table.choose().name for _ in range(30)]
+    assert sorted(first) == sorted(f"web{i}" for i in range(1, 31))       # each once, none in flight
+
+
+def test_a_retry_and_capped_routes_still_scan_and_a_reload_to_another_policy_drops_the_heaps():
+    routed = make([100] * 20)
+    table = routed.table
+    tried = [table.choose()]
+    assert table.choose(tried) not in tried
+    table.set_policy("round_robin")
+    assert not table._heaps and not any(r.heaps for r in table.eligible())
