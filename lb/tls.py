@@ -33,8 +33,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from .core.config import BackendTlsConfig, Config, ListenerTlsConfig
 from .core.values import format_hostport
@@ -115,6 +113,10 @@ def read_cert(path: str, where: str, read: Reader = read_file) -> CertInfo:
 
 
 def _cert_info(pem: bytes, path: str, where: str) -> CertInfo:
+    # Imported here: cryptography costs a process 9.8 MB of RSS, and only one that reads a
+    # certificate (the master, a worker serving TLS) needs it (issue 29's memory target).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
     try:
         leaf = x509.load_pem_x509_certificates(pem)[0]
     except ValueError:
