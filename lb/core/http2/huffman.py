@@ -15,7 +15,7 @@ may end, so the loop needs no test of its own for it.
 
 Measured (CPython 3.11): ~40 ns an input octet, against ~170 ns for hpack's table of 4-bit
 steps (two lookups and two flag tests an octet). The price: building the rows takes ~25 ms,
-at import, and they hold ~5 MB (65,536 pairs), in each worker.
+at the first decode, and they hold ~6.5 MB of RSS (65,536 pairs) in a worker that decodes.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def encoded_length(data: bytes) -> int:
 def decode(data: bytes) -> bytes | None:
     """The octets `data` codes, or None if it is not a valid Huffman string (RFC 7541 5.2:
     it holds EOS, or ends in padding longer than 7 bits or not all 1s)."""
-    row = _ROOT
+    row = _ROOT or _build()
     parts = []
     append = parts.append
     for octet in data:
@@ -150,4 +150,10 @@ def _decode_rows() -> list:
     return rows
 
 
-_ROOT = _decode_rows()[0]
+_ROOT: list | None = None      # built at the first decode: a process that speaks no HTTP/2 saves 6.5 MB
+
+
+def _build() -> list:
+    global _ROOT
+    _ROOT = _decode_rows()[0]
+    return _ROOT
