@@ -1,6 +1,6 @@
 """lb's Python work per proxied request, in-process: no sockets, no kernel, no wrk.
 
-    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--http httptools|h11]
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--http httptools|h11] [--close]
 
 The real data plane (lb/proxy) with fake transports: a client connection sends the
 request wrk sends (`GET / HTTP/1.1`, Host), the exchange picks a backend of 10 (pinning
@@ -9,7 +9,8 @@ connection gets the request head and answers with nginx's response head and a 34
 JSON body, which goes back to the client. Prints CPU µs per request (process time
 over the loop); --profile adds cProfile's top functions. The system calls (two reads,
 two writes per request) are not here: bench/throughput.py and bench/profile.py measure
-the whole.
+the whole. --close: each request on a new client connection, made and lost around it
+(`Connection: close` as wrk sends it): the Python cost of a connection's life.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ class Transport:
         return ("127.0.0.1", 50000) if name == "peername" else default
 
 
-async def run(requests: int, http: str, profile: bool) -> float:
+CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n"
+
+
+async def run(requests: int, http: str, profile: bool, close: bool = False) -> float:
     backends = "\n".join(f"  - {{name: web{i}, address: '127.0.0.1:{9000 + i}', version: v1}}" for i in range(1, 11))
     config = parse_config(f"backends:\n{backends}\nhttp: {http}\naccess_log: off\n")
     plane = DataPlane(config, asyncio.get_running_loop(), AccessLog("off"), lambda report: None)
@@ -86,6 +90,17 @@ async def run(requests: int, http: str, profile: bool) -> float:
         client.data_received(REQUEST)
         conn = next(iter(active))
         conn.data_received(RESPONSE)
+
+    def one_connection() -> None:
+        fresh, carrier = ClientConnection(plane), Transport()
+        fresh.connection_made(carrier)
+        fresh.data_received(CLOSE_REQUEST)
+        next(iter(active)).data_received(RESPONSE)
+        fresh.connection_lost(None)
+        transport.last = carrier.last
+
+    if close:
+        one = one_connection       # noqa: F811 (the measured step)
 
     for _ in range(2000):
         one()
@@ -108,10 +123,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200000)
     parser.add_argument("--http", default="httptools")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--close", action="store_true", help="a new client connection per request")
     args = parser.parse_args()
     import uvloop
-    per = uvloop.run(run(args.requests, args.http, args.profile))
-    print(f"{per:.2f} µs of CPU per request ({args.http}, {args.requests} requests, in-process)")
+    per = uvloop.run(run(args.requests, args.http, args.profile, args.close))
+    print(f"{per:.2f} µs of CPU per request ({args.http}, {args.requests} requests, in-process"
+          f"{', a connection each' if args.close else ''})")
     return 0
 
 
