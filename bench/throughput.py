@@ -7,6 +7,7 @@ directly for reference. lb's CPU per request is utime+stime from
 /proc/PID/stat over the run divided by the requests wrk completed.
 
     python bench/throughput.py [--seconds 10] [--connections 50] [--access-log] [--peers]
+        [--backends 10,200]
 
 --peers also runs HAProxy and nginx as proxies over the same backends, one
 thread/worker each, and the Python floor (bench/floor_proxy.py: a uvloop proxy that
@@ -169,12 +170,16 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s; {serv
 
 
 @contextlib.contextmanager
-def backends_running(prefix: str):
-    """(workdir, backend ports, procs): a scratch folder with the 10 backends up; every process
-    appended to `procs` is stopped at the end."""
+def backends_running(prefix: str, count: int = BACKENDS):
+    """(workdir, backend ports, procs): a scratch folder with `count` backends up (one nginx
+    serving them all); every process appended to `procs` is stopped at the end."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         workdir = Path(tmp)
-        ports = [free_port() for _ in range(BACKENDS)]
+        ports: list[int] = []
+        while len(ports) < count:                # free_port() may hand out a port twice
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
         procs: list[subprocess.Popen] = []
         try:
             procs += start_backends(workdir, ports)
@@ -442,9 +447,13 @@ def main() -> int:
                         help="HTTPS front doors instead: lb, HAProxy and nginx, TLS 1.3, keep-alive and new connections")
     parser.add_argument("--h2", action="store_true",
                         help="HTTP/2 over TLS instead: lb, HAProxy and nginx under h2load -c10 -m10")
+    parser.add_argument("--backends", default=str(BACKENDS),
+                        help="pool sizes to run, e.g. 10,200 (one nginx serves them all): a row each for lb "
+                             "(and HAProxy with --peers) whose CPU per request should not grow with the pool")
     parser.add_argument("--out", default=str(RESULTS / "throughput.json"))
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
+    pools = [int(n) for n in args.backends.split(",")]
     if not shutil.which("wrk") or not shutil.which("nginx") or ((args.peers or args.tls or args.h2)
                                                                 and not shutil.which("haproxy")) \
             or (args.h2 and not shutil.which("h2load")):
@@ -455,6 +464,8 @@ def main() -> int:
         return report_tls(args, run_tls(args))
     if args.h2:
         return report_h2(args, run_h2(args))
+    if pools != [BACKENDS]:
+        return report_pools(args, run_pools(args, pools))
     with backends_running("lb-bench-") as (workdir, ports, procs):
         rows["direct keep-alive"] = measure(ports[0], None, args.seconds, args.connections, False)
         for count in counts:
@@ -492,6 +503,36 @@ def main() -> int:
         print("\nas a ratio to HAProxy (req/s: higher is better; latency and CPU: lower is better)")
         for name, ratio in report["ratios_to_haproxy"].items():
             print(f"{name:26} " + "  ".join(f"{k} {v}x" for k, v in ratio.items()))
+    print(f"written: {args.out}")
+    return 0
+
+
+def run_pools(args, pools: list[int]) -> dict[str, dict]:
+    """lb (one worker, least_conn) and, with --peers, HAProxy (leastconn) over each pool size."""
+    rows: dict[str, dict] = {}
+    for size in pools:
+        with backends_running("lb-bench-", size) as (workdir, ports, procs):
+            lb, lb_port = start_lb(workdir, ports, args.access_log, procs, 1)
+            run_wrk(lb_port, 2, args.connections, False)
+            rows[f"lb, {size} backends, keep-alive"] = measure(lb_port, lb.pid, args.seconds, args.connections, False)
+            rows[f"lb, {size} backends, close"] = measure(lb_port, lb.pid, args.seconds, args.connections, True)
+            lb.terminate()
+            lb.wait(40)
+            if args.peers:
+                pid, port = start_haproxy(workdir, ports, procs, 1)
+                run_wrk(port, 2, args.connections, False)
+                rows[f"haproxy, {size} backends, keep-alive"] = measure(port, pid, args.seconds,
+                                                                         args.connections, False)
+                rows[f"haproxy, {size} backends, close"] = measure(port, pid, args.seconds, args.connections, True)
+    return rows
+
+
+def report_pools(args, rows: dict) -> int:
+    report = {"bench": "throughput", "mode": "pools", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+              "wrk": f"-t1 -c{args.connections} -d{args.seconds}s", "results": rows}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print_rows(rows)
     print(f"written: {args.out}")
     return 0
 
