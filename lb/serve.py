@@ -30,7 +30,8 @@ import signal
 import socket
 import time
 
-from . import privileges, systemd, tls
+from . import privileges, tls
+from .process import systemd
 from .control.admin import Admin, AdminServer
 from .control.metrics import MetricsServer
 from .control.plane import Control
@@ -193,7 +194,7 @@ class Master:
             if restored:
                 log.info("state file: %s", ", ".join(restored))
         self.upgrade = Upgrade(loop, self)
-        admin = self.admin = Admin(control, self.config_path, self.upgrade)
+        admin = self.admin = Admin(control, self.config_path, self.upgrade, systemd)
         admin_server = self.admin_server = AdminServer(admin, config.resolve(config.admin.socket),
                                                        config.admin.mode)
         if inherited is None:

@@ -29,7 +29,7 @@ from ..core.errors import CommandError, ConfigError, LbError
 from ..core.nodes import DRAINED, MAINT, READY, UP
 from ..core.stats import WINDOW_S, bucket_quantiles, iso_utc, ms
 from ..core.values import format_hostport
-from .. import systemd, tls
+from .. import tls
 from ..core.reload import running_config
 from ..files import load_config
 from .statefile import save_state
@@ -51,9 +51,12 @@ WAIT_STATES = {
 class Admin:
     """The handlers of the admin commands, over the control plane."""
 
-    def __init__(self, control, config_path: str | None, gate=None):
+    def __init__(self, control, config_path: str | None, gate=None, service=None):
         self.control = control
         self.config_path = config_path
+        # The service manager (lb/process/systemd.py: notify), told of a reload; None outside
+        # lb serve. Passed in: the control plane does not import the processes' modules.
+        self.service = service
         # The master's upgrade (lb/process/upgrade.py), the one gate every command passes: while
         # it is frozen commands wait, once it handed over they are relayed to the new master.
         self.gate = gate
@@ -298,7 +301,7 @@ class Admin:
     def reload(self) -> dict:
         if self.config_path is None:
             raise CommandError("this lb was started without a config file; nothing to reload")
-        systemd.notify("RELOADING=1", systemd.monotonic_usec())
+        self._notify("RELOADING=1", self.service.monotonic_usec() if self.service else "")
         try:
             try:
                 new = load_config(self.config_path)
@@ -314,7 +317,11 @@ class Admin:
             self.control.certs = certs
             return {"changed": changed}
         finally:
-            systemd.notify("READY=1")
+            self._notify("READY=1")
+
+    def _notify(self, *fields: str) -> None:
+        if self.service is not None:
+            self.service.notify(*fields)
 
     async def upgrade(self) -> dict:
         if self.gate is None:

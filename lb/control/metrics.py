@@ -108,6 +108,30 @@ class LbCollector:
             for (src, dst, direction), count in sorted(control.pins["migrations"].items()):
                 moved.add_metric([src, dst, direction], count)
             yield from (assigned, moved)
+            yield from skew_metrics(control.assets)
+
+
+def skew_metrics(assets):
+    """lb_skew_*: requests routed by each skew rule, gone versions named, the index and store."""
+    routed = CounterMetricFamily("lb_skew_requests", "Requests whose version a skew rule chose "
+                                 "(how: header, query, override, asset, store)", labels=["how", "version"])
+    gone = CounterMetricFamily("lb_skew_gone", "Requests naming a version out of service", labels=["version"])
+    missing = CounterMetricFamily("lb_skew_store_missing", "Stored copies missing or corrupt when asked for",
+                                  labels=["version"])
+    families = {"gone": gone, "store_missing": missing}
+    for (how, version), count in sorted(assets.counts.items()):
+        family = families.get(how)
+        if family is not None:
+            family.add_metric([version], count)
+        else:
+            routed.add_metric([how, version], count)
+    entries = GaugeMetricFamily("lb_skew_assets", "Asset paths learned (path, version entries)")
+    entries.add_metric([], len(assets.index.entries))
+    stored = GaugeMetricFamily("lb_skew_store_bytes", "Bytes of asset copies on disk")
+    stored.add_metric([], assets.index.stored_bytes)
+    full = GaugeMetricFamily("lb_skew_store_full", "1 while new copies are refused for room")
+    full.add_metric([], int(assets.index.full))
+    yield from (routed, gone, missing, entries, stored, full)
 
 
 class MetricsServer:

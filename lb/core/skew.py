@@ -15,14 +15,16 @@ node left. v2 has no such file. `decide` looks, for each request, before the coo
    before its bake) only when the request may override (`skew.override_from`: its peer's
    address, or a shared secret header); a version that was in the pool and has no ready
    node is *gone*: the rules below go on, and the response says `X-Lb-Version-Gone: v1`.
-2. **An asset.** A GET or HEAD for a path the index knows goes to a version that served it:
-   the request's pin when that version has it, else the newest that has it, while a node of
-   that version is in service; else lb's stored copy of the newest version that has one and
-   left service less than `skew.retention` ago (`STORE`: lb answers itself).
+2. **An asset.** A GET or HEAD for an asset the index knows goes by the cookie's rules (its
+   user's version usually has it: a chunk whose hash did not change between releases),
+   and the versions that served it ride along. When that version answers 404, the answer
+   is held back (`fall_back`): the request goes to the newest other version in service
+   that has the asset, or, when none is, lb answers with its stored copy from the newest
+   version that left service less than `skew.retention` ago (`STORE`); else the 404 goes.
 3. Otherwise the cookie's rules (pinning.py), with the gone version, if any, to report.
 
 A request routed by 1 or 2 does not set or rewrite the cookie: a tab's request does not
-move its user.
+move its user (its first try, by the cookie's rules, may: as any request's does).
 
 The index (`AssetIndex`) is learned from responses (lb/proxy/skew.py says which: a 200 to a
 GET whose Cache-Control says `immutable`, or a path matching `skew.assets`). The control
@@ -79,6 +81,8 @@ class Decision(NamedTuple):
     how: str | None                     # HEADER, QUERY, OVERRIDE, ASSET, STORE
     gone: str | None = None             # a named version out of service, to say so
     stored: Asset | None = None         # STORE: the copy to answer with
+    pin: str | None = None              # version None: the cookie's pin, for the cookie's rules
+    fallback: dict | None = None        # version None: the versions that have this asset (a 404's)
 
 
 # -- what a request names ------------------------------------------------------------------
@@ -106,6 +110,44 @@ def asset_path(target: bytes) -> bytes:
     """The path of a request target, without its query."""
     end = target.find(b"?")
     return target if end < 0 else target[:end]
+
+
+def asset_key(target: bytes, query_name: bytes) -> bytes:
+    """What the index knows an asset by: its path and query (`app.js?v=1` and `app.js?v=2` are
+    two files, one a version's), without the version's own parameter (`?dpl=v1`) or fragment."""
+    start = target.find(b"?")
+    if start < 0:
+        return target
+    kept = [part for part in target[start + 1:].partition(b"#")[0].split(b"&")
+            if part and part.partition(b"=")[0] != query_name]
+    return target[:start] + (b"?" + b"&".join(kept) if kept else b"")
+
+
+def may_copy(response_headers, request_headers) -> bool:
+    """Whether a shared store may keep this answer for anyone (RFC 9111 3 and 3.5, as a careful
+    shared cache): not when it sets a cookie or varies on anything but Accept-Encoding, nor
+    when the request carried credentials and the answer does not say `public`."""
+    public = False
+    for name, value in response_headers:
+        lname = name.lower()
+        if lname == b"set-cookie":
+            return False
+        if lname == b"vary" and any(v.strip().lower() not in (b"accept-encoding", b"")
+                                    for v in value.split(b",")):
+            return False
+        if lname == b"cache-control" and b"public" in value.lower():
+            public = True
+    return public or not any(name.lower() == b"authorization" for name, _ in request_headers)
+
+
+def encoding_accepted(asset_headers, request_headers) -> bool:
+    """Whether a stored copy's Content-Encoding (if any) is one the request accepts."""
+    encoding = next((v.strip().lower() for n, v in asset_headers if n.lower() == b"content-encoding"), b"identity")
+    if encoding == b"identity":
+        return True
+    accepted = b",".join(v for n, v in request_headers if n.lower() == b"accept-encoding").lower()
+    codings = {part.split(b";")[0].strip() for part in accepted.split(b",")}
+    return encoding in codings or b"*" in codings
 
 
 def is_immutable(cache_control: bytes | None) -> bool:
@@ -167,10 +209,12 @@ class View(NamedTuple):
 
 
 def decide(named: tuple, path: bytes | None, pin: str | None, may_override, view: View,
-           assets: "AssetMap", now: float, retention: float) -> Decision:
-    """The skew rules for one request (module docstring). `named`: ((label, HEADER|QUERY), ...)
-    strongest first, labels already checked by `label()`; `path`: a GET's or HEAD's path, or
-    None; `may_override`: a callable, asked only when a request names a weightless version."""
+           assets: "AssetMap") -> Decision:
+    """The skew rules for one request's first try (module docstring). `named`: ((label,
+    HEADER|QUERY), ...) strongest first, labels already checked by `label()`; `path`: a GET's
+    or HEAD's asset key when the index knows it, else None; `may_override`: a callable, asked
+    only when a request names a weightless version. A known asset goes by the cookie's rules
+    with `fallback` set: the versions that have it, for a 404 (`fall_back`)."""
     gone = None
     capacity = view.capacity
     for version, source in named:
@@ -183,27 +227,24 @@ def decide(named: tuple, path: bytes | None, pin: str | None, may_override, view
                 return Decision(version, OVERRIDE)
             continue
         gone = gone or version
-    if path is not None and assets.by_path:
-        have = assets.by_path.get(path)
-        if have:
-            decision = _asset(have, pin, view, assets.retired, now, retention, gone)
-            if decision is not None:
-                return decision
-    return Decision(None, None, gone)
+    have = assets.by_path.get(path) if path is not None else None
+    return Decision(None, None, gone, None, pin, have)
 
 
-def _asset(have: dict, pin: str | None, view: View, retired: dict, now: float, retention: float,
-           gone: str | None) -> Decision | None:
+def fall_back(have: dict, answered: str, view: View, retired: dict, now: float, retention: float) -> Decision | None:
+    """A known asset's request got a 404 from `answered`'s version: the newest other version in
+    service that has it; else the stored copy of the newest that left less than `retention`
+    ago (STORE); else None (the 404 stands). A version that left has no time in `retired`
+    until the control plane says so: it left now."""
     capacity = view.capacity
-    if pin in have and capacity.get(pin):
-        return Decision(pin, ASSET, gone)
     for version in reversed(view.known):
-        if version in have and capacity.get(version):
-            return Decision(version, ASSET, gone)
+        if version != answered and version in have and capacity.get(version):
+            return Decision(version, ASSET)
     for version in reversed(view.known):
         asset = have.get(version)
-        if asset is not None and asset.digest and now - retired.get(version, now) < retention:
-            return Decision(version, STORE, gone, asset)
+        if asset is not None and asset.digest and version != answered and \
+                now - retired.get(version, now) < retention:
+            return Decision(version, STORE, None, asset)
     return None
 
 

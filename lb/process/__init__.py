@@ -7,7 +7,8 @@
 - upgrade.py: the old master's side of a hitless upgrade, its states as one table, and
   the gate admin commands pass;
 - handoff.py: the two ends of the handoff channel (the new master, as the old one sees
-  it; the old master, as one member of the new one's arbiter).
+  it; the old master, as one member of the new one's arbiter);
+- systemd.py: sd_notify and socket activation (the service manager's side of a process).
 
 Nothing here decides about nodes: the merge of the workers' reports and the handoff's
 wire format are lb/core (merge.py, handoff.py). Only worker.py runs the data plane;

@@ -8,11 +8,10 @@ reading while any named reason holds (the upstream cannot take more, too much
 is buffered, a queue of pipelined requests); the response side pauses the
 upstream's reading while the client's write buffer is full.
 
-The connection is in one `Mode` (lb/core/modes.py) and moves only through that
-table (`_to`; the three moves of every keep-alive request, `modes.KEEPALIVE_MOVES`,
-are inlined where they happen, and a test holds them to the table); reads go to the mode's handler (`RECEIVE`), a passed deadline to
-its timeout handler (`TIMEOUT`), and the deadline the data plane's one sweeper
-compares (`deadline`) is the one the mode's row names.
+The connection is in one `Mode` (lb/core/modes.py) and moves only through that table
+(`_to`; `modes.KEEPALIVE_MOVES` are inlined, held to the table by a test); reads go to
+the mode's handler (`RECEIVE`), a passed deadline to its timeout handler (`TIMEOUT`),
+and the sweeper compares the deadline the mode's row names (`deadline`).
 
 Anything other than an HttpError raised while handling the client's bytes is
 a bug: it is logged with its traceback and the client gets a 500.
@@ -309,6 +308,10 @@ class ClientConnection(asyncio.BufferedProtocol):
                 exchange.client_gone()
         self.current = None
         self.pending.clear()
+        # llhttp's callbacks hold the adapter, which holds this connection: freed now, not by the GC
+        if self.parser is not None:
+            self.parser.close()
+        self.parser = self.reading = None
         self.plane.connection_closed()
 
     def pause_writing(self) -> None:
@@ -343,8 +346,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if head.has_body or self.mode is not HEAD:
             self._to(modes.HEAD_WITH_BODY if head.has_body else modes.HEAD_ONLY)
         else:                       # modes.KEEPALIVE_MOVES[1], inlined: a bodiless head, no clock
-            self.mode = WAITING
-            self.deadline = INFINITY
+            self.mode, self.deadline = WAITING, INFINITY
         if self.current is None:
             self.current = exchange
             exchange.start()

@@ -93,6 +93,7 @@ class DataPlane:
         self.pinning = (Pinning(pin.cookie, pin.max_age, pin.max_overload, secure=pin.secure)
                         if pin.mode == "version" else None)
         self.skew = SkewPlane(config, loop) if self.pinning is not None else None
+        self._skew_flags()
         self._trusted = _networks(config.trusted_proxies)
         self._report_pending = False
         self._servers: list[asyncio.base_events.Server] = []
@@ -140,6 +141,7 @@ class DataPlane:
         self._trusted = _networks(config.trusted_proxies)
         if self.skew is not None:
             self.skew.configure(config)
+        self._skew_flags()
         self.upstreams.timeouts = config.timeouts
         self.upstreams.max_response_header_bytes = config.limits.max_response_header_bytes
         self._reload_tls(config)
@@ -205,6 +207,11 @@ class DataPlane:
         retries, self.retries = self.retries, 0
         self.report_to(Report(self.table.generation, nodes, failed, retries, pins, len(self.clients),
                               len(self.queue), assets, skew))
+
+    def _skew_flags(self) -> None:
+        """What each exchange asks of skew protection, as plain flags (bench/hotpath.py)."""
+        self.skew_globs = self.skew is not None and self.skew.globs
+        self.skew_secrets = self.skew is not None and self.skew.secrets
 
     def apply_assets(self, update) -> None:
         """What changed in the control plane's asset index (lb/core/skew.py)."""

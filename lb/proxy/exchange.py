@@ -26,10 +26,28 @@ from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_B
 from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
 from ..core.seams import ExchangeClient
-from .responses import pin_cookie_line
+from ..core.skew import Decision
 from ..files import read_copy
+from .responses import pin_cookie_line
+from .skew import SKEW_HOWS, StoredBody
 
 INFINITY = float("inf")
+
+
+class _Discard:
+    """The sink of an upstream connection whose answer lb dropped (a 404 skew protection fell
+    back from): what its parser still says goes nowhere."""
+
+    switching = False
+    response_bytes_seen = True
+
+    def on_response(self, *_) -> None:
+        pass
+
+    on_response_body = on_response_end = upstream_lost = upstream_failed = upstream_timed_out = on_response
+
+
+DISCARD = _Discard()
 
 
 class Exchange:
@@ -39,15 +57,14 @@ class Exchange:
                  "chunks", "held_bytes", "replayable", "request_done", "started", "status",
                  "body_mode", "bytes_out", "response_bytes_seen", "switching", "finished",
                  "keep_client", "upstream_keep", "version", "pin_cookie", "pin_how", "error",
-                 "close_delimited", "queued_at", "gone", "capture", "stored", "secret_shown")
+                 "close_delimited", "queued_at", "gone", "capture", "stored", "secret_shown", "fallback")
 
     def __init__(self, plane, client: ExchangeClient, head: http1.RequestHead):
         self.plane = plane
         self.client = client
         self.head = head
-        skew = plane.skew
         # skew.override_from's secret header: read, then never passed on to the app
-        self.secret_shown = skew is not None and skew.override.secrets and skew.override.take_secret(head)
+        self.secret_shown = plane.skew_secrets and plane.skew.override.take_secret(head)
         self.head_bytes = http1.serialize_request(head, client.ip, (), client.trusted, own=client.own_headers(head))
         self.route = None
         self.upstream = None
@@ -74,6 +91,7 @@ class Exchange:
         self.gone = None                # a version the request named that is out of service (skew)
         self.capture = None             # the body being copied for the asset store (proxy/skew.py)
         self.stored = None              # the stored copy lb answers with itself (an Asset)
+        self.fallback = None            # a known asset's versions, should its version answer 404
 
     # -- routing -------------------------------------------------------------
     def start(self, skew: bool = True) -> None:
@@ -89,6 +107,11 @@ class Exchange:
         if self.stored is not None:
             self._read_stored()
             return
+        self._route()
+
+    def _route(self) -> None:
+        """A node of the version picked, and a connection to it."""
+        plane = self.plane
         route = plane.table.choose(self.tried, self.version)
         if route is None:
             if plane.table.full(self.version):
@@ -134,16 +157,22 @@ class Exchange:
         table = self.plane.table
         if not self.tried:
             if skew:
-                pin, decision = self.plane.skew.route(self, pinning, table)
-                self.gone = decision.gone
-                if decision.version is not None:
-                    self.version, self.pin_how, self.stored = decision.version, decision.how, decision.stored
-                    return True
+                pin = self.plane.skew.route(self, pinning, table)
+                if pin.__class__ is Decision:
+                    decision = pin
+                    self.gone = decision.gone
+                    if decision.version is not None:
+                        self.version, self.pin_how = decision.version, decision.how
+                        return True
+                    pin, self.fallback = decision.pin, decision.fallback
             else:
                 pin = pinning.read_pin(self.head.headers, table.versions)
             version, how = pinning.route(pin, table, self.plane.now())
         else:
             version, how = pinning.retry_version(self.version, table, self.tried)
+            if self.pin_how in SKEW_HOWS and version is not None:
+                self.version = version          # a tab's request, retried: still not its user's move
+                return True
         if version is None:
             return False
         if how is not KEPT:
@@ -239,6 +268,8 @@ class Exchange:
         if status < 200:
             self._interim(head)
             return
+        if status == 404 and self.fallback is not None and self._fall_back():
+            return
         request = self.head
         self.body_mode, framing, self.keep_client = response_framing(
             request.method, request.version, status, head.content_length, self.keep_client,
@@ -250,7 +281,7 @@ class Exchange:
             framing += pin_cookie_line(self.pin_cookie)
         if self.gone is not None:
             framing += b"X-Lb-Version-Gone: %s\r\n" % self.gone.encode()
-        if status == 200:
+        if status == 200 and (head.cache_control is not None or self.plane.skew_globs):
             self._learn(head)
         hsts = self.client.hsts_line
         if hsts:
@@ -282,8 +313,7 @@ class Exchange:
     def _learn(self, head) -> None:
         """A 200: an asset to learn (and copy) when it says immutable or its path is one."""
         skew = self.plane.skew
-        if skew is not None and self.stored is None and (head.cache_control is not None or skew.globs) \
-                and self.head.method == b"GET" and self.version is not None:
+        if skew is not None and self.stored is None and self.head.method == b"GET" and self.version is not None:
             self.capture = skew.consider(self, head)
 
     def _copy(self, data: bytes) -> None:
@@ -293,6 +323,26 @@ class Exchange:
     def _end_copy(self, whole: bool) -> None:
         capture, self.capture = self.capture, None
         self.plane.skew.captured(capture, whole)
+
+    def _fall_back(self) -> bool:
+        """A known asset got a 404 from its user's version: held back, the request goes to a
+        version that has the asset, or lb answers with its copy (lb/core/skew.py fall_back).
+        Nothing of the 404 reached the client; its connection goes (the body is not wanted)."""
+        have, self.fallback = self.fallback, None
+        decision = self.plane.skew.fall_back(have, self.version, self.plane.table, self.head.headers)
+        if decision is None:
+            return False
+        upstream = self.upstream
+        upstream.exchange = DISCARD           # what the parser still says of the 404 goes nowhere
+        upstream.abort()
+        self._leave_route()
+        self.pin_cookie = None                # the asset's version is not its user's move
+        self.version, self.pin_how, self.stored = decision.version, decision.how, decision.stored
+        if self.stored is not None:
+            self._read_stored()
+        else:
+            self._route()
+        return True
 
     def _read_stored(self) -> None:
         skew = self.plane.skew
@@ -305,13 +355,19 @@ class Exchange:
         if self.finished:
             return
         asset, self.stored = self.stored, None
-        if body is None:
+        if body is None:                      # missing or corrupt: the version that said 404 again
             self.plane.skew.counts["store_missing", asset.version] += 1
-            self.version = self.pin_how = None
-            self.start(skew=False)
+            self.version, self.pin_how = self.tried[-1].version, None
+            self._route()
             return
+        self.response_bytes_seen = True
         self.on_response(http1.ResponseHead(200, b"OK", b"1.1", list(asset.headers), len(body), False, True, None))
-        self.on_response_body(body)
+        self.upstream = StoredBody(self, body if self.body_mode != NO_BODY else b"")
+        self.upstream.pump()
+
+    def end_stored(self) -> None:
+        """The stored copy went out whole (StoredBody)."""
+        self.upstream = None
         self._end_own_answer()
         self.finished = True
         self.plane.access_log.write(self, None)

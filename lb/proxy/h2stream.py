@@ -256,6 +256,8 @@ class H2Exchange(Exchange):
         if status < 200:
             self._interim(head)
             return
+        if status == 404 and self.fallback is not None and self._fall_back():
+            return
         no_body = self.head.method == b"HEAD" or status in (204, 304)
         self.body_mode = NO_BODY if no_body else DATA_FRAMES
         self.status = status
@@ -266,7 +268,7 @@ class H2Exchange(Exchange):
             extra = (*extra, pin_cookie_field(self.pin_cookie))
         if self.gone is not None:
             extra = (*extra, (GONE_HEADER, self.gone.encode()))
-        if status == 200:
+        if status == 200 and (head.cache_control is not None or self.plane.skew_globs):
             self._learn(head)
         length = head.content_length if status != 204 else None
         self.client.send_headers(h2head.response_fields(status, head.headers, length, extra))

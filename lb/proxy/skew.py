@@ -29,13 +29,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from ..core.pinning import names_cookie
 from ..core.skew import (ASSET, HEADER, OVERRIDE, QUERY, STORE, Asset, AssetMap, Decision, Override, View,
-                         asset_path, decide, glob_matcher, is_immutable, label, query_value)
+                         asset_key, asset_path, decide, encoding_accepted, fall_back, glob_matcher, is_immutable, label,
+                         may_copy, query_value)
 from ..files import store_dir, write_copy
 
 CAPTURE_MAX_BYTES = 64 << 20        # response bytes one data plane copies at once, all assets together
-NO_DECISION = Decision(None, None)
 SKIPPED_HEADERS = frozenset((b"set-cookie", b"date", b"age", b"x-lb-version-gone"))
 SKEW_HOWS = frozenset((HEADER, QUERY, OVERRIDE, ASSET, STORE))     # the cookie is left as it is
 
@@ -62,6 +61,50 @@ class Capture:
         return True
 
 
+class StoredBody:
+    """A stored copy going out as a backend's body would: as fast as the client takes it. It
+    stands as the exchange's upstream, so the clients' backpressure paces it as it paces a
+    backend (HTTP/1.1's pause_writing, an HTTP/2 stream's outbox past STREAM_WRITE_HIGH call
+    pause_reading; resume_reading when drained). Written whole, one client reading nothing
+    held a copy per pipelined request in the worker (31 MB for 30 requests of a 1 MiB copy)."""
+
+    __slots__ = ("exchange", "body", "at", "paused", "done")
+    deadline = float("inf")
+    PIECE = 64 * 1024
+
+    def __init__(self, exchange, body: bytes):
+        self.exchange, self.body, self.at = exchange, body, 0
+        self.paused = exchange.client.write_paused
+        self.done = False
+
+    def pump(self) -> None:
+        exchange, body = self.exchange, self.body
+        while not self.paused and self.at < len(body) and not self.done:
+            piece = body[self.at:self.at + self.PIECE]
+            self.at += len(piece)
+            exchange.on_response_body(piece)
+        if self.at >= len(body) and not self.done:
+            self.done = True
+            exchange.end_stored()
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.pump()
+
+    def abort(self) -> None:
+        self.done = True
+        self.body = b""
+
+    close = abort
+
+    def write(self, data: bytes) -> None:
+        """A request body's bytes: nobody to send them to."""
+
+
 class SkewPlane:
     """One data plane's side of skew protection."""
 
@@ -77,7 +120,7 @@ class SkewPlane:
     def configure(self, config) -> None:
         pin, skew = config.pinning, config.skew
         self.header = pin.header.lower().encode()
-        self.cookie = pin.cookie.encode() + b"="
+        self.hlen = len(self.header)
         self.query = pin.query.encode()
         self.is_asset_path = glob_matcher(skew.assets)
         self.globs = bool(skew.assets)
@@ -86,6 +129,7 @@ class SkewPlane:
         self.max_asset_bytes = skew.max_asset_bytes
         self.learning = skew.max_assets > 0
         self.dir = store_dir(config) if skew.store_bytes > 0 else None
+        self.secrets = bool(self.override.secrets)
 
     def apply(self, update) -> None:
         self.assets.apply(update)
@@ -96,40 +140,57 @@ class SkewPlane:
         return learned, counts
 
     # -- routing -------------------------------------------------------------------------
-    def route(self, exchange, pinning, table) -> tuple[str | None, Decision]:
-        """(the cookie's pin, the skew decision) for a request's first try."""
+    def route(self, exchange, pinning, table) -> str | None | Decision:
+        """A request's first try: its cookie's pin (a version or None) when no skew rule applies
+        (nearly every request: no tuple is made), else the Decision (with the pin in it)."""
         head = exchange.head
         named = pin = None
-        pin_read = False
-        header, hlen, cookie = self.header, len(self.header), self.cookie
+        hlen = self.hlen
         for name, value in head.headers:
             size = len(name)
             if size == 6:
-                if not pin_read and name.lower() == b"cookie" and cookie in value and names_cookie(value, cookie):
-                    pin, pin_read = pinning.pin_in(value, table.versions), True
-            elif size == hlen and named is None and name.lower() == header:
+                if pin is None and name.lower() == b"cookie":
+                    pin = pinning.pin_in(value, table.versions)
+            elif size == hlen and named is None and name.lower() == self.header:
                 named = ((label(value), HEADER),)
         target = head.target
         if b"?" in target:
             value = query_value(target, self.query)
             if value is not None:
                 named = (named or ()) + ((label(value), QUERY),)
-        by_path = self.assets.by_path
         path = None
+        by_path = self.assets.by_path
         if by_path and (head.method == b"GET" or head.method == b"HEAD"):
-            path = asset_path(target)
+            path = asset_key(target, self.query)
             if path not in by_path:
                 path = None
-        if named is None and path is None:
-            return pin, NO_DECISION
-        view = View(table.version_capacity(), table.weightless(), table.versions)
-        decision = decide(named or (), path, pin, lambda: self._may_override(exchange), view, self.assets,
-                          time.time(), self.retention)
+            elif named is None:
+                named = ()
+        if named is None:
+            return pin
+        decision = decide(named, path, pin, lambda: self._may_override(exchange), self._view(table), self.assets)
         if decision.how is not None:
             self.counts[decision.how, decision.version] += 1
         if decision.gone is not None:
             self.counts["gone", decision.gone] += 1
-        return pin, decision
+        return decision
+
+    def _view(self, table) -> View:
+        known = table.versions
+        retired = [v for v in self.assets.retired if v not in known]
+        if retired:                           # versions no node has any more (after a restart)
+            known = (*sorted(retired, key=self.assets.retired.get), *known)
+        return View(table.version_capacity(), table.weightless(), known)
+
+    def fall_back(self, have: dict, answered: str, table, request_headers=()) -> Decision | None:
+        """Where a known asset's request goes after a 404 from `answered` (lb/core/skew.py)."""
+        decision = fall_back(have, answered, self._view(table), self.assets.retired, time.time(), self.retention)
+        if decision is not None and decision.how is STORE and \
+                not encoding_accepted(decision.stored.headers, request_headers):
+            decision = None                   # a copy in an encoding the request does not take
+        if decision is not None:
+            self.counts[decision.how, decision.version] += 1
+        return decision
 
     def _may_override(self, exchange) -> bool:
         return exchange.secret_shown or self.override.peer_allowed(exchange.client.ip.decode("latin-1"))
@@ -140,11 +201,13 @@ class SkewPlane:
         when its body should be copied."""
         if not self.learning:
             return None
-        path = asset_path(exchange.head.target)
-        if not (is_immutable(head.cache_control) or self.globs and self.is_asset_path(path)):
+        target = exchange.head.target
+        if not (is_immutable(head.cache_control) or self.globs and self.is_asset_path(asset_path(target))):
             return None
+        path = asset_key(target, self.query)
         version = exchange.version
-        copying = self.dir is not None and not self.assets.store_full
+        copying = self.dir is not None and not self.assets.store_full and \
+            may_copy(head.headers, exchange.head.headers)
         if self.assets.knows(path, version, stored=copying) or (path, version) in self.capturing:
             return None
         length = head.content_length

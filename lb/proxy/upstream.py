@@ -101,6 +101,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.tunnel_peer.close()
         elif self.exchange is not None:
             self.exchange.upstream_lost(self)
+        if self.parser is not None:        # its parser <-> adapter cycle, freed without the cyclic GC
+            self.parser.close()
+            self.parser = None
 
     def pause_writing(self) -> None:
         if self.client is not None:

@@ -2,6 +2,7 @@
 workers, requests as a browser's tabs make them (issue 28)."""
 
 import os
+import urllib.request
 
 from conftest import Backend, Lb, get, wait_for
 from lb.demo.spa import asset_paths, parse_page
@@ -63,6 +64,10 @@ def test_a_v1_tab_keeps_its_chunks_and_api_across_a_move_its_version_s_end_an_up
     web1.stop()                                  # no v1 process at all now
     rows = {row["version"]: row for row in lb.ctl("show assets")["assets"]}
     assert rows["v1"]["in_service"] is False and rows["v1"]["left_service_at"] is not None
+    assert rows["v1"]["by_asset"] >= 10 and rows["v1"]["by_store"] >= 1 and rows["v1"]["by_gone"] == 1
+    metrics = urllib.request.urlopen(f"http://{lb.config['metrics']['listen']}/metrics", timeout=10).read().decode()
+    assert 'lb_skew_requests_total{how="store",version="v1"}' in metrics
+    assert 'lb_skew_gone_total{version="v1"} 1.0' in metrics and "lb_skew_assets 4.0" in metrics
 
     assert lb.upgrade()["ok"]
     assert get(lb.port, assets[0]).body == get(lb.port, assets[0]).body != b""

@@ -86,9 +86,9 @@ class Clock:
 class Rig:
     """A data plane with one route, a fake clock, and a pooled fake upstream connection."""
 
-    def __init__(self, http="httptools"):
+    def __init__(self, http="httptools", config_text: str = CONFIG):
         self.reports = []
-        config = parse_config(CONFIG + f"http: {http}\n")
+        config = parse_config(config_text + f"http: {http}\n")
         self.plane = DataPlane(config, asyncio.get_running_loop(), AccessLog("off"), self.reports.append)
         self.clock = Clock()
         self.plane.now = self.clock
@@ -441,3 +441,27 @@ async def test_the_keep_alive_moves_client_py_inlines_land_where_the_table_says(
         deadline, now = inlined[mode, new]
         assert deadline == entry_deadline(new, rig.plane.config, now)
     assert client.mode is IDLE and transport.take().count(b"200 OK") == 2
+
+
+async def test_a_closed_http1_connection_and_its_parser_are_freed_without_the_cyclic_gc(rig):
+    """llhttp's callbacks are the adapter's bound methods and the adapter holds the connection:
+    before connection_lost broke that, every closed connection (and its last request head)
+    waited for a cyclic collection."""
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            client, transport = ClientConnection(rig.plane), FakeTransport()
+            client.connection_made(transport)
+            client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            rig.respond(OK)
+            client.connection_lost(None)
+            rig.upstream.connection_lost(None)            # its upstream too: the response parser
+            rig.upstream = UpstreamConnection(rig.plane.upstreams, rig.route)
+            rig.upstream.connection_made(FakeTransport())
+            rig.upstream_transport = rig.upstream.transport
+            rig.plane.upstreams.idle["web1"] = [rig.upstream]
+            del client, transport
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

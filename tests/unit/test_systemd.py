@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from lb import systemd
+from lb.process import systemd
 
 
 @pytest.mark.parametrize("env, expected", [

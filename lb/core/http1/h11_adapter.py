@@ -160,6 +160,10 @@ class H11RequestParser:
         elif isinstance(event, h11.EndOfMessage):
             self._sink.on_request_end()
 
+    def close(self) -> None:
+        """The connection is gone (the same call as the llhttp adapter's; nothing cyclic here)."""
+        self._sink = None
+
     def reset(self) -> None:
         """Start over on the same connection (after a refused Upgrade)."""
         leftover, self.leftover = self.leftover, b""
@@ -177,6 +181,10 @@ class H11ResponseParser:
         self._max_head_bytes = max_response_header_bytes
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_response_header_bytes)
         self.leftover = b""
+
+    def close(self) -> None:
+        """The connection is gone (the same call as the llhttp adapter's)."""
+        self._sink = None
 
     def expect(self, method: bytes, upgrade: bool) -> None:
         conn = self._conn

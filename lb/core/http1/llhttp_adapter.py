@@ -104,6 +104,11 @@ class HttptoolsRequestParser:
             self._headers, self._url = [], b""
             raise
 
+    def close(self) -> None:
+        """The connection is gone: llhttp's parser holds this adapter's bound methods and the
+        adapter its sink, a cycle only the cyclic GC would free. Nothing is fed after this."""
+        self._parser = self._sink = None
+
     def reset(self) -> None:
         """Start over on the same connection (after a refused Upgrade)."""
         leftover, self.leftover = self.leftover, b""
@@ -187,6 +192,11 @@ class HttptoolsResponseParser:
         self._head_bytes = 0
         self._feeding = 0
         self.leftover = b""
+
+    def close(self) -> None:
+        """The connection is gone: break llhttp's parser <-> adapter cycle (as the request
+        parser's close)."""
+        self._parser = self._sink = None
 
     def expect(self, method: bytes, upgrade: bool) -> None:
         # llhttp cannot be told that a response answers HEAD, so that response ends at its
