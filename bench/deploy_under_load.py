@@ -1,6 +1,6 @@
 """The proof: a full rolling deploy under load, and what every client saw.
 
-    .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|upgrade-lb|restart-lb|websocket|fleet]
+    .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|upgrade-lb|restart-lb|websocket|fleet|skew]
         [--sessions 200] [--rate 1000] [--life 100] [--steady 10] [--baseline 5]
         [--bake 10s] [--canary-bake 30s] [--tag T] [--workers N] [--lbs N]
 
@@ -34,6 +34,9 @@ starts a v2 one with a 1 s warmup; --steady seconds on v2. Scenarios add to it:
               by request (its cookie jar goes to both, as a browser's does to a name
               that DNS round-robin resolves to several addresses), and one `lb deploy`
               with a -s per lb drives them all
+  skew        browser tabs of an SPA (`lb backend --spa`) across the deploy, through lb,
+              HAProxy and nginx at once: asset 404s, cross-version API answers
+              (bench/skew_run.py says it all; its own options are listed by --help)
 
 Every response is checked: status, a JSON body whose version matches the
 X-Backend-Version header. Written: bench/results/<scenario>[-<tag>].json and a
@@ -94,10 +97,13 @@ def percentiles(values: list[float]) -> dict:
 class System:
     """10 backends and lb in a scratch directory; everything stopped by pid at the end."""
 
-    def __init__(self, workdir: Path, scenario: str, workers: int | None = None, lbs: int = 1):
+    def __init__(self, workdir: Path, scenario: str, workers: int | None = None, lbs: int = 1,
+                 backend_args: tuple[str, ...] = ()):
+        """`backend_args`: more `lb backend` arguments, for the v1 backends and the update (skew: --spa)."""
         self.dir = workdir
         self.names = [f"web{i}" for i in range(1, NODES + 1)]
         self.ports = {name: free_port() for name in self.names}
+        self.backend_args = backend_args
         config = yaml.safe_load((ROOT / "config" / "lb.yaml").read_text())
         self.port = free_port()
         config.update(listen=f"127.0.0.1:{self.port}", metrics={"listen": f"127.0.0.1:{free_port()}"},
@@ -139,14 +145,10 @@ class System:
         return str(self.dir / f"{name}.pid")
 
     def update_command(self, nice: int = 0) -> str:
-        return (f"{f'nice -n {nice} ' if nice else ''}{sys.executable} -m lb.cli backend --listen {{host}}:{{port}} --version {{version}} "
-                f"--name {{name}} --warmup 1 --pidfile {self.dir}/{{name}}.pid --replace --detach "
-                f"--log {self.dir}/{{name}}.log")
+        return update_command(self.dir, self.backend_args, nice)
 
     def start(self) -> None:
-        for name in self.names:
-            start_detached(["--listen", f"127.0.0.1:{self.ports[name]}", "--version", "v1", "--name", name],
-                           self.pidfile(name), str(self.dir / f"{name}.log"))
+        start_backends(self.dir, self.ports, self.backend_args)
         self.start_lb()
         for i, (_, path) in enumerate(self.others):
             with open(self.dir / f"lb{i + 2}.err", "ab") as err:
@@ -212,8 +214,28 @@ class System:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for name in self.names:
-            stop_pidfile(self.pidfile(name))
+        stop_backends(self.dir, self.names)
+
+
+def update_command(workdir: Path, backend_args: tuple[str, ...] = (), nice: int = 0) -> str:
+    """The deploy's update command for backends kept in `workdir`: stop the node's backend
+    (its pidfile's) and start one on {version} with a 1 s warmup, detached."""
+    extra = "".join(f" {arg}" for arg in backend_args)
+    return (f"{f'nice -n {nice} ' if nice else ''}{sys.executable} -m lb.cli backend --listen {{host}}:{{port}} --version {{version}} "
+            f"--name {{name}} --warmup 1 --pidfile {workdir}/{{name}}.pid --replace --detach "
+            f"--log {workdir}/{{name}}.log{extra}")
+
+
+def start_backends(workdir: Path, ports: dict[str, int], backend_args: tuple[str, ...] = ()) -> None:
+    """`lb backend` v1 on each {name: port}, detached, pidfile and log in `workdir`."""
+    for name, port in ports.items():
+        start_detached(["--listen", f"127.0.0.1:{port}", "--version", "v1", "--name", name, *backend_args],
+                       str(workdir / f"{name}.pid"), str(workdir / f"{name}.log"))
+
+
+def stop_backends(workdir: Path, names: list[str]) -> None:
+    for name in names:
+        stop_pidfile(str(workdir / f"{name}.pid"))
 
 
 # -- the clients --------------------------------------------------------------------------
@@ -343,14 +365,30 @@ class DeployRun:
     async def run(self) -> int:
         proc = await asyncio.create_subprocess_exec(*self.args, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
-        async for line in proc.stdout:
-            event = json.loads(line)
-            event["at"] = round(time.monotonic() - self.t0, 3)
-            self.events.append(event)
-            for listener in self.listeners:
-                listener(event)
-        self.stderr = (await proc.stderr.read()).decode()
-        return await proc.wait()
+        try:
+            async for line in proc.stdout:
+                event = json.loads(line)
+                event["at"] = round(time.monotonic() - self.t0, 3)
+                self.events.append(event)
+                for listener in self.listeners:
+                    listener(event)
+            self.stderr = (await proc.stderr.read()).decode()
+            return await proc.wait()
+        finally:
+            if proc.returncode is None:           # the bench was stopped: so is the deploy
+                await self.stop(proc)
+
+    @staticmethod
+    async def stop(proc) -> None:
+        """Two SIGTERMs are `lb deploy`'s "stop now" (it stops its update command); SIGKILL after 10 s."""
+        for _ in range(2):
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
 
     def switches(self) -> dict[str, list[tuple[float, float]]]:
         """node -> (drain started, up again) from the deploy's step events."""
@@ -600,8 +638,9 @@ async def scenario_run(system: System, args) -> dict:
 
 
 def main() -> int:
+    import skew_run               # here, not above: it imports this module (bench/skew_run.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="rolling")
+    parser.add_argument("--scenario", choices=sorted([*SCENARIOS, "skew"]), default="rolling")
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--steady", type=float, default=10.0)
@@ -616,12 +655,15 @@ def main() -> int:
     parser.add_argument("--update-nice", type=int, default=0,
                         help="run the update command under nice -n N (default 0: as is)")
     parser.add_argument("--lbs", type=int, help="lbs in the fleet (the fleet scenario; default 2 there, else 1)")
+    skew_run.add_arguments(parser)
     args = parser.parse_args()
     if args.lbs is None:
         args.lbs = 2 if args.scenario == "fleet" else 1
     if args.lbs < 1 or (args.scenario == "fleet") != (args.lbs > 1):
         parser.error("--lbs: 2 or more with --scenario fleet, 1 with any other scenario")
     become_subreaper()                # an upgraded lb's new master stays ours to stop and reap
+    if args.scenario == "skew":
+        return skew_run.run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.scenario + (f"-{args.tag}" if args.tag else "")
     workdir = Path(tempfile.mkdtemp(prefix="lb-proof-", dir="/tmp"))
