@@ -131,7 +131,7 @@ CONFIG_NOTES = {
                        "(0: learn none).",
     "skew.retention": "How long lb serves a gone version's assets from its store.",
     "skew.override_from": "Who may name a version nobody is sent to yet (weight 0, a canary before "
-                          "its bake): CIDRs, or `{header: NAME, secret: TEXT}`. Loopback by default.",
+                          "its bake): CIDRs, or `{header: NAME, secret: TEXT}`. Nobody by default.",
     "timeouts": "Deadlines.",
     "timeouts.connect": "Connecting to a backend (then the next backend is tried).",
     "timeouts.client_header": "A client's whole request head, and a TLS handshake (then 408).",

@@ -410,7 +410,8 @@ class SkewConfig:
     max_asset_bytes: int = _field(8 << 20, parse_size)
     max_assets: int = _field(10000, _int_range(0, 1000000))     # entries of the index (0: learn none)
     retention: float = _field(86400.0, parse_duration)
-    override_from: tuple = _field(("127.0.0.0/8", "::1/128"), _override_list)
+    # nobody by default: behind a TLS terminator on the same host every client is 127.0.0.1
+    override_from: tuple = _field((), _override_list)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ def test_a_v1_tab_keeps_its_chunks_and_api_across_a_move_its_version_s_end_an_up
     version, assets, cookie = open_tab(lb)
     assert version == "v1" and cookie.startswith("lb_version=v1;")
     wait_for(lambda: learned(lb, "v1", len(assets)), 10, "lb to learn v1's assets")
+    # v2 stands at weight 0: nobody may name it by default, not even from 127.0.0.1
+    assert get(lb.port, "/api/x", {"X-Lb-Version": "v2"}).getheader("X-Backend-Version") == "v1"
 
     # Its user moves to v2 (a v2 tab in the same cookie jar): the v1 tab's late chunk still
     # comes from v1, and its API calls that name v1 go to v1; neither moves the cookie.
