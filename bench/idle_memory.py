@@ -1,6 +1,6 @@
 """What an idle lb holds: RSS of the master and of its one worker at rest, and per idle
-client connection (opened, one request answered, kept alive) and per connection that sent
-nothing yet.
+client connection (opened, one request answered, kept alive: all at once, and 200 at a
+time 1.5 s apart, as clients come over time) and per connection that sent nothing yet.
 
     .venv/bin/python bench/idle_memory.py [--connections 2000]
 
@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 RESULTS = ROOT / "bench" / "results"
+REST_WAIT_S = 1.5           # past lb's REST_AFTER_S (1 s) and its sweep
 
 
 def free_port() -> int:
@@ -64,9 +65,14 @@ def settle(pid: int) -> int:
     return last
 
 
-def open_connections(port: int, count: int, request: bool) -> list[socket.socket]:
+def open_connections(port: int, count: int, request: bool, wave: int = 0) -> list[socket.socket]:
+    """`count` connections (each with one request answered, when `request`); with `wave`, that
+    many at a time, REST_WAIT_S apart: clients that came over time, as a server's idle ones
+    did, and whose parsers lb gave back (REST_AFTER_S) to be used again."""
     socks = []
-    for _ in range(count):
+    for i in range(count):
+        if wave and i and i % wave == 0:
+            time.sleep(REST_WAIT_S)
         sock = socket.create_connection(("127.0.0.1", port))
         if request:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -77,6 +83,28 @@ def open_connections(port: int, count: int, request: bool) -> list[socket.socket
     return socks
 
 
+def start_lb(work: Path, backend_port: int) -> tuple[subprocess.Popen, int]:
+    """lb, one worker, on a config of its own; (process, port) once its admin socket is up."""
+    port = free_port()
+    config = work / f"lb-{port}.yaml"
+    config.write_text(f"listen: 127.0.0.1:{port}\nworkers: 1\naccess_log: off\nstate_file: {work}/lb-{port}.state\n"
+                      f"admin: {{socket: {work}/lb-{port}.sock}}\nmetrics: {{listen: 127.0.0.1:{free_port()}}}\n"
+                      f"backends: [{{name: web1, address: '127.0.0.1:{backend_port}', version: v1}}]\n")
+    lb = subprocess.Popen([PYTHON, "-m", "lb.cli", "serve", "-c", str(config)], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: (work / f"lb-{port}.sock").exists(), 30)
+    return lb, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=2000)
@@ -84,35 +112,27 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * args.connections + 100)), hard))
     work = Path(tempfile.mkdtemp(prefix="lb-mem"))
-    backend_port, port = free_port(), free_port()
+    backend_port = free_port()
     backend = subprocess.Popen([PYTHON, str(ROOT / "bench" / "fast_backend.py"), str(backend_port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    config = work / "lb.yaml"
-    config.write_text(f"listen: 127.0.0.1:{port}\nworkers: 1\naccess_log: off\nstate_file: {work}/lb.state\n"
-                      f"admin: {{socket: {work}/lb.sock}}\nmetrics: {{listen: 127.0.0.1:{free_port()}}}\n"
-                      f"backends: [{{name: web1, address: '127.0.0.1:{backend_port}', version: v1}}]\n")
-    lb = subprocess.Popen([PYTHON, "-m", "lb.cli", "serve", "-c", str(config)], cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     report = {"bench": "idle_memory", "connections": args.connections}
     try:
-        wait_until(lambda: (work / "lb.sock").exists(), 30)
-        worker = children(lb.pid)[0]
-        report["master_kib"], report["worker_kib"] = settle(lb.pid), settle(worker)
-        for phase, request in (("silent", False), ("kept_alive", True)):
-            before = settle(worker)
-            socks = open_connections(port, args.connections, request)
-            after = settle(worker)
-            report[f"{phase}_kib_per_connection"] = round((after - before) / args.connections, 2)
-            for sock in socks:
-                sock.close()
-            time.sleep(1)
-    finally:
-        for proc in (lb, backend):
-            proc.send_signal(signal.SIGTERM)
+        for phase, request, wave in (("silent", False, 0), ("kept_alive", True, 0),
+                                     ("kept_alive_over_time", True, 200)):
+            lb, port = start_lb(work, backend_port)           # a fresh one: no memory freed before
             try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                worker = children(lb.pid)[0]
+                report["master_kib"], report["worker_kib"] = settle(lb.pid), settle(worker)
+                before = settle(worker)
+                socks = open_connections(port, args.connections, request, wave)
+                after = settle(worker)
+                report[f"{phase}_kib_per_connection"] = round((after - before) / args.connections, 2)
+                for sock in socks:
+                    sock.close()
+            finally:
+                stop(lb)
+    finally:
+        stop(backend)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "idle-memory.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -105,6 +105,9 @@ class Client(Protocol):
     def finish(self, idle_until: float) -> None:
         """lb is stopping: finish what is in flight, close an idle connection by idle_until."""
 
+    def rest(self, idle_before: float) -> None:
+        """Idle since before `idle_before`: give back what the next request can make again."""
+
 
 class Link(Protocol):
     restarts: int                  # worker processes started again after exiting

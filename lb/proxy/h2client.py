@@ -118,6 +118,9 @@ class H2ClientConnection:
     def waiting_for_request(self) -> bool:
         return not self.streams
 
+    def rest(self, idle_before: float) -> None:
+        """Nothing to give back: an HTTP/2 connection's state is what its streams need."""
+
     def finish(self, idle_until: float) -> None:
         """lb is stopping: streams in flight finish, then the connection closes."""
         self.go_away()

@@ -18,7 +18,7 @@ from lb.core.planes import NodeView, RoutingView
 from lb.proxy.accesslog import AccessLog
 from lb.proxy.client import (LINGER_MAX_BYTES, LINGER_S, MAX_PIPELINED, PARSE_SLICE, READING_REQUESTS, RECEIVE,
                              TIMEOUT, ClientConnection)
-from lb.proxy.dataplane import DataPlane
+from lb.proxy.dataplane import REST_AFTER_S, DataPlane
 from lb.proxy.h2client import H2ClientConnection
 from lb.proxy.h2stream import H2Exchange, H2Stream, StreamFlow
 from lb.proxy.upstream import READ_BYTES, UpstreamConnection
@@ -465,3 +465,21 @@ async def test_a_closed_http1_connection_and_its_parser_are_freed_without_the_cy
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+async def test_a_keep_alive_connection_idle_past_rest_after_gives_its_parser_back_and_parses_on(rig):
+    client = rig.client
+    client.data_received(b"GET /1 HTTP/1.1\r\nHost: a\r\n")
+    client.rest(rig.clock.t + 10)                       # mid-head: kept
+    assert client.parser is not None
+    client.data_received(b"\r\n")
+    rig.respond(OK)
+    assert client.rest(rig.clock.t - 1) is None and client.parser is not None     # idle, but not for long
+    rig.clock.t += REST_AFTER_S + 0.1
+    rig.plane.expire(rig.clock.t)                       # the sweep: idle past REST_AFTER_S
+    assert client.parser is None and client.mode is Mode.IDLE
+    rig.client_transport.take()
+    client.data_received(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert rig.upstream_transport.take().count(b"GET /") == 2      # /1 and /2, on a new parser
+    rig.respond(OK)
+    assert rig.client_transport.take().endswith(b"ok")
