@@ -112,6 +112,14 @@ def read_cert(path: str, where: str, read: Reader = read_file) -> CertInfo:
     return _cert_info(_read(read, path, where), path, where)
 
 
+def prepare(config: Config) -> None:
+    """Import what reading a certificate takes (cryptography) when `config` serves TLS: a
+    worker does it before it drops to `user:`, after which the package's files may not be
+    readable (it imports nothing of its own once it serves)."""
+    if any(listener.tls is not None for listener in config.listen):
+        from cryptography import x509  # noqa: F401
+
+
 def _cert_info(pem: bytes, path: str, where: str) -> CertInfo:
     # Imported here: cryptography costs a process 9.8 MB of RSS, and only one that reads a
     # certificate (the master, a worker serving TLS) needs it (issue 29's memory target).

@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 
-from .. import privileges
+from .. import privileges, tls
 from ..proxy.accesslog import AccessLog
 from ..proxy.dataplane import DataPlane
 from .channel import open_channel
@@ -107,6 +107,7 @@ class WorkerProcess:
         data, access_log = self._data_plane()
         listeners = [socket.socket(fileno=fd) for fd in listener_fds]
         if self.identity is not None:         # holding its sockets and log file; before any client
+            tls.prepare(self.config)
             drop_privileges(self.identity, self.slot)
         await data.start(listeners)
         channel.send("ready", os.getpid())
