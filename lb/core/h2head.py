@@ -5,8 +5,8 @@ RFC 9113 section 8: a malformed request is a stream error (PROTOCOL_ERROR), neve
 uppercase field names, connection-specific fields (Connection, Keep-Alive,
 Proxy-Connection, Transfer-Encoding, Upgrade), TE other than "trailers", pseudo-header
 fields unknown, repeated, after a regular field or missing, CR/LF/NUL or a leading or
-trailing space in a value. h2's own header validation is off (lb/proxy/h2client.py) so that
-these are stream errors, not connection errors. The request then goes through
+trailing space in a value. lb's connection (lb/core/http2/connection.py) leaves header lists
+to this module, so that these are stream errors, not connection errors. The request then goes through
 http1.analyze_request like any HTTP/1.1 one: :authority becomes Host, the Cookie fields
 (which HTTP/2 may split) are joined with "; " (section 8.2.3). The HTTP/1.1 limits hold
 too (limits.max_headers and max_header_bytes: 431, max_target_bytes: 414), and :path is
@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import re
 
-from hpack.table import HeaderTable
-
 from . import http1
 from .config import LimitsConfig
 from .errors import HttpError
+from .http2.hpack import STATIC_TABLE
 from .memo import Memo
 
 PSEUDO_REQUEST = (b":method", b":scheme", b":authority", b":path")
@@ -40,7 +39,7 @@ RESPONSE_DROPPED = CONNECTION_SPECIFIC | {b"content-length"}    # content-length
 SENSITIVE = frozenset({b"set-cookie", b"authorization", b"proxy-authorization"})
 UNCACHED = SENSITIVE | {b"cookie"}     # per-user values: never kept in the caches below
 _STATIC: dict = {}                     # HPACK's static table: (name, value) and name -> its index
-for _index, _field in enumerate(HeaderTable.STATIC_TABLE, 1):
+for _index, _field in enumerate(STATIC_TABLE, 1):
     _STATIC.setdefault(_field, _index)
     _STATIC.setdefault(_field[0], _index)
 FIELD_CACHE_MAX = 4096                 # fields kept (per memo, shared by every connection)

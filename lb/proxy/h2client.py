@@ -1,5 +1,6 @@
-"""HTTP/2 from clients (ALPN h2 on a TLS listener): h2 does the framing, HPACK and the
-stream states; the connection handling, routing and limits are here.
+"""HTTP/2 from clients (ALPN h2 on a TLS listener, or h2c with prior knowledge): lb's sans-IO
+connection (lb/core/http2/connection.py) does the framing, HPACK and the stream states; the
+connection handling, routing and limits are here.
 
 One `H2ClientConnection` per connection. Each request is a stream, and each stream is an
 `H2Stream`: the `client` its exchange (an `H2Exchange`) talks to, as an HTTP/1.1 exchange
@@ -30,7 +31,7 @@ block (HEADERS and its CONTINUATIONs, as received) past limits.max_header_bytes 
 connection error at once (the 2024 CONTINUATION flood), and the decoded list past
 HPACK_BOMB_FACTOR times it too (an HPACK bomb); below that, the HTTP/1.1 limits answer on
 the stream (431, 414: h2head). Every stream that ends abnormally (reset by the client,
-refused, malformed, reset by h2 for a flow-control error) counts toward one budget per
+refused, malformed, reset by lb's connection for a stream error) counts toward one budget per
 second, as do PINGs and SETTINGS each toward theirs: past it the connection gets GOAWAY
 ENHANCE_YOUR_CALM (the 2023 rapid-reset attack and 2025's "MadeYouReset", where the server's
 own resets were not counted). A request body must come in time, per stream, as over
@@ -41,16 +42,11 @@ closes once those streams are done.
 
 from __future__ import annotations
 
-import h2.config
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
-
 from ..core import h2head
 from ..core.errors import HttpError
-from .h2frames import HeaderBoundFrameBuffer, LbH2Connection
+from ..core.http2 import connection as http2
+from ..core.http2.frames import ErrorCode
+from ..core.http2.streams import StreamClosedError
 from .h2stream import H2Exchange, H2Stream
 
 INFINITY = float("inf")
@@ -93,26 +89,17 @@ class H2ClientConnection:
         self.deadline = INFINITY
         self._counts = {"reset": [0, 0.0], "ping": [0, 0.0], "settings": [0, 0.0]}
         limits = plane.config.limits
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_inbound_headers=False, normalize_inbound_headers=False,
-                                           validate_outbound_headers=False, normalize_outbound_headers=False)
-        self.h2 = LbH2Connection(config=config)
-        self.h2.encoder = h2head.ResponseEncoder()
-        self.h2.incoming_buffer = HeaderBoundFrameBuffer(limits.max_header_bytes)
         # An HPACK bomb (a few bytes naming a large dynamic-table entry over and over) is a
         # connection error; a list over max_header_bytes below that is a 431 on its stream.
-        self.h2.decoder.max_header_list_size = HPACK_BOMB_FACTOR * limits.max_header_bytes
+        self.h2 = http2.ServerConnection(h2head.ResponseEncoder(), limits.max_header_bytes,
+                                         HPACK_BOMB_FACTOR * limits.max_header_bytes, MAX_CONCURRENT_STREAMS,
+                                         CONNECTION_WINDOW)
         self.starting: list[H2Stream] = []     # streams whose exchange starts at this read's end
         self.slicing = False                   # a slice of frames is due at the loop's next turn
         self.reading_paused = False
         self.strikes = 0                       # budgets passed (_slow_down)
         self.held = 0                          # bytes of read frames kept while held back
         self.held_until = 0.0                  # held back (not read) until then
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-        })
 
     @property
     def waiting_for_request(self) -> bool:
@@ -131,7 +118,6 @@ class H2ClientConnection:
         transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)
         self.plane.clients.add(self)
         self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._idle()
         self.flush()
         if len(self.plane.clients) > self.plane.config.limits.max_connections:
@@ -142,9 +128,8 @@ class H2ClientConnection:
         if self.closed:
             return
         try:
-            self.h2.incoming_buffer.add_data(data)
-        except h2.exceptions.ProtocolError:        # not the preface
-            self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+            self.h2.feed(data)
+        except http2.ProtocolError:                # not the preface: GOAWAY is queued
             self.plane.failed["h2_protocol_error"] += 1
             self._fatal()
             return
@@ -159,17 +144,18 @@ class H2ClientConnection:
             return
         try:
             events, more = self.h2.receive_frames(FRAMES_PER_TURN)
-        except h2.exceptions.ProtocolError:
-            # h2 has queued a GOAWAY with the error; nothing more is read
+        except http2.ProtocolError:
+            # a GOAWAY with the error is queued; nothing more is read
             self.plane.failed["h2_protocol_error"] += 1
             self._fatal()
             return
         self.corked += 1
         try:
+            handlers = EVENT_HANDLERS
             for event in events:
                 if self.closed:
                     break
-                self._event(event)
+                handlers[event[0]](self, event)
             if not more:                       # the read is handled: its streams start
                 starting, self.starting = self.starting, []
                 for stream in starting:
@@ -212,44 +198,59 @@ class H2ClientConnection:
             self.pump(stream)
         self.flush()
 
-    # -- events --------------------------------------------------------------------------
-    def _event(self, event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self._request(event)
-        elif isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)
+    # -- events (EVENT_HANDLERS: each kind of lb/core/http2/connection.py's events) -----------
+    def _on_request(self, event) -> None:
+        _, stream_id, headers, ended = event
+        self._request(stream_id, headers, not ended)
+
+    def _on_data(self, event) -> None:
+        _, stream_id, data, flow_length, ended = event
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.data(data, flow_length)
+        else:
+            self.h2.acknowledge_received_data(flow_length, stream_id)
+        if ended:
+            self._request_ended(stream_id)
+
+    def _on_trailers(self, event) -> None:
+        self._request_ended(event[1])              # trailers are not forwarded; they end the request
+
+    def _request_ended(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)       # again: data() may have reset it
+        if stream is not None:
+            stream.request_ended()
+
+    def _on_reset(self, event) -> None:
+        stream = self.streams.pop(event[1], None)
+        if stream is not None:
+            stream.reset_by_client()
+        self.ended_abnormally("too many streams reset")
+
+    def _on_window(self, event) -> None:
+        if event[1]:
+            stream = self.streams.get(event[1])
             if stream is not None:
-                stream.data(event.data, event.flow_controlled_length)
-            else:
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.request_ended()
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
-                stream.reset_by_client()
-            self.ended_abnormally("too many streams reset")
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    self.pump(stream)
-            else:
-                for stream in list(self.streams.values()):
-                    self.pump(stream)
-        elif isinstance(event, h2.events.PingReceived):
-            if self._over("ping", PINGS_PER_S):
-                self._slow_down("too many PINGs")
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            if self._over("settings", SETTINGS_PER_S):
-                self._slow_down("too many SETTINGS")
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.going_away = True
-            self.last_stream = self.h2.highest_inbound_stream_id
-            if not self.streams:
-                self._close()
+                self.pump(stream)
+        else:
+            for stream in list(self.streams.values()):
+                self.pump(stream)
+
+    def _on_ping(self, event) -> None:
+        if self._over("ping", PINGS_PER_S):
+            self._slow_down("too many PINGs")
+
+    def _on_settings(self, event) -> None:
+        if self._over("settings", SETTINGS_PER_S):
+            self._slow_down("too many SETTINGS")
+
+    def _on_goaway(self, event) -> None:
+        """The client goes away: the streams it opened finish, and then the connection closes
+        (h2 refused every frame after a GOAWAY, and every send: lb's responses were cut)."""
+        self.going_away = True
+        self.last_stream = self.h2.highest_inbound_stream_id
+        if not self.streams:
+            self._close()
 
     def _over(self, kind: str, per_s: int) -> bool:
         count = self._counts[kind]
@@ -259,22 +260,20 @@ class H2ClientConnection:
         count[0] += 1
         return count[0] > per_s
 
-    def _request(self, event) -> None:
-        stream_id = event.stream_id
+    def _request(self, stream_id: int, headers: list, has_body: bool) -> None:
         if self.going_away and stream_id > self.last_stream:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.h2.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
             return
         if len(self.streams) >= MAX_CONCURRENT_STREAMS:
             self.plane.failed["h2_refused_stream"] += 1
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.h2.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
             self.ended_abnormally("too many streams past the limit")
             return
-        has_body = event.stream_ended is None
         try:
-            head = h2head.request_head(event.headers, has_body, self.plane.config.limits)
+            head = h2head.request_head(headers, has_body, self.plane.config.limits)
         except h2head.StreamError:
             self.plane.failed["h2_stream_error"] += 1
-            self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            self.h2.reset_stream(stream_id, ErrorCode.PROTOCOL_ERROR)
             self.ended_abnormally("malformed requests")
             return
         except HttpError as exc:
@@ -354,8 +353,8 @@ class H2ClientConnection:
                 # early): the client may stop sending (RFC 9113 8.1), and the stream is closed.
                 stream.closed = True
                 stream.body_deadline = INFINITY
-                conn.reset_stream(stream.id, ErrorCodes.NO_ERROR)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                conn.reset_stream(stream.id, ErrorCode.NO_ERROR)
+        except StreamClosedError:
             stream.closed = True
             outbox.clear()
             stream.outbox_bytes = 0
@@ -417,15 +416,16 @@ class H2ClientConnection:
             self.deadline = min(s.body_deadline for s in self.streams.values())
         self.flush_soon()
 
-    def go_away(self, code=ErrorCodes.NO_ERROR) -> None:
+    def go_away(self, code=ErrorCode.NO_ERROR) -> None:
         """GOAWAY with the last stream lb will answer; the connection closes once those are
-        done. Written by hand: after h2's own GOAWAY no stream may send another frame."""
+        done (send_goaway: the streams up to it may still send)."""
         if self.closed:
             return
         self.going_away = True
         self.last_stream = self.h2.highest_inbound_stream_id
         self.flush()
-        self.transport.write(GoAwayFrame(0, last_stream_id=self.last_stream, error_code=code).serialize())
+        self.h2.send_goaway(self.last_stream, code)
+        self.transport.write(self.h2.data_to_send())
         if not self.streams:
             self._close()
 
@@ -439,7 +439,7 @@ class H2ClientConnection:
         self.strikes += 1
         if self.held_until:
             return                                 # a second budget in the same slice
-        held = self.h2.incoming_buffer.held
+        held = self.h2.buffered
         if self.strikes >= STRIKES or self.plane.h2_held + held > HELD_MAX_BYTES:
             self._calm_down(why)
             return
@@ -460,11 +460,11 @@ class H2ClientConnection:
 
     def _calm_down(self, why: str) -> None:
         self.plane.failed["h2_flood"] += 1
-        self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, additional_data=why.encode())
+        self.h2.close_connection(ErrorCode.ENHANCE_YOUR_CALM, additional_data=why.encode())
         self._fatal()
 
     def _fatal(self) -> None:
-        """h2 has queued its GOAWAY: send it, drop every stream, close."""
+        """A GOAWAY that ends the connection is queued: send it, drop every stream, close."""
         self.flush()
         for stream in list(self.streams.values()):
             stream.reset_by_client()
@@ -475,3 +475,12 @@ class H2ClientConnection:
         if not self.closed:
             self.closed = True
             self.transport.close()
+
+
+# What the connection does with each kind of event of lb/core/http2/connection.py.
+EVENT_HANDLERS = {
+    http2.REQUEST: H2ClientConnection._on_request, http2.DATA: H2ClientConnection._on_data,
+    http2.TRAILERS: H2ClientConnection._on_trailers, http2.RESET: H2ClientConnection._on_reset,
+    http2.WINDOW: H2ClientConnection._on_window, http2.PING: H2ClientConnection._on_ping,
+    http2.SETTINGS: H2ClientConnection._on_settings, http2.GOAWAY: H2ClientConnection._on_goaway,
+}

@@ -8,12 +8,11 @@ from __future__ import annotations
 import weakref
 from collections import deque
 
-import h2.exceptions
-from h2.errors import ErrorCodes
-
 from ..core import h2head
 from ..core.errors import HttpError
 from ..core.exchange import NO_BODY, RAW, body_deadline
+from ..core.http2.frames import ErrorCode
+from ..core.http2.streams import StreamClosedError
 from .exchange import Exchange
 from .flow import FlowControl
 from ..core.skew import GONE_HEADER
@@ -100,7 +99,7 @@ class H2Stream:
         if not self.closed:
             try:
                 self.conn.h2.send_headers(self.id, fields)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            except StreamClosedError:
                 self.closed = True             # reset meanwhile: nothing more goes to it
                 return
             self.conn.flush_soon()
@@ -140,7 +139,7 @@ class H2Stream:
         self.exchange = None
         self.done = True
         if not self.end_pending and not self.closed:
-            self.reset(ErrorCodes.INTERNAL_ERROR)
+            self.reset(ErrorCode.INTERNAL_ERROR)
         if self.ended or self.closed:
             self.conn.stream_done(self)
 
@@ -200,7 +199,7 @@ class H2Stream:
         """RFC 9113 8.1.1: a malformed request is a stream error, and is not sent on. An
         exchange already under way ends, and its backend connection with it (never reused)."""
         self.plane.failed["h2_stream_error"] += 1
-        self.reset(ErrorCodes.PROTOCOL_ERROR)
+        self.reset(ErrorCode.PROTOCOL_ERROR)
         if self.exchange is not None:
             self.exchange.fail(HttpError(f"malformed HTTP/2 request: {why}", 400))
         elif not self.done:
@@ -214,10 +213,7 @@ class H2Stream:
             self.closed = True
             self.outbox.clear()
             self.outbox_bytes = 0
-            try:
-                self.conn.h2.reset_stream(self.id, code)
-            except h2.exceptions.StreamClosedError:
-                pass
+            self.conn.h2.reset_stream(self.id, code)      # nothing if the connection has it closed
             self.conn.flush_soon()
             if self.done:
                 self.conn.stream_done(self)

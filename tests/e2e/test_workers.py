@@ -105,11 +105,12 @@ raise ImportError("imported from the folder lb was started in: " + __file__)
 
 def test_no_process_lb_starts_imports_from_the_folder_lb_was_started_in(spawn, tmp_path):
     """`python -m` puts the current folder first on sys.path: modules left there that shadow
-    what lb imports (yaml: the master and the workers; h2: the workers only) must run in no
-    worker and no upgraded master, also with `-c` relative to that folder."""
+    what lb imports (yaml at once, uvloop when a process starts its loop; both in the master
+    and the workers) must run in no worker and no upgraded master, also with `-c` relative to
+    that folder. (h2 was the workers' own until lb/core/http2 replaced it.)"""
     folder, marker = tmp_path / "started-here", tmp_path / "imported"
     folder.mkdir()
-    for module in ("yaml", "h2"):
+    for module in ("yaml", "uvloop"):
         (folder / f"{module}.py").write_text(POISON.format(marker=str(marker)))
     backend = spawn(Backend, "web1")
     lb = spawn(Lb, tmp_path, [backend.config()], workers=2, cwd=folder)

@@ -397,8 +397,8 @@ async def test_an_http2_stream_that_does_not_read_holds_at_most_64_kib(rig):
 
 async def test_a_long_lived_http2_connection_remembers_at_most_1000_closed_streams(rig):
     """h2 keeps how each of the last 65,536 closed streams ended, ~176 B each: 11 MiB a busy
-    connection. lb keeps 1,000 (h2frames.LbH2Connection.MAX_CLOSED_STREAMS; this reads h2's
-    record, `_closed_streams`). Failed before: 1,499 kept after 1,500 streams."""
+    connection. lb keeps 1,000 (lb/core/http2/streams.py MAX_CLOSED_STREAMS; this reads the
+    connection's record, `closed_streams`). Failed with h2's own count: 1,499 kept after 1,500 streams."""
     client, conn, transport = h2_connection(rig)
     get = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
     for stream_id in range(1, 3001, 2):
@@ -407,7 +407,7 @@ async def test_a_long_lived_http2_connection_remembers_at_most_1000_closed_strea
         rig.respond(OK)
         await asyncio.sleep(0)                  # the connection's flush
         client.receive_data(transport.take())
-    assert conn.streams == {} and len(conn.h2._closed_streams) == 1000
+    assert conn.streams == {} and len(conn.h2.closed_streams) == 1000
 
 
 def test_every_client_mode_has_one_read_handler_and_the_timeouts_name_modes_with_a_clock():

@@ -6,4 +6,6 @@ The modules:
                and its bounds, and the writers of what lb sends
   huffman.py   HPACK's Huffman code: encode, and decode by a table of octet steps
   hpack.py     HPACK (RFC 7541): the header block decoder, integer and string encoding
+  streams.py   stream states (a table), the record of closed streams, receive windows
+  connection.py  the server side of a connection: bytes in, events out; lb's calls in, bytes out
 """

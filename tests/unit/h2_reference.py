@@ -1,17 +1,24 @@
-"""h2's connection and frame buffer, as lb needs them changed: content-length is lb's to judge
-(per stream, not a connection error), a connection remembers a bounded number of closed
-streams, frames are handed out a bounded number at a time (`receive_frames`), and a header
-block is held to limits.max_header_bytes as it comes. The connection handling is
-lb/proxy/h2client.py's; the streams are lb/proxy/h2stream.py's."""
+"""The reference of lb's HTTP/2 connection (lb/core/http2/connection.py): the h2 library as
+lb's front door used it until issue 29, kept for the differential test
+(tests/unit/test_h2connection_core.py) and bench/h2_frames.py. `reference_connection` is
+the configuration lb/proxy/h2client.py made, line for line; `LbH2Connection` and
+`HeaderBoundFrameBuffer` are what lb/proxy/h2frames.py changed of h2: content-length is lb's
+to judge (per stream, not a connection error), a connection remembers a bounded number of
+closed streams, frames are handed out a bounded number at a time (`receive_frames`), and a
+header block is held to limits.max_header_bytes as it comes."""
 
 from __future__ import annotations
 
+import h2.config
 import h2.connection
 import h2.exceptions
+import h2.settings
 from h2.errors import ErrorCodes
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+from lb.core.h2head import ResponseEncoder
 
 
 def _length_is_lbs(*args) -> None:
@@ -93,3 +100,28 @@ class HeaderBoundFrameBuffer(FrameBuffer):
                 raise h2.exceptions.DenialOfServiceError(
                     f"header block over {self.max_block_bytes} bytes (limits.max_header_bytes)")
         return super()._update_header_buffer(frame)
+
+
+MAX_CONCURRENT_STREAMS = 100
+CONNECTION_WINDOW = 16 << 20
+HPACK_BOMB_FACTOR = 4
+
+
+def reference_connection(max_header_bytes: int = 16384) -> "LbH2Connection":
+    """An h2 server connection set up as lb/proxy/h2client.py set it up (its __init__ and
+    connection_made), before initiate_connection's bytes are taken."""
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                       validate_inbound_headers=False, normalize_inbound_headers=False,
+                                       validate_outbound_headers=False, normalize_outbound_headers=False)
+    conn = LbH2Connection(config=config)
+    conn.encoder = ResponseEncoder()
+    conn.incoming_buffer = HeaderBoundFrameBuffer(max_header_bytes)
+    conn.decoder.max_header_list_size = HPACK_BOMB_FACTOR * max_header_bytes
+    conn.local_settings = h2.settings.Settings(client=False, initial_values={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_bytes,
+        h2.settings.SettingCodes.ENABLE_PUSH: 0,
+    })
+    conn.initiate_connection()
+    conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+    return conn
