@@ -94,24 +94,21 @@ class Exchange:
         self.fallback = None            # a known asset's versions, should its version answer 404
 
     # -- routing -------------------------------------------------------------
-    def start(self, skew: bool = True) -> None:
+    def start(self, pick: bool = True) -> None:
+        """Pick the version (unless `pick` is False: it is picked), a node of it, and a
+        connection to that node."""
         plane = self.plane
         if self.client.redirect:
             self._redirect_https()
             return
         # the version is picked once (and again for a retry), not when leaving the queue
-        if plane.pinning is not None and (self.version is None or self.tried) and \
-                not self._pick_version(plane.pinning, skew):
+        if pick and plane.pinning is not None and (self.version is None or self.tried) and \
+                not self._pick_version(plane.pinning):
             self.fail(HttpError("no backend available", 503))
             return
         if self.stored is not None:
             self._read_stored()
             return
-        self._route()
-
-    def _route(self) -> None:
-        """A node of the version picked, and a connection to it."""
-        plane = self.plane
         route = plane.table.choose(self.tried, self.version)
         if route is None:
             if plane.table.full(self.version):
@@ -153,22 +150,19 @@ class Exchange:
         if self.request_done:
             self.client.exchange_done(self, self.keep_client)
 
-    def _pick_version(self, pinning, skew: bool = True) -> bool:
+    def _pick_version(self, pinning) -> bool:
         """Decide (first try) or revisit (a retry) the version; False when none is left. The
         skew rules come first (lb/core/skew.py); a version they pick leaves the cookie alone."""
         table = self.plane.table
         if not self.tried:
-            if skew:
-                pin = self.plane.skew.route(self, pinning, table)
-                if pin.__class__ is Decision:
-                    decision = pin
-                    self.gone = decision.gone
-                    if decision.version is not None:
-                        self.version, self.pin_how = decision.version, decision.how
-                        return True
-                    pin, self.fallback = decision.pin, decision.fallback
-            else:
-                pin = pinning.read_pin(self.head.headers, table.versions)
+            pin = self.plane.skew.route(self, pinning, table)
+            if pin.__class__ is Decision:
+                decision = pin
+                self.gone = decision.gone
+                if decision.version is not None:
+                    self.version, self.pin_how = decision.version, decision.how
+                    return True
+                pin, self.fallback = decision.pin, decision.fallback
             version, how = pinning.route(pin, table, self.plane.now())
         else:
             version, how = pinning.retry_version(self.version, table, self.tried)
@@ -342,10 +336,7 @@ class Exchange:
         self._leave_route()
         self.pin_cookie = None                # the asset's version is not its user's move
         self.version, self.pin_how, self.stored = decision.version, decision.how, decision.stored
-        if self.stored is not None:
-            self._read_stored()
-        else:
-            self._route()
+        self.start(pick=False)
         return True
 
     def _read_stored(self) -> None:
@@ -362,7 +353,7 @@ class Exchange:
         if body is None:                      # missing or corrupt: the version that said 404 again
             self.plane.skew.counts["store_missing", asset.version] += 1
             self.version, self.pin_how = self.tried[-1].version, None
-            self._route()
+            self.start(pick=False)
             return
         self.response_bytes_seen = True
         self.on_response(http1.ResponseHead(200, b"OK", b"1.1", list(asset.headers), len(body), False, True, None))

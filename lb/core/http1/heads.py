@@ -108,7 +108,7 @@ def _split_headers(raw_headers, special: frozenset):
         if kind is _KEEP:
             kept.append(field)            # the (name, value) pair as parsed: no new tuple
         elif kind is not _DROP:
-            if kind in _READ_AND_KEPT:
+            if kind is _CACHE_CONTROL:   # read by lb, and passed on (an identity test: a hot path)
                 kept.append(field)
             if kind in specials:
                 specials[kind].append(field[1])
@@ -128,13 +128,14 @@ def _name_kind(name: bytes, special: frozenset):
     """A special name's lowercase form, _KEEP for an end-to-end one, _DROP for one with '_'."""
     lname = name.lower()
     if lname in special:
-        return lname
+        return _CACHE_CONTROL if lname == _CACHE_CONTROL else lname
     return _DROP if b"_" in name else _KEEP
 
 
 _FRAMING = frozenset({b"content-length", b"host", b"expect", b"via"})
 # Special names that still pass on: collected for lb to read, kept in the head as they came.
-_READ_AND_KEPT = frozenset({b"cache-control"})
+_CACHE_CONTROL = b"cache-control"
+_READ_AND_KEPT = frozenset({_CACHE_CONTROL})
 _REQUEST_SPECIAL = HOP_BY_HOP | _FRAMING | REQUEST_OWNED
 # Host, Expect and Via are end-to-end in a response: they pass as they came.
 _RESPONSE_SPECIAL = HOP_BY_HOP | frozenset({b"content-length"}) | _READ_AND_KEPT
