@@ -90,9 +90,13 @@ def request_head(fields: list, has_body: bool, limits: LimitsConfig = LimitsConf
         elif kind is _HOST and b":authority" not in pseudo:
             regular.append(field)
         # _TE (trailers): HTTP/1.1 upstream has its own hop-by-hop TE
-    for name, value in pseudo.items():
-        if _BAD_VALUE.search(value) or not value and name != b":authority":
-            raise StreamError(f"invalid {name.decode('latin-1')}")
+    for field in pseudo.items():
+        if checked.get(field) is not _PSEUDO:       # a value seen valid before: not searched again
+            name, value = field
+            if _BAD_VALUE.search(value) or not value and name != b":authority":
+                raise StreamError(f"invalid {name.decode('latin-1')}")
+            if name != b":path":                     # paths vary; the others repeat
+                remember(field, _PSEUDO, len(name) + len(value))
     method = pseudo.get(b":method")
     if method is None or b":scheme" not in pseudo or b":path" not in pseudo:
         if method == b"CONNECT":
@@ -137,7 +141,7 @@ def body_framing(declared: int | None, received: int, ended: bool) -> tuple[int 
     return None, True
 
 
-_REGULAR, _COOKIE, _TE, _HOST = "regular", "cookie", "te", "host"
+_REGULAR, _COOKIE, _TE, _HOST, _PSEUDO = "regular", "cookie", "te", "host", "pseudo"
 _checked = Memo(FIELD_CACHE_MAX, 512 * 1024, FIELD_CACHE_ENTRY_MAX)   # a field found valid -> its kind
 
 
