@@ -2,9 +2,11 @@
 backend, and what `show certs` and /metrics say of a certificate.
 
 Python's `ssl` (OpenSSL) does the cryptography. A listener's server gets one context for its
-whole life, the *dispatcher*: its SNI callback, called at every ClientHello (with or without
-a server name), hands the handshake to the context of the certificate whose names match
-(exact, then one-label wildcard, else the first certificate). A reload builds new
+whole life, the *dispatcher* (the first certificate's own context, as loaded at start): its
+SNI callback, called at every ClientHello (with or without a server name), hands the
+handshake to the context of the certificate whose names match (exact, then one-label
+wildcard, else the first certificate), and leaves it where it is when that is the
+dispatcher itself (one certificate: no context switch per handshake). A reload builds new
 per-certificate contexts and swaps the list the callback reads: a context in use is never
 changed, established connections keep theirs, and session tickets (keyed by the dispatcher)
 stay valid. The settings that belong to the dispatcher itself (min_version, alpn) change only
