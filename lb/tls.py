@@ -2,9 +2,11 @@
 backend, and what `show certs` and /metrics say of a certificate.
 
 Python's `ssl` (OpenSSL) does the cryptography. A listener's server gets one context for its
-whole life, the *dispatcher*: its SNI callback, called at every ClientHello (with or without
-a server name), hands the handshake to the context of the certificate whose names match
-(exact, then one-label wildcard, else the first certificate). A reload builds new
+whole life, the *dispatcher* (the first certificate's own context, as loaded at start): its
+SNI callback, called at every ClientHello (with or without a server name), hands the
+handshake to the context of the certificate whose names match (exact, then one-label
+wildcard, else the first certificate), and leaves it where it is when that is the
+dispatcher itself (one certificate: no context switch per handshake). A reload builds new
 per-certificate contexts and swaps the list the callback reads: a context in use is never
 changed, established connections keep theirs, and session tickets (keyed by the dispatcher)
 stay valid. The settings that belong to the dispatcher itself (min_version, alpn) change only
@@ -35,6 +37,7 @@ from typing import Callable
 
 
 from .core.config import BackendTlsConfig, Config, ListenerTlsConfig
+from .core.memo import Memo
 from .core.values import format_hostport
 from .core.errors import ConfigError
 
@@ -189,9 +192,13 @@ class ServerTls:
 
     def __init__(self, tls: ListenerTlsConfig, resolve: Callable[[str], str], where: str, now: float,
                  read: Reader = read_file):
-        self.dispatcher = _server_context(tls, where)
+        certs = load_certificates(tls, resolve, where, now, read)
+        # The first certificate's own context is the dispatcher: a handshake it serves (one
+        # certificate, or the default name) keeps its context, with no SSL_set_SSL_CTX (which
+        # copies the certificate's settings into the connection: bench/throughput.py --tls).
+        self.dispatcher = certs[0].context
         self.dispatcher.sni_callback = self._choose
-        self._install(load_certificates(tls, resolve, where, now, read))
+        self._install(certs)
 
     def _install(self, certs: list[Certificate]) -> None:
         exact: dict[str, ssl.SSLContext] = {}
@@ -226,8 +233,10 @@ class ServerTls:
                     return context
         return default
 
-    def _choose(self, ssl_object, server_name, _context) -> None:
-        ssl_object.context = self.pick(server_name)
+    def _choose(self, ssl_object, server_name, dispatcher) -> None:
+        context = self.pick(server_name)
+        if context is not dispatcher:
+            ssl_object.context = context
         ssl_object.lb_sni = server_name          # for the access log
         return None
 
@@ -314,9 +323,20 @@ def changes(before: dict[int, list[CertInfo]], after: dict[int, list[CertInfo]])
     return said
 
 
+# (version, cipher, SNI name, resumed) -> tls_fields' answer: connections share a few (the
+# JSON text cost 4 µs a handshake); the SNI name is the client's, so bounded in bytes too.
+_FIELDS_SEEN = Memo(256, 64 * 1024, 512)
+
+
 def tls_fields(ssl_object) -> tuple[dict, str]:
-    """The access log's tls member of a connection, and its JSON text."""
+    """The access log's tls member of a connection, and its JSON text (both shared by the
+    connections alike: never change them)."""
     cipher = ssl_object.cipher()
-    tls = {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None,
-           "sni": getattr(ssl_object, "lb_sni", None), "resumed": ssl_object.session_reused}
-    return tls, ', "tls": ' + json.dumps(tls)
+    key = (ssl_object.version(), cipher[0] if cipher else None, getattr(ssl_object, "lb_sni", None),
+           ssl_object.session_reused)
+    fields = _FIELDS_SEEN.get(key)
+    if fields is None:
+        tls = dict(zip(("version", "cipher", "sni", "resumed"), key))
+        fields = tls, ', "tls": ' + json.dumps(tls)
+        _FIELDS_SEEN.put(key, fields, 2 * len(fields[1]))
+    return fields

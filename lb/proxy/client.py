@@ -27,6 +27,7 @@ from ..core import http1
 from ..core import modes
 from ..core.errors import HttpError
 from ..core.exchange import body_deadline
+from ..core.memo import Memo
 from ..core.modes import (BODY, CLOSED, CLOSING_WEBSOCKET, ERROR, HEAD, HOLDING, IDLE, INFINITY, LINGER_MAX_BYTES,
                           LINGER_S, LINGERING, NEW, TUNNEL, WAITING, WEBSOCKET_CLOSE_WAIT_S, Mode, entry_deadline,
                           next_mode)
@@ -44,6 +45,9 @@ MAX_PIPELINED = 16
 PARSE_SLICE = 2048          # outside a body, the most parsed at once (bounds heads past the queue's limit)
 EMPTY: deque = deque(maxlen=0)             # every connection's `pending` until a request waits
 STOPS_PARSING = (HOLDING, ERROR, CLOSED)       # what is left of a read is not the parser's
+# (client IP, scheme, Host, version) -> lb's own header lines: a new connection from a client
+# seen before (every `Connection: close` request) reuses them (own_headers 2.5 -> 0.4 µs).
+_OWN_SEEN = Memo(1024, 256 * 1024, 1024)
 __all__ = ["ClientConnection", "LINGER_MAX_BYTES", "LINGER_S", "WEBSOCKET_CLOSE_WAIT_S"]
 
 
@@ -384,7 +388,11 @@ class ClientConnection(TunnelSide, asyncio.BufferedProtocol):
         cached = self._own
         if cached is not None and cached[0] == head.host and cached[1] == head.version:
             return cached[2]
-        lines = http1.own_headers(head, self.ip, self.trusted, None, self.proto)
+        key = (self.ip, self.proto, head.host, head.version)     # all that lines without a chain depend on
+        lines = _OWN_SEEN.get(key)
+        if lines is None:
+            lines = http1.own_headers(head, self.ip, self.trusted, None, self.proto)
+            _OWN_SEEN.put(key, lines, 2 * len(lines))
         self._own = (head.host, head.version, lines)
         return lines
 

@@ -297,7 +297,8 @@ class DataPlane:
         self.clients.add(client)
 
     def connection_closed(self) -> None:
-        self._check_all_closed(self.now())
+        if self.closing:
+            self._check_all_closed(self.now())
 
     def _check_all_closed(self, now: float) -> None:
         if self.closing and self._nothing_to_finish(now):

@@ -17,7 +17,7 @@ from ..memo import Memo
 MAX_CONTENT_LENGTH_DIGITS = 18
 
 _NO_TOKENS: frozenset = frozenset()
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
 # The memos of lb/core/http1 remember what peers send over and over (Connection values here;
@@ -50,7 +50,7 @@ def _tokens(values: list) -> frozenset:
 
 def drop_named(kept: list, tokens: frozenset) -> list:
     """Drop the headers that Connection names as hop-by-hop (RFC 9110 7.6.1)."""
-    named = tokens - _CONNECTION_OPTIONS
+    named = tokens - CONNECTION_OPTIONS
     if not named:
         return kept
     return [(n, v) for n, v in kept if n.lower() not in named]
