@@ -89,9 +89,11 @@ HAPROXY_TIMEOUTS = """  timeout connect 2s
 
 def start_haproxy(workdir: Path, ports: list[int], procs: list[subprocess.Popen], threads: int = 1,
                   maxconn: int = 4096, timeouts: str = HAPROXY_TIMEOUTS,
-                  tls: tuple[Path, Path] | None = None, h2c_port: int | None = None) -> tuple[int, int]:
-    """HAProxy over the same backends: `threads` threads, leastconn, keep-alive and reuse both ways;
-    `h2c_port`: a second bind there for HTTP/2 with prior knowledge (h2c)."""
+                  tls: tuple[Path, Path] | None = None, h2c_port: int | None = None,
+                  reuse: str = "safe") -> tuple[int, int]:
+    """HAProxy over the same backends: `threads` threads, leastconn, keep-alive and reuse both ways
+    (`http-reuse` `reuse`: safe never sends a connection's first request over an idle backend
+    connection, always does); `h2c_port`: a second bind there for HTTP/2 with prior knowledge (h2c)."""
     port = free_port()
     h2c = f"\n  bind 127.0.0.1:{h2c_port} proto h2" if h2c_port else ""
     ssl = ""
@@ -114,7 +116,7 @@ frontend fe
   default_backend be
 backend be
   balance leastconn
-  http-reuse safe
+  http-reuse {reuse}
 {servers}
 """)
     proc = subprocess.Popen(["haproxy", "-f", str(conf), "-db"], stdout=subprocess.DEVNULL,
@@ -454,6 +456,9 @@ def main() -> int:
     parser.add_argument("--backends", default=str(BACKENDS),
                         help="pool sizes to run, e.g. 10,200 (one nginx serves them all): a row each for lb "
                              "(and HAProxy with --peers) whose CPU per request should not grow with the pool")
+    parser.add_argument("--table", action="store_true",
+                        help="the whole performance table: HTTP/1.1 keep-alive and close (HAProxy http-reuse always, "
+                             "and a safe row), TLS, HTTP/2, 10 and 200 backends; lb against the best peer")
     parser.add_argument("--out", default=str(RESULTS / "throughput.json"))
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
@@ -468,6 +473,8 @@ def main() -> int:
         return report_tls(args, run_tls(args))
     if args.h2:
         return report_h2(args, run_h2(args))
+    if args.table:
+        return report_table(args)
     if pools != [BACKENDS]:
         return report_pools(args, run_pools(args, pools))
     with backends_running("lb-bench-") as (workdir, ports, procs):
@@ -537,6 +544,71 @@ def report_pools(args, rows: dict) -> int:
               "wrk": f"-t1 -c{args.connections} -d{args.seconds}s", "results": rows}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print_rows(rows)
+    print(f"written: {args.out}")
+    return 0
+
+
+def run_http1_peers(args) -> dict[str, dict]:
+    """lb, HAProxy (http-reuse always, and safe for close) and nginx, HTTP/1.1, one at a time."""
+    rows: dict[str, dict] = {}
+    with backends_running("lb-bench-") as (workdir, ports, procs):
+        lb, lb_port = start_lb(workdir, ports, args.access_log, procs, 1)
+        run_wrk(lb_port, 2, args.connections, False)
+        rows["lb keep-alive"] = measure(lb_port, lb.pid, args.seconds, args.connections, False)
+        rows["lb close"] = measure(lb_port, lb.pid, args.seconds, args.connections, True)
+        lb.terminate()
+        lb.wait(40)
+        for name, start in (("haproxy", lambda *a: start_haproxy(*a, reuse="always")),
+                            ("haproxy-safe", start_haproxy), ("nginx", start_nginx_proxy)):
+            pid, port = start(workdir, ports, procs)
+            run_wrk(port, 2, args.connections, False)
+            if name != "haproxy-safe":
+                rows[f"{name} keep-alive"] = measure(port, pid, args.seconds, args.connections, False)
+            rows[f"{name} close"] = measure(port, pid, args.seconds, args.connections, True)
+            os.kill(pid, 15)
+    return rows
+
+
+TABLE = (   # path, lb's row, the peers' rows (HAProxy, nginx), lb's target as a ratio to the best peer
+    ("HTTP/2 over TLS", "lb h2", ("haproxy h2", "nginx h2"), 3.0),
+    ("HTTP/1.1 close", "lb close", ("haproxy close", "nginx close"), 1.5),
+    ("TLS full handshake, ECDSA", "lb tls full handshake ecdsa",
+     ("haproxy tls full handshake ecdsa", "nginx tls full handshake ecdsa"), 1.3),
+    ("TLS resumed connection", "lb tls resumed conn", ("haproxy tls resumed conn", "nginx tls resumed conn"), 1.3),
+    ("HTTP/1.1 keep-alive", "lb keep-alive", ("haproxy keep-alive", "nginx keep-alive"), 2.0),
+    ("TLS keep-alive", "lb tls keep-alive", ("haproxy tls keep-alive", "nginx tls keep-alive"), None),
+)
+
+
+def table_lines(rows: dict) -> list[str]:
+    """The README's table: CPU µs per request of each, lb's ratio to the best peer, its target."""
+    cpu = {name: row.get("cpu_us_per_request") for name, row in rows.items()}
+    lines = ["| path | lb | HAProxy | nginx | lb ÷ best peer | target |", "|---|---:|---:|---:|---:|---:|"]
+    for path, lb, peers, target in TABLE:
+        values = [cpu.get(lb), *(cpu.get(p) for p in peers)]
+        best = min((v for v in values[1:] if v), default=None)
+        ratio = f"{values[0] / best:.2f}" if values[0] and best else "-"
+        lines.append(f"| {path} | " + " | ".join(f"{v:.1f}" if v else "-" for v in values) +
+                     f" | {ratio} | {'≤ %.1f' % target if target else '-'} |")
+    for size in (10, 200):
+        keep, close = cpu.get(f"lb, {size} backends, keep-alive"), cpu.get(f"lb, {size} backends, close")
+        if keep and close:
+            lines.append(f"| lb with {size} backends, keep-alive / close | {keep:.1f} / {close:.1f} | "
+                         f"{cpu.get(f'haproxy, {size} backends, keep-alive') or 0:.1f} / "
+                         f"{cpu.get(f'haproxy, {size} backends, close') or 0:.1f} | - | - | - |")
+    return lines
+
+
+def report_table(args) -> int:
+    args.peers = True                  # HAProxy beside lb in the pool rows too
+    rows = {**run_http1_peers(args), **run_tls(args), **run_h2(args), **run_pools(args, [BACKENDS, 200])}
+    report = {"bench": "throughput", "mode": "table", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+              "versions": {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"])},
+              "wrk": f"-t1 -c{args.connections} -d{args.seconds}s", "results": rows,
+              "table": table_lines(rows)}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print("\n".join(report["table"]))
     print(f"written: {args.out}")
     return 0
 
