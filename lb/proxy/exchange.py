@@ -26,7 +26,7 @@ from ..core.exchange import (CHUNKED, CONNECT_FAILED, LOST_BEFORE_RESPONSE, NO_B
 from ..core.http1 import LAST_CHUNK, REPLAY_LIMIT_BYTES, chunk
 from ..core.pinning import KEPT
 from ..core.seams import ExchangeClient
-from ..core.skew import Decision
+from ..core.skew import STORE, Decision
 from ..files import read_copy
 from .responses import pin_cookie_line
 from .skew import SKEW_HOWS, StoredBody
@@ -257,7 +257,8 @@ class Exchange:
                 upstream.write(LAST_CHUNK)
             if not self.response_bytes_seen:
                 upstream.deadline = upstream.first_byte_deadline()
-        elif upstream is None and self.finished and self.status and self.error is None and not self.tried:
+        elif upstream is None and self.finished and self.error is None and \
+                (self.status == 308 and not self.tried or self.pin_how == STORE):
             self.client.exchange_done(self, self.keep_client)     # lb answered itself; the request ended
 
     # -- response from the upstream ------------------------------------------

@@ -178,3 +178,20 @@ async def test_a_named_request_retried_on_another_node_still_leaves_the_cookie_a
     rig.upstream.connection_lost(None)                 # web1 goes before answering: a retry, on v2
     await wait_until(lambda: exchange.tried and exchange.tried[-1].name == "web3", "the retry")
     assert (exchange.version, exchange.pin_how, exchange.pin_cookie) == ("v2", "header", None)
+
+
+async def test_a_copy_answered_before_its_request_s_body_ended_does_not_leave_the_connection_hanging(tmp_path):
+    rig = skew_rig(tmp_path)
+    from lb.files import write_copy
+    digest = write_copy(store_dir(rig.plane.config), b"console")
+    rig.plane.apply_view(RoutingView(3, (NodeView("web2", "127.0.0.1", 9002, "v2", 100.0, True, False),),
+                                     ("v1", "v2")))
+    rig.plane.apply_assets(AssetsUpdate(add=(Asset(ASSET, "v1", digest, 7),), retired={}))
+    web2, _ = fake_upstream(rig, "web2")
+    rig.client.data_received(b"GET " + ASSET + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+    web2.data_received(NOT_FOUND)                         # answered before the body came
+    await wait_until(lambda: rig.client_transport.out.endswith(b"console"), "the copy served")
+    rig.client_transport.take()
+    rig.client.data_received(b"12345")                    # the body ends: the exchange is done
+    # (closed, as after any answer that came before its request's end: not left hanging)
+    assert rig.client.current is None and rig.client.mode.name in ("IDLE", "CLOSED", "LINGERING")
