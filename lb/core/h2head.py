@@ -27,7 +27,7 @@ import re
 from . import http1
 from .config import LimitsConfig
 from .errors import HttpError
-from .http2.hpack import STATIC_TABLE
+from .http2.hpack import STATIC_TABLE, encode_integer
 from .memo import Memo
 
 PSEUDO_REQUEST = (b":method", b":scheme", b":authority", b":path")
@@ -176,32 +176,18 @@ def response_fields(status: int, headers: list, content_length: int | None, extr
     return fields
 
 
-def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
-    """An HPACK integer (RFC 7541 5.1) in a `prefix_bits` prefix, OR'ed with `flags`."""
-    top = (1 << prefix_bits) - 1
-    if value < top:
-        return bytes((flags | value,))
-    out = bytearray((flags | top,))
-    value -= top
-    while value >= 128:
-        out.append((value & 127) | 128)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def encode_field(name: bytes, value: bytes) -> bytes:
     """One field, without touching any dynamic table: indexed if the static table has the
     pair, else a literal (never indexed for SENSITIVE names) naming the static entry when it
     has the name; no Huffman."""
     index = _STATIC.get((name, value))
     if index is not None:
-        return _integer(index, 7, 0x80)
+        return encode_integer(index, 7, 0x80)
     flags = 0x10 if name in SENSITIVE else 0x00
     index = _STATIC.get(name)
     if index is not None:
-        return _integer(index, 4, flags) + _integer(len(value), 7, 0) + value
-    return bytes((flags,)) + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
+        return encode_integer(index, 4, flags) + encode_integer(len(value), 7, 0) + value
+    return bytes((flags,)) + encode_integer(len(name), 7, 0) + name + encode_integer(len(value), 7, 0) + value
 
 
 class ResponseEncoder:
@@ -231,9 +217,9 @@ class ResponseEncoder:
     def encode(self, headers, huffman: bool = True) -> bytes:
         out = []
         if self._smallest is not None:
-            out.append(_integer(self._smallest, 5, 0x20))
+            out.append(encode_integer(self._smallest, 5, 0x20))
             if self._size != self._smallest:
-                out.append(_integer(self._size, 5, 0x20))
+                out.append(encode_integer(self._size, 5, 0x20))
             self._smallest = None
         cache = _encoded
         lookup = cache.get
