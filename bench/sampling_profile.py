@@ -1,6 +1,7 @@
 """Where lb's CPU goes per request: a sampling profile and the system calls, under wrk.
 
-    .venv/bin/python bench/sampling_profile.py [--seconds 10] [--close] [--tls] [--h2] [--native] [--tag T]
+    .venv/bin/python bench/sampling_profile.py [--seconds 10] [--close] [--tls] [--h2] [--native]
+        [--backends N] [--tag T]
 
 The setup of bench/throughput.py (10 nginx backends, lb with one worker, `wrk -t1
 -c50`): py-spy (the `bench` extra; never a runtime dependency) samples the worker at
@@ -74,6 +75,7 @@ def main() -> int:
     parser.add_argument("--tls", action="store_true", help="HTTPS (TLS 1.3, ECDSA P-256)")
     parser.add_argument("--h2", action="store_true", help="HTTP/2 over TLS under h2load -c10 -m10")
     parser.add_argument("--native", action="store_true", help="sample native frames too (py-spy --native)")
+    parser.add_argument("--backends", type=int, default=10, help="pool size (one nginx serves them all)")
     parser.add_argument("--tag")
     args = parser.parse_args()
     args.tls = args.tls or args.h2
@@ -82,7 +84,7 @@ def main() -> int:
     report: dict = {"bench": "profile", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "load": (f"h2load -c10 -m10 -D{args.seconds}" if args.h2 else
                              f"wrk -t1 -c{args.connections} -d{args.seconds}s" + (" Connection: close" if args.close else ""))}
-    with backends_running("lb-profile-") as (workdir, ports, procs):
+    with backends_running("lb-profile-", args.backends) as (workdir, ports, procs):
         certs = make_certs(workdir)["ecdsa"] if args.tls else None
         lb, port = start_lb(workdir, ports, False, procs, 1, tls=certs)
         worker = children(lb.pid)[0]

@@ -228,10 +228,13 @@ class RoutingTable:
         if isinstance(self.policy, LeastConn):
             for key, routes in ((None, self._eligible), *self._by_version.items()):
                 if len(routes) >= HEAP_FROM:
-                    heaps[key] = LoadHeap(routes)
+                    # one version takes all the traffic (between deploys): its group is
+                    # everyone's, one heap serves both and each start and end pushes once
+                    heaps[key] = heaps[None] if key is not None and len(routes) == len(self._eligible) \
+                        else LoadHeap(routes)
         for route in self.routes.values():
             route.heaps = ()
-        for heap in heaps.values():
+        for heap in {id(h): h for h in heaps.values()}.values():
             for entry in heap.heap:
                 entry[3].heaps += (heap,)
         self._heaps = heaps

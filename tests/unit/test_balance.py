@@ -149,14 +149,19 @@ def scan_loads(routes) -> float:
 
 @pytest.mark.parametrize("size", [HEAP_FROM, 40, 200])
 @pytest.mark.parametrize("seed", range(3))
-def test_least_conn_on_a_large_pool_picks_a_least_loaded_route_as_the_scan_would(size, seed):
+@pytest.mark.parametrize("versions", [1, 2])
+def test_least_conn_on_a_large_pool_picks_a_least_loaded_route_as_the_scan_would(size, seed, versions):
     """With HEAP_FROM routes or more least_conn keeps a LoadHeap instead of scanning: every
-    pick over random starts and ends has the least load there is, and the table's routes
-    are picked in turn when equal."""
+    pick over random starts and ends, for anyone or for one version, has the least load
+    there is in its group, and the table's routes are picked in turn when equal. One
+    version alone shares everyone's heap (a route is pushed once per start and end); two
+    have a heap each besides everyone's."""
     rng = random.Random(seed)
-    routed = make([rng.choice([100, 100, 200, 300]) for _ in range(size)])
+    labels = ["v1"] * size if versions == 1 else ["v1"] * size + ["v2"] * size
+    routed = RoutedPool(labels, [rng.choice([100, 100, 200, 300]) for _ in labels], "least_conn")
     table = routed.table
-    assert table._heaps and all(route.heaps for route in table.eligible())
+    assert table._heaps and all(len(route.heaps) == versions for route in table.eligible())
+    assert (table._heaps["v1"] is table._heaps[None]) == (versions == 1)
     in_flight = []
     for _ in range(3000):
         if in_flight and rng.random() < 0.45:
@@ -164,8 +169,11 @@ def test_least_conn_on_a_large_pool_picks_a_least_loaded_route_as_the_scan_would
             route.inflight -= 1
             route.requeue()
         else:
-            route = table.choose()
-            assert (route.inflight + 1) / route.effective_weight == scan_loads(table.eligible())
+            version = rng.choice([None, *sorted(table.by_version())])
+            route = table.choose(version=version)
+            group = table.eligible() if version is None else table.by_version()[version]
+            assert route in group
+            assert (route.inflight + 1) / route.effective_weight == scan_loads(group)
             route.inflight += 1
             route.requeue()
             in_flight.append(route)
