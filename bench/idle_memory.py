@@ -6,7 +6,9 @@ time 1.5 s apart, as clients come over time) and per connection that sent nothin
 
 lb runs with `workers: 1` over bench/fast_backend.py; the worker's RSS is read from
 /proc before and after --connections clients connect (and, in the second phase, each
-sends one keep-alive request and reads its answer). Writes bench/results/idle-memory.json.
+sends one keep-alive request and reads its answer). The idle tree is reported as RSS summed
+(each process's shared pages counted in each) and as PSS summed (counted once).
+Writes bench/results/idle-memory.json.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ def free_port() -> int:
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared with other processes (the interpreter, libssl,
+    the master's and worker's common libraries) counted once across them, not in each."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
 
@@ -123,6 +134,9 @@ def main() -> int:
             try:
                 worker = children(lb.pid)[0]
                 report["master_kib"], report["worker_kib"] = settle(lb.pid), settle(worker)
+                report["master_pss_kib"], report["worker_pss_kib"] = pss_kib(lb.pid), pss_kib(worker)
+                report["idle_rss_mib"] = round((report["master_kib"] + report["worker_kib"]) / 1024, 1)
+                report["idle_pss_mib"] = round((report["master_pss_kib"] + report["worker_pss_kib"]) / 1024, 1)
                 before = settle(worker)
                 socks = open_connections(port, args.connections, request, wave)
                 after = settle(worker)

@@ -80,3 +80,20 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     done = subprocess.run([sys.executable, "-c", script, *names], cwd=LB.parent, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_each_process_imports_only_the_libraries_it_uses():
+    """Memory is mostly the code a process loaded (issue 29): a worker holds no YAML, no
+    metrics library and no certificate library until TLS asks for it (lb/tls.py prepares
+    that before privileges drop); the master no HTTP/1.1 h11 parser unless `http: h11`;
+    neither any of the test-only references (h2 and its parts)."""
+    script = ("import sys, importlib\n"
+              "importlib.import_module(sys.argv[1])\n"
+              "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))\n")
+    unused = {"lb.worker": {"h11", "cryptography", "yaml", "prometheus_client", "h2", "hpack", "hyperframe"},
+              "lb.serve": {"h11", "cryptography", "h2", "hpack", "hyperframe", "wsproto"}}
+    for entry, libraries in unused.items():
+        done = subprocess.run([sys.executable, "-c", script, entry], cwd=LB.parent, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert not libraries & set(done.stdout.split()), (entry, libraries & set(done.stdout.split()))

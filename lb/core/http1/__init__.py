@@ -30,7 +30,8 @@ This package's namespace is what the rest of lb uses; the modules' own names are
 
 from __future__ import annotations
 
-from .h11_adapter import H11RequestParser, H11ResponseParser
+from collections.abc import Mapping
+
 from .heads import (
     REPLAY_LIMIT_BYTES,
     RequestHead,
@@ -53,10 +54,26 @@ __all__ = [
     "serialize_request", "serialize_response",
 ]
 
-PARSERS = {
-    "httptools": (HttptoolsRequestParser, HttptoolsResponseParser),
-    "h11": (H11RequestParser, H11ResponseParser),
-}
+class _Parsers(Mapping):
+    """name -> (RequestParser class, ResponseParser class). h11 is imported by the process
+    that asks for it only: most never do (`http: auto`), and it holds ~2 MB in each."""
+
+    def __getitem__(self, name: str):
+        if name == "httptools":
+            return HttptoolsRequestParser, HttptoolsResponseParser
+        if name == "h11":
+            from .h11_adapter import H11RequestParser, H11ResponseParser
+            return H11RequestParser, H11ResponseParser
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(("httptools", "h11"))
+
+    def __len__(self) -> int:
+        return 2
+
+
+PARSERS = _Parsers()
 
 
 def parsers_for(name: str):
