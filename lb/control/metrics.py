@@ -42,10 +42,11 @@ class LbCollector:
                                      labels=["backend", "health"])
         weight = GaugeMetricFamily("lb_backend_weight", "Effective weight", labels=["backend"])
         for b in backends:
+            # every class of a version the node served, zeros too: a query for a share of 5xx
+            # then answers 0 for a good version, not "no data" (a deploy gate would be inconclusive)
             for version, counts in sorted(b.stats.by_class.items()):
                 for cls, count in zip(CLASSES, counts):
-                    if count:
-                        requests.add_metric([b.name, version, cls], count)
+                    requests.add_metric([b.name, version, cls], count)
             cumulative, buckets = 0, []
             for bound, count in zip((*HISTOGRAM_BOUNDS_S, float("inf")), b.stats.histogram):
                 cumulative += count
