@@ -99,11 +99,23 @@ CONFIG_NOTES = {
     "health.timeout": "A check slower than this fails.",
     "health.rise": "Passes in a row that make a node `up`.",
     "health.fall": "Failures in a row that make it `down`.",
+    "health.drain_on": "A check answering one of these statuses, or carrying `X-Lb-Drain: 1`, is the "
+                       "node asking to be drained (HAProxy's `disable-on-404`): its health becomes "
+                       "`drain_requested`, no new request goes to it, those in flight finish; it is no "
+                       "failure (no `fall`, no ejection) and its admin state is untouched. A passing "
+                       "check brings it back `up`, through slow start. `[]`: only the header.",
+    "health.panic": "When no node at all passes its checks, route to every `ready` node that fails "
+                    "them (Envoy's panic threshold) rather than answer 503 to everyone; drained, maint "
+                    "and drain-requesting nodes stay out. Said in the log, `show info`, `show servers` "
+                    "and `lb_panic`. `false`: 503.",
     "passive": "Passive ejection, from the outcomes of real requests.",
     "passive.failures": "Consecutive connect errors or 5xx that eject a node (0: never). The last node "
                         "of a version that takes traffic is never ejected.",
     "passive.eject": "How long, doubled when ejected again soon after (up to 16x); then the node must "
                      "pass `health.rise` checks.",
+    "passive.max_ejected": "The most of a version's capacity (summed weights of its `ready` nodes) "
+                           "ejected at once; one node may always be ejected when none of its version is "
+                           "(as Envoy does), never the last one taking traffic.",
     "drain": "Draining a node, and stopping or upgrading lb.",
     "drain.timeout": "At a node drain, what is still in flight after this is cut (503, or WebSocket "
                      "close 1001); at a stop or an upgrade, how long requests and tunnels may finish.",
@@ -173,6 +185,8 @@ def _candidates(value: typing.Any) -> list:
         pair = len(value) == 2 and isinstance(value[1], int) and isinstance(value[0], str)
         return ([values.format_hostport(*value)] if pair else []) + [list(value)]
     found: list = []
+    if isinstance(value, float) and 0.0 <= value <= 1.0:
+        found.append(f"{value * 100:g}%")
     if isinstance(value, float):
         found += [f"{value / size:g}{unit}" for unit, size in _DURATION_UNITS
                   if value and (value / size).is_integer()]

@@ -189,7 +189,8 @@ def cmd_backend(args) -> int:
         return 0
     name = args.name or f"{host}:{port}"
     site = Site(args.version, name, args.chunks, args.asset_bytes) if args.spa else None
-    run_async(serve(host, port, name, args.version, args.warmup, args.fail_rate, args.pidfile, site))
+    run_async(serve(host, port, name, args.version, args.warmup, args.fail_rate, args.pidfile, site,
+                    args.grace))
     return 0
 
 
@@ -197,6 +198,8 @@ def backend_args_error(args) -> str | None:
     """What is wrong with `lb backend`'s arguments (--listen apart), or None."""
     if not 0.0 <= args.fail_rate <= 1.0:
         return "--fail-rate: expected a fraction from 0 to 1"
+    if not 0.0 <= args.grace <= 3600:
+        return "--grace: expected seconds from 0 to 3600"
     if args.chunks < 0 or args.asset_bytes < 0:
         return "--chunks and --asset-bytes: expected a count from 0 up"
     if (args.replace or args.detach) and not args.pidfile:
@@ -208,7 +211,8 @@ def backend_argv(args) -> list[str]:
     """The arguments a --detach'ed `lb backend` serves with."""
     spa = ["--spa", "--chunks", str(args.chunks), "--asset-bytes", str(args.asset_bytes)] if args.spa else []
     return ["--listen", args.listen, "--version", args.version, "--warmup", str(args.warmup),
-            "--fail-rate", str(args.fail_rate), *(["--name", args.name] if args.name else []), *spa]
+            "--fail-rate", str(args.fail_rate), "--grace", str(args.grace),
+            *(["--name", args.name] if args.name else []), *spa]
 
 
 def cmd_deploy(args) -> int:
@@ -346,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--warmup", type=float, default=0.0, help="seconds /health answers 503")
     backend.add_argument("--fail-rate", type=float, default=0.0,
                          help="fraction of requests (not /health) answered 500")
+    backend.add_argument("--grace", type=float, default=0.0, metavar="SECONDS",
+                         help="on SIGTERM, first ask lb to drain it (/health answers 404) for this "
+                         "long while serving, then stop (default 0: stop at once)")
     backend.add_argument("--pidfile", help="write the pid here once listening")
     backend.add_argument("--replace", action="store_true",
                          help="first stop the backend --pidfile names, and wait until it is gone")

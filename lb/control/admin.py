@@ -136,7 +136,7 @@ class Admin:
     def show_servers(self) -> dict:
         now = self.control.now()
         return {"servers": [b.describe(now) for b in self.pool.backends.values()],
-                "queued": self.control.queued}
+                "queued": self.control.queued, "panic": self.pool.panic}
 
     def show_server(self, name: str) -> dict:
         return self._server(self.pool.get(name))
@@ -169,6 +169,7 @@ class Admin:
                 "started_iso": iso_utc(self.control.started),
                 "workers": [{**worker, "started_iso": iso_utc(worker["started"])} for worker in workers],
                 "worker_restarts": link.restarts, "upgrades": self.control.upgrades,
+                "panic": self.pool.panic, "panics": self.control.panics,
                 "old_master": {"pid": predecessor.pid} if predecessor is not None else None}
 
     def show_certs(self) -> dict:

@@ -1,7 +1,8 @@
 """Active health checks: one task, every health.interval, all nodes in parallel.
 
-The rules (rise, fall, version mismatch) are lb/core/health.py; this runs the
-probes and hands each result to the control plane, which applies it.
+The rules (rise, fall, version mismatch, a node's drain request) are
+lb/core/health.py; this runs the probes and hands each result to the control
+plane, which applies it.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import time
 from .. import tls
 from ..core import http1
 from ..core.errors import HttpError
-from ..core.health import should_check
+from ..core.health import DRAIN, PASS, should_check, verdict
 
 log = logging.getLogger("lb.health")
 VERSION_HEADER = b"x-backend-version"
+DRAIN_HEADER = b"x-lb-drain"           # `X-Lb-Drain: 1`: the node asks to be drained
+
 
 class _CheckSink:
-    __slots__ = ("status", "version", "done")
+    __slots__ = ("status", "version", "drain", "done")
 
     def __init__(self):
         self.status = 0
         self.version = None
+        self.drain = False
         self.done = False
 
     def on_response(self, head) -> None:
@@ -32,6 +36,8 @@ class _CheckSink:
             for name, value in head.headers:
                 if name.lower() == VERSION_HEADER:
                     self.version = value.decode("latin-1").strip()
+                elif name.lower() == DRAIN_HEADER:
+                    self.drain = value.strip() == b"1"
             self.done = True
 
     def on_response_body(self, data) -> None:
@@ -80,22 +86,24 @@ class Checker:
         health = self.control.config.health
         started = time.monotonic()
         try:
-            status, version = await asyncio.wait_for(self._probe(backend, health.path, self._tls_for(backend)),
-                                                     health.timeout)
-            ok = 200 <= status < 400
-            result = {"ok": ok, "status": status}
+            status, version, drain_header = await asyncio.wait_for(
+                self._probe(backend, health.path, self._tls_for(backend)), health.timeout)
+            said = verdict(status, drain_header, health.drain_on)
+            result = {"ok": said == PASS, "status": status}
+            if said == DRAIN:
+                result["drain"] = True
         except (OSError, asyncio.TimeoutError, HttpError) as exc:
-            ok, version = False, None
+            said, version = None, None
             result = {"ok": False, "error": _describe(exc)}
         result["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
         result["version"] = version
         backend.hstate.last_check = result
         if backend.name in self.control.pool.backends:
-            self.control.apply_check(backend, ok, version)
+            self.control.apply_check(backend, said == PASS, version, drain=said == DRAIN)
 
     @staticmethod
-    async def _probe(backend, path: str, options: dict) -> tuple[int, str | None]:
-        """One GET on a fresh connection; (status, X-Backend-Version or None)."""
+    async def _probe(backend, path: str, options: dict) -> tuple[int, str | None, bool]:
+        """One GET on a fresh connection; (status, X-Backend-Version or None, X-Lb-Drain: 1)."""
         reader, writer = await asyncio.open_connection(backend.host, backend.port, **options)
         try:
             writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lb-health\r\n"
@@ -108,7 +116,7 @@ class Checker:
                 if not data:
                     raise HttpError("closed before answering", 502)
                 parser.feed(data)
-            return sink.status, sink.version
+            return sink.status, sink.version, sink.drain
         finally:
             writer.close()
 

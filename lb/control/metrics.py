@@ -83,6 +83,12 @@ class LbCollector:
         clients.add_metric([], control.clients)
         queued = GaugeMetricFamily("lb_queued_requests", "Requests waiting for a backend at max_conns")
         queued.add_metric([], control.queued)
+        panic = GaugeMetricFamily("lb_panic", "1 while no node passes its health checks and lb routes to "
+                                  "the failing ones (health.panic)")
+        panic.add_metric([], int(control.pool.panic))
+        panics = CounterMetricFamily("lb_panics", "Times lb entered panic")
+        panics.add_metric([], control.panics)
+        yield from (panic, panics)
         drains = CounterMetricFamily("lb_drains", "Drains started")
         drains.add_metric([], control.stats.drains)
         drain_time = HistogramMetricFamily("lb_drain_duration_seconds",

@@ -25,7 +25,8 @@ from collections import Counter
 
 from ..core import handoff, health
 from ..core.config import BackendConfig, Config
-from ..core.nodes import DRAINED, DRAINING, MAINT, NEW, READY, UP, VERSION_MISMATCH, Node, Pool, transition
+from ..core.nodes import (DRAIN_REQUESTED, DRAINED, DRAINING, MAINT, NEW, READY, UP, VERSION_MISMATCH, Node, Pool,
+                          transition)
 from ..core.planes import Report
 from ..core.reload import (ADD, ADDRESS, AT_RESTART, BALANCE, KEEP, MAX_CONNS, REMOVE, VERSION, WEIGHT,
                            RunningNode, plan_reload, running_config)
@@ -50,6 +51,7 @@ class Control:
         self.now = loop.time
         self.started = started = time.time()
         self.upgrades = 0                        # hitless upgrades this lb went through (handoff.py)
+        self.panics = 0                          # times the pool entered panic (health.panic)
         self.pool = Pool(config.backends, started)
         self.stats = PoolStats(started)
         self.pins: dict[str, Counter] = {"assignments": Counter(), "migrations": Counter(),
@@ -100,10 +102,27 @@ class Control:
 
     # -- publishing ---------------------------------------------------------------
     def publish(self) -> None:
+        self._update_panic()
         self.generation += 1
         if self.link is not None:
             self.link.apply_view(self.pool.view(self.generation))
         self.assets.view(self.pool.version_capacity(), self.pool.versions, time.time())
+
+    def _update_panic(self) -> None:
+        """Enter or leave panic (lb/core/health.py) before a view goes out; said once each way."""
+        panic = health.panic(self.pool.backends.values(), self.config.health.panic)
+        if panic == self.pool.panic:
+            return
+        self.pool.set_panic(panic)
+        if panic:
+            self.panics += 1
+            routed = [n.name for n in self.pool.backends.values() if n.panic_candidate]
+            log.warning("PANIC: no node passes its health checks; routing to every ready node "
+                        "that fails them (%s) rather than answering 503 (health.panic)", ", ".join(routed))
+        else:
+            log.warning("panic over: %s", "a node passes its health checks again"
+                        if any(n.takes_traffic for n in self.pool.backends.values())
+                        else "no ready node is left to route to")
 
     def changed(self) -> None:
         """After any change of a node: publish the view, wake whoever waits."""
@@ -284,15 +303,19 @@ class Control:
             self._drained(node, "deadline")
 
     # -- health ---------------------------------------------------------------------------
-    def apply_check(self, node: Node, ok: bool, version: str | None) -> None:
+    def apply_check(self, node: Node, ok: bool, version: str | None, drain: bool = False) -> None:
+        """One active check's result (`drain`: the node asked to be drained)."""
         hc, now = self.config.health, self.now()
-        outcome = health.apply_check(self.pool, node, ok, version, now, hc.rise, hc.fall)
+        outcome = health.apply_check(self.pool, node, ok, version, now, hc.rise, hc.fall, drain)
         for adoption in outcome.adopted:
             self._say_adopted(adoption)
         if outcome.changed:
             health.ramp(node, now, self.config.slow_start)   # from its first request on
             if node.health == VERSION_MISMATCH:
                 self._say_mismatch(node, version, outcome.move)
+            elif node.health == DRAIN_REQUESTED:
+                log.warning("health: %s asked to be drained (its check answered %s): no new requests "
+                            "go to it until a check passes", node.name, node.hstate.last_check)
             else:
                 log.info("health: %s is %s (last check %s)", node.name, node.health,
                          node.hstate.last_check)
@@ -330,7 +353,7 @@ class Control:
         """A proxied outcome: connect error or 5xx (failed), or a success after failures."""
         cfg = self.config.passive
         if health.record_response(node, failed, self.now(), cfg.failures, cfg.eject,
-                                  self.pool.backends.values()):
+                                  self.pool.backends.values(), cfg.max_ejected):
             log.warning("passive: %s ejected for %.0fs after %d failures in a row", node.name,
                         node.hstate.ejected_until - self.now(), cfg.failures)
             self.changed()

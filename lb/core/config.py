@@ -174,6 +174,26 @@ def _url_path(value: Any) -> str:
     return value
 
 
+def _percent(value: Any) -> float:
+    """'50%' -> 0.5 (0% to 100%)."""
+    text = str(value).strip() if isinstance(value, str) else ""
+    try:
+        fraction = float(text[:-1]) / 100 if text.endswith("%") else None
+    except ValueError:
+        fraction = None
+    if fraction is None or not 0.0 <= fraction <= 1.0:
+        raise InvalidValue(f"expected a percentage from 0% to 100%, like 50%, got {value!r}")
+    return fraction
+
+
+def _drain_statuses(value: Any) -> tuple[int, ...]:
+    """health.drain_on: statuses from 300 to 599 (a 2xx is a passing check; [] turns it off)."""
+    if not isinstance(value, list) or any(isinstance(item, bool) or not isinstance(item, int) or
+                                          not 300 <= item <= 599 for item in value):
+        raise InvalidValue(f"expected a list of HTTP statuses from 300 to 599, like [404], got {value!r}")
+    return tuple(value)
+
+
 def _field(default: Any, parse: Callable[[Any], Any]) -> Any:
     """A key with its default; a default of None makes the key required."""
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
@@ -352,12 +372,15 @@ class HealthConfig:
     timeout: float = _field(1.0, parse_duration)
     rise: int = _field(2, _int_range(1, 100))
     fall: int = _field(3, _int_range(1, 100))
+    drain_on: tuple[int, ...] = _field((404,), _drain_statuses)   # or X-Lb-Drain: 1: the node asks to drain
+    panic: bool = _field(True, _bool)          # no node up at all: route to the failing ones, not 503
 
 
 @dataclass(frozen=True)
 class PassiveConfig:
     failures: int = _field(3, _int_range(0, 1000))
     eject: float = _field(10.0, parse_duration)
+    max_ejected: float = _field(0.5, _percent)      # of a version's capacity (lb/core/health.py)
 
 
 @dataclass(frozen=True)

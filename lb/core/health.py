@@ -7,7 +7,14 @@ Pure functions over a `Node` with `now` passed in; the control plane's
 
 - Active checks (`record_check`): `health.rise` passes in a row make a node
   `up`, `health.fall` failures in a row make it `down`. A check passes on a
-  2xx/3xx.
+  2xx/3xx (`verdict`).
+- A node may ask to be drained (HAProxy's `disable-on-404`): an answer whose
+  status is in `health.drain_on`, or that carries `X-Lb-Drain: 1`, makes it
+  `drain_requested` at once: no new requests, those in flight finish, its admin
+  state untouched. The node answered, so this is no failure (it counts as a
+  pass toward `rise`, never toward `fall` or ejection) and a passing check
+  brings it back `up` through slow start. A node that stops answering while
+  it drains goes `down` after `fall` failures, as an `up` one does.
 - The version check (`apply_check`): a passing check whose X-Backend-Version is
   not the node's label means one of two things. During a version move
   (`Pool.move_in_progress`: a label set at run time not yet confirmed, or a
@@ -24,7 +31,16 @@ Pure functions over a `Node` with `now` passed in; the control plane's
   ejected again soon after (capped at `MAX_EJECT_DOUBLINGS`). When that time is
   over the node is `down` and must pass `rise` checks. The last node of a
   version that takes traffic is never ejected: ejecting it would strand every
-  client of that version instead of sparing them one bad node.
+  client of that version instead of sparing them one bad node. Nor is more than
+  `passive.max_ejected` of a version's capacity (the summed weights of its
+  nodes in service) ejected at once, except that, as in Envoy, one node may
+  always be ejected when none of its version is: a cap below one node's share
+  would otherwise turn ejection off for small versions.
+- Panic (`panic`, Envoy's panic threshold): when no node at all takes traffic
+  and some `ready` node fails its checks, the pool is in panic and those nodes
+  are routed to (`Node.panic_candidate`): a failing check may be wrong, a 503
+  to everyone is certain. An operator's drain or maint, and a node's own drain
+  request, are still honoured. `health.panic: off` answers 503 instead.
 - Returning nodes (`start_checking`): a node put back with `ready` is `down`
   until it passes `rise` checks, then its effective weight ramps linearly from
   `SLOW_START_FLOOR` to 100 % over `slow_start` (`ramp`).
@@ -34,19 +50,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .nodes import DOWN, DRAINING, EJECTED, READY, UP, VERSION_MISMATCH
+from .nodes import DOWN, DRAIN_REQUESTED, DRAINING, EJECTED, READY, UP, VERSION_MISMATCH
 
 MAX_EJECT_DOUBLINGS = 4          # at most 16 x passive.eject
 SLOW_START_FLOOR = 0.1
 
+PASS, FAIL, DRAIN = "pass", "fail", "drain"     # what a check's answer says
+
+
+def verdict(status: int, drain_header: bool, drain_on: tuple[int, ...]) -> str:
+    """What one check answer says: DRAIN (a `drain_on` status, or `X-Lb-Drain: 1`), PASS
+    (2xx or 3xx) or FAIL."""
+    if drain_header or status in drain_on:
+        return DRAIN
+    return PASS if 200 <= status < 400 else FAIL
+
 
 def record_check(backend, ok: bool, reported_version: str | None, now: float, rise: int,
-                 fall: int) -> bool:
-    """Apply one active check result. Returns True when the node's health changed."""
+                 fall: int, drain: bool = False) -> bool:
+    """Apply one active check result (`drain`: the node asked to be drained, see the
+    header). Returns True when the node's health changed."""
     state = backend.hstate
     before = backend.health
     if backend.health == EJECTED:
         return False                      # ejection runs its course first
+    if drain:
+        state.fails = 0
+        state.passes += 1                 # it answered: alive, and counts toward `rise`
+        backend.health = DRAIN_REQUESTED
+        return backend.health != before
     if ok and reported_version is not None:
         state.reported_version = reported_version
     if ok and reported_version is not None and reported_version != backend.version:
@@ -64,13 +96,14 @@ def record_check(backend, ok: bool, reported_version: str | None, now: float, ri
     else:
         state.passes = 0
         state.fails += 1
-        if backend.health == VERSION_MISMATCH or (backend.health == UP and state.fails >= fall):
+        if backend.health == VERSION_MISMATCH or \
+                (backend.health in (UP, DRAIN_REQUESTED) and state.fails >= fall):
             backend.health = DOWN
     return backend.health != before
 
 
 def record_response(backend, failed: bool, now: float, failures: int, eject_s: float,
-                    backends) -> bool:
+                    backends, max_ejected: float = 1.0) -> bool:
     """Apply one proxied outcome (connect error or 5xx = failed). True when ejected."""
     state = backend.hstate
     if not failed:
@@ -79,15 +112,38 @@ def record_response(backend, failed: bool, now: float, failures: int, eject_s: f
     state.passive_fails += 1
     if failures == 0 or state.passive_fails < failures or backend.health != UP:
         return False
-    if not any(peer is not backend and peer.version == backend.version and peer.takes_traffic
-               for peer in backends):
-        return False                      # the last node of its version stays
+    if not may_eject(backend, backends, max_ejected):
+        return False
     recent = now - state.last_ejection_end < 10 * eject_s
     state.ejections = min(state.ejections + 1, MAX_EJECT_DOUBLINGS + 1) if recent else 1
     state.ejected_until = now + eject_s * 2 ** (state.ejections - 1)
     state.passive_fails = 0
     backend.health = EJECTED
     return True
+
+
+def may_eject(backend, backends, max_ejected: float) -> bool:
+    """Whether ejecting `backend` keeps its version within the rules of the header: never its
+    last node taking traffic; at most `max_ejected` of its capacity, or one node when none of
+    its version is ejected."""
+    peers = [peer for peer in backends if peer.version == backend.version and peer is not backend]
+    if not any(peer.takes_traffic for peer in peers):
+        return False
+    in_service = [peer for peer in peers if peer.admin_state == READY and peer.weight > 0]
+    ejected = sum(peer.weight for peer in in_service if peer.health == EJECTED)
+    if ejected == 0:
+        return True
+    capacity = sum(peer.weight for peer in in_service) + backend.weight
+    return ejected + backend.weight <= max_ejected * capacity + 1e-9
+
+
+def panic(backends, enabled: bool) -> bool:
+    """Whether the pool is in panic: enabled, no node takes traffic, and some node would be
+    routed to in panic (see the header)."""
+    if not enabled:
+        return False
+    nodes = list(backends)
+    return not any(node.takes_traffic for node in nodes) and any(node.panic_candidate for node in nodes)
 
 
 def end_ejections(backends, now: float) -> list:
@@ -150,14 +206,16 @@ class CheckOutcome:
 
 
 def apply_check(pool, backend, ok: bool, reported_version: str | None, now: float, rise: int,
-                fall: int) -> CheckOutcome:
-    """One active check with the version rule (see the header) over the whole pool."""
+                fall: int, drain: bool = False) -> CheckOutcome:
+    """One active check with the version rule (see the header) over the whole pool. A drain
+    request (`drain`) is no passing check: it confirms and adopts no version."""
+    ok = ok and not drain
     move = pool.move_in_progress()
     adopted = []
     if ok and reported_version is not None and reported_version != backend.version and move is None:
         adopted.append(Adoption(backend.name, backend.version, reported_version, NO_MOVE))
         pool.relabel(backend, reported_version, pending=False)
-    changed = record_check(backend, ok, reported_version, now, rise, fall)
+    changed = record_check(backend, ok, reported_version, now, rise, fall, drain)
     adopted += unstrand(pool, now)
     return CheckOutcome(changed, tuple(adopted), move)
 

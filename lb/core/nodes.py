@@ -4,8 +4,15 @@ Theory of operation
 -------------------
 A `Node` carries two independent axes: the admin state an operator sets
 (ready / draining / drained / maint) and the health the checks set (`Health`:
-up / down / ejected / version_mismatch). A node takes new requests only when it
-is `ready` and `up` with a weight above zero.
+up / down / ejected / version_mismatch / drain_requested). A node takes new
+requests only when it is `ready` and `up` with a weight above zero, except in
+panic (`Pool.panic`, decided by health.py): when no node at all takes traffic,
+the `ready` nodes that fail their checks are routed to rather than none.
+`drain_requested` is the node's own request to be drained (its health check
+answered a `health.drain_on` status or `X-Lb-Drain: 1`): it sits on the health
+axis, apart from the operator's admin state, so that an operator's `ready`
+cannot override the node's request and the node's 200 cannot undo an
+operator's `drain`.
 
 Admin states change only through `TRANSITIONS`, a table of (state, event) ->
 new state, and `transition()` is the only code that assigns `admin_state`; an
@@ -59,10 +66,11 @@ class Health(enum.StrEnum):
     DOWN = "down"
     EJECTED = "ejected"
     VERSION_MISMATCH = "version_mismatch"
+    DRAIN_REQUESTED = "drain_requested"       # the node asked to be drained (health.drain_on)
 
 
 NEW, READY, DRAINING, DRAINED, MAINT = AdminState
-UP, DOWN, EJECTED, VERSION_MISMATCH = Health
+UP, DOWN, EJECTED, VERSION_MISMATCH, DRAIN_REQUESTED = Health
 ADMIN_STATES = (READY, DRAINING, DRAINED, MAINT)     # the ones a running node can be in
 
 TRANSITIONS = {
@@ -160,9 +168,19 @@ class Node(Endpoint):
     def takes_traffic(self) -> bool:
         return self.admin_state == READY and self.health == UP and self.weight > 0
 
-    def view(self) -> NodeView:
+    @property
+    def panic_candidate(self) -> bool:
+        """Routed to in panic: in service by the operator, failing its checks (not a node that
+        asked to be drained, nor one kept out for its version, which health.unstrand handles)."""
+        return self.admin_state == READY and self.health in (DOWN, EJECTED) and self.weight > 0
+
+    def routed(self, panic: bool) -> bool:
+        """Whether new requests may go to it, with the pool in panic or not."""
+        return self.takes_traffic or (panic and self.panic_candidate)
+
+    def view(self, panic: bool = False) -> NodeView:
         return NodeView(self.name, self.host, self.port, self.version, self.effective_weight,
-                        self.takes_traffic, self.admin_state == DRAINING, self.max_conns,
+                        self.routed(panic), self.admin_state == DRAINING, self.max_conns,
                         self.admin_state == READY and self.health == UP and self.weight == 0)
 
     def describe(self, now: float | None = None) -> dict:
@@ -187,6 +205,7 @@ class Pool:
         # Versions oldest -> newest: first seen first; `set target` moves one last.
         self.versions: list[str] = []
         self.target: str | None = None      # declared by `set target` (what a deploy rolls to)
+        self.panic = False                  # every node fails its checks: route to them all (health.py)
         for node in self.backends.values():
             self.note_version(node.version)
 
@@ -240,11 +259,16 @@ class Pool:
             return f"{names[0]}..{names[-1]}"
         return ", ".join(names) or "none"
 
+    def set_panic(self, panic: bool) -> None:
+        """Enter or leave panic (health.panic decides which)."""
+        self.panic = panic
+
     def version_capacity(self) -> dict[str, float]:
-        """Ready capacity per version: the summed effective weights of nodes taking traffic."""
+        """Ready capacity per version: the summed effective weights of nodes taking traffic
+        (in panic: of the nodes routed to)."""
         capacity: dict[str, float] = {}
         for node in self.backends.values():
-            if node.takes_traffic:
+            if node.routed(self.panic):
                 capacity[node.version] = capacity.get(node.version, 0.0) + node.effective_weight
         return capacity
 
@@ -258,5 +282,5 @@ class Pool:
         return rows
 
     def view(self, generation: int) -> RoutingView:
-        return RoutingView(generation, tuple(n.view() for n in self.backends.values()),
+        return RoutingView(generation, tuple(n.view(self.panic) for n in self.backends.values()),
                            tuple(self.versions))

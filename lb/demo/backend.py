@@ -5,7 +5,9 @@ code, so the proxy is tested against an independent implementation.
 
 Routes:
   GET /                 {"node", "version"} JSON
-  GET /health           200 (503 during --warmup seconds after start)
+  GET /health           200 (503 during --warmup seconds after start; 404 with
+                        X-Lb-Drain: 1 while it asks to be drained, below)
+  POST /drain, /undrain start, stop asking lb to drain it (its /health answers 404)
   *   /echo             method, path, headers and body (latin-1 text) as JSON
   *   /sink             reads the body without keeping it: {"bytes": N}
   GET /bytes?n=N        N bytes of body, streamed with Content-Length
@@ -22,9 +24,16 @@ With --spa (lb/demo/spa.py; without it / answers JSON as above):
                         as a newer release answers an older page's lazy chunk
   GET /api/...          {"version", "node", "path"} JSON (no-store)
 Every response carries X-Backend-Version and X-Backend-Node.
---fail-rate P answers 500 to that fraction of requests (never to /health): a
+--fail-rate P answers 500 to that fraction of requests (never to /health, /drain,
+/undrain): a
 broken release whose health check still passes.
-SIGTERM/SIGINT: stop accepting, finish requests in flight, exit 0.
+SIGTERM/SIGINT: stop accepting, finish requests in flight, exit 0. With
+--grace S, SIGTERM first asks to be drained for S seconds (/health answers 404
+and X-Lb-Drain: 1, every other request is served as before), as a Kubernetes
+preStop sleep means to: lb stops sending it requests before it stops
+listening. A second signal ends the grace at once. The default is 0 (stop at
+once, as before): update commands that `--replace` a backend lb has already
+drained gain nothing by waiting.
 
 For update commands (demo, tests, benches): `--pidfile F` records the pid once
 listening; `--replace` first stops the backend F names and waits until it is
@@ -65,6 +74,7 @@ MAX_ECHO_BYTES = 1 << 20
 class BackendApp:
     def __init__(self, name: str, version: str, warmup_s: float, fail_rate: float = 0.0,
                  spa: Site | None = None):
+        self.asking_drain = False    # /health answers 404 + X-Lb-Drain: 1 (--grace, POST /drain)
         self.name = name
         self.spa = spa
         self.fail_rate = fail_rate
@@ -167,16 +177,22 @@ class BackendApp:
             return False
         async for _ in self._body(conn, reader, writer, False):
             pass
-        if path != "/health" and self._should_fail():
+        if path not in ("/health", "/drain", "/undrain") and self._should_fail():
             await self._json(conn, writer, 500, {"error": "injected failure", "node": self.name,
                                                  "version": self.version})
             return False
         answer = self.spa.answer(path) if self.spa else None
         if answer is not None:
             await self._send(conn, writer, answer)
+        elif path == "/health" and self.asking_drain and not self.stopping:
+            await self._json(conn, writer, 404, {"ok": False, "drain": True, "version": self.version},
+                             extra=[(b"x-lb-drain", b"1")])
         elif path == "/health":
             ok = self.loop.time() >= self.ready_at and not self.stopping
             await self._json(conn, writer, 200 if ok else 503, {"ok": ok, "version": self.version})
+        elif path in ("/drain", "/undrain") and request.method == b"POST":
+            self.asking_drain = path == "/drain"
+            await self._json(conn, writer, 200, {"node": self.name, "asking_drain": self.asking_drain})
         elif path == "/setcookie":
             await self._json(conn, writer, 200, {"node": self.name, "version": self.version},
                              extra=[(b"set-cookie", b"app=1; Path=/")])
@@ -312,7 +328,8 @@ class BackendApp:
 
 
 async def serve(host: str, port: int, name: str, version: str, warmup_s: float,
-                fail_rate: float = 0.0, pidfile: str | None = None, spa: Site | None = None) -> None:
+                fail_rate: float = 0.0, pidfile: str | None = None, spa: Site | None = None,
+                grace_s: float = 0.0) -> None:
     app = BackendApp(name, version, warmup_s, fail_rate, spa)
     server = await asyncio.start_server(app.handle, host, port, reuse_address=True, backlog=1024)
     stop = asyncio.Event()
@@ -323,6 +340,13 @@ async def serve(host: str, port: int, name: str, version: str, warmup_s: float,
     print(json.dumps({"backend": name, "version": version, "listen": f"{host}:{port}"}), flush=True)
     try:
         await stop.wait()
+        if grace_s > 0:
+            app.asking_drain = True      # lb stops sending requests; they are served meanwhile
+            stop.clear()
+            try:
+                await asyncio.wait_for(stop.wait(), grace_s)      # a second signal: no more grace
+            except asyncio.TimeoutError:
+                pass
         await app.stop(server)
     finally:
         if pidfile and read_pidfile(pidfile) == os.getpid():

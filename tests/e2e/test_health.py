@@ -4,8 +4,12 @@ import asyncio
 import json
 import signal
 import time
+import urllib.request
+
+import pytest
 
 from conftest import Backend, Lb, get, steady_load, wait_for, wait_for_requests
+from test_metrics import scrape, value
 
 FAST = {"health": {"interval": "200ms", "timeout": "500ms", "rise": 2, "fall": 2},
         "passive": {"failures": 3, "eject": "1s"}, "slow_start": "0s"}
@@ -91,3 +95,76 @@ def test_a_node_whose_backend_reports_another_version_stays_out(spawn, tmp_path)
     assert not reply["ok"] and "version_mismatch" in reply["error"]
     assert lb.ctl("set version web2 v1")["ok"]
     assert lb.ctl("wait web2 up 5")["ok"]
+
+
+def post(backend, path: str) -> dict:
+    """A request straight to the backend (not through lb)."""
+    request = urllib.request.Request(f"http://{backend.address}{path}", method="POST")
+    return json.loads(urllib.request.urlopen(request, timeout=5).read())
+
+
+def test_a_node_that_asks_to_be_drained_is_drained_and_comes_back_on_200(spawn, tmp_path):
+    web1, web2 = spawn(Backend, "web1"), spawn(Backend, "web2")
+    lb = spawn(Lb, tmp_path, [web1.config(), web2.config()], balance="round_robin", **FAST)
+    assert post(web2, "/drain")["asking_drain"] is True                  # its /health answers 404 now
+    wait_for(lambda: lb.server("web2")["health"] == "drain_requested", 3, "web2's drain request")
+    server = lb.server("web2")
+    assert server["state"] == "ready"                                    # the operator's axis is untouched
+    assert server["last_check"]["status"] == 404 and server["last_check"]["drain"] is True
+    assert set(nodes_of(lb, 20)) == {"web1"}
+    assert value(scrape(lb), "lb_backend_health", backend="web2", health="drain_requested") == 1
+    reply = lb.ctl("wait web2 up 1")                                      # as a deploy sees it: not ready
+    assert not reply["ok"] and "drain_requested" in reply["error"]
+    assert post(web2, "/undrain")["asking_drain"] is False
+    assert lb.ctl("wait web2 up 5")["ok"]
+    assert "web2" in nodes_of(lb, 20)
+
+
+async def test_a_backend_stopped_with_grace_is_drained_before_it_exits(spawn, tmp_path):
+    web1, web2 = spawn(Backend, "web1"), spawn(Backend, "web2", args=("--grace", "1.5"))
+    lb = spawn(Lb, tmp_path, [web1.config(), web2.config()], **FAST)
+    async with steady_load(lb, 6) as load:
+        await wait_for_requests(load, 100)
+        web2.signal(signal.SIGTERM)
+        await asyncio.to_thread(wait_for, lambda: lb.server("web2")["health"] == "drain_requested",
+                                3, "web2 to ask to be drained")
+        assert web2.proc.poll() is None                                   # drained before it exits
+        await asyncio.to_thread(web2.proc.wait, 10)
+        await wait_for_requests(load, len(load.records) + 200)
+    assert web2.proc.returncode == 0
+    assert load.failures == []
+    stats = lb.ctl("show stats web2")["stats"]
+    assert stats["connect_errors"] == 0 and stats["5xx"] == 0          # nothing was sent to a closed port
+
+
+def test_passive_ejection_never_takes_out_more_than_max_ejected(spawn, tmp_path):
+    bad = [spawn(Backend, f"web{i}", fail_rate=1.0) for i in (1, 2, 3)]
+    lb = spawn(Lb, tmp_path, [b.config() for b in bad], balance="round_robin",
+               **{**FAST, "passive": {"failures": 3, "eject": "30s", "max_ejected": "50%"}})
+    statuses = [get(lb.port, "/").status for _ in range(60)]
+    assert statuses == [500] * 60
+    healths = [s["health"] for s in lb.ctl("show servers")["servers"]]
+    assert healths.count("ejected") == 1 and healths.count("up") == 2     # a second would be 67%
+
+
+@pytest.mark.parametrize("panic", [True, False])
+def test_panic_routes_to_failing_nodes_when_none_is_up(spawn, tmp_path, panic):
+    # /health answers 503 for --warmup seconds while / serves: every node fails its checks
+    web1 = spawn(Backend, "web1", warmup_s=60.0)
+    web2 = spawn(Backend, "web2", warmup_s=60.0 if not panic else 4.0)
+    lb = spawn(Lb, tmp_path, [web1.config(), web2.config()],
+               **{**FAST, "health": {**FAST["health"], "panic": panic}})
+    wait_for(lambda: {s["health"] for s in lb.ctl("show servers")["servers"]} == {"down"}, 3, "both down")
+    if not panic:
+        assert get(lb.port, "/").status == 503 and lb.ctl("show servers")["panic"] is False
+        return
+    assert set(nodes_of(lb, 10)) == {"web1", "web2"}                      # not 503
+    assert lb.ctl("show servers")["panic"] is True and lb.ctl("show info")["panic"] is True
+    samples = scrape(lb)
+    assert value(samples, "lb_panic") == 1 and value(samples, "lb_panics_total") == 1
+    assert lb.ctl("wait web2 up 6")["ok"]                                 # its warmup is over
+    wait_for(lambda: lb.ctl("show servers")["panic"] is False, 2, "the panic to end")
+    assert set(nodes_of(lb, 10)) == {"web2"}
+    assert value(scrape(lb), "lb_panic") == 0
+    log = lb.stderr_path.read_text()
+    assert log.count("PANIC:") == 1 and log.count("panic over") == 1

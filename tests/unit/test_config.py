@@ -22,6 +22,8 @@ def test_minimal_file_gets_every_default():
     assert config.http == "auto" and config.balance == "least_conn"
     assert config.backends[0].version == "v1" and config.backends[0].weight == 100
     assert config.health.interval == 1.0 and config.health.rise == 2
+    assert config.health.drain_on == (404,) and config.health.panic is True
+    assert config.passive.max_ejected == 0.5
     assert config.timeouts.connect == 2.0 and config.pinning.max_age == 86400.0
     assert config.admin.mode == 0o600 and config.retries == 2
 
@@ -59,6 +61,16 @@ BAD = [
     (MINIMAL + "balance: fastest\n", "lb.yaml: balance: expected one of least_conn, round_robin, random_two, got 'fastest'"),
     (MINIMAL + "health: {interval: soon}\n", "lb.yaml: health.interval: expected a duration"),
     (MINIMAL + "health: {rise: 0}\n", "lb.yaml: health.rise: expected an integer from 1 to 100, got 0"),
+    (MINIMAL + "health: {drain_on: [200]}\n",
+     "lb.yaml: health.drain_on: expected a list of HTTP statuses from 300 to 599, like [404], got [200]"),
+    (MINIMAL + "health: {drain_on: 404}\n", "lb.yaml: health.drain_on: expected a list of HTTP statuses"),
+    (MINIMAL + "health: {drain_on: [404, '503']}\n", "lb.yaml: health.drain_on: expected a list of HTTP statuses"),
+    (MINIMAL + "health: {drain_on: [600]}\n", "lb.yaml: health.drain_on: expected a list of HTTP statuses"),
+    (MINIMAL + "health: {panic: sometimes}\n", "lb.yaml: health.panic: expected true or false, got 'sometimes'"),
+    (MINIMAL + "passive: {max_ejected: 0.5}\n",
+     "lb.yaml: passive.max_ejected: expected a percentage from 0% to 100%, like 50%, got 0.5"),
+    (MINIMAL + "passive: {max_ejected: 150%}\n", "lb.yaml: passive.max_ejected: expected a percentage"),
+    (MINIMAL + "passive: {max_ejected: half%}\n", "lb.yaml: passive.max_ejected: expected a percentage"),
     (MINIMAL + "timeouts: {conect: 1s}\n", "lb.yaml: timeouts.conect: unknown key"),
     (MINIMAL + "http: nghttp2\n", "lb.yaml: http: expected one of auto, httptools, h11"),
     (MINIMAL + "listen: [127.0.0.1:80, nope]\n", "lb.yaml: listen[1]: expected HOST:PORT, got 'nope'"),

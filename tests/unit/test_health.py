@@ -4,7 +4,8 @@ import pytest
 
 from lb.core import health
 from lb.core.config import BackendConfig
-from lb.core.nodes import DOWN, DRAINED, DRAINING, EJECTED, MAINT, READY, UP, VERSION_MISMATCH, Node, Pool, transition
+from lb.core.nodes import (DOWN, DRAIN_REQUESTED, DRAINED, DRAINING, EJECTED, MAINT, READY, UP, VERSION_MISMATCH, Node,
+                           Pool, transition)
 
 RISE, FALL = 2, 3
 
@@ -243,3 +244,169 @@ def test_unstrand_leaves_a_pool_alone_while_any_node_serves():
     transition(pool.backends["web2"], "maint", 0.0)
     assert [a.name for a in health.unstrand(pool, 0.0)] == ["web1"]
     assert pool.backends["web1"].takes_traffic and pool.backends["web1"].version == "v1"
+
+
+# -- a node asks to be drained (health.drain_on, X-Lb-Drain: 1) --------------------------------
+
+@pytest.mark.parametrize("status, header, drain_on, said", [
+    (200, False, (404,), health.PASS),
+    (302, False, (404,), health.PASS),
+    (404, False, (404,), health.DRAIN),
+    (404, False, (), health.FAIL),
+    (503, False, (404,), health.FAIL),
+    (503, False, (404, 503), health.DRAIN),
+    (200, True, (404,), health.DRAIN),             # the header, whatever the status
+    (500, True, (), health.DRAIN),
+])
+def test_what_a_check_answer_says(status, header, drain_on, said):
+    assert health.verdict(status, header, drain_on) == said
+
+
+# (start health, check results: "ok" / "fail" / "drain", expected health after each); rise 2, fall 3
+DRAIN_CHECKS = [
+    (UP, ["drain"], [DRAIN_REQUESTED]),
+    (UP, ["drain", "drain", "drain", "drain"], [DRAIN_REQUESTED] * 4),          # no failure: never down
+    (UP, ["drain", "ok"], [DRAIN_REQUESTED, UP]),                              # a 200 brings it back
+    (UP, ["fail", "fail", "drain", "fail", "fail"], [UP, UP, DRAIN_REQUESTED, DRAIN_REQUESTED, DRAIN_REQUESTED]),
+    (UP, ["drain", "fail", "fail", "fail"], [DRAIN_REQUESTED] * 3 + [DOWN]),    # then it stopped answering
+    (DOWN, ["drain", "ok"], [DRAIN_REQUESTED, UP]),                            # it answered twice: rise
+    (DOWN, ["drain", "fail", "ok"], [DRAIN_REQUESTED, DRAIN_REQUESTED, DRAIN_REQUESTED]),
+    (VERSION_MISMATCH, ["drain"], [DRAIN_REQUESTED]),
+    (EJECTED, ["drain", "ok"], [EJECTED, EJECTED]),                            # ejection runs its course
+]
+
+
+@pytest.mark.parametrize("start, results, expected", DRAIN_CHECKS)
+def test_a_node_asking_to_be_drained(start, results, expected):
+    b = node(health_state=start)
+    b.hstate.passes = RISE if start == UP else 0
+    seen = []
+    for i, result in enumerate(results):
+        health.record_check(b, result == "ok", None, now=float(i), rise=RISE, fall=FALL, drain=result == "drain")
+        seen.append(b.health)
+    assert seen == expected
+
+
+def test_a_drain_request_takes_the_node_out_and_a_pass_brings_it_back_through_slow_start():
+    b = node()
+    health.record_check(b, False, None, 1.0, RISE, FALL, drain=True)
+    assert not b.takes_traffic and b.admin_state == READY           # the operator's axis is untouched
+    assert b.describe()["health"] == "drain_requested" and b.describe()["state"] == "ready"
+    health.record_check(b, True, None, 2.0, RISE, FALL)
+    assert b.takes_traffic and b.hstate.ramp_start == 2.0
+
+
+@pytest.mark.parametrize("events, results, takes", [
+    (["ready"], ["drain"], False),                 # an operator's ready does not override the node
+    (["drain"], ["ok"], False),                    # the node's 200 does not undo the operator's drain
+    (["maint", "ready"], ["drain", "ok", "ok"], True),
+    ([], ["drain", "ok"], True),
+])
+def test_the_nodes_request_and_the_operators_state_are_separate_axes(events, results, takes):
+    b = node()
+    for event in events:
+        transition(b, event, 0.0)
+        if event == "ready":
+            health.start_checking(b)
+    for i, result in enumerate(results):
+        health.record_check(b, result == "ok", None, float(i), RISE, FALL, drain=result == "drain")
+    assert b.takes_traffic is takes
+
+
+def test_a_drain_request_is_no_failure_for_passive_ejection():
+    pool = make_pool()
+    b = pool.backends["web1"]
+    health.record_check(b, False, None, 0.0, RISE, FALL, drain=True)
+    assert fail(b, pool, 0.0, 10) == [False] * 10 and b.health == DRAIN_REQUESTED
+
+
+def test_a_drain_request_confirms_and_adopts_no_version():
+    pool = version_pool(["web1:v1", "web2:v1"])
+    outcome = health.apply_check(pool, pool.backends["web1"], True, "v2", 1.0, rise=RISE, fall=FALL, drain=True)
+    assert outcome.adopted == () and pool.backends["web1"].version == "v1"
+    assert pool.backends["web1"].health == DRAIN_REQUESTED
+
+
+# -- passive.max_ejected: never eject the whole pool ---------------------------------------------
+
+def weighted_pool(weights, version="v1"):
+    pool = Pool([BackendConfig(name=f"web{i}", address=("h", 9000 + i), version=version, weight=w)
+                 for i, w in enumerate(weights, 1)])
+    for b in pool.backends.values():
+        transition(b, "start", 0.0)
+    return pool
+
+
+# (weights, max_ejected, which nodes fail every request, which end up ejected)
+MAX_EJECTED = [
+    ([100, 100], 0.5, [1, 2], [1]),
+    ([100, 100, 100], 0.5, [1, 2, 3], [1]),                   # a second would be 67%
+    ([100, 100, 100, 100], 0.5, [1, 2, 3, 4], [1, 2]),
+    ([100, 100, 100, 100], 0.25, [1, 2, 3, 4], [1]),
+    ([100, 100, 100, 100], 1.0, [1, 2, 3, 4], [1, 2, 3]),      # never the last one taking traffic
+    ([100, 100, 100, 100], 0.1, [1, 2], [1]),                 # one always may go, as in Envoy
+    ([100, 100, 100, 100], 0.0, [1], [1]),
+    ([300, 100, 100, 100], 0.5, [2, 3, 4, 1], [2, 3, 4]),      # by capacity, not by count
+    ([300, 100, 100, 100], 0.5, [1, 2], [1]),
+    ([100], 0.5, [1], []),                                    # a one-node version keeps its node
+]
+
+
+@pytest.mark.parametrize("weights, cap, failing, ejected", MAX_EJECTED)
+def test_passive_ejection_takes_out_at_most_max_ejected_of_a_version(weights, cap, failing, ejected):
+    pool = weighted_pool(weights)
+    peers = list(pool.backends.values())
+    for _ in range(3):
+        for i in failing:
+            health.record_response(pool.backends[f"web{i}"], True, 0.0, 3, 10.0, peers, cap)
+    assert [i for i, b in enumerate(peers, 1) if b.health == EJECTED] == ejected
+
+
+def test_the_cap_counts_one_version_only_and_frees_up_when_an_ejection_ends():
+    pool = weighted_pool([100, 100, 100, 100])
+    other = weighted_pool([100, 100], version="v2")
+    peers = [*pool.backends.values(), *other.backends.values()]
+    web1, web2 = pool.backends["web1"], pool.backends["web2"]
+    v2 = other.backends["web1"]
+    v2.name = "v2-web1"
+    assert fail(v2, other, 0.0, 3)[-1] is True                 # another version's ejection is its own
+    for b in (web1, web2, pool.backends["web3"]):
+        [health.record_response(b, True, 0.0, 3, 10.0, peers, 0.5) for _ in range(3)]
+    assert [b.health for b in pool.backends.values()] == [EJECTED, EJECTED, UP, UP]
+    assert health.end_ejections(peers, 10.0) == [web1, web2, v2]
+    assert health.record_response(pool.backends["web3"], True, 10.0, 3, 10.0, peers, 0.5) is True
+
+
+# -- health.panic: every node fails its checks ---------------------------------------------------
+
+# (nodes "state@health" or "state@health:weight", enabled, in panic, the nodes routed to)
+PANIC = [
+    (["ready@up", "ready@down"], True, False, [0]),
+    (["ready@down", "ready@down"], True, True, [0, 1]),
+    (["ready@down", "ready@ejected"], True, True, [0, 1]),
+    (["ready@down", "ready@down"], False, False, []),
+    (["ready@down", "drained@up"], True, True, [0]),           # the operator's drain is honoured
+    (["ready@down", "maint@down"], True, True, [0]),
+    (["ready@down", "draining@up"], True, True, [0]),
+    (["ready@down", "ready@drain_requested"], True, True, [0]),   # so is the node's own request
+    (["ready@drain_requested"], True, False, []),
+    (["maint@down", "drained@down"], True, False, []),
+    (["ready@down:0", "ready@down"], True, True, [1]),         # weight 0 stays out
+    (["ready@version_mismatch", "ready@down"], True, True, [1]),
+]
+
+
+@pytest.mark.parametrize("nodes, enabled, panic, routed", PANIC)
+def test_panic_routes_to_the_failing_ready_nodes_only_when_none_is_up(nodes, enabled, panic, routed):
+    weights = [int(spec.partition(":")[2] or 100) for spec in nodes]
+    pool = weighted_pool(weights)
+    for b, spec in zip(pool.backends.values(), nodes):
+        state, _, rest = spec.partition("@")
+        b.health = rest.partition(":")[0]
+        for event in {"ready": [], "draining": ["drain"], "drained": ["drain", "idle"], "maint": ["maint"]}[state]:
+            transition(b, event, 0.0)
+    assert health.panic(pool.backends.values(), enabled) is panic
+    pool.set_panic(panic)
+    view = pool.view(1)
+    assert [i for i, n in enumerate(view.nodes) if n.takes_traffic] == routed
+    assert pool.version_capacity() == ({"v1": 100.0 * len(routed)} if routed else {})

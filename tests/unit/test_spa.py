@@ -162,6 +162,8 @@ def test_site_answers_bodies_and_etags():
     (["--asset-bytes", "-1"], "--chunks and --asset-bytes: expected a count from 0 up"),
     (["--fail-rate", "2"], "--fail-rate: expected a fraction from 0 to 1"),
     (["--detach"], "--replace and --detach need --pidfile"),
+    (["--grace", "-1"], "--grace: expected seconds from 0 to 3600"),
+    (["--grace", "2.5"], None),
 ])
 def test_lb_backend_checks_its_arguments(argv, error):
     args = cli.build_parser().parse_args(["backend", "--listen", "127.0.0.1:9001", "--version", "v1", *argv])
@@ -173,6 +175,7 @@ def test_lb_backend_checks_its_arguments(argv, error):
     ["--spa"],
     ["--spa", "--chunks", "7", "--asset-bytes", "100", "--name", "web1", "--fail-rate", "0.5", "--warmup", "2"],
     ["--chunks", "7"],                                             # without --spa: no SPA to forward
+    ["--grace", "3"],
 ])
 def test_a_detached_backend_serves_with_the_same_arguments(argv):
     parser = cli.build_parser()
