@@ -116,6 +116,12 @@ CONFIG_NOTES = {
     "passive.max_ejected": "The most of a version's capacity (summed weights of its `ready` nodes) "
                            "ejected at once; one node may always be ejected when none of its version is "
                            "(as Envoy does), never the last one taking traffic.",
+    "passive.failure_rate": "A node that served `min_requests` or more in a `window`, this share of them "
+                            "failed (connect errors, 5xx), is ejected too, under the same rules: a node that "
+                            "fails every other request never fails `failures` in a row (Envoy's "
+                            "failure-percentage ejection). 0% turns it off.",
+    "passive.window": "The failure rate is counted over tumbling windows of this length.",
+    "passive.min_requests": "Requests a node must serve in a window before its failure rate is judged.",
     "drain": "Draining a node, and stopping or upgrading lb.",
     "drain.timeout": "At a node drain, what is still in flight after this is cut (503, or WebSocket "
                      "close 1001); at a stop or an upgrade, how long requests and tunnels may finish.",

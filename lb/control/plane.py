@@ -275,6 +275,7 @@ class Control:
             for failed, count in got.outcomes:
                 for _ in range(count):
                     self.passive(node, failed)
+            self.passive_window(node, got.stats)
             if got.cut is not None:
                 self._cut_done(node, got.cut)
         self.stats.failed.update(report.failed)
@@ -356,6 +357,16 @@ class Control:
                                   self.pool.backends.values(), cfg.max_ejected):
             log.warning("passive: %s ejected for %.0fs after %d failures in a row", node.name,
                         node.hstate.ejected_until - self.now(), cfg.failures)
+            self.changed()
+
+    def passive_window(self, node: Node, delta) -> None:
+        """A report's requests and failures into the node's failure-rate window."""
+        cfg = self.config.passive
+        served = delta.requests + delta.connect_errors
+        if health.record_window(node, served, min(delta.errors, served), self.now(), cfg,
+                                self.pool.backends.values()):
+            log.warning("passive: %s ejected for %.0fs: %.0f%% or more of its requests failed over %.0fs",
+                        node.name, node.hstate.ejected_until - self.now(), 100 * cfg.failure_rate, cfg.window)
             self.changed()
 
     # -- the sweeper: drain deadlines, ejections ending, slow-start ramps -----------------------

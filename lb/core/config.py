@@ -381,6 +381,12 @@ class PassiveConfig:
     failures: int = _field(3, _int_range(0, 1000))
     eject: float = _field(10.0, parse_duration)
     max_ejected: float = _field(0.5, _percent)      # of a version's capacity (lb/core/health.py)
+    # Envoy's failure-percentage rule: over each `window`, a node that served `min_requests`
+    # or more, `failure_rate` of them failed, is ejected too (a node failing every other
+    # request never fails `failures` in a row). 0% turns it off.
+    failure_rate: float = _field(0.5, _percent)
+    window: float = _field(10.0, parse_duration)
+    min_requests: int = _field(20, _int_range(1, 1_000_000))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,12 @@ Pure functions over a `Node` with `now` passed in; the control plane's
   nodes in service) ejected at once, except that, as in Envoy, one node may
   always be ejected when none of its version is: a cap below one node's share
   would otherwise turn ejection off for small versions.
+- Failure rate (`record_window`, Envoy's failure-percentage ejection): a node
+  that fails every other request never fails `passive.failures` in a row, so
+  each node's requests and failures are also counted over tumbling windows of
+  `passive.window`; one that served `passive.min_requests` or more in a window,
+  `passive.failure_rate` or more of them failed, is ejected under the same rules
+  (the last node, the cap, the doubling).
 - Panic (`panic`, Envoy's panic threshold): when no node at all takes traffic
   and some `ready` node fails its checks, the pool is in panic and those nodes
   are routed to (`Node.panic_candidate`): a failing check may be wrong, a 503
@@ -114,12 +120,38 @@ def record_response(backend, failed: bool, now: float, failures: int, eject_s: f
         return False
     if not may_eject(backend, backends, max_ejected):
         return False
+    _eject(backend, now, eject_s)
+    return True
+
+
+def record_window(backend, requests: int, failures: int, now: float, passive, backends) -> bool:
+    """Count one report's requests and failures (connect errors, 5xx) into the node's
+    current `passive.window`; when the window is over, eject the node if it served
+    `min_requests` and `failure_rate` of them failed (see the header). True when ejected."""
+    state = backend.hstate
+    if state.window_start is None:
+        state.window_start = now
+    state.window_requests += requests
+    state.window_failures += failures
+    if now - state.window_start < passive.window:
+        return False
+    served, failed = state.window_requests, state.window_failures
+    state.window_start, state.window_requests, state.window_failures = now, 0, 0
+    if passive.failure_rate <= 0 or served < passive.min_requests or failed < passive.failure_rate * served \
+            or backend.health != UP or not may_eject(backend, backends, passive.max_ejected):
+        return False
+    _eject(backend, now, passive.eject)
+    return True
+
+
+def _eject(backend, now: float, eject_s: float) -> None:
+    """Out for eject_s, doubled each time it comes back and is ejected again soon."""
+    state = backend.hstate
     recent = now - state.last_ejection_end < 10 * eject_s
     state.ejections = min(state.ejections + 1, MAX_EJECT_DOUBLINGS + 1) if recent else 1
     state.ejected_until = now + eject_s * 2 ** (state.ejections - 1)
     state.passive_fails = 0
     backend.health = EJECTED
-    return True
 
 
 def may_eject(backend, backends, max_ejected: float) -> bool:

@@ -115,7 +115,8 @@ class HealthState:
     """Per-node counters the health rules (health.py) need."""
 
     __slots__ = ("passes", "fails", "passive_fails", "ejected_until", "ejections",
-                 "last_ejection_end", "ramp_start", "last_check", "reported_version")
+                 "last_ejection_end", "ramp_start", "last_check", "reported_version",
+                 "window_start", "window_requests", "window_failures")
 
     def __init__(self):
         self.passes = 0
@@ -123,6 +124,9 @@ class HealthState:
         self.passive_fails = 0
         self.ejected_until = 0.0
         self.ejections = 0
+        self.window_start: float | None = None     # passive.window: when this one began
+        self.window_requests = 0
+        self.window_failures = 0
         self.last_ejection_end = float("-inf")
         self.ramp_start: float | None = None
         self.last_check: dict | None = None

@@ -147,6 +147,23 @@ def test_passive_ejection_never_takes_out_more_than_max_ejected(spawn, tmp_path)
     assert healths.count("ejected") == 1 and healths.count("up") == 2     # a second would be 67%
 
 
+def test_a_backend_failing_half_its_requests_is_ejected_by_its_failure_rate(spawn, tmp_path):
+    """`lb backend --fail-rate 0.5` fails every other request: never 3 in a row, so only the
+    failure rate over a window (passive.failure_rate) can eject it. One worker: every
+    outcome in order, so the consecutive rule sees the successes between the failures."""
+    good = [spawn(Backend, f"web{i}") for i in (1, 2)]
+    bad = spawn(Backend, "web3", fail_rate=0.5)
+    lb = spawn(Lb, tmp_path, [b.config() for b in (*good, bad)], balance="round_robin", workers=1,
+               **{**FAST, "passive": {"failures": 3, "eject": "30s", "failure_rate": "50%", "window": "1s",
+                                      "min_requests": 10}})
+    statuses = []
+    while lb.server("web3")["health"] != "ejected":
+        assert len(statuses) < 3000, "web3 was never ejected"
+        statuses.append(get(lb.port, "/").status)
+    assert 500 in statuses
+    assert [s["health"] for s in lb.ctl("show servers")["servers"]] == ["up", "up", "ejected"]
+
+
 @pytest.mark.parametrize("panic", [True, False])
 def test_panic_routes_to_failing_nodes_when_none_is_up(spawn, tmp_path, panic):
     # /health answers 503 for --warmup seconds while / serves: every node fails its checks

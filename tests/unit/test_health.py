@@ -3,7 +3,7 @@
 import pytest
 
 from lb.core import health
-from lb.core.config import BackendConfig
+from lb.core.config import BackendConfig, PassiveConfig
 from lb.core.nodes import (DOWN, DRAIN_REQUESTED, DRAINED, DRAINING, EJECTED, MAINT, READY, UP, VERSION_MISMATCH, Node,
                            Pool, transition)
 
@@ -375,6 +375,52 @@ def test_the_cap_counts_one_version_only_and_frees_up_when_an_ejection_ends():
     assert [b.health for b in pool.backends.values()] == [EJECTED, EJECTED, UP, UP]
     assert health.end_ejections(peers, 10.0) == [web1, web2, v2]
     assert health.record_response(pool.backends["web3"], True, 10.0, 3, 10.0, peers, 0.5) is True
+
+
+# -- passive.failure_rate: a node failing a share of its requests, not in a row ----------------
+
+def passive(rate=0.5, window=10.0, min_requests=20, max_ejected=0.5, eject=10.0):
+    return PassiveConfig(failures=3, eject=eject, max_ejected=max_ejected, failure_rate=rate, window=window,
+                         min_requests=min_requests)
+
+
+# (reports as (now, requests, failures), config, ejected after each report)
+WINDOWS = [
+    ([(0.0, 10, 5), (5.0, 10, 5), (10.0, 0, 0)], passive(), [False, False, True]),       # 50% of 20
+    ([(0.0, 10, 5), (10.0, 9, 4)], passive(), [False, False]),                  # 9 of 19: too few requests
+    ([(0.0, 100, 49), (10.0, 0, 0)], passive(), [False, False]),                # 49%: under the rate
+    ([(0.0, 100, 90), (9.9, 0, 0), (10.0, 0, 0)], passive(), [False, False, True]),   # judged at the end
+    ([(0.0, 100, 100), (10.0, 0, 0)], passive(rate=0.0), [False, False]),       # 0%: off
+    ([(0.0, 30, 15), (2.0, 0, 0)], passive(window=2.0), [False, True]),
+    ([(0.0, 30, 30), (10.0, 0, 0), (20.0, 30, 30)], passive(), [False, True, False]),  # ejected: not again
+    # a window is over and forgotten: its failures do not count in the next one
+    ([(0.0, 100, 10), (10.0, 0, 0), (12.0, 10, 10), (20.0, 5, 5)], passive(), [False] * 4),
+]
+
+
+@pytest.mark.parametrize("reports, config, expected", WINDOWS)
+def test_a_node_failing_a_share_of_its_requests_over_a_window_is_ejected(reports, config, expected):
+    pool = weighted_pool([100, 100, 100, 100])
+    web1 = pool.backends["web1"]
+    seen = [health.record_window(web1, served, failed, now, config, pool.backends.values())
+            for now, served, failed in reports]
+    assert seen == expected
+    assert (web1.health == EJECTED) == any(expected)
+    if any(expected):
+        assert web1.hstate.ejected_until == reports[expected.index(True)][0] + config.eject
+
+
+def test_the_failure_rate_keeps_to_max_ejected_and_the_last_node():
+    pool = weighted_pool([100, 100, 100])
+    peers = list(pool.backends.values())
+    ejected = []
+    for name in ("web1", "web2", "web3"):
+        health.record_window(pool.backends[name], 50, 50, 0.0, passive(), peers)
+        ejected.append(health.record_window(pool.backends[name], 0, 0, 10.0, passive(), peers))
+    assert ejected == [True, False, False]                    # a second would be 67% of v1
+    alone = weighted_pool([100], version="v2").backends["web1"]
+    health.record_window(alone, 50, 50, 0.0, passive(), [alone])
+    assert health.record_window(alone, 0, 0, 10.0, passive(), [alone]) is False
 
 
 # -- health.panic: every node fails its checks ---------------------------------------------------
