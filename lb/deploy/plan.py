@@ -32,6 +32,7 @@ from fractions import Fraction
 
 from ..core.values import VERSION_RE, check_name, check_version_label, parse_duration, parse_hostport
 from ..core.errors import DeployError, InvalidValue
+from .gates import check_prometheus_url, parse_gates       # the gates' parser (its queries run from run.py)
 
 # Exit codes of `lb deploy`.
 EXIT_DONE, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_STUCK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -139,7 +140,6 @@ def check_options(opts: Options) -> None:
 
 def check_gate_options(opts: Options) -> None:
     """Raises DeployError naming the option that is wrong."""
-    from .gates import check_prometheus_url, parse_gates          # gates.py does I/O; its parser does not
     if opts.gates and not opts.prometheus:
         raise DeployError("--gate needs --prometheus URL (the Prometheus that answers the queries)")
     if opts.prometheus:
