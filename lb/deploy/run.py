@@ -204,7 +204,10 @@ class Deployer:
                 self.batch_failed = True
                 self._event("step", node=name, step=step.name, direction=direction, status="failed",
                             reason=exc.reason, output=exc.output[-5:])
-                return {"node": name, "step": step.name, "reason": exc.reason, "output": exc.output}
+                failure = {"node": name, "step": step.name, "reason": exc.reason, "output": exc.output}
+                if step.name == "verify":
+                    failure["gate"] = self.gates.current["gates"][f"verify {name}"]
+                return failure
             took = time.monotonic() - started
             if direction == "forward":
                 self.timings.setdefault(name, {})[step.name] = round(took, 2)

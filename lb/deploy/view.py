@@ -128,7 +128,7 @@ class TtyView:
         """A gate's outcome: kept in the live block; a failure or a warning also as a line."""
         label = f"{f['kind']} {f['name']}" if f["kind"] != "verify" else f"verify {f['name']}"
         self.gates[label] = f["outcome"]
-        if f["outcome"] in ("fail", "warn"):
+        if f["outcome"] in ("fail", "warn") and f["kind"] != "verify":     # a failed verify is a failed step's line
             mark = "✗" if f["outcome"] == "fail" else "!"
             return "\n".join([f"{mark} {label}: {f['outcome']}: {f['detail']}",
                               *(f"    | {line}" for line in f.get("output", []))])

@@ -84,6 +84,7 @@ async def test_a_verify_that_fails_rolls_the_canary_back_before_any_user_met_it(
     assert (failure["node"], failure["step"], failure["reason"]) == ("web1", "verify", "exited with status 4")
     assert failure["output"] == ["smoke: GET / answered 500 on web1"]
     assert "failed at web1, step verify: exited with status 4" in deploy.stderr
+    assert "gate that failed: verify web1 on batch 1: exited with status 4" in deploy.stderr
     assert_all(lb, "v1")
     assert weights(lb) == before                   # the rollback gave the canary its weight back
     assert deploy.of("bake") == []                 # the batch never baked

@@ -116,7 +116,10 @@ def test_the_live_view_shows_gates_in_its_block_and_failures_as_lines():
     assert "✗ check #1: fail: exited with status 2\n    | ERROR x" in out.getvalue()
     view.event("step", {"node": "web1", "step": "verify", "direction": "forward", "status": "failed",
                         "reason": "exited with status 7", "output": ["smoke: 500"]})
+    view.event("gate", {"batch": 1, "kind": "verify", "name": "web1", "outcome": "fail", "detail": "exited with status 7",
+                        "output": ["smoke: 500"]})
     assert "✗ web1: verify failed: exited with status 7\n    | smoke: 500" in out.getvalue()
+    assert out.getvalue().count("smoke: 500") == 1          # the step's line says it; the gate's does not repeat it
     view.event("baked", {"nodes": ["web1"], "ok": True, "reasons": [], "warnings": ["thin bake: 3 requests"],
                          "requests": 3, "error_rate": 0.0, "p99_ms": None})
     assert "! thin bake: 3 requests" in out.getvalue()
