@@ -236,7 +236,7 @@ def cmd_deploy(args) -> int:
                 health_timeout_s=parse_seconds(args.health_timeout, "--health-timeout"),
                 drain_timeout_s=parse_seconds(args.drain_timeout, "--drain-timeout"),
                 update_timeout_s=parse_seconds(args.update_timeout, "--update-timeout"),
-                min_ready=args.min_ready, rollback_done=not args.no_rollback_done)
+                min_ready=args.min_ready, rollback_done=not args.no_rollback_done, **gate_options(args))
     except DeployError as exc:
         view.error(exc.message)
         return EXIT_USAGE
@@ -249,6 +249,19 @@ def cmd_deploy(args) -> int:
     return run_async(deploy_command(opts, args.socket or [default_socket()], args.state, log_path, view,
                                     args.resume, args.dry_run, expect_to=args.to, ssh_command=args.ssh_command,
                                     lb_timeout_s=lb_timeout_s, write_config=args.write_config))
+
+
+def gate_options(args) -> dict:
+    """`lb deploy`'s gate flags as Options fields. Raises DeployError naming a bad one."""
+    from .deploy.plan import parse_seconds
+    return {"verify": args.verify, "verify_timeout_s": parse_seconds(args.verify_timeout, "--verify-timeout"),
+            "checks": tuple(args.check or ()),
+            "check_interval_s": parse_seconds(args.check_interval, "--check-interval"),
+            "check_timeout_s": parse_seconds(args.check_timeout, "--check-timeout"),
+            "prometheus": args.prometheus, "gates": tuple(args.gate or ()), "gate_tries": args.gate_tries,
+            "min_requests": args.min_requests,
+            "bake_max_s": parse_seconds(args.bake_max, "--bake-max") if args.bake_max else None,
+            "allow_thin_bakes": args.allow_thin_bakes, "lb_url": args.lb_url, "version_header": args.version_header}
 
 
 def cmd_demo(args) -> int:
@@ -334,6 +347,30 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--min-ready", default="80%", help="weight that stays in service (default 80%%)")
     deploy.add_argument("--no-rollback-done", action="store_true",
                         help="on failure roll back only the failing batch")
+    gates = deploy.add_argument_group("gates", "what must hold before a batch counts as good (docs/deploying.md#gates)")
+    gates.add_argument("--verify", metavar="CMD", help="run once per node when it is up at weight 0, before "
+                       "any user: a smoke test. Placeholders and env as --update's, and LB_URL (lb, --lb-url) with "
+                       "LB_VERSION_HEADER ('X-Lb-Version: v2'); exit != 0 fails the node")
+    gates.add_argument("--verify-timeout", default="60s", help="for the --verify command (default 60s)")
+    gates.add_argument("--lb-url", default="http://127.0.0.1:8080", help="lb's own listener, as LB_URL for "
+                       "--verify (default http://127.0.0.1:8080)")
+    gates.add_argument("--version-header", default="X-Lb-Version", help="lb's pinning.header, in "
+                       "LB_VERSION_HEADER (default X-Lb-Version)")
+    gates.add_argument("--check", metavar="CMD", action="append", help="run on each node of a batch at the start "
+                       "of its bake, every --check-interval and at its end; exit != 0 fails the batch (repeatable)")
+    gates.add_argument("--check-interval", default="10s", help="between checks and gates in a bake (default 10s)")
+    gates.add_argument("--check-timeout", default="30s", help="for each --check command (default 30s)")
+    gates.add_argument("--prometheus", metavar="URL", help="the Prometheus that --gate queries ask")
+    gates.add_argument("--gate", metavar="'NAME: QUERY OP THRESHOLD'", action="append",
+                       help="a PromQL instant query and its bar (OP: < <= > >= == !=), placeholders {version} "
+                       "{old_version} {nodes}; asked every --check-interval and at the bake's end (repeatable)")
+    gates.add_argument("--gate-tries", type=int, default=3, help="inconclusive answers in a row (no data, an "
+                       "error) that fail the batch (default 3)")
+    gates.add_argument("--min-requests", type=int, default=100, help="requests the batch must serve in its bake; "
+                       "the bake extends up to --bake-max to reach them (default 100; 0: none)")
+    gates.add_argument("--bake-max", help="how long a bake may extend for --min-requests (default 5 x the bake)")
+    gates.add_argument("--allow-thin-bakes", action="store_true", help="a bake short of --min-requests at "
+                       "--bake-max passes with a warning instead of failing the batch")
     deploy.add_argument("--state", default="deploy.state", help="progress file (default deploy.state)")
     deploy.add_argument("--log", help="deploy log with the commands' output (default: beside --state)")
     deploy.add_argument("--resume", action="store_true", help="continue the deploy recorded in --state")

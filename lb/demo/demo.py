@@ -10,8 +10,9 @@ deploy's own live view shows while it runs. Then a summary: requests served,
 failed, backward version flips, latency before / during / after. Everything it
 started is stopped at the end, also on Ctrl-C.
 
-`--bad` deploys a v2 that answers 500 to 10 % of requests: the canary's bake
-catches it and the deploy rolls back.
+`--bad` deploys a v2 that answers 500 to 10 % of requests, with a gate: a `--verify`
+smoke test (`smoke`: 100 requests to the node itself, at most 1 may fail) that runs while
+the canary is up at weight 0, before any user meets it; it fails, and the deploy rolls back.
 
 `--port-base N` runs the demo on other ports than the embedded config's (8080,
 9900, 9001-9010, which something else may hold): lb on N, /metrics on N+1, the
@@ -22,6 +23,7 @@ one's own (`-c FILE`) names its ports itself.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import subprocess
@@ -39,6 +41,29 @@ from .users import Users
 THINK_S = 0.01
 USER_LIFE = (20, 60)           # requests before a user leaves and a new one comes
 STEADY_S = 5.0
+SMOKE_REQUESTS = 100
+SMOKE_ALLOWED_FAILURES = 1      # a 10% failure rate passes 100 requests with at most 1 failure 0.03% of the time
+
+
+def smoke(host: str | None = None, port: int | None = None) -> int:
+    """`lb demo --bad`'s --verify: GET / on the node ($LB_HOST:$LB_PORT) SMOKE_REQUESTS times;
+    exit status 1 when more than SMOKE_ALLOWED_FAILURES answer other than 200."""
+    host, port = host or os.environ["LB_HOST"], port or int(os.environ["LB_PORT"])
+    failed = 0
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    for _ in range(SMOKE_REQUESTS):
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            failed += response.status != 200
+        except OSError:
+            failed += 1
+            conn.close()
+    conn.close()
+    print(f"smoke test of {os.environ.get('LB_NODE', host)} ({os.environ.get('LB_VERSION', '?')}): "
+          f"{failed} of {SMOKE_REQUESTS} requests failed, {SMOKE_ALLOWED_FAILURES} allowed", flush=True)
+    return 1 if failed > SMOKE_ALLOWED_FAILURES else 0
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -143,6 +168,8 @@ class Demo:
                 "--update", self.update_command("--fail-rate 0.1" if self.bad else ""),
                 "--rollback", self.update_command(""), "--batch", "3", "--canary", "1", "--min-ready", "70%",
                 "--bake", "5s", "--canary-bake", "10s",
+                *(["--verify", f"{sys.executable} -c 'import sys, lb.demo.demo as d; sys.exit(d.smoke())'"]
+                  if self.bad else []),
                 "--state", os.path.join(self.run_dir, "demo-deploy.state"),
                 "--log", os.path.join(self.run_dir, "demo-deploy.log")]
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lb.cli", *args)
@@ -170,7 +197,8 @@ async def _run(demo: Demo, users_count: int) -> int:
     users.phase = "before"
     users.start()
     await _steady(users, STEADY_S)
-    release = "v2 with 10% of requests answered 500" if demo.bad else "v2"
+    release = ("v2 with 10% of requests answered 500, and a --verify smoke test of each node before it takes "
+               "users" if demo.bad else "v2")
     print(f"demo: lb deploy --to v2 (canary 1, then 3 at a time), the update command restarts each "
           f"node as {release}", flush=True)
     users.phase = "during"
@@ -195,8 +223,8 @@ def _summary(users: Users, code: int, deploy_s: float, bad: bool) -> int:
         print(f"  {phase:<7} {len(values):6d} requests  p50 {_percentile(values, 0.5):5.1f} ms  "
               f"p99 {_percentile(values, 0.99):6.1f} ms")
     if bad:
-        print(f"  {app_errors} of the failures are the bad release's own 500s, served to the canary's "
-              f"users before the bake caught it; the rest of the failures: {failed - app_errors}")
+        print(f"  {app_errors} of the failures are the bad release's own 500s served to users (the smoke test "
+              f"failed the canary before it took any); the rest of the failures: {failed - app_errors}")
         return 0 if code == 1 and failed == app_errors else 1
     return 0 if code == 0 and failed == 0 and flips == 0 else 1
 

@@ -32,6 +32,7 @@ from fractions import Fraction
 
 from ..core.values import VERSION_RE, check_name, check_version_label, parse_duration, parse_hostport
 from ..core.errors import DeployError, InvalidValue
+from .gates import check_prometheus_url, parse_gates       # the gates' parser (its queries run from run.py)
 
 # Exit codes of `lb deploy`.
 EXIT_DONE, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_STUCK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -43,6 +44,13 @@ _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 # nodes' p99 in 1-2 s bakes, 0.6-1.1x in 4 s bakes) decide it alone.
 MIN_P99_REQUESTS = 1000
 P99_FLOOR_MS = 1.0         # baselines under 1 ms are read as 1 ms: below that it is noise
+# The requests a bake must judge before its verdict means something (--min-requests). The
+# error-rate bar is 1% by default: under 100 requests a single 5xx is already over it, and
+# none says little; at 100, a release failing 5% of requests shows at least one 5xx with
+# probability 1 - 0.95^100 = 99.4%, one failing 2% with 87%. (The p99 comparison needs
+# MIN_P99_REQUESTS and says so in its note; a low-traffic site gives evidence with --verify.)
+MIN_BAKE_REQUESTS = 100
+BAKE_MAX_FACTOR = 5        # --bake-max defaults to 5x the bake it extends
 
 
 # -- options -----------------------------------------------------------------------
@@ -63,9 +71,29 @@ class Options:
     update_timeout_s: float = 600.0
     min_ready: str = "80%"
     rollback_done: bool = True            # roll back batches that had finished, too
+    # gates (lb/deploy/gates.py and run.py's bake)
+    verify: str | None = None             # once per node, up at weight 0, before it takes users
+    verify_timeout_s: float = 60.0
+    checks: tuple = ()                    # --check commands, every bake, every check_interval_s
+    check_interval_s: float = 10.0
+    check_timeout_s: float = 30.0
+    prometheus: str | None = None
+    gates: tuple = ()                     # --gate texts, parsed by gates.parse_gates
+    gate_tries: int = 3
+    min_requests: int = MIN_BAKE_REQUESTS
+    bake_max_s: float | None = None       # None: BAKE_MAX_FACTOR x the bake
+    allow_thin_bakes: bool = False
+    lb_url: str = "http://127.0.0.1:8080"         # what --verify gets as LB_URL
+    version_header: str = "X-Lb-Version"          # lb's pinning.header
 
     def __post_init__(self):
+        object.__setattr__(self, "checks", tuple(self.checks))      # a list when read back from the state file
+        object.__setattr__(self, "gates", tuple(self.gates))
         check_options(self)
+
+    def bake_limit_s(self, bake_s: float) -> float:
+        """How long a bake may extend to reach --min-requests."""
+        return max(self.bake_max_s, bake_s) if self.bake_max_s is not None else BAKE_MAX_FACTOR * bake_s
 
     @property
     def min_ready_fraction(self) -> Fraction:
@@ -87,7 +115,9 @@ def check_options(opts: Options) -> None:
     """Raises DeployError naming the option that is wrong."""
     if not VERSION_RE.match(opts.to):
         raise DeployError(f"--to: expected a version label (letters, digits, '.', '_', '-'), got {opts.to!r}")
-    for flag, template in (("--update", opts.update), ("--rollback", opts.rollback)):
+    templates = [("--update", opts.update), ("--rollback", opts.rollback), ("--verify", opts.verify),
+                 *(("--check", check) for check in opts.checks)]
+    for flag, template in templates:
         if template is not None and not template.strip():
             raise DeployError(f"{flag}: expected a shell command")
         unknown = set(re.findall(r"\{(\w+)\}", template or "")) - set(PLACEHOLDERS)
@@ -105,6 +135,30 @@ def check_options(opts: Options) -> None:
         raise DeployError(f"--max-error-rate: expected a fraction from 0 to 1, got {opts.max_error_rate}")
     if opts.max_p99_ratio < 1:
         raise DeployError(f"--max-p99-ratio: expected 1 or more, got {opts.max_p99_ratio}")
+    check_gate_options(opts)
+
+
+def check_gate_options(opts: Options) -> None:
+    """Raises DeployError naming the option that is wrong."""
+    if opts.gates and not opts.prometheus:
+        raise DeployError("--gate needs --prometheus URL (the Prometheus that answers the queries)")
+    if opts.prometheus:
+        check_prometheus_url(opts.prometheus)
+    parse_gates(opts.gates)
+    if opts.gate_tries < 1:
+        raise DeployError(f"--gate-tries: expected 1 or more, got {opts.gate_tries}")
+    if opts.min_requests < 0:
+        raise DeployError(f"--min-requests: expected 0 or more, got {opts.min_requests}")
+    for flag, seconds in (("--check-interval", opts.check_interval_s), ("--verify-timeout", opts.verify_timeout_s),
+                          ("--check-timeout", opts.check_timeout_s)):
+        if seconds <= 0:
+            raise DeployError(f"{flag}: expected a duration above 0, got {seconds:g}s")
+    if opts.bake_max_s is not None and opts.bake_max_s < opts.bake_s:
+        raise DeployError(f"--bake-max: expected at least the bake ({opts.bake_s:g}s), got {opts.bake_max_s:g}s")
+    if not re.match(r"^https?://[^/\s]+", opts.lb_url or ""):
+        raise DeployError(f"--lb-url: expected http://HOST:PORT (lb's own listener), got {opts.lb_url!r}")
+    if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", opts.version_header or ""):
+        raise DeployError(f"--version-header: expected a header name, got {opts.version_header!r}")
 
 
 def parse_percent(text: str, flag: str) -> Fraction:
@@ -150,6 +204,13 @@ def check_servers(servers: list[dict]) -> None:
 def command_env(values: dict) -> dict:
     return {"LB_NODE": values["name"], "LB_HOST": values["host"], "LB_PORT": str(values["port"]),
             "LB_VERSION": values["version"], "LB_OLD_VERSION": values["old_version"]}
+
+
+def verify_env(values: dict, opts: Options) -> dict:
+    """--verify's environment: --update's, and lb's own address with the header that routes a
+    request to the node's version (`curl -H "$LB_VERSION_HEADER" "$LB_URL/"`)."""
+    return {**command_env(values), "LB_URL": opts.lb_url.rstrip("/"),
+            "LB_VERSION_HEADER": f"{opts.version_header}: {values['version']}"}
 
 
 # -- the plan ----------------------------------------------------------------------
@@ -244,7 +305,10 @@ def _steps(command_step: str) -> tuple[Step, ...]:
             Step("wait up", "wait {name} up {timeout}", "health_timeout_s"))
 
 
-STEPS = {"forward": _steps("update"), "back": _steps("rollback")}
+# `verify` (--verify) ends the way forward only: the node is up at weight 0 and nobody but the
+# verify command (and requests that may override, skew.override_from) reaches it. Without
+# --verify, the step is passed over without a word (run.py).
+STEPS = {"forward": _steps("update") + (Step("verify", None, "verify_timeout_s"),), "back": _steps("rollback")}
 COMMAND_INDEX = 2               # the shell command's place in both sequences
 
 
@@ -344,6 +408,20 @@ def judge(batch: Sample, baseline: Sample | None, lb_failed: dict, opts: Options
     return Verdict(not reasons, reasons, numbers)
 
 
+def evidence(requests: int, seconds: float, limit_s: float, opts: Options) -> tuple[str, str]:
+    """--min-requests' outcome for a bake that judged `requests` in `seconds` (its limit
+    `limit_s`): ('pass' | 'fail' | 'warn', what a person reads). Short of the minimum, a
+    bake fails, or passes with a warning under --allow-thin-bakes."""
+    needed = opts.min_requests
+    if requests >= needed:
+        return "pass", f"{requests} requests judged (--min-requests {needed})"
+    detail = (f"thin bake: {requests} requests judged in {seconds:.0f}s, --min-requests {needed} not reached "
+              f"by --bake-max {limit_s:g}s")
+    if opts.allow_thin_bakes:
+        return "warn", detail + "; passed anyway (--allow-thin-bakes)"
+    return "fail", detail + " (--allow-thin-bakes lets it pass with a warning)"
+
+
 def lb_made_failures(before: dict, after: dict) -> dict:
     """lb-made failures between two `show stats` totals: 5xx lb answered and connections cut
     mid-response. 400/408/431... are the clients' own doing, and `drain_deadline` (a
@@ -375,7 +453,8 @@ class DeployState:
     failure: dict | None = None
     interrupted: bool = False
     targets: list[str] = field(default_factory=list)   # the lbs driven (-s), which --resume must give again
-    weights: dict[str, int] = field(default_factory=dict)   # at the start: a fleet gives them back after `wait up`
+    weights: dict[str, int] = field(default_factory=dict)   # at the start: given back after `wait up` / `verify`
+    bakes: list[dict] = field(default_factory=list)      # per bake: nodes, requests judged, gates' outcomes
 
     def node(self, name: str) -> NodeProgress:
         return self.progress.setdefault(name, NodeProgress())
@@ -387,7 +466,7 @@ class DeployState:
                 "addresses": {n: list(a) for n, a in self.addresses.items()},
                 "progress": {n: asdict(p) for n, p in self.progress.items()},
                 "baked": self.baked, "failure": self.failure, "interrupted": self.interrupted,
-                "targets": self.targets, "weights": self.weights}
+                "targets": self.targets, "weights": self.weights, "bakes": self.bakes}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeployState":
@@ -403,6 +482,6 @@ class DeployState:
                        progress={n: NodeProgress(**p) for n, p in data["progress"].items()},
                        baked=data["baked"], failure=data.get("failure"),
                        interrupted=data.get("interrupted", False), targets=data.get("targets", []),
-                       weights=data.get("weights", {}))
+                       weights=data.get("weights", {}), bakes=data.get("bakes", []))
         except (KeyError, TypeError, IndexError, AttributeError):
             raise DeployError("not a deploy state file written by this lb") from None

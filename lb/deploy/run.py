@@ -11,74 +11,27 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import signal
 import time
-from collections import deque
 
 from ..core.values import parse_hostport
 from ..core.errors import DeployError
 from ..core.stats import iso_utc
 from ..files import atomic_write
 from .client import RECONNECT_S, StepFailed, Unreachable
-from .configsync import check_editable, config_update
+from .commands import run_command
+from .report import report
+from .configsync import check_editable
 from .fleet import Fleet, differences, merge_servers
+from .bakegates import BakeGates
+from .gates import FAIL, PASS
 from .plan import (EXIT_DONE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, EXIT_STUCK, EXIT_USAGE, UNFINISHED, Batch,
                    DeployState, NodeProgress, Options, Sample, check_servers, command_env, fill, fit, in_service,
-                   judge, lb_made_failures, plan)
+                   evidence, judge, lb_made_failures, plan, verify_env)
 
 REPLY_SLACK_S = 15.0        # beyond a `wait`'s own timeout, before its reply counts as lost
-KILL_GRACE_S = 5.0          # SIGTERM to SIGKILL for an update command past its timeout
-OUTPUT_TAIL_LINES = 20
 WATCH_INTERVAL_S = 0.5
-
-
-async def run_command(command: str, env: dict, timeout_s: float, log, label: str) -> None:
-    """Run a shell command in its own session; its output goes to the deploy log.
-    Raises StepFailed (exit status, or timed out) with the output's last lines."""
-    proc = await asyncio.create_subprocess_shell(
-        command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
-    tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
-
-    async def pump():
-        async for raw in proc.stdout:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            tail.append(text)
-            log.write(f"{iso_utc(time.time())} {label} | {text}\n")
-            log.flush()
-
-    pumping = asyncio.create_task(pump())
-    try:
-        code = await asyncio.wait_for(proc.wait(), timeout_s)
-    except asyncio.TimeoutError:
-        await _kill_group(proc)
-        await _finish(pumping)
-        raise StepFailed(f"timed out after {timeout_s:g}s (--update-timeout); killed", list(tail)) from None
-    await _finish(pumping)
-    if code != 0:
-        raise StepFailed(f"exited with status {code}", list(tail))
-
-
-async def _kill_group(proc) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
-            return
-        except asyncio.TimeoutError:
-            continue
-
-
-async def _finish(task: asyncio.Task) -> None:
-    """Let the output pump drain; a background child still holding the pipe is not waited for."""
-    try:
-        await asyncio.wait_for(asyncio.shield(task), 1.0)
-    except asyncio.TimeoutError:
-        task.cancel()
+WARN = "warn"
 
 
 class Deployer:
@@ -97,6 +50,15 @@ class Deployer:
         self.timings: dict[str, dict[str, float]] = {}
         self.started = time.monotonic()
         self.write_config: str | None = None   # --write-config: the lb config file to put the versions in
+        self._gates: BakeGates | None = None
+
+    @property
+    def gates(self) -> BakeGates:
+        """The checks and gates, once the options are known (--resume reads them from the state)."""
+        if self._gates is None:
+            self._gates = BakeGates(self.opts, self.log, lambda name: self.values(name, "forward"),
+                                    lambda name: self.state.old_versions[name], self.view_event, self.save)
+        return self._gates
 
     # -- start ---------------------------------------------------------------------
     async def prepare(self, resume: bool) -> tuple[list[Batch], list[str]]:
@@ -168,6 +130,7 @@ class Deployer:
                     return batch
             self._event("batch", index=state.batch + 1, of=len(state.batches), nodes=list(batch.nodes),
                         canary=batch.canary)
+            self.gates.begin(state.bakes, state.batch + 1, batch)
             try:
                 before = await self.snapshot()
                 failure = await self.walk_all(batch.nodes, "forward") or await self.bake(batch, before)
@@ -222,6 +185,10 @@ class Deployer:
             if self.stopping or (self.batch_failed and direction == "forward"):
                 return None
             step = progress.next_step
+            if step.name == "verify" and not self.opts.verify:
+                progress.done += 1           # no --verify: the step is passed over without a word
+                self.save()
+                continue
             progress.running = True
             self.save()
             self._event("step", node=name, step=step.name, direction=direction, status="start")
@@ -237,7 +204,10 @@ class Deployer:
                 self.batch_failed = True
                 self._event("step", node=name, step=step.name, direction=direction, status="failed",
                             reason=exc.reason, output=exc.output[-5:])
-                return {"node": name, "step": step.name, "reason": exc.reason, "output": exc.output}
+                failure = {"node": name, "step": step.name, "reason": exc.reason, "output": exc.output}
+                if step.name == "verify":
+                    failure["gate"] = self.gates.current["gates"][f"verify {name}"]
+                return failure
             took = time.monotonic() - started
             if direction == "forward":
                 self.timings.setdefault(name, {})[step.name] = round(took, 2)
@@ -250,6 +220,9 @@ class Deployer:
     async def do_step(self, name: str, step, direction: str) -> None:
         values = self.values(name, direction)
         timeout_s = getattr(self.opts, step.timeout) if step.timeout else 30.0
+        if step.name == "verify":
+            await self.verify(name, values)
+            return
         if step.admin is None:
             command = fill(self.opts.command(direction), values)
             self.log.write(f"{iso_utc(time.time())} {name} $ {command}\n")
@@ -261,15 +234,42 @@ class Deployer:
         # another lb has none of it yet, and a user who goes there with the new pin is sent back
         # (tests/e2e/test_fleet.py saw it). What is left is the gap between the lbs' replies to
         # `set weight`, milliseconds, instead of a health check interval or more.
-        hold = len(self.admin.members) > 1
+        # --verify holds the node at weight 0 too, from `ready` to the end of `verify`: up, and
+        # reachable only by a request that names its version and may override (skew.override_from)
+        # or by the node's own address, so the smoke test runs before any user meets it. Before
+        # `ready` it could not: a drained node is not checked into `up`, and lb routes nothing to it.
+        fleet = len(self.admin.members) > 1
+        verifying = bool(self.opts.verify)
+        hold = fleet or (verifying and direction == "forward")
+        give_back = step.name == "wait up" and (fleet or verifying) and not (verifying and direction == "forward")
         try:
             if hold and step.name == "ready":
                 await self.admin.ok(f"set weight {name} 0")
             replies = await self.admin.ok(line, timeout_s + REPLY_SLACK_S)
             if step.name == "wait up":
                 check_label(name, values["version"], replies)
-            if hold and step.name == "wait up":
-                await self.admin.ok(f"set weight {name} {self.state.weights.get(name, 1)}")
+            if give_back:
+                await self.give_weight_back(name)
+        except Unreachable as exc:
+            raise StepFailed(exc.message) from None
+
+    async def give_weight_back(self, name: str) -> None:
+        await self.admin.ok(f"set weight {name} {self.state.weights.get(name, 1)}")
+
+    async def verify(self, name: str, values: dict) -> None:
+        """--verify on a node up at weight 0; then its weight back. Raises StepFailed, as a failed
+        health check does: the batch fails and the rollback rules apply."""
+        command = fill(self.opts.verify, values)
+        self.log.write(f"{iso_utc(time.time())} {name} verify $ {command}\n")
+        try:
+            await run_command(command, verify_env(values, self.opts), self.opts.verify_timeout_s, self.log,
+                              f"{name} verify", "--verify-timeout")
+        except StepFailed as exc:
+            self.gates.record("verify", name, FAIL, exc.reason, node=name, output=exc.output[-5:])
+            raise
+        self.gates.record("verify", name, PASS, "exited with status 0", node=name)
+        try:
+            await self.give_weight_back(name)
         except Unreachable as exc:
             raise StepFailed(exc.message) from None
 
@@ -282,10 +282,13 @@ class Deployer:
     # -- bake ----------------------------------------------------------------------------
     async def bake(self, batch: Batch, batch_before: dict) -> dict | None:
         bake_s = self.opts.canary_bake_s if batch.canary else self.opts.bake_s
-        self._event("bake", nodes=list(batch.nodes), seconds=bake_s, canary=batch.canary)
+        limit_s = self.opts.bake_limit_s(bake_s)
+        self._event("bake", nodes=list(batch.nodes), seconds=bake_s, canary=batch.canary,
+                    min_requests=self.opts.min_requests, max_seconds=limit_s)
+        self.gates.new_bake()
         while True:
             before = await self.snapshot()
-            failure = await self.watch_bake(batch, before["at"] + bake_s)
+            failure, thin = await self.watch_bake(batch, before, bake_s, limit_s)
             if failure or self.stopping:
                 return failure
             after = await self.snapshot()
@@ -293,6 +296,7 @@ class Deployer:
                 break
             # lb restarted during the bake: its counters began again, so bake again
             self._event("bake", nodes=list(batch.nodes), seconds=bake_s, canary=batch.canary,
+                        min_requests=self.opts.min_requests, max_seconds=limit_s,
                         note="lb restarted during the bake; baking again")
         if restarted(batch_before, after):
             batch_before = {"failed": {}}         # counted since lb's restart
@@ -300,26 +304,60 @@ class Deployer:
         group = await self.sample(list(batch.nodes), before, after, self.opts.to)
         baseline = await self.baseline(servers, batch, before, after)
         verdict = judge(group, baseline, lb_made_failures(batch_before["failed"], after["failed"]), self.opts)
-        self._event("baked", nodes=list(batch.nodes), ok=verdict.ok, reasons=verdict.reasons,
+        reasons, warnings = list(verdict.reasons), []
+        outcome, detail = evidence(group.requests, after["at"] - before["at"], limit_s, self.opts)
+        (warnings if outcome == WARN else reasons if outcome == FAIL else []).append(detail)
+        entry = self.gates.record("evidence", "min-requests", outcome, detail, requests=group.requests)
+        self.gates.current.update(requests=group.requests, seconds=round(after["at"] - before["at"], 1),
+                                  ok=not reasons, thin=thin, warnings=warnings)
+        self.save()
+        self._event("baked", nodes=list(batch.nodes), ok=not reasons, reasons=reasons, warnings=warnings,
                     **verdict.numbers)
-        if verdict.ok:
+        if not reasons:
             return None
-        return {"node": ",".join(batch.nodes), "step": "bake", "reason": "; ".join(verdict.reasons),
-                "numbers": verdict.numbers}
+        failure = {"node": ",".join(batch.nodes), "step": "bake", "reason": "; ".join(reasons),
+                   "numbers": verdict.numbers}
+        if outcome == FAIL and not verdict.reasons:
+            failure["gate"] = entry
+        return failure
 
-    async def watch_bake(self, batch: Batch, deadline: float) -> dict | None:
-        """Wait out the bake; a failure as soon as a batch node leaves service."""
-        while time.monotonic() < deadline:
-            if self.stopping:
-                return None
-            await asyncio.sleep(min(WATCH_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+    async def watch_bake(self, batch: Batch, before: dict, bake_s: float, limit_s: float) -> tuple[dict | None, bool]:
+        """Wait out the bake, running the checks and gates at its start, every --check-interval and
+        at its end; past `bake_s`, go on until the batch has served --min-requests, up to `limit_s`.
+        (a failure or None, whether the bake ended thin). A failure as soon as a batch node leaves
+        service or a check or gate fails."""
+        deadline, limit = before["at"] + bake_s, before["at"] + limit_s
+        failure = await self.gates.run(batch, "start")
+        next_check, extended = time.monotonic() + self.opts.check_interval_s, False
+        while failure is None and not self.stopping:
+            now = time.monotonic()
+            if now >= deadline:
+                served = await self.served(batch, before)
+                if served >= self.opts.min_requests or now >= limit:
+                    failure = await self.gates.run(batch, "end", True, lambda: self.stopping)
+                    return failure, served < self.opts.min_requests
+                if not extended:
+                    extended = True
+                    self._event("bake_extended", nodes=list(batch.nodes), requests=served,
+                                min_requests=self.opts.min_requests, max_seconds=limit_s)
+            wake = min(deadline if now < deadline else limit, next_check)
+            await asyncio.sleep(min(WATCH_INTERVAL_S, max(wake - now, 0)))
             servers = await self.admin.servers()
             gone = [s for s in servers if s["name"] in batch.nodes and not in_service(s)]
             if gone:
                 s = gone[0]
                 return {"node": s["name"], "step": "bake",
-                        "reason": f"left service during the bake: {s['state']}/{s['health']}"}
-        return None
+                        "reason": f"left service during the bake: {s['state']}/{s['health']}"}, False
+            if time.monotonic() >= next_check:
+                failure = await self.gates.run(batch, "interval")
+                next_check = time.monotonic() + self.opts.check_interval_s
+        return failure, False
+
+    async def served(self, batch: Batch, before: dict) -> int:
+        """Requests the batch's nodes served since `before`."""
+        now = await self.snapshot()
+        return sum(max(now["servers"].get(n, {}).get("requests", 0) - before["servers"].get(n, {}).get("requests", 0),
+                       0) for n in batch.nodes)
 
     async def baseline(self, servers, batch, before, after) -> Sample | None:
         """The old-version nodes in service; when none is left, the nodes updated before."""
@@ -422,7 +460,10 @@ class Deployer:
     def save(self) -> None:
         save_deploy_state(self.state_path, self.state)
 
-    def _event(self, kind: str, **fields) -> None:
+    def view_event(self, kind: str, fields: dict) -> None:
+        self._event(kind, **fields)
+
+    def _event(self, kind: str, /, **fields) -> None:
         self.log.write(f"{iso_utc(time.time())} {kind} {json.dumps(fields)}\n")
         self.log.flush()
         self.view.event(kind, fields)
@@ -490,54 +531,6 @@ def save_deploy_state(path: str, state: DeployState) -> None:
 
 
 # -- the command ------------------------------------------------------------------------
-
-RESULTS = {EXIT_DONE: "done", EXIT_ROLLED_BACK: "failed and rolled back",
-           EXIT_STUCK: "failed and NOT fully rolled back", EXIT_INTERRUPTED: "interrupted"}
-
-
-def node_result(name: str, state: DeployState, progress: NodeProgress) -> str:
-    if progress.error:
-        return f"{progress.error}"
-    if progress.direction == "back":
-        return "rolled back" if progress.finished else f"rolling back, at {progress.next_step.name}"
-    if name in state.baked:
-        return "updated"
-    if progress.finished:
-        return "updated, bake not passed"
-    if progress.done or progress.running:
-        return f"at {progress.next_step.name}"
-    return "not started"
-
-
-async def report(deployer: Deployer, code: int) -> dict:
-    state = deployer.state
-    fleet = deployer.admin
-    fleet.tolerate_lost = True
-    try:
-        servers = {s["name"]: s for s in await fleet.servers()}
-    except (DeployError, StepFailed):
-        servers = {}
-    nodes = []
-    for name in [n for b in state.batches for n in b.nodes]:
-        server, times = servers.get(name, {}), deployer.timings.get(name, {})
-        nodes.append({"name": name, "was": state.old_versions[name], "version": server.get("version", "?"),
-                      "state": server.get("state", "?"), "health": server.get("health", "?"),
-                      "result": node_result(name, state, state.node(name)),
-                      "drain_s": times.get("wait drained", ""), "update_s": times.get("update", ""),
-                      "up_s": times.get("wait up", "")})
-        if len(fleet.members) > 1:
-            lost = {label: {**(fleet.last_seen.get(label, {}).get(name) or {}), "lost": True} for label in fleet.lost}
-            nodes[-1]["on"] = {**lost, **server.get("on", {})}
-    config = config_update(nodes, {name: s["version"] for name, s in servers.items()}, deployer.write_config,
-                           code == EXIT_DONE and bool(servers))
-    resume = None
-    if code in (EXIT_INTERRUPTED, EXIT_STUCK):
-        resume = f"lb deploy {fleet.flags} --state {deployer.state_path} --resume"
-    return {"to": deployer.opts.to, "result": RESULTS.get(code, "error"), "exit": code,
-            "seconds": round(time.monotonic() - deployer.started, 1), "failure": state.failure,
-            "nodes": nodes, "log": deployer.log_path, "resume": resume, "config": config,
-            **({"lbs": fleet.labels, "lost": fleet.lost} if len(fleet.members) > 1 else {})}
-
 
 async def deploy_command(opts: Options | None, targets: list[str], state_path: str, log_path: str,
                          view, resume: bool, dry_run: bool, expect_to: str | None = None,

@@ -13,8 +13,8 @@ from .ctlview import table_lines
 BAR_WIDTH = 30
 NODES_PER_LINE = 5
 # The summary's table: its column headings, and the key of a report's node each shows.
-REPORT_COLUMNS = ("node", "was", "now", "state", "health", "result", "drain s", "update s", "up s")
-REPORT_KEYS = ("name", "was", "version", "state", "health", "result", "drain_s", "update_s", "up_s")
+REPORT_COLUMNS = ("node", "was", "now", "state", "health", "result", "drain s", "update s", "up s", "judged")
+REPORT_KEYS = ("name", "was", "version", "state", "health", "result", "drain_s", "update_s", "up_s", "judged")
 
 
 class JsonView:
@@ -63,6 +63,7 @@ class TtyView:
         self.phase = "starting"
         self.bake_until = None
         self.versions: list[dict] = []
+        self.gates: dict[str, str] = {}          # "kind name" -> its last outcome, for the batch in progress
         self._drawn = 0
 
     def plan(self, batches, notes, dry_run: bool) -> None:
@@ -87,13 +88,20 @@ class TtyView:
             arrow = "↺ " if f["direction"] == "back" else ""
             if f["status"] == "failed":
                 self.nodes[f["node"]] = f"{arrow}{f['step']} FAILED"
-                return f"✗ {f['node']}: {f['step']} failed: {f['reason']}"
+                return "\n".join([f"✗ {f['node']}: {f['step']} failed: {f['reason']}",
+                                  *(f"    | {line}" for line in f.get("output", []))])
             if f["status"] == "start":
                 self.nodes[f["node"]] = f"{arrow}{f['step']}…"
             elif f["step"] == "wait up":
                 self.nodes[f["node"]] = f"{arrow}up"
             return None
+        if kind == "gate":
+            return self._gate(f)
+        if kind == "bake_extended":
+            return (f"… {' '.join(f['nodes'])}: {f['requests']} of --min-requests {f['min_requests']} served; "
+                    f"the bake goes on, up to {f['max_seconds']:g}s")
         if kind == "batch":
+            self.gates = {}
             self.phase = f"batch {f['index']}/{f['of']}{' (canary)' if f['canary'] else ''}"
             return f"▶ batch {f['index']}/{f['of']}: {' '.join(f['nodes'])}{' (canary)' if f['canary'] else ''}"
         if kind == "bake":
@@ -106,13 +114,24 @@ class TtyView:
                 for name in f["nodes"]:
                     self.nodes[name] = "done"
                 note = f" ({f['p99_note']})" if f.get("p99_note") else ""
-                return (f"✓ {' '.join(f['nodes'])} baked: {f['requests']} requests, "
-                        f"5xx {f['error_rate']:.2%}, p99 {_ms(f['p99_ms'])}{note}")
+                warnings = "".join(f"\n! {w}" for w in f.get("warnings", []))
+                return (f"✓ {' '.join(f['nodes'])} baked: {f['requests']} requests judged, "
+                        f"5xx {f['error_rate']:.2%}, p99 {_ms(f['p99_ms'])}{note}{warnings}")
             return f"✗ bake failed: {'; '.join(f['reasons'])}"
         if kind in ("failed", "rollback", "stopping", "interrupted", "replan"):
             self.phase = kind
             text = f.get("message") or f.get("reason") or f.get("resume") or ""
             return f"! {kind}{': ' + text if text else ''}"
+        return None
+
+    def _gate(self, f: dict) -> str | None:
+        """A gate's outcome: kept in the live block; a failure or a warning also as a line."""
+        label = f"{f['kind']} {f['name']}" if f["kind"] != "verify" else f"verify {f['name']}"
+        self.gates[label] = f["outcome"]
+        if f["outcome"] in ("fail", "warn") and f["kind"] != "verify":     # a failed verify is a failed step's line
+            mark = "✗" if f["outcome"] == "fail" else "!"
+            return "\n".join([f"{mark} {label}: {f['outcome']}: {f['detail']}",
+                              *(f"    | {line}" for line in f.get("output", []))])
         return None
 
     def stats(self, rows: list[dict]) -> None:
@@ -158,6 +177,8 @@ class TtyView:
                  f"{self.phase}{baking}"]
         for i in range(0, len(self.order), NODES_PER_LINE):
             lines.append("  " + "  ".join(f"{n}: {self.nodes[n]:<14}" for n in self.order[i:i + NODES_PER_LINE]))
+        if self.gates:
+            lines.append("  gates: " + "  ".join(f"{label} {outcome}" for label, outcome in self.gates.items()))
         for row in self.versions:
             lines.append(f"  {row['version']:<8} {row['in_service']}/{row['nodes']} in service  "
                          f"{row['rps']:>7.1f} req/s  5xx {row['error_rate']:.2%}  p99 {_ms(row['p99_ms'])}")
@@ -177,8 +198,13 @@ def format_report(report: dict) -> str:
         lines.append(f"  failed at {failure['node']}, step {failure['step']}: {failure['reason']}")
         for line in failure.get("output", [])[-5:]:
             lines.append(f"    | {line}")
+        gate = failure.get("gate")
+        if gate:
+            lines.append(f"  gate that failed: {gate['kind']} {gate['name']} on batch "
+                         f"{_batch_of(report, failure)}: {gate['detail']}")
     rows = [tuple(row.get(key, "") for key in REPORT_KEYS) for row in report["nodes"]]
     lines += ["  " + line for line in table_lines(REPORT_COLUMNS, rows)]
+    lines += bake_lines(report.get("bakes", []))
     for label, why in report.get("lost", {}).items():
         lines.append(f"  lb {label} stopped answering ({why}); what it last said of each node is below")
     for row in report["nodes"]:
@@ -193,6 +219,24 @@ def format_report(report: dict) -> str:
         lines.append(f"  resume with: {report['resume']}")
     lines.append(f"  log: {report['log']}")
     return "\n".join(lines)
+
+
+def _batch_of(report: dict, failure: dict) -> str:
+    names = set(failure["node"].split(","))
+    return next((str(b["batch"]) for b in report.get("bakes", []) if names & set(b["nodes"])), "?")
+
+
+def bake_lines(bakes: list[dict]) -> list[str]:
+    """Per batch: the requests its bake judged and its gates' last outcomes."""
+    lines = []
+    for bake in bakes:
+        judged = "not baked" if bake.get("requests") is None else f"{bake['requests']} requests judged"
+        gates = "; ".join(f"{g['kind']} {g['name']} {g['outcome']}" + (f" ({g['detail']})" if g["outcome"] != "pass"
+                                                                        else "")
+                          for g in bake.get("gates", {}).values())
+        lines.append(f"  batch {bake['batch']} ({' '.join(bake['nodes'])}): {judged}" + (f"; {gates}" if gates else ""))
+        lines += [f"    warning: {w}" for w in bake.get("warnings", [])]
+    return lines
 
 
 def config_lines(config: dict | None) -> list[str]:

@@ -1,5 +1,6 @@
 """`lb demo` (what `make demo` runs) on free ports: it deploys, reports, and stops what it started."""
 
+import json
 import random
 import socket
 import subprocess
@@ -26,7 +27,7 @@ def demo_config(tmp_path: Path) -> tuple[Path, dict]:
 
 @pytest.mark.parametrize("bad, expected", [
     (False, ["deploy exit 0", " 0 failed, 0 users sent back from v2 to v1"]),
-    (True, ["deploy exit 1", "the rest of the failures: 0"]),
+    (True, ["deploy exit 1", "  0 of the failures are the bad release's own 500s", "the rest of the failures: 0"]),
 ])
 def test_the_demo_deploys_and_cleans_up(tmp_path, bad, expected):
     path, config = demo_config(tmp_path)
@@ -37,6 +38,9 @@ def test_the_demo_deploys_and_cleans_up(tmp_path, bad, expected):
     assert all(text in summary for text in expected), summary
     events = [line for line in result.stdout.splitlines() if line.startswith('{"t"')]
     assert any('"event": "summary"' in line for line in events)      # the deploy's JSON lines (no tty)
+    if bad:     # the --verify gate failed the canary before it took users
+        failure = next(json.loads(line) for line in events if '"event": "failed"' in line)
+        assert (failure["node"], failure["step"]) == ("web1", "verify"), failure
     ports = [int(config["listen"].rsplit(":", 1)[1])] + \
         [int(b["address"].rsplit(":", 1)[1]) for b in config["backends"]]
     assert not any(port_open(port) for port in ports), "the demo left a process listening"

@@ -196,7 +196,7 @@ async def test_interrupt_mid_batch_then_resume_finishes(spawn, detached_backends
     nodes = detached_backends(4)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     args = ["--to", "v2", "--update", "sleep 1; " + nodes.update_command(), "--batch", "2",
-            "--min-ready", "50%", "--bake", "500ms", "--canary-bake", "500ms"]
+            "--min-ready", "50%", "--bake", "500ms", "--canary-bake", "500ms", "--min-requests", "0"]   # no traffic
     deploy = await Deploy(lb, *args).start()
     await deploy.wait_event(lambda e: e["event"] == "step" and e["node"] == "web2" and e["step"] == "update")
     deploy.proc.send_signal(signal.SIGINT)
@@ -261,7 +261,8 @@ async def test_a_restart_of_lb_mid_deploy_costs_retries_not_the_deploy(spawn, de
     nodes = detached_backends(3)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     deploy = await Deploy(lb, "--to", "v2", "--update", "sleep 1; " + nodes.update_command(),
-                          "--min-ready", "60%", "--bake", "500ms", "--canary-bake", "500ms").start()
+                          "--min-ready", "60%", "--bake", "500ms", "--canary-bake", "500ms",
+                          "--min-requests", "0").start()         # no traffic: nothing to judge
     await deploy.wait_event(lambda e: e["event"] == "step" and e["node"] == "web1" and e["step"] == "update")
     assert await asyncio.to_thread(lb.stop) == 0
     await deploy.wait_event(lambda e: e["event"] == "step" and e["step"] == "set version")

@@ -196,7 +196,7 @@ async def test_ssh_targets_run_lb_ctl_stdio_through_the_users_ssh(spawn, detache
     log.unlink()
     deploy = await FleetDeploy(tmp_path, remote, "--to", "v2", "--update", backends.update_command(),
                                "--batch", "2", "--min-ready", "30%", "--bake", "1s", "--canary-bake", "1s",
-                               "--ssh-command", f"{folder}/ssh -o ConnectTimeout=5", env=env).start()
+                               "--min-requests", "0", "--ssh-command", f"{folder}/ssh -o ConnectTimeout=5", env=env).start()
     assert await deploy.finish() == 0, (deploy.stderr, deploy.events[-5:])
     for lb in lbs:
         assert rows(lb) == {("v2", "ready", "up")}

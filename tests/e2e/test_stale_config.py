@@ -43,7 +43,7 @@ async def test_a_fresh_lb_on_the_config_a_deploy_left_behind_fails_no_request(sp
     nodes = detached_backends(3)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
     code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--min-ready", "60%",
-                                    "--bake", "500ms", "--canary-bake", "500ms")
+                                    "--bake", "500ms", "--canary-bake", "500ms", "--min-requests", "0")
     assert code == 0, deploy.stderr
     # the deploy says which config lines are now stale
     for name in nodes.names:
@@ -100,7 +100,7 @@ async def test_deploy_write_config_changes_only_the_versions_and_keeps_the_comme
     commented.write_text(text)
     commented.chmod(0o640)
     code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--min-ready", "60%",
-                                    "--bake", "500ms", "--canary-bake", "500ms", "--write-config", str(commented))
+                                    "--bake", "500ms", "--canary-bake", "500ms", "--min-requests", "0", "--write-config", str(commented))
     assert code == 0, deploy.stderr
     after = commented.read_text()
     assert after == (text.replace("version: v1}", "version: v2}").replace("version: 'v1'", "version: 'v2'")

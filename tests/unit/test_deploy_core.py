@@ -155,7 +155,9 @@ def test_what_lb_lists_is_checked_before_it_reaches_a_shell(field, value, messag
 
 def test_the_steps_are_the_designed_sequence():
     assert [s.name for s in STEPS["forward"]] == ["drain", "wait drained", "update", "set version",
-                                                  "ready", "wait up"]
+                                                  "ready", "wait up", "verify"]
+    assert [s.name for s in STEPS["back"]] == ["drain", "wait drained", "rollback", "set version",
+                                               "ready", "wait up"]          # no verify on the way back
     assert [s.name for s in STEPS["back"]][COMMAND_INDEX] == "rollback"
     assert STEPS["forward"][COMMAND_INDEX].admin is None
 

@@ -1,0 +1,206 @@
+"""`lb deploy`'s gates end to end: --verify before a node takes users, --check during a bake,
+--min-requests' evidence, a --gate on an HTTP server that answers as Prometheus does (the real
+Prometheus is tests/e2e/prometheus.py's). Real lb, real backends, the deploy as the CLI."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from test_deploy import FAST, Deploy, assert_all, run_deploy, servers, sessions
+
+from conftest import PYTHON, Lb, wait_for_requests
+
+# A smoke test that records what it saw: its environment, the node's row in lb while it runs,
+# and what lb answered to a request that names the new version ($LB_VERSION_HEADER).
+VERIFY = """
+import json, os, sys, urllib.request
+from lb.deploy.client import request
+env = {k: v for k, v in os.environ.items() if k.startswith("LB_")}
+row = request(sys.argv[2], "show server " + env["LB_NODE"], 10)["server"]
+name, value = env["LB_VERSION_HEADER"].split(": ", 1)
+req = urllib.request.Request(env["LB_URL"] + "/", headers={name: value})
+with urllib.request.urlopen(req, timeout=10) as answer:
+    body = json.loads(answer.read())
+with open(os.path.join(sys.argv[1], env["LB_NODE"] + ".json"), "w") as out:
+    json.dump({"env": env, "row": row, "answer": body}, out)
+print("smoke ok on", env["LB_NODE"], "through lb:", body["node"], body["version"])
+"""
+
+
+def weights(lb) -> dict:
+    return {name: row["weight"] for name, row in servers(lb).items()}
+
+
+async def test_a_verify_runs_on_each_node_at_weight_0_and_reaches_its_version_through_lb(spawn, detached_backends,
+                                                                                         tmp_path):
+    nodes = detached_backends(3)
+    lb = spawn(Lb, tmp_path, nodes.configs(), skew={"override_from": ["127.0.0.1/32"]}, **FAST)
+    before = weights(lb)
+    script = tmp_path / "verify.py"
+    script.write_text(VERIFY)
+    async with sessions(lb, 6) as users:
+        await wait_for_requests(users, 50)
+        code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--min-ready", "60%",
+                                        "--verify", f"{PYTHON} {script} {tmp_path} {lb.socket_path}",
+                                        "--lb-url", lb.url, "--bake", "500ms", "--canary-bake", "500ms",
+                                        "--min-requests", "0")
+    assert code == 0, (deploy.stderr, deploy.of("failed"))
+    assert_all(lb, "v2")
+    assert weights(lb) == before                   # each node got its weight back after its verify
+    seen = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in nodes.names}
+    for name, saw in seen.items():
+        assert saw["env"]["LB_NODE"] == name and saw["env"]["LB_VERSION"] == "v2"
+        assert saw["env"]["LB_OLD_VERSION"] == "v1" and saw["env"]["LB_PORT"] == str(nodes.ports[name])
+        assert saw["env"]["LB_URL"] == lb.url and saw["env"]["LB_VERSION_HEADER"] == "X-Lb-Version: v2"
+        # up and ready, but at weight 0: no user is sent to it while it is verified
+        assert (saw["row"]["state"], saw["row"]["health"], saw["row"]["weight"]) == ("ready", "up", 0), saw["row"]
+        assert saw["answer"]["version"] == "v2", saw          # lb routed the named version
+    # the canary was the only v2 node, at weight 0: only the override could reach it, and did
+    assert seen["web1"]["answer"]["node"] == "web1"
+    verified = [e for e in deploy.of("gate") if e["kind"] == "verify"]
+    assert [(e["name"], e["outcome"]) for e in verified] == [(n, "pass") for n in nodes.names]
+    assert "smoke ok on web1 through lb: web1 v2" in (tmp_path / "deploy.log").read_text()
+    state = json.loads((tmp_path / "deploy.state").read_text())
+    assert state["bakes"][0]["gates"]["verify web1"]["outcome"] == "pass"
+
+
+async def test_a_verify_that_fails_rolls_the_canary_back_before_any_user_met_it(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(3)
+    lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
+    before = weights(lb)
+    async with sessions(lb, 10) as users:
+        await wait_for_requests(users, 50)
+        code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(),
+                                        "--rollback", nodes.update_command(), "--min-ready", "60%",
+                                        "--verify", 'echo "smoke: GET / answered 500 on $LB_NODE"; exit 4',
+                                        "--min-requests", "0")
+        await wait_for_requests(users, users.requests + 50)
+    assert code == 1, deploy.stderr
+    failure = deploy.summary["failure"]
+    assert (failure["node"], failure["step"], failure["reason"]) == ("web1", "verify", "exited with status 4")
+    assert failure["output"] == ["smoke: GET / answered 500 on web1"]
+    assert "failed at web1, step verify: exited with status 4" in deploy.stderr
+    assert "gate that failed: verify web1 on batch 1: exited with status 4" in deploy.stderr
+    assert_all(lb, "v1")
+    assert weights(lb) == before                   # the rollback gave the canary its weight back
+    assert deploy.of("bake") == []                 # the batch never baked
+    assert [(e["kind"], e["name"], e["outcome"]) for e in deploy.of("gate")] == [("verify", "web1", "fail")]
+    assert users.failures == [] and {r.version for r in users.records} == {"v1"}   # no user met v2
+
+
+async def test_a_check_that_fails_mid_bake_fails_the_batch(spawn, detached_backends, tmp_path):
+    nodes = detached_backends(3)
+    lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
+    flag = tmp_path / "errors-appeared"
+    deploy = await Deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--rollback", nodes.update_command(),
+                          "--min-ready", "60%", "--canary-bake", "30s", "--check-interval", "500ms",
+                          "--check", f'test ! -e {flag} || {{ echo "3 ERROR lines on $LB_HOST"; exit 1; }}',
+                          "--min-requests", "0").start()
+    await deploy.wait_event(lambda e: e["event"] == "gate" and e["kind"] == "check" and e.get("when") == "interval")
+    started = time.monotonic()
+    flag.touch()                                   # the app starts logging errors
+    assert await deploy.finish() == 1, deploy.stderr
+    assert time.monotonic() - started < 10         # at the next interval, not at the bake's end
+    failure = deploy.summary["failure"]
+    assert (failure["node"], failure["step"]) == ("web1", "check")
+    assert failure["reason"].startswith("--check #1 (test ! -e") and failure["reason"].endswith(
+        "on web1 exited with status 1"), failure["reason"]
+    assert failure["output"] == ["3 ERROR lines on 127.0.0.1"]
+    assert failure["gate"]["kind"] == "check" and failure["gate"]["outcome"] == "fail"
+    assert "gate that failed: check #1 on batch 1: exited with status 1" in deploy.stderr
+    checks = [e for e in deploy.of("gate") if e["kind"] == "check"]
+    assert checks[0]["when"] == "start" and checks[0]["outcome"] == "pass" and checks[-1]["outcome"] == "fail"
+    assert deploy.of("baked") == []
+    assert_all(lb, "v1")
+
+
+@pytest.mark.parametrize("allow", [False, True])
+async def test_a_thin_bake_fails_unless_thin_bakes_are_allowed(spawn, detached_backends, tmp_path, allow):
+    nodes = detached_backends(2)
+    lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
+    code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(),
+                                    "--rollback", nodes.update_command(), "--min-ready", "50%",
+                                    "--bake", "500ms", "--canary-bake", "500ms", "--bake-max", "1500ms",
+                                    "--min-requests", "50", *(["--allow-thin-bakes"] if allow else []))
+    extended = deploy.of("bake_extended")[0]           # nobody came: the bake went on, up to --bake-max
+    assert extended["requests"] == 0 and extended["min_requests"] == 50 and extended["max_seconds"] == 1.5
+    thin = "thin bake: 0 requests judged in 2s, --min-requests 50 not reached by --bake-max 1.5s"
+    if allow:
+        assert code == 0, deploy.stderr
+        assert_all(lb, "v2")
+        assert len(deploy.summary["warnings"]) == 2 and all(thin in w for w in deploy.summary["warnings"])
+        assert [b["requests"] for b in deploy.summary["bakes"]] == [0, 0]
+        assert all(b["ok"] and b["warnings"] for b in deploy.of("baked"))
+        assert f"    warning: {thin}" in deploy.stderr
+    else:
+        assert code == 1, deploy.stderr
+        failure = deploy.summary["failure"]
+        assert failure["step"] == "bake" and failure["reason"].startswith(thin), failure
+        assert failure["gate"]["kind"] == "evidence" and failure["gate"]["outcome"] == "fail"
+        assert_all(lb, "v1")
+    judged = next(line for line in deploy.stderr.splitlines() if line.strip().startswith("node"))
+    assert judged.split()[-1] == "judged"
+
+
+class Prometheus(BaseHTTPRequestHandler):
+    """Answers instant queries as Prometheus does: the 5xx rate is high for v2 (or, `empty`,
+    there are no samples at all)."""
+    queries: list = []
+    empty = False
+
+    def do_GET(self):
+        query = parse_qs(urlsplit(self.path).query)["query"][0]
+        self.queries.append(query)
+        value = "0.4" if 'version="v2"' in query else "0"
+        result = [] if self.empty else [{"metric": {"version": "v2"}, "value": [time.time(), value]}]
+        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("empty, interval, reason, when", [
+    # over the bar at the first --check-interval of the bake
+    (False, "300ms", "--gate errors: 0.4 is not < 0.05", ["interval"]),
+    # no data at the bake's end (the interval is longer than the bake): asked again, then failed
+    (True, "10s", "--gate errors: inconclusive 2 times in a row (--gate-tries 2): no data (the query matched no series)",
+     ["end", "end"]),
+])
+async def test_a_prometheus_gate_over_its_bar_or_without_data_fails_the_canary(spawn, detached_backends, tmp_path,
+                                                                              empty, interval, reason, when):
+    nodes = detached_backends(3)
+    lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
+    Prometheus.queries, Prometheus.empty = [], empty
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Prometheus)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code, deploy = await run_deploy(
+            lb, "--to", "v2", "--update", nodes.update_command(), "--rollback", nodes.update_command(),
+            "--min-ready", "60%", "--canary-bake", "1s", "--min-requests", "0",
+            "--prometheus", f"http://127.0.0.1:{server.server_address[1]}",
+            "--gate", 'errors: sum(rate(app_5xx{version="{version}",node=~"{nodes}"}[1m])) < 0.05',
+            "--gate-tries", "2", "--check-interval", interval)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert code == 1, deploy.stderr
+    failure = deploy.summary["failure"]
+    assert (failure["node"], failure["step"]) == ("web1", "gate")
+    assert failure["reason"] == reason, failure
+    assert failure["query"] == 'sum(rate(app_5xx{version="v2",node=~"web1"}[1m]))'
+    assert failure["gate"]["kind"] == "gate" and failure["gate"]["outcome"] == ("inconclusive" if empty else "fail")
+    # never asked at the bake's start (the new version has no samples yet)
+    assert [e["when"] for e in deploy.of("gate") if e["kind"] == "gate"] == when
+    assert Prometheus.queries == [failure["query"]] * len(when)
+    assert_all(lb, "v1")

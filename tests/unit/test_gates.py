@@ -1,0 +1,244 @@
+"""The deploy's gates: --gate's parser, the placeholders, the verdict on Prometheus' answers,
+the inconclusive streak, the HTTP client against a real (canned) HTTP server, --min-requests'
+evidence, and the gate options' checks."""
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from lb.core.errors import DeployError
+from lb.deploy.gates import (FAIL, INCONCLUSIVE, PASS, Gate, GateRunner, evaluate_gates, fill_query, nodes_regex,
+                             parse_gate, parse_gates, verdict)
+from lb.deploy.plan import Options, evidence, verify_env
+
+# -- the parser -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, gate", [
+    ("err: sum(rate(x[1m])) < 0.5", Gate("err", "sum(rate(x[1m]))", "<", 0.5)),
+    ("p99:histogram_quantile(0.99, rate(h[1m]))<=250", Gate("p99", "histogram_quantile(0.99, rate(h[1m]))", "<=", 250)),
+    ("up: min(up{job=\"app\"}) == 1", Gate("up", "min(up{job=\"app\"})", "==", 1)),
+    ("ratio: a / b > -1e-3", Gate("ratio", "a / b", ">", -0.001)),
+    ("x: a > b >= 2", Gate("x", "a > b", ">=", 2)),             # the last operator is the bar
+    ("n.1: count(x{code=~\"5..\"}) != 3", Gate("n.1", "count(x{code=~\"5..\"})", "!=", 3)),
+    ("  spaced :  q   >   .5  ", Gate("spaced", "q", ">", 0.5)),
+])
+def test_a_gate_is_name_query_operator_threshold(text, gate):
+    assert parse_gate(text) == gate
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no colon < 1", "expected 'NAME: QUERY OP THRESHOLD'"),
+    ("err: sum(x)", "expected 'NAME: QUERY OP THRESHOLD'"),
+    ("err: sum(x) < high", "expected 'NAME: QUERY OP THRESHOLD'"),
+    ("err: < 1", "expected 'NAME: QUERY OP THRESHOLD'"),
+    ("bad name: x < 1", "expected 'NAME: QUERY OP THRESHOLD'"),
+    ("err: x{job=\"{service}\"} < 1", "--gate err: unknown placeholder {service}"),
+])
+def test_a_bad_gate_is_refused_naming_it(text, message):
+    with pytest.raises(DeployError) as info:
+        parse_gate(text)
+    assert message in info.value.message and (text in info.value.message or "--gate err" in info.value.message)
+
+
+def test_two_gates_may_not_share_a_name():
+    with pytest.raises(DeployError, match="--gate a: two gates have that name"):
+        parse_gates(["a: x < 1", "a: y < 2"])
+
+
+# -- placeholders ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nodes, regex", [
+    (["web1"], "web1"),
+    (["web1", "web2"], "web1|web2"),
+    (["web.1", "a-b_c"], "web\\\\.1|a-b_c"),       # '.' escaped for RE2, the backslash for the string
+])
+def test_nodes_become_an_escaped_regex_alternation(nodes, regex):
+    assert nodes_regex(nodes) == regex
+
+
+def test_placeholders_are_filled_and_promql_braces_left_alone():
+    query = 'sum(rate(lb_requests{version="{version}",server=~"{nodes}",code=~"5.."}[1m])) / {old_version}'
+    assert fill_query(query, "v2", "v1", ["web1", "web2"]) == \
+        'sum(rate(lb_requests{version="v2",server=~"web1|web2",code=~"5.."}[1m])) / v1'
+
+
+def test_verify_gets_lb_url_and_the_version_header():
+    values = {"name": "web1", "host": "127.0.0.1", "port": 9001, "version": "v2", "old_version": "v1"}
+    env = verify_env(values, Options(to="v2", update="true", lb_url="http://127.0.0.1:8080/",
+                                     version_header="X-Release"))
+    assert env["LB_URL"] == "http://127.0.0.1:8080" and env["LB_VERSION_HEADER"] == "X-Release: v2"
+    assert env["LB_NODE"] == "web1" and env["LB_PORT"] == "9001" and env["LB_VERSION"] == "v2"
+
+
+# -- the verdict ---------------------------------------------------------------------------
+
+def vector(*values, metric=None):
+    return {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": metric or {"instance": f"i{i}"}, "value": [1700000000.0, v]} for i, v in enumerate(values)]}}
+
+
+LT = Gate("err", "q", "<", 0.5)
+
+
+@pytest.mark.parametrize("gate, answer, error, outcome, detail", [
+    (LT, vector("0.1"), None, PASS, "0.1 < 0.5"),
+    (LT, vector("0.5"), None, FAIL, "0.5 is not < 0.5"),
+    (LT, vector("0.7"), None, FAIL, "0.7 is not < 0.5"),
+    (LT, vector("0.1", "0.9", "0.2"), None, FAIL, "0.9 is not < 0.5 (1 of 3 series)"),
+    (LT, vector("0.1", "0.4"), None, PASS, "0.4 < 0.5 (2 series)"),
+    (Gate("up", "q", ">=", 1), vector("1"), None, PASS, "1 >= 1"),
+    (Gate("eq", "q", "==", 0), vector("0"), None, PASS, "0 == 0"),
+    (Gate("ne", "q", "!=", 0), vector("0"), None, FAIL, "0 is not != 0"),
+    (Gate("gt", "q", ">", 0), vector("+Inf"), None, PASS, "inf > 0"),
+    (LT, {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "0.25"]}}, None, PASS, "0.25 < 0.5"),
+    (LT, vector(), None, INCONCLUSIVE, "no data"),
+    (LT, vector("NaN"), None, INCONCLUSIVE, "NaN"),
+    (LT, {"status": "error", "errorType": "bad_data", "error": "parse error at char 4"}, None, INCONCLUSIVE,
+     "Prometheus answered bad_data: parse error at char 4"),
+    (LT, {"status": "success", "data": {"resultType": "matrix", "result": []}}, None, INCONCLUSIVE,
+     "resultType 'matrix'"),
+    (LT, {"status": "success", "data": {"resultType": "vector", "result": [{"value": []}]}}, None, INCONCLUSIVE,
+     "cannot read"),
+    (LT, ["not", "an", "object"], None, INCONCLUSIVE, "not an object"),
+    (LT, None, "cannot reach Prometheus: [Errno 111] Connection refused", INCONCLUSIVE, "cannot reach Prometheus"),
+])
+def test_the_verdict_on_an_answer(gate, answer, error, outcome, detail):
+    result = verdict(gate, answer, error, "q")
+    assert result.outcome == outcome and detail in result.detail, result
+    json.dumps(result.to_dict())                  # NaN and Inf still make JSON
+
+
+def test_an_inconclusive_gate_fails_after_tries_in_a_row_and_a_pass_resets_the_count():
+    runner = GateRunner("http://unused", [LT], tries=3)
+    sequence = [(INCONCLUSIVE, False), (INCONCLUSIVE, False), (PASS, False), (INCONCLUSIVE, False),
+                (INCONCLUSIVE, False), (INCONCLUSIVE, True)]
+    for outcome, fails in sequence:
+        result = verdict(LT, vector("0.1") if outcome == PASS else vector(), None)
+        runner.streak["err"] = runner.streak["err"] + 1 if outcome == INCONCLUSIVE else 0
+        assert (runner.failure([result]) is not None) == fails
+        assert runner.pending([result]) == ([result] if outcome == INCONCLUSIVE and not fails else [])
+    runner.reset()
+    assert runner.streak == {"err": 0}
+    assert runner.failure([verdict(LT, vector("0.9"), None)]).outcome == FAIL     # a fail fails at once
+
+
+# -- the HTTP client, against a real HTTP server with canned answers -------------------------
+
+class Canned(BaseHTTPRequestHandler):
+    answers: dict = {}            # query -> (status, body)
+    seen: list = []
+
+    def do_GET(self):
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)["query"][0]
+        self.seen.append((parts.path, query))
+        status, body = self.answers.get(query, (200, json.dumps(vector())))
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def prometheus():
+    Canned.answers, Canned.seen = {}, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Canned)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+async def test_gates_ask_prometheus_over_http_and_read_its_answers(prometheus):
+    Canned.answers = {
+        'rate(e{version="v2"}[1m])': (200, json.dumps(vector("0.01"))),
+        'rate(e{server=~"web1|web2"}[1m])': (200, json.dumps(vector("3"))),
+        "bad(": (400, json.dumps({"status": "error", "errorType": "bad_data", "error": "unexpected end"})),
+        "boom": (503, "<html>unavailable</html>"),
+    }
+    gates = parse_gates(['ok: rate(e{version="{version}"}[1m]) < 0.05', 'hot: rate(e{server=~"{nodes}"}[1m]) < 1',
+                         "syntax: bad( < 1", "down: boom < 1", "empty: nothing < 1"])
+    results = await evaluate_gates(prometheus, gates, "v2", "v1", ["web1", "web2"], timeout_s=5)
+    assert [(r.name, r.outcome) for r in results] == [("ok", PASS), ("hot", FAIL), ("syntax", INCONCLUSIVE),
+                                                     ("down", INCONCLUSIVE), ("empty", INCONCLUSIVE)]
+    assert results[2].detail == "Prometheus answered bad_data: unexpected end"
+    assert results[3].detail == "HTTP 503 Service Unavailable"
+    assert ("/api/v1/query", 'rate(e{version="v2"}[1m])') in Canned.seen
+
+
+async def test_a_prometheus_nobody_listens_on_is_inconclusive(prometheus):
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]           # bound, not listening: connections are refused
+        results = await evaluate_gates(f"http://127.0.0.1:{free}", [LT], "v2", "v1", ["web1"], timeout_s=5)
+    assert results[0].outcome == INCONCLUSIVE and results[0].detail.startswith("cannot reach Prometheus")
+
+
+async def test_the_runner_counts_inconclusive_answers_from_the_server(prometheus):
+    runner = GateRunner(prometheus, parse_gates(["err: q < 1"]), tries=2)
+    first = await runner.evaluate("v2", "v1", ["web1"])
+    assert runner.failure(first) is None and runner.pending(first) == first
+    second = await runner.evaluate("v2", "v1", ["web1"])
+    assert runner.failure(second).outcome == INCONCLUSIVE and runner.streak == {"err": 2}
+    Canned.answers = {"q": (200, json.dumps(vector("0")))}
+    third = await runner.evaluate("v2", "v1", ["web1"])
+    assert runner.failure(third) is None and runner.streak == {"err": 0}
+
+
+# -- evidence and the options -------------------------------------------------------------
+
+@pytest.mark.parametrize("requests, allow, outcome, text", [
+    (150, False, "pass", "150 requests judged (--min-requests 100)"),
+    (100, False, "pass", "100 requests judged"),
+    (99, False, "fail", "thin bake: 99 requests judged in 50s, --min-requests 100 not reached by --bake-max 50s"),
+    (0, True, "warn", "passed anyway (--allow-thin-bakes)"),
+])
+def test_a_bake_needs_min_requests(requests, allow, outcome, text):
+    opts = Options(to="v2", update="true", allow_thin_bakes=allow)
+    got, detail = evidence(requests, 50.2, 50, opts)
+    assert got == outcome and text in detail
+
+
+def test_the_bake_limit_is_5x_the_bake_unless_given():
+    assert Options(to="v2", update="true").bake_limit_s(10) == 50
+    assert Options(to="v2", update="true", bake_s=10, bake_max_s=20).bake_limit_s(30) == 30   # never under the bake
+    assert Options(to="v2", update="true", bake_s=10, bake_max_s=20).bake_limit_s(10) == 20
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"gates": ("e: x < 1",)}, "--gate needs --prometheus URL"),
+    ({"prometheus": "localhost:9090"}, "--prometheus: expected http://HOST:PORT"),
+    ({"prometheus": "http://p:9090", "gates": ("e x < 1",)}, "--gate 'e x < 1': expected 'NAME: QUERY OP THRESHOLD'"),
+    ({"gate_tries": 0}, "--gate-tries: expected 1 or more"),
+    ({"min_requests": -1}, "--min-requests: expected 0 or more"),
+    ({"check_interval_s": 0}, "--check-interval: expected a duration above 0"),
+    ({"bake_s": 10, "bake_max_s": 5}, "--bake-max: expected at least the bake (10s)"),
+    ({"verify": "curl {url}"}, "--verify: unknown placeholder {url}"),
+    ({"checks": ("true", "grep {nmae}")}, "--check: unknown placeholder {nmae}"),
+    ({"lb_url": "127.0.0.1:8080"}, "--lb-url: expected http://HOST:PORT"),
+    ({"version_header": "X Lb"}, "--version-header: expected a header name"),
+])
+def test_bad_gate_options_are_refused_naming_the_flag(fields, message):
+    with pytest.raises(DeployError) as info:
+        Options(to="v2", update="true", **fields)
+    assert message in info.value.message, info.value.message
+
+
+def test_options_read_back_from_the_state_file_keep_their_gates():
+    opts = Options(to="v2", update="true", checks=("a", "b"), prometheus="http://p:9090", gates=("e: x < 1",))
+    again = Options(**json.loads(json.dumps(opts.to_dict())))
+    assert again == opts and again.checks == ("a", "b")
+    assert not math.isnan(again.check_interval_s)
