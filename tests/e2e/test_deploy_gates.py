@@ -1,12 +1,9 @@
 """`lb deploy`'s gates end to end: --verify before a node takes users, --check during a bake,
---min-requests' evidence, a --gate on an HTTP server that answers as Prometheus does (the real
-Prometheus is tests/e2e/prometheus.py's). Real lb, real backends, the deploy as the CLI."""
+--min-requests' evidence (the Prometheus gates, on a real Prometheus, are in
+test_prometheus_gates.py). Real lb, real backends, the deploy as the CLI."""
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -144,63 +141,3 @@ async def test_a_thin_bake_fails_unless_thin_bakes_are_allowed(spawn, detached_b
         assert_all(lb, "v1")
     judged = next(line for line in deploy.stderr.splitlines() if line.strip().startswith("node"))
     assert judged.split()[-1] == "judged"
-
-
-class Prometheus(BaseHTTPRequestHandler):
-    """Answers instant queries as Prometheus does: the 5xx rate is high for v2 (or, `empty`,
-    there are no samples at all)."""
-    queries: list = []
-    empty = False
-
-    def do_GET(self):
-        query = parse_qs(urlsplit(self.path).query)["query"][0]
-        self.queries.append(query)
-        value = "0.4" if 'version="v2"' in query else "0"
-        result = [] if self.empty else [{"metric": {"version": "v2"}, "value": [time.time(), value]}]
-        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.mark.parametrize("empty, interval, reason, when", [
-    # over the bar at the first --check-interval of the bake
-    (False, "300ms", "--gate errors: 0.4 is not < 0.05", ["interval"]),
-    # no data at the bake's end (the interval is longer than the bake): asked again, then failed
-    (True, "10s", "--gate errors: inconclusive 2 times in a row (--gate-tries 2): no data (the query matched no series)",
-     ["end", "end"]),
-])
-async def test_a_prometheus_gate_over_its_bar_or_without_data_fails_the_canary(spawn, detached_backends, tmp_path,
-                                                                              empty, interval, reason, when):
-    nodes = detached_backends(3)
-    lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)
-    Prometheus.queries, Prometheus.empty = [], empty
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Prometheus)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        code, deploy = await run_deploy(
-            lb, "--to", "v2", "--update", nodes.update_command(), "--rollback", nodes.update_command(),
-            "--min-ready", "60%", "--canary-bake", "1s", "--min-requests", "0",
-            "--prometheus", f"http://127.0.0.1:{server.server_address[1]}",
-            "--gate", 'errors: sum(rate(app_5xx{version="{version}",node=~"{nodes}"}[1m])) < 0.05',
-            "--gate-tries", "2", "--check-interval", interval)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-    assert code == 1, deploy.stderr
-    failure = deploy.summary["failure"]
-    assert (failure["node"], failure["step"]) == ("web1", "gate")
-    assert failure["reason"] == reason, failure
-    assert failure["query"] == 'sum(rate(app_5xx{version="v2",node=~"web1"}[1m]))'
-    assert failure["gate"]["kind"] == "gate" and failure["gate"]["outcome"] == ("inconclusive" if empty else "fail")
-    # never asked at the bake's start (the new version has no samples yet)
-    assert [e["when"] for e in deploy.of("gate") if e["kind"] == "gate"] == when
-    assert Prometheus.queries == [failure["query"]] * len(when)
-    assert_all(lb, "v1")
