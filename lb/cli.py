@@ -352,10 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "any user: a smoke test. Placeholders and env as --update's, and LB_URL (lb, --lb-url) with "
                        "LB_VERSION_HEADER ('X-Lb-Version: v2'); exit != 0 fails the node")
     gates.add_argument("--verify-timeout", default="60s", help="for the --verify command (default 60s)")
-    gates.add_argument("--lb-url", default="http://127.0.0.1:8080", help="lb's own listener, as LB_URL for "
-                       "--verify (default http://127.0.0.1:8080)")
-    gates.add_argument("--version-header", default="X-Lb-Version", help="lb's pinning.header, in "
-                       "LB_VERSION_HEADER (default X-Lb-Version)")
+    gates.add_argument("--lb-url", help="lb's own listener, as LB_URL for --verify (default: the first lb's "
+                       "first listener, from its show info; on an ssh target's host when it listens on every address)")
+    gates.add_argument("--version-header", help="the header that names a version, in LB_VERSION_HEADER "
+                       "(default: the first lb's pinning.header)")
     gates.add_argument("--check", metavar="CMD", action="append", help="run on each node of a batch at the start "
                        "of its bake, every --check-interval and at its end; exit != 0 fails the batch (repeatable)")
     gates.add_argument("--check-interval", default="10s", help="between checks and gates in a bake (default 10s)")

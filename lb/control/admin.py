@@ -170,7 +170,13 @@ class Admin:
                 "workers": [{**worker, "started_iso": iso_utc(worker["started"])} for worker in workers],
                 "worker_restarts": link.restarts, "upgrades": self.control.upgrades,
                 "panic": self.pool.panic, "panics": self.control.panics,
-                "old_master": {"pid": predecessor.pid} if predecessor is not None else None}
+                "old_master": {"pid": predecessor.pid} if predecessor is not None else None,
+                # where clients reach lb, and the header that names a version (lb deploy --verify's
+                # LB_URL and LB_VERSION_HEADER)
+                "listeners": [{"address": format_hostport(*listener.address), "tls": listener.tls is not None,
+                               "redirect_https": listener.redirect_https}
+                              for listener in self.control.config.listen],
+                "pinning_header": self.control.config.pinning.header}
 
     def show_certs(self) -> dict:
         now, listen = time.time(), self.control.config.listen

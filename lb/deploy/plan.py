@@ -83,8 +83,8 @@ class Options:
     min_requests: int = MIN_BAKE_REQUESTS
     bake_max_s: float | None = None       # None: BAKE_MAX_FACTOR x the bake
     allow_thin_bakes: bool = False
-    lb_url: str = "http://127.0.0.1:8080"         # what --verify gets as LB_URL
-    version_header: str = "X-Lb-Version"          # lb's pinning.header
+    lb_url: str | None = None             # what --verify gets as LB_URL (None: from lb's show info)
+    version_header: str | None = None     # lb's pinning.header (None: from lb's show info)
 
     def __post_init__(self):
         object.__setattr__(self, "checks", tuple(self.checks))      # a list when read back from the state file
@@ -155,9 +155,9 @@ def check_gate_options(opts: Options) -> None:
             raise DeployError(f"{flag}: expected a duration above 0, got {seconds:g}s")
     if opts.bake_max_s is not None and opts.bake_max_s < opts.bake_s:
         raise DeployError(f"--bake-max: expected at least the bake ({opts.bake_s:g}s), got {opts.bake_max_s:g}s")
-    if not re.match(r"^https?://[^/\s]+", opts.lb_url or ""):
+    if opts.lb_url is not None and not re.match(r"^https?://[^/\s]+", opts.lb_url):
         raise DeployError(f"--lb-url: expected http://HOST:PORT (lb's own listener), got {opts.lb_url!r}")
-    if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", opts.version_header or ""):
+    if opts.version_header is not None and not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", opts.version_header):
         raise DeployError(f"--version-header: expected a header name, got {opts.version_header!r}")
 
 
@@ -204,6 +204,20 @@ def check_servers(servers: list[dict]) -> None:
 def command_env(values: dict) -> dict:
     return {"LB_NODE": values["name"], "LB_HOST": values["host"], "LB_PORT": str(values["port"]),
             "LB_VERSION": values["version"], "LB_OLD_VERSION": values["old_version"]}
+
+
+def lb_address(info: dict, host: str | None) -> tuple[str, str]:
+    """(LB_URL, the version header's name) from an lb's `show info`: its first listener that
+    serves (not one that only redirects to HTTPS), reached on `host` (an ssh target's) or
+    this machine when it listens on every address. Raises DeployError when it has none."""
+    serving = [listener for listener in info.get("listeners", []) if not listener["redirect_https"]]
+    if not serving:
+        raise DeployError("--verify: lb's show info names no listener that serves; give --lb-url")
+    address, tls = serving[0]["address"], serving[0]["tls"]
+    listen_host, _, port = address.rpartition(":")
+    if listen_host in ("0.0.0.0", "[::]", ""):
+        listen_host = host or ("127.0.0.1" if listen_host != "[::]" else "[::1]")
+    return f"{'https' if tls else 'http'}://{listen_host}:{port}", info.get("pinning_header", "X-Lb-Version")
 
 
 def verify_env(values: dict, opts: Options) -> dict:

@@ -13,6 +13,7 @@ import json
 import math
 import signal
 import time
+from dataclasses import replace
 
 from ..core.values import parse_hostport
 from ..core.errors import DeployError
@@ -27,7 +28,7 @@ from .bakegates import BakeGates
 from .gates import FAIL, PASS
 from .plan import (EXIT_DONE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, EXIT_STUCK, EXIT_USAGE, UNFINISHED, Batch,
                    DeployState, NodeProgress, Options, Sample, check_servers, command_env, fill, fit, in_service,
-                   evidence, judge, lb_made_failures, plan, verify_env)
+                   evidence, judge, lb_address, lb_made_failures, plan, verify_env)
 
 REPLY_SLACK_S = 15.0        # beyond a `wait`'s own timeout, before its reply counts as lost
 WATCH_INTERVAL_S = 0.5
@@ -93,6 +94,8 @@ class Deployer:
         if saved is not None and saved.phase in UNFINISHED:
             raise DeployError(f"an unfinished deploy to {saved.options['to']} ({saved.phase}) is recorded in "
                               f"{self.state_path}: finish it with --resume, or remove the file")
+        if self.opts.verify and (self.opts.lb_url is None or self.opts.version_header is None):
+            await self.find_lb_address()
         batches, notes = plan(servers, self.opts)
         self.state = DeployState(
             options=self.opts.to_dict(), batches=batches,
@@ -100,6 +103,14 @@ class Deployer:
             addresses={s["name"]: parse_hostport(s["address"]) for s in servers}, targets=self.admin.labels,
             weights={s["name"]: s["weight"] for s in servers})
         return batches, [*notes, *fleet_notes]
+
+    async def find_lb_address(self) -> None:
+        """--verify's LB_URL and version header, where not given: the first lb's own (its
+        `show info`), reached on its ssh host when it listens on every address."""
+        first = self.admin.members[0]
+        url, header = lb_address((await self.admin.ok("show info"))[first.label], first.target.host)
+        self.opts = replace(self.opts, lb_url=self.opts.lb_url or url,
+                            version_header=self.opts.version_header or header)
 
     async def run(self) -> int:
         state = self.state

@@ -43,7 +43,7 @@ async def test_a_verify_runs_on_each_node_at_weight_0_and_reaches_its_version_th
         await wait_for_requests(users, 50)
         code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--min-ready", "60%",
                                         "--verify", f"{PYTHON} {script} {tmp_path} {lb.socket_path}",
-                                        "--lb-url", lb.url, "--bake", "500ms", "--canary-bake", "500ms",
+                                        "--bake", "500ms", "--canary-bake", "500ms",
                                         "--min-requests", "0")
     assert code == 0, (deploy.stderr, deploy.of("failed"))
     assert_all(lb, "v2")
@@ -52,6 +52,7 @@ async def test_a_verify_runs_on_each_node_at_weight_0_and_reaches_its_version_th
     for name, saw in seen.items():
         assert saw["env"]["LB_NODE"] == name and saw["env"]["LB_VERSION"] == "v2"
         assert saw["env"]["LB_OLD_VERSION"] == "v1" and saw["env"]["LB_PORT"] == str(nodes.ports[name])
+        # no --lb-url, --version-header: lb's own, from its show info
         assert saw["env"]["LB_URL"] == lb.url and saw["env"]["LB_VERSION_HEADER"] == "X-Lb-Version: v2"
         # up and ready, but at weight 0: no user is sent to it while it is verified
         assert (saw["row"]["state"], saw["row"]["health"], saw["row"]["weight"]) == ("ready", "up", 0), saw["row"]

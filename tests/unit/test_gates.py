@@ -13,7 +13,7 @@ import pytest
 from lb.core.errors import DeployError
 from lb.deploy.gates import (FAIL, INCONCLUSIVE, PASS, Gate, GateRunner, evaluate_gates, fill_query, nodes_regex,
                              parse_gate, parse_gates, verdict)
-from lb.deploy.plan import Options, evidence, verify_env
+from lb.deploy.plan import Options, evidence, lb_address, verify_env
 
 # -- the parser -------------------------------------------------------------------------
 
@@ -73,6 +73,33 @@ def test_verify_gets_lb_url_and_the_version_header():
                                      version_header="X-Release"))
     assert env["LB_URL"] == "http://127.0.0.1:8080" and env["LB_VERSION_HEADER"] == "X-Release: v2"
     assert env["LB_NODE"] == "web1" and env["LB_PORT"] == "9001" and env["LB_VERSION"] == "v2"
+
+
+def listener(address, tls=False, redirect=False):
+    return {"address": address, "tls": tls, "redirect_https": redirect}
+
+
+# (show info's listeners and header, the ssh target's host, LB_URL and header, or the error)
+LB_ADDRESSES = [
+    ([listener("127.0.0.1:8080")], None, ("http://127.0.0.1:8080", "X-Lb-Version")),
+    ([listener("0.0.0.0:80", redirect=True), listener("0.0.0.0:443", tls=True)], None,
+     ("https://127.0.0.1:443", "X-Lb-Version")),
+    ([listener("0.0.0.0:8080")], "lb1.example", ("http://lb1.example:8080", "X-Lb-Version")),
+    ([listener("[::]:8080")], None, ("http://[::1]:8080", "X-Lb-Version")),
+    ([listener("10.0.0.5:80")], "lb1.example", ("http://10.0.0.5:80", "X-Lb-Version")),
+    ([listener("0.0.0.0:80", redirect=True)], None, "names no listener that serves"),
+    ([], None, "names no listener that serves"),
+]
+
+
+@pytest.mark.parametrize("listeners, host, expected", LB_ADDRESSES)
+def test_verify_finds_lbs_own_address_in_show_info(listeners, host, expected):
+    info = {"listeners": listeners, "pinning_header": "X-Lb-Version"}
+    if isinstance(expected, str):
+        with pytest.raises(DeployError, match=expected):
+            lb_address(info, host)
+    else:
+        assert lb_address(info, host) == expected
 
 
 # -- the verdict ---------------------------------------------------------------------------
