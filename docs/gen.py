@@ -115,7 +115,8 @@ CONFIG_NOTES = {
                      "pass `health.rise` checks.",
     "passive.max_ejected": "The most of a version's capacity (summed weights of its `ready` nodes) "
                            "ejected at once; one node may always be ejected when none of its version is "
-                           "(as Envoy does), never the last one taking traffic.",
+                           "(as Envoy does), never the last one taking traffic; 0% turns passive "
+                           "ejection off.",
     "passive.failure_rate": "A node that served `min_requests` or more in a `window`, this share of them "
                             "failed (connect errors, 5xx), is ejected too, under the same rules: a node that "
                             "fails every other request never fails `failures` in a row (Envoy's "

@@ -176,7 +176,10 @@ class Admin:
                 "listeners": [{"address": format_hostport(*listener.address), "tls": listener.tls is not None,
                                "redirect_https": listener.redirect_https}
                               for listener in self.control.config.listen],
-                "pinning_header": self.control.config.pinning.header}
+                "pinning_header": self.control.config.pinning.header,
+                # whether anyone may reach a version with no users yet by naming it (lb deploy
+                # --verify warns when no one may: its canary's smoke test would reach the old one)
+                "override_from": bool(self.control.config.skew.override_from)}
 
     def show_certs(self) -> dict:
         now, listen = time.time(), self.control.config.listen

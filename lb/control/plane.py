@@ -310,6 +310,12 @@ class Control:
         outcome = health.apply_check(self.pool, node, ok, version, now, hc.rise, hc.fall, drain)
         for adoption in outcome.adopted:
             self._say_adopted(adoption)
+        if outcome.kept and not node.hstate.drain_refused:
+            log.warning("health: %s asks to be drained (its check answered %s), but it is the last node of %s "
+                        "taking traffic: kept, so that %s's users are not sent elsewhere nor answered 503; "
+                        "drain it with `drain %s` to take it out", node.name, node.hstate.last_check,
+                        node.version, node.version, node.name)
+        node.hstate.drain_refused = outcome.kept
         if outcome.changed:
             health.ramp(node, now, self.config.slow_start)   # from its first request on
             if node.health == VERSION_MISMATCH:

@@ -11,10 +11,15 @@ Pure functions over a `Node` with `now` passed in; the control plane's
 - A node may ask to be drained (HAProxy's `disable-on-404`): an answer whose
   status is in `health.drain_on`, or that carries `X-Lb-Drain: 1`, makes it
   `drain_requested` at once: no new requests, those in flight finish, its admin
-  state untouched. The node answered, so this is no failure (it counts as a
-  pass toward `rise`, never toward `fall` or ejection) and a passing check
-  brings it back `up` through slow start. A node that stops answering while
-  it drains goes `down` after `fall` failures, as an `up` one does.
+  state untouched. The node answered, so this is no failure (never toward
+  `fall` or ejection); `rise` passing checks in a row bring it back `up` through
+  slow start (a node flapping between the two answers does not flap in and
+  out). A node that stops answering while it drains goes `down` after `fall`
+  failures, as an `up` one does. As with ejection, the last node of a version
+  taking traffic is not drained at its own request (`apply_check`): its
+  version's users would be sent back to the old one, or, every node asking at
+  once (a wrong `health.path` answering 404), everyone would get a 503; it is
+  kept, and the caller says so (`CheckOutcome.kept`).
 - The version check (`apply_check`): a passing check whose X-Backend-Version is
   not the node's label means one of two things. During a version move
   (`Pool.move_in_progress`: a label set at run time not yet confirmed, or a
@@ -82,7 +87,7 @@ def record_check(backend, ok: bool, reported_version: str | None, now: float, ri
         return False                      # ejection runs its course first
     if drain:
         state.fails = 0
-        state.passes += 1                 # it answered: alive, and counts toward `rise`
+        state.passes = 0                  # back only after `rise` passing checks in a row
         backend.health = DRAIN_REQUESTED
         return backend.health != before
     if ok and reported_version is not None:
@@ -161,6 +166,8 @@ def may_eject(backend, backends, max_ejected: float) -> bool:
     peers = [peer for peer in backends if peer.version == backend.version and peer is not backend]
     if not any(peer.takes_traffic for peer in peers):
         return False
+    if max_ejected <= 0:
+        return False                      # 0%: passive ejection off
     in_service = [peer for peer in peers if peer.admin_state == READY and peer.weight > 0]
     ejected = sum(peer.weight for peer in in_service if peer.health == EJECTED)
     if ejected == 0:
@@ -235,12 +242,17 @@ class CheckOutcome:
     changed: bool                     # the checked node's health changed (adoptions change labels)
     adopted: tuple[Adoption, ...]     # nodes relabelled (the checked one, or every stranded one)
     move: str | None                  # the version move in progress, as it was before the check
+    kept: bool = False                # it asked to be drained, but is its version's last node in service
 
 
 def apply_check(pool, backend, ok: bool, reported_version: str | None, now: float, rise: int,
                 fall: int, drain: bool = False) -> CheckOutcome:
     """One active check with the version rule (see the header) over the whole pool. A drain
     request (`drain`) is no passing check: it confirms and adopts no version."""
+    kept = drain and last_of_its_version(pool, backend)
+    if kept:
+        drain = False                     # it answered: a pass, and it keeps serving (see the header)
+        ok = True
     ok = ok and not drain
     move = pool.move_in_progress()
     adopted = []
@@ -249,7 +261,13 @@ def apply_check(pool, backend, ok: bool, reported_version: str | None, now: floa
         pool.relabel(backend, reported_version, pending=False)
     changed = record_check(backend, ok, reported_version, now, rise, fall, drain)
     adopted += unstrand(pool, now)
-    return CheckOutcome(changed, tuple(adopted), move)
+    return CheckOutcome(changed, tuple(adopted), move, kept)
+
+
+def last_of_its_version(pool, backend) -> bool:
+    """Whether `backend` takes traffic and no other node of its version does."""
+    return backend.takes_traffic and not any(peer.takes_traffic for peer in pool.backends.values()
+                                             if peer is not backend and peer.version == backend.version)
 
 
 def unstrand(pool, now: float) -> list[Adoption]:

@@ -116,7 +116,7 @@ class HealthState:
 
     __slots__ = ("passes", "fails", "passive_fails", "ejected_until", "ejections",
                  "last_ejection_end", "ramp_start", "last_check", "reported_version",
-                 "window_start", "window_requests", "window_failures")
+                 "window_start", "window_requests", "window_failures", "drain_refused")
 
     def __init__(self):
         self.passes = 0
@@ -127,6 +127,7 @@ class HealthState:
         self.window_start: float | None = None     # passive.window: when this one began
         self.window_requests = 0
         self.window_failures = 0
+        self.drain_refused = False     # it asked to be drained as its version's last node (logged once)
         self.last_ejection_end = float("-inf")
         self.ramp_start: float | None = None
         self.last_check: dict | None = None

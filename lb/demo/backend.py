@@ -8,6 +8,8 @@ Routes:
   GET /health           200 (503 during --warmup seconds after start; 404 with
                         X-Lb-Drain: 1 while it asks to be drained, below)
   POST /drain, /undrain start, stop asking lb to drain it (its /health answers 404)
+  POST /sick, /well     start, stop failing its health checks (503) while it serves
+                        (these four switches refuse a request that came through a proxy)
   *   /echo             method, path, headers and body (latin-1 text) as JSON
   *   /sink             reads the body without keeping it: {"bytes": N}
   GET /bytes?n=N        N bytes of body, streamed with Content-Length
@@ -24,9 +26,8 @@ With --spa (lb/demo/spa.py; without it / answers JSON as above):
                         as a newer release answers an older page's lazy chunk
   GET /api/...          {"version", "node", "path"} JSON (no-store)
 Every response carries X-Backend-Version and X-Backend-Node.
---fail-rate P answers 500 to that fraction of requests (never to /health, /drain,
-/undrain): a
-broken release whose health check still passes.
+--fail-rate P answers 500 to that fraction of requests (never to /health and the
+switches above): a broken release whose health check still passes.
 SIGTERM/SIGINT: stop accepting, finish requests in flight, exit 0. With
 --grace S, SIGTERM first asks to be drained for S seconds (/health answers 404
 and X-Lb-Drain: 1, every other request is served as before), as a Kubernetes
@@ -71,10 +72,15 @@ READ_SIZE = 65536
 MAX_ECHO_BYTES = 1 << 20
 
 
+# POST switches of the node's health, for whoever runs it (tests, an operator on the host):
+# /drain and /undrain (it asks lb to drain it), /sick and /well (its checks fail while it serves)
+SWITCHES = ("/drain", "/undrain", "/sick", "/well")
+
 class BackendApp:
     def __init__(self, name: str, version: str, warmup_s: float, fail_rate: float = 0.0,
                  spa: Site | None = None):
         self.asking_drain = False    # /health answers 404 + X-Lb-Drain: 1 (--grace, POST /drain)
+        self.sick = False            # /health answers 503 while / serves (POST /sick, /well)
         self.name = name
         self.spa = spa
         self.fail_rate = fail_rate
@@ -177,7 +183,7 @@ class BackendApp:
             return False
         async for _ in self._body(conn, reader, writer, False):
             pass
-        if path not in ("/health", "/drain", "/undrain") and self._should_fail():
+        if path not in ("/health", *SWITCHES) and self._should_fail():
             await self._json(conn, writer, 500, {"error": "injected failure", "node": self.name,
                                                  "version": self.version})
             return False
@@ -188,11 +194,20 @@ class BackendApp:
             await self._json(conn, writer, 404, {"ok": False, "drain": True, "version": self.version},
                              extra=[(b"x-lb-drain", b"1")])
         elif path == "/health":
-            ok = self.loop.time() >= self.ready_at and not self.stopping
+            ok = self.loop.time() >= self.ready_at and not self.stopping and not self.sick
             await self._json(conn, writer, 200 if ok else 503, {"ok": ok, "version": self.version})
-        elif path in ("/drain", "/undrain") and request.method == b"POST":
-            self.asking_drain = path == "/drain"
-            await self._json(conn, writer, 200, {"node": self.name, "asking_drain": self.asking_drain})
+        elif path in SWITCHES and request.method == b"POST":
+            # for whoever runs the node, not for lb's users: a request lb forwarded is refused
+            if any(name in (b"x-forwarded-for", b"forwarded", b"via") for name, _ in request.headers):
+                await self._json(conn, writer, 403, {"error": f"POST {path} is not taken through a proxy",
+                                                     "node": self.name})
+                return False
+            if path in ("/drain", "/undrain"):
+                self.asking_drain = path == "/drain"
+            else:
+                self.sick = path == "/sick"
+            await self._json(conn, writer, 200, {"node": self.name, "asking_drain": self.asking_drain,
+                                                 "sick": self.sick})
         elif path == "/setcookie":
             await self._json(conn, writer, 200, {"node": self.name, "version": self.version},
                              extra=[(b"set-cookie", b"app=1; Path=/")])

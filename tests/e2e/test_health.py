@@ -4,6 +4,7 @@ import asyncio
 import json
 import signal
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -107,6 +108,10 @@ def test_a_node_that_asks_to_be_drained_is_drained_and_comes_back_on_200(spawn, 
     web1, web2 = spawn(Backend, "web1"), spawn(Backend, "web2")
     lb = spawn(Lb, tmp_path, [web1.config(), web2.config()], balance="round_robin", **FAST)
     assert post(web2, "/drain")["asking_drain"] is True                  # its /health answers 404 now
+    through_lb = urllib.request.Request(f"{lb.url}/drain", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:                # not for lb's users
+        urllib.request.urlopen(through_lb, timeout=5)
+    assert refused.value.code == 403
     wait_for(lambda: lb.server("web2")["health"] == "drain_requested", 3, "web2's drain request")
     server = lb.server("web2")
     assert server["state"] == "ready"                                    # the operator's axis is untouched
@@ -118,6 +123,19 @@ def test_a_node_that_asks_to_be_drained_is_drained_and_comes_back_on_200(spawn, 
     assert post(web2, "/undrain")["asking_drain"] is False
     assert lb.ctl("wait web2 up 5")["ok"]
     assert "web2" in nodes_of(lb, 20)
+
+
+def test_the_last_node_of_a_version_asking_to_be_drained_is_kept(spawn, tmp_path):
+    """v2's only node asks to drain: its users would be sent back to v1; lb keeps it, and says so."""
+    web1, web2 = spawn(Backend, "web1", "v1"), spawn(Backend, "web2", "v2")
+    lb = spawn(Lb, tmp_path, [web1.config(), web2.config()], **FAST)
+    assert post(web2, "/drain")["asking_drain"] is True
+    refusal = "but it is the last node of v2 taking traffic: kept"
+    wait_for(lambda: refusal in lb.stderr_path.read_text(), 5, "the refusal")
+    assert lb.server("web2")["health"] == "up"
+    assert get(lb.port, "/", headers={"Cookie": "lb_version=v2"}).status == 200
+    assert json.loads(get(lb.port, "/", headers={"Cookie": "lb_version=v2"}).body)["node"] == "web2"
+    assert lb.stderr_path.read_text().count(refusal) == 1                # said once, not at every check
 
 
 async def test_a_backend_stopped_with_grace_is_drained_before_it_exits(spawn, tmp_path):
@@ -166,12 +184,12 @@ def test_a_backend_failing_half_its_requests_is_ejected_by_its_failure_rate(spaw
 
 @pytest.mark.parametrize("panic", [True, False])
 def test_panic_routes_to_failing_nodes_when_none_is_up(spawn, tmp_path, panic):
-    # /health answers 503 for --warmup seconds while / serves: every node fails its checks
-    web1 = spawn(Backend, "web1", warmup_s=60.0)
-    web2 = spawn(Backend, "web2", warmup_s=60.0 if not panic else 4.0)
+    web1, web2 = spawn(Backend, "web1"), spawn(Backend, "web2")
     lb = spawn(Lb, tmp_path, [web1.config(), web2.config()],
                **{**FAST, "health": {**FAST["health"], "panic": panic}})
-    wait_for(lambda: {s["health"] for s in lb.ctl("show servers")["servers"]} == {"down"}, 3, "both down")
+    for backend in (web1, web2):                  # /health answers 503 while / serves
+        assert post(backend, "/sick")["sick"] is True
+    wait_for(lambda: {s["health"] for s in lb.ctl("show servers")["servers"]} == {"down"}, 5, "both down")
     if not panic:
         assert get(lb.port, "/").status == 503 and lb.ctl("show servers")["panic"] is False
         return
@@ -179,7 +197,8 @@ def test_panic_routes_to_failing_nodes_when_none_is_up(spawn, tmp_path, panic):
     assert lb.ctl("show servers")["panic"] is True and lb.ctl("show info")["panic"] is True
     samples = scrape(lb)
     assert value(samples, "lb_panic") == 1 and value(samples, "lb_panics_total") == 1
-    assert lb.ctl("wait web2 up 6")["ok"]                                 # its warmup is over
+    assert post(web2, "/well")["sick"] is False
+    assert lb.ctl("wait web2 up 5")["ok"]
     wait_for(lambda: lb.ctl("show servers")["panic"] is False, 2, "the panic to end")
     assert set(nodes_of(lb, 10)) == {"web2"}
     assert value(scrape(lb), "lb_panic") == 0

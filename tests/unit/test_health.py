@@ -266,10 +266,11 @@ def test_what_a_check_answer_says(status, header, drain_on, said):
 DRAIN_CHECKS = [
     (UP, ["drain"], [DRAIN_REQUESTED]),
     (UP, ["drain", "drain", "drain", "drain"], [DRAIN_REQUESTED] * 4),          # no failure: never down
-    (UP, ["drain", "ok"], [DRAIN_REQUESTED, UP]),                              # a 200 brings it back
+    (UP, ["drain", "ok", "ok"], [DRAIN_REQUESTED, DRAIN_REQUESTED, UP]),       # `rise` 200s bring it back
+    (UP, ["drain", "ok", "drain", "ok", "ok"], [DRAIN_REQUESTED] * 4 + [UP]),   # flapping: it stays out
     (UP, ["fail", "fail", "drain", "fail", "fail"], [UP, UP, DRAIN_REQUESTED, DRAIN_REQUESTED, DRAIN_REQUESTED]),
     (UP, ["drain", "fail", "fail", "fail"], [DRAIN_REQUESTED] * 3 + [DOWN]),    # then it stopped answering
-    (DOWN, ["drain", "ok"], [DRAIN_REQUESTED, UP]),                            # it answered twice: rise
+    (DOWN, ["drain", "ok", "ok"], [DRAIN_REQUESTED, DRAIN_REQUESTED, UP]),
     (DOWN, ["drain", "fail", "ok"], [DRAIN_REQUESTED, DRAIN_REQUESTED, DRAIN_REQUESTED]),
     (VERSION_MISMATCH, ["drain"], [DRAIN_REQUESTED]),
     (EJECTED, ["drain", "ok"], [EJECTED, EJECTED]),                            # ejection runs its course
@@ -293,14 +294,16 @@ def test_a_drain_request_takes_the_node_out_and_a_pass_brings_it_back_through_sl
     assert not b.takes_traffic and b.admin_state == READY           # the operator's axis is untouched
     assert b.describe()["health"] == "drain_requested" and b.describe()["state"] == "ready"
     health.record_check(b, True, None, 2.0, RISE, FALL)
-    assert b.takes_traffic and b.hstate.ramp_start == 2.0
+    assert not b.takes_traffic                                      # one pass is not `rise`
+    health.record_check(b, True, None, 3.0, RISE, FALL)
+    assert b.takes_traffic and b.hstate.ramp_start == 3.0
 
 
 @pytest.mark.parametrize("events, results, takes", [
     (["ready"], ["drain"], False),                 # an operator's ready does not override the node
     (["drain"], ["ok"], False),                    # the node's 200 does not undo the operator's drain
     (["maint", "ready"], ["drain", "ok", "ok"], True),
-    ([], ["drain", "ok"], True),
+    ([], ["drain", "ok", "ok"], True),
 ])
 def test_the_nodes_request_and_the_operators_state_are_separate_axes(events, results, takes):
     b = node()
@@ -311,6 +314,29 @@ def test_the_nodes_request_and_the_operators_state_are_separate_axes(events, res
     for i, result in enumerate(results):
         health.record_check(b, result == "ok", None, float(i), RISE, FALL, drain=result == "drain")
     assert b.takes_traffic is takes
+
+
+# (nodes as name:version, which ask to be drained in order, which end up drain_requested)
+LAST_OF_VERSION = [
+    (["web1:v1", "web2:v1"], ["web1"], ["web1"]),
+    (["web1:v1", "web2:v1"], ["web1", "web2"], ["web1"]),         # web2 is then v1's last: kept
+    (["web1:v1", "web2:v2"], ["web2"], []),                       # v2's only node: its users stay
+    (["web1:v1", "web2:v1", "web3:v2"], ["web1", "web2", "web3"], ["web1"]),   # a wrong health.path
+]
+
+
+@pytest.mark.parametrize("nodes, asking, drained", LAST_OF_VERSION)
+def test_the_last_node_of_a_version_is_not_drained_at_its_own_request(nodes, asking, drained):
+    pool = version_pool(nodes)
+    for backend in pool.backends.values():
+        backend.health = UP
+    kept = []
+    for name in asking:
+        outcome = health.apply_check(pool, pool.backends[name], False, None, 1.0, rise=RISE, fall=FALL, drain=True)
+        kept.append(outcome.kept)
+    assert [n for n, b in pool.backends.items() if b.health == DRAIN_REQUESTED] == drained
+    assert kept == [name not in drained for name in asking]
+    assert all(b.health == UP for n, b in pool.backends.items() if n not in drained)
 
 
 def test_a_drain_request_is_no_failure_for_passive_ejection():
@@ -345,7 +371,7 @@ MAX_EJECTED = [
     ([100, 100, 100, 100], 0.25, [1, 2, 3, 4], [1]),
     ([100, 100, 100, 100], 1.0, [1, 2, 3, 4], [1, 2, 3]),      # never the last one taking traffic
     ([100, 100, 100, 100], 0.1, [1, 2], [1]),                 # one always may go, as in Envoy
-    ([100, 100, 100, 100], 0.0, [1], [1]),
+    ([100, 100, 100, 100], 0.0, [1], []),                     # 0%: passive ejection off
     ([300, 100, 100, 100], 0.5, [2, 3, 4, 1], [2, 3, 4]),      # by capacity, not by count
     ([300, 100, 100, 100], 0.5, [1, 2], [1]),
     ([100], 0.5, [1], []),                                    # a one-node version keeps its node
