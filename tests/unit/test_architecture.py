@@ -180,3 +180,15 @@ def test_the_planes_probe_no_seam_with_hasattr(path):
     probes = [node.lineno for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)
               and isinstance(node.func, ast.Name) and node.func.id == "hasattr"]
     assert not probes, f"{path.relative_to(LB)} probes with hasattr at lines {probes}"
+
+
+# The cluster store's adapter (issue 31): lb deploy will use it as the master does, so it leans on
+# lb.core only, and it speaks etcd's JSON gateway, not gRPC (pyproject.toml says why).
+STORE_ADAPTER = LB / "control" / "etcd.py"
+
+
+def test_the_store_adapter_imports_only_core_and_no_grpc():
+    for name, _ in imports(STORE_ADAPTER):
+        top = name.split(".")[0]
+        assert top != "lb" or name.startswith("lb.core"), f"control/etcd.py imports {name}"
+        assert top not in {"grpc", "etcd3", "aetcd", "protobuf", "google"}, f"control/etcd.py imports {name}"

@@ -1,0 +1,162 @@
+"""A real etcd for the tests (issue 31's store is tested on one, never a stand-in).
+
+`ensure_installed()` installs Debian's `etcd-server` package (etcd 3.4) when the machine
+lacks the `etcd` binary (idempotent: nothing happens when it is there; the tests run as
+root, as CI does), and stops the system service the package may start: the tests run their
+own members. `EtcdCluster(folder, size, free_port)` starts `size` members (1 or 3) on free
+ports of 127.0.0.1, each with its data in `folder`, under a cluster token of its own, and
+waits until every member answers /health with a leader. `kill(i)` ends one member with
+SIGKILL (a crash: nothing is flushed); `restart(i)` starts it again on its data and ports.
+`compact(revision)` drops history; `stop()` kills every member by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Callable
+
+BINARY = "etcd"
+PACKAGE = "etcd-server"
+SERVICE = "etcd"
+START_TIMEOUT_S = 30.0
+INSTALL_TIMEOUT_S = 600.0
+# Elections in half a second instead of etcd's default second: a killed leader is replaced
+# fast enough for the tests to wait on it (the heartbeat stays a tenth of the election).
+HEARTBEAT_MS = 50
+ELECTION_MS = 500
+
+
+def ensure_installed() -> str:
+    """The etcd binary's path; installs the Debian package first when it is missing."""
+    found = shutil.which(BINARY)
+    if found:
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    install = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", PACKAGE]
+    if subprocess.run(install, env=env, capture_output=True, timeout=INSTALL_TIMEOUT_S).returncode != 0:
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, capture_output=True,
+                       timeout=INSTALL_TIMEOUT_S, check=True)
+        subprocess.run(install, env=env, capture_output=True, timeout=INSTALL_TIMEOUT_S, check=True)
+    for stop in (["systemctl", "stop", SERVICE], [f"/etc/init.d/{SERVICE}", "stop"]):
+        if shutil.which(stop[0]) or Path(stop[0]).exists():
+            subprocess.run([*sudo, *stop], capture_output=True, timeout=60)
+    found = shutil.which(BINARY)
+    assert found, f"apt-get installed {PACKAGE}, but no {BINARY} binary is on PATH"
+    return found
+
+
+class EtcdMember:
+    """One etcd process: its name, ports and data folder outlive a kill, for a restart."""
+
+    def __init__(self, folder: Path, name: str, client_port: int, peer_port: int):
+        self.folder = folder
+        self.name = name
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.proc: subprocess.Popen | None = None
+        self.log = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self, binary: str, initial_cluster: str, token: str) -> None:
+        client_url = f"http://{self.endpoint}"
+        self.log = open(self.folder / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            [binary, "--name", self.name, "--data-dir", str(self.folder / f"{self.name}.etcd"),
+             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+             "--initial-cluster", initial_cluster, "--initial-cluster-token", token,
+             "--initial-cluster-state", "new", "--heartbeat-interval", str(HEARTBEAT_MS),
+             "--election-timeout", str(ELECTION_MS), "--logger", "zap", "--log-outputs", "stderr"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        """The member answers /health with a leader elected ({"health":"true"})."""
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=2) as answer:
+                return json.loads(answer.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def log_tail(self) -> str:
+        return (self.folder / f"{self.name}.log").read_text(errors="replace")[-2000:]
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash; waits until the process is reaped."""
+        if self.running():
+            self.proc.kill()
+            self.proc.wait(10)
+        self.close_log()
+
+    def close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+class EtcdCluster:
+    """`size` etcd members on free ports of 127.0.0.1, healthy when the constructor returns."""
+
+    def __init__(self, folder: Path, size: int, free_port: Callable[[], int]):
+        self.binary = ensure_installed()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.token = f"lb-test-{uuid.uuid4().hex[:12]}"
+        self.members = [EtcdMember(folder, f"m{i}", free_port(), free_port()) for i in range(size)]
+        self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        try:
+            for member in self.members:
+                member.start(self.binary, self.initial_cluster, self.token)
+            self.wait_healthy(self.members)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def wait_healthy(self, members: list[EtcdMember], timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        for member in members:
+            while not member.healthy():
+                assert member.running(), f"etcd {member.name} exited: {member.log_tail()}"
+                assert time.monotonic() < deadline, f"etcd {member.name} not healthy in {timeout_s}s: {member.log_tail()}"
+                time.sleep(0.05)
+
+    def kill(self, index: int) -> None:
+        self.members[index].kill()
+
+    def restart(self, index: int) -> None:
+        member = self.members[index]
+        member.start(self.binary, self.initial_cluster, self.token)
+        self.wait_healthy([member])
+
+    def compact(self, revision: int) -> None:
+        """Drops the history before `revision` (the client has no call for it: lb never compacts)."""
+        body = json.dumps({"revision": str(revision), "physical": True}).encode()
+        request = urllib.request.Request(f"http://{self.endpoints[0]}/v3/kv/compaction", data=body)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200, answer.read()
+
+    def stop(self) -> None:
+        """SIGKILL to every member, each reaped by its pid. The data is thrown away, and a
+        SIGTERM makes a leader try to hand its leadership over for up to 6 s (measured)."""
+        for member in self.members:
+            member.kill()
