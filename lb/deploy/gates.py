@@ -9,7 +9,8 @@ DeployError naming it, exit 2); `fill_query` puts the batch into the query (`{ve
 `instance=~"{nodes}"`-style matchers); `query` asks Prometheus' HTTP API
 (`GET URL/api/v1/query?query=...`) with the standard library in a thread; `verdict` reads its
 JSON answer into a pass, a fail or an inconclusive (HTTP or query error, no data, NaN): a
-vector passes when every one of its samples meets the bar.
+vector passes when every one of its samples meets the bar, and fails when any sample that is
+a number misses it (a NaN beside it does not hide it).
 
 `GateRunner` is what a bake drives: `await runner.evaluate(version, old_version, nodes)`
 asks every gate (concurrently) and returns one `GateResult` a gate; `runner.failure(results)`
@@ -133,16 +134,28 @@ def verdict(gate: Gate, answer: dict | None, error: str | None = None, query: st
         return inconclusive(f"an answer this gate cannot read ({type(exc).__name__}: {exc})")
     if not values:
         return inconclusive("no data (the query matched no series)")
-    if any(math.isnan(v) for v in values):
-        return inconclusive("NaN (a rate over no requests?)")
+    return _judge(gate, values, query)
+
+
+def _judge(gate: Gate, values: list[float], query: str) -> GateResult:
+    """Samples against the bar. One that is a number and misses the bar fails the gate, whatever
+    a NaN beside it says; the value reported is the one furthest past the bar (on a pass, the
+    closest to it). A NaN and no failure: inconclusive."""
     compare = OPERATORS[gate.op]
-    failing = [v for v in values if not compare(v, gate.threshold)]
-    worst = failing[0] if failing else min(values, key=lambda v: abs(v - gate.threshold))   # the closest to the bar
+
+    def distance(value: float) -> float:
+        return abs(value - gate.threshold)
+
+    failing = [v for v in values if not math.isnan(v) and not compare(v, gate.threshold)]
     if failing:
+        worst = max(failing, key=distance)
         series = f" ({len(failing)} of {len(values)} series)" if len(values) > 1 else ""
         return GateResult(gate.name, FAIL, worst, f"{worst:g} is not {gate.op} {gate.threshold:g}{series}", query)
+    if any(math.isnan(v) for v in values):
+        return GateResult(gate.name, INCONCLUSIVE, None, "NaN (a rate over no requests?)", query)
+    closest = min(values, key=distance)
     series = f" ({len(values)} series)" if len(values) > 1 else ""
-    return GateResult(gate.name, PASS, worst, f"{worst:g} {gate.op} {gate.threshold:g}{series}", query)
+    return GateResult(gate.name, PASS, closest, f"{closest:g} {gate.op} {gate.threshold:g}{series}", query)
 
 
 def _sample_values(data: dict) -> list[float]:

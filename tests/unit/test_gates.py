@@ -140,6 +140,30 @@ def test_the_verdict_on_an_answer(gate, answer, error, outcome, detail):
     json.dumps(result.to_dict())                  # NaN and Inf still make JSON
 
 
+# (gate, sample values, outcome, the value reported): a number that misses the bar fails the
+# gate even beside a NaN, and the value reported is the furthest past the bar
+WORST = [
+    (LT, ("NaN", "0.9"), FAIL, 0.9),
+    (LT, ("0.9", "NaN"), FAIL, 0.9),
+    (LT, ("NaN", "0.1"), INCONCLUSIVE, None),
+    (LT, ("0.6", "0.9", "0.7"), FAIL, 0.9),
+    (LT, ("0.6", "NaN", "0.9", "0.1"), FAIL, 0.9),
+    (LT, ("0.1", "0.4", "0.3"), PASS, 0.4),              # a pass reports the closest to the bar
+    (Gate("up", "q", ">=", 1), ("0.5", "0", "0.8"), FAIL, 0.0),
+    (Gate("up", "q", ">=", 1), ("NaN", "0.2"), FAIL, 0.2),
+    (Gate("eq", "q", "==", 0), ("0.1", "-3", "2"), FAIL, -3.0),
+    (Gate("lt", "q", "<", 1), ("2", "+Inf"), FAIL, math.inf),
+]
+
+
+@pytest.mark.parametrize("gate, values, outcome, value", WORST)
+def test_any_failing_sample_fails_and_the_worst_is_reported(gate, values, outcome, value):
+    result = verdict(gate, vector(*values), None, "q")
+    assert (result.outcome, result.value) == (outcome, value), result
+    if outcome == FAIL:
+        assert result.detail.startswith(f"{value:g} is not {gate.op}"), result
+
+
 def test_an_inconclusive_gate_fails_after_tries_in_a_row_and_a_pass_resets_the_count():
     runner = GateRunner("http://unused", [LT], tries=3)
     sequence = [(INCONCLUSIVE, False), (INCONCLUSIVE, False), (PASS, False), (INCONCLUSIVE, False),
