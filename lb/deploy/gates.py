@@ -26,6 +26,7 @@ import json
 import math
 import operator
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,7 +36,9 @@ from ..core.errors import DeployError
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 QUERY_TIMEOUT_S = 10.0
+QUERY_SLACK_S = 1.0         # past the query's timeout, before the bake stops waiting for its thread
 MAX_ANSWER_BYTES = 4 << 20
+READ_CHUNK_BYTES = 64 << 10
 OPERATORS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
              "==": operator.eq, "!=": operator.ne}
 GATE_PLACEHOLDERS = ("version", "old_version", "nodes")
@@ -167,18 +170,41 @@ def _sample_values(data: dict) -> list[float]:
     raise ValueError(f"resultType {kind!r}; a gate needs an instant vector or a scalar")
 
 
+class _PastDeadline(Exception):
+    pass
+
+
+def _read_answer(stream, deadline: float) -> bytes:
+    """The body, up to MAX_ANSWER_BYTES, by the deadline (monotonic). urlopen's timeout bounds
+    each socket read, not the whole: a server sending a byte every 100 ms never trips it, so
+    read1 (one socket read at a time) and the clock between reads. Raises _PastDeadline."""
+    chunks, size = [], 0
+    while size < MAX_ANSWER_BYTES:
+        if time.monotonic() > deadline:
+            raise _PastDeadline
+        chunk = stream.read1(min(READ_CHUNK_BYTES, MAX_ANSWER_BYTES - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _get(url: str, timeout_s: float) -> tuple[dict | None, str | None]:
-    """GET url -> (decoded JSON, None) or (None, why). Prometheus answers a bad query with 400
-    and its JSON error body, which is the useful part."""
+    """GET url -> (decoded JSON, None) or (None, why), within about timeout_s in all (a read
+    already begun at the deadline may take one socket timeout more). Prometheus answers a bad
+    query with 400 and its JSON error body, which is the useful part."""
+    deadline = time.monotonic() + timeout_s
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            body = response.read(MAX_ANSWER_BYTES)
+            body = _read_answer(response, deadline)
     except urllib.error.HTTPError as exc:
-        body = exc.read(MAX_ANSWER_BYTES)
         try:
-            return json.loads(body), None
-        except ValueError:
+            return json.loads(_read_answer(exc, deadline)), None
+        except (_PastDeadline, OSError, ValueError):
             return None, f"HTTP {exc.code} {exc.reason}"
+    except _PastDeadline:
+        return None, f"timed out: no whole answer in {timeout_s:g}s"
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return None, f"cannot reach Prometheus: {reason}"
@@ -189,9 +215,14 @@ def _get(url: str, timeout_s: float) -> tuple[dict | None, str | None]:
 
 
 async def query(prometheus_url: str, promql: str, timeout_s: float = QUERY_TIMEOUT_S) -> tuple[dict | None, str | None]:
-    """One instant query: (decoded JSON answer, None) or (None, why the request failed)."""
+    """One instant query: (decoded JSON answer, None) or (None, why the request failed). Never
+    longer than timeout_s + QUERY_SLACK_S: a server that trickles its headers holds the thread
+    (urlopen reads them before _get sees the clock), not the bake."""
     url = f"{prometheus_url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    return await asyncio.to_thread(_get, url, timeout_s)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_get, url, timeout_s), timeout_s + QUERY_SLACK_S)
+    except asyncio.TimeoutError:
+        return None, f"timed out: no whole answer in {timeout_s:g}s"
 
 
 async def evaluate_gate(prometheus_url: str, gate: Gate, version: str, old_version: str, nodes,

@@ -5,6 +5,7 @@ evidence, and the gate options' checks."""
 import json
 import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -247,6 +248,61 @@ async def test_the_runner_counts_inconclusive_answers_from_the_server(prometheus
     Canned.answers = {"q": (200, json.dumps(vector("0")))}
     third = await runner.evaluate("v2", "v1", ["web1"])
     assert runner.failure(third) is None and runner.streak == {"err": 0}
+
+
+class Trickle(BaseHTTPRequestHandler):
+    """Answers a byte every 50 ms: in the body (headers at once), or in the headers themselves.
+    Stops when the test ends (`stop`), so no thread outlives it."""
+    in_headers = False
+    stop = threading.Event()
+    BYTES = 200                                    # 10 s of trickle: far past any timeout here
+
+    def do_GET(self):
+        if self.in_headers:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", str(self.BYTES))
+            self.end_headers()
+        self.wfile.flush()
+        for _ in range(self.BYTES):
+            if self.stop.wait(0.05):
+                return
+            self.wfile.write(b" ")
+            self.wfile.flush()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def trickling():
+    Trickle.stop = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    Trickle.stop.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("in_headers, within_s", [
+    (False, 1.8),              # the body: _get's own deadline, between reads
+    (True, 2.8),               # the headers (inside urlopen): the bake stops waiting at timeout + 1 s
+])
+async def test_a_prometheus_that_trickles_its_answer_is_inconclusive_within_the_timeout(trickling, monkeypatch,
+                                                                                        in_headers, within_s):
+    monkeypatch.setattr(Trickle, "in_headers", in_headers)
+    started = time.monotonic()
+    try:
+        results = await evaluate_gates(trickling, [LT], "v2", "v1", ["web1"], timeout_s=1)
+        took = time.monotonic() - started
+    finally:
+        Trickle.stop.set()          # now: the loop's teardown (before the fixture's) waits for the thread
+    assert results[0].outcome == INCONCLUSIVE and results[0].detail == "timed out: no whole answer in 1s", results
+    assert took < within_s, took
 
 
 # -- evidence and the options -------------------------------------------------------------
