@@ -3,6 +3,7 @@
 test_prometheus_gates.py). Real lb, real backends, the deploy as the CLI."""
 
 import json
+import re
 import time
 
 import pytest
@@ -126,18 +127,19 @@ async def test_a_thin_bake_fails_unless_thin_bakes_are_allowed(spawn, detached_b
                                     "--min-requests", "50", *(["--allow-thin-bakes"] if allow else []))
     extended = deploy.of("bake_extended")[0]           # nobody came: the bake went on, up to --bake-max
     assert extended["requests"] == 0 and extended["min_requests"] == 50 and extended["max_seconds"] == 1.5
-    thin = "thin bake: 0 requests judged in 2s, --min-requests 50 not reached by --bake-max 1.5s"
+    # the seconds judged are the bake's wall-clock time, rounded: 2s, or 3s on a busy machine
+    thin = re.compile(r"thin bake: 0 requests judged in \d+s, --min-requests 50 not reached by --bake-max 1\.5s")
     if allow:
         assert code == 0, deploy.stderr
         assert_all(lb, "v2")
-        assert len(deploy.summary["warnings"]) == 2 and all(thin in w for w in deploy.summary["warnings"])
+        assert len(deploy.summary["warnings"]) == 2 and all(thin.search(w) for w in deploy.summary["warnings"])
         assert [b["requests"] for b in deploy.summary["bakes"]] == [0, 0]
         assert all(b["ok"] and b["warnings"] for b in deploy.of("baked"))
-        assert f"    warning: {thin}" in deploy.stderr
+        assert re.search(r"^    warning: " + thin.pattern, deploy.stderr, re.M), deploy.stderr
     else:
         assert code == 1, deploy.stderr
         failure = deploy.summary["failure"]
-        assert failure["step"] == "bake" and failure["reason"].startswith(thin), failure
+        assert failure["step"] == "bake" and thin.match(failure["reason"]), failure
         assert failure["gate"]["kind"] == "evidence" and failure["gate"]["outcome"] == "fail"
         assert_all(lb, "v1")
     judged = next(line for line in deploy.stderr.splitlines() if line.strip().startswith("node"))

@@ -6,6 +6,7 @@ import json
 import math
 import threading
 import time
+from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -345,7 +346,13 @@ def test_bad_gate_options_are_refused_naming_the_flag(fields, message):
 
 
 def test_options_read_back_from_the_state_file_keep_their_gates():
-    opts = Options(to="v2", update="true", checks=("a", "b"), prometheus="http://p:9090", gates=("e: x < 1",))
+    opts = Options(to="v2", update="true", verify="curl {host}", verify_timeout_s=5, checks=("a", "b"),
+                   check_interval_s=2.5, check_timeout_s=4, prometheus="http://p:9090", gates=("e: x < 1",),
+                   gate_tries=5, min_requests=7, bake_max_s=90, allow_thin_bakes=True,
+                   lb_url="http://127.0.0.1:8080", version_header="X-Release")
+    names = [f.name for f in fields(Options)]
+    gate_fields = [f for f in fields(Options) if names.index(f.name) >= names.index("verify")]
+    # every gate option away from its default, so the round trip below proves each one is kept
+    assert [f.name for f in gate_fields if getattr(opts, f.name) == f.default] == []
     again = Options(**json.loads(json.dumps(opts.to_dict())))
-    assert again == opts and again.checks == ("a", "b")
-    assert not math.isnan(again.check_interval_s)
+    assert again == opts and again.checks == ("a", "b") and again.gates == ("e: x < 1",)
