@@ -18,7 +18,6 @@ from dataclasses import replace
 from ..core.values import parse_hostport
 from ..core.errors import DeployError
 from ..core.stats import iso_utc
-from ..files import atomic_write
 from .client import RECONNECT_S, StepFailed, Unreachable
 from .commands import run_command
 from .report import report
@@ -29,6 +28,7 @@ from .gates import FAIL, PASS
 from .plan import (EXIT_DONE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, EXIT_STUCK, EXIT_USAGE, UNFINISHED, Batch,
                    DeployState, NodeProgress, Options, Sample, check_servers, command_env, fill, fit, in_service,
                    evidence, judge, lb_address, lb_made_failures, plan, verify_env)
+from .statefile import load_deploy_state, save_deploy_state
 
 REPLY_SLACK_S = 15.0        # beyond a `wait`'s own timeout, before its reply counts as lost
 WATCH_INTERVAL_S = 0.5
@@ -522,23 +522,6 @@ def restarted(before: dict, after: dict) -> bool:
     return after["since"] != before["since"] or any(
         row["requests"] < before["servers"].get(name, {}).get("requests", 0)
         for name, row in after["servers"].items())
-
-
-def load_deploy_state(path: str) -> DeployState | None:
-    """The deploy's progress saved in `path` (`--state`), None when there is none. Raises
-    DeployError when the file cannot be read."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return DeployState.from_dict(json.load(handle))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise DeployError(f"cannot read the deploy state {path}: {exc}") from None
-
-
-def save_deploy_state(path: str, state: DeployState) -> None:
-    """Written atomically after every step, so `--resume` continues from the last one."""
-    atomic_write(path, json.dumps(state.to_dict(), indent=1))
 
 
 # -- the command ------------------------------------------------------------------------
