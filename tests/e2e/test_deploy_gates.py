@@ -67,6 +67,28 @@ async def test_a_verify_runs_on_each_node_at_weight_0_and_reaches_its_version_th
     assert state["bakes"][0]["gates"]["verify web1"]["outcome"] == "pass"
 
 
+@pytest.mark.parametrize("override_from", [[], ["127.0.0.1/32"]])
+async def test_a_verify_is_warned_when_lb_lets_nobody_reach_the_canary_through_it(spawn, detached_backends,
+                                                                                  tmp_path, override_from):
+    """skew.override_from empty: lb sends a request naming a version with no users to the old
+    one, so a verify through $LB_URL would test v1 and pass. Said at the start (the plan's
+    warnings: the live view and the log), not refused: a verify may test the node directly."""
+    nodes = detached_backends(2)
+    lb = spawn(Lb, tmp_path, nodes.configs(), skew={"override_from": override_from}, **FAST)
+    code, deploy = await run_deploy(lb, "--to", "v2", "--update", nodes.update_command(), "--min-ready", "50%",
+                                    "--verify", "true", "--bake", "200ms", "--canary-bake", "200ms",
+                                    "--min-requests", "0")
+    assert code == 0, (deploy.stderr, deploy.of("failed"))
+    warnings = deploy.of("plan")[0]["warnings"]
+    logged = (tmp_path / "deploy.log").read_text()
+    if override_from:
+        assert warnings == [] and "skew.override_from, which is empty" not in logged
+    else:
+        assert len(warnings) == 1 and warnings[0].startswith("--verify: lb honours $LB_VERSION_HEADER"), warnings
+        assert "Verify the node itself at $LB_HOST:$LB_PORT, or set skew.override_from" in warnings[0]
+        assert warnings[0] in json.loads(logged.split(" plan ", 1)[1].splitlines()[0])["warnings"]
+
+
 async def test_a_verify_that_fails_rolls_the_canary_back_before_any_user_met_it(spawn, detached_backends, tmp_path):
     nodes = detached_backends(3)
     lb = spawn(Lb, tmp_path, nodes.configs(), **FAST)

@@ -15,7 +15,7 @@ import pytest
 from lb.core.errors import DeployError
 from lb.deploy.gates import (FAIL, INCONCLUSIVE, PASS, Gate, GateRunner, evaluate_gates, fill_query, nodes_regex,
                              parse_gate, parse_gates, verdict)
-from lb.deploy.plan import Options, evidence, lb_address, verify_env
+from lb.deploy.plan import VERIFY_UNREACHED, Options, evidence, lb_address, verify_env, verify_warnings
 
 # -- the parser -------------------------------------------------------------------------
 
@@ -102,6 +102,19 @@ def test_verify_finds_lbs_own_address_in_show_info(listeners, host, expected):
             lb_address(info, host)
     else:
         assert lb_address(info, host) == expected
+
+
+@pytest.mark.parametrize("verify, info, warned", [
+    ("curl -H \"$LB_VERSION_HEADER\" $LB_URL/", {"override_from": False}, True),
+    ("curl -H \"$LB_VERSION_HEADER\" $LB_URL/", {"override_from": True}, False),
+    ("curl -H \"$LB_VERSION_HEADER\" $LB_URL/", {}, False),        # an lb that does not say: unknown, no warning
+    (None, {"override_from": False}, False),                       # no --verify, nothing to warn of
+])
+def test_verify_warns_when_lb_lets_nobody_reach_a_version_with_no_users(verify, info, warned):
+    warnings = verify_warnings(info, Options(to="v2", update="true", verify=verify))
+    assert warnings == ([VERIFY_UNREACHED] if warned else [])
+    if warned:
+        assert "skew.override_from, which is empty" in warnings[0] and "$LB_HOST:$LB_PORT" in warnings[0]
 
 
 # -- the verdict ---------------------------------------------------------------------------
