@@ -350,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     gates = deploy.add_argument_group("gates", "what must hold before a batch counts as good (docs/deploying.md#gates)")
     gates.add_argument("--verify", metavar="CMD", help="run once per node when it is up at weight 0, before "
                        "any user: a smoke test. Placeholders and env as --update's, and LB_URL (lb, --lb-url) with "
-                       "LB_VERSION_HEADER ('X-Lb-Version: v2'); exit != 0 fails the node")
+                       "LB_VERSION_HEADER ('X-Lb-Version: v2'); exit != 0 fails the node. Through LB_URL the header "
+                       "reaches the canary only from skew.override_from (warned when empty), and later batches' "
+                       "requests go to the version's nodes in service, not this one: to test this node, use "
+                       "$LB_HOST:$LB_PORT")
     gates.add_argument("--verify-timeout", default="60s", help="for the --verify command (default 60s)")
     gates.add_argument("--lb-url", help="lb's own listener, as LB_URL for --verify (default: the first lb's "
                        "first listener, from its show info; on an ssh target's host when it listens on every address)")

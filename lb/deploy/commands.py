@@ -21,7 +21,7 @@ async def run_command(command: str, env: dict, timeout_s: float, log, label: str
                       timeout_flag: str = "--update-timeout") -> None:
     """Run a shell command in its own session; its output goes to the deploy log.
     Raises StepFailed (exit status, or timed out: `timeout_flag` says which bound) with the
-    output's last lines."""
+    output's last lines. Cancelled, it kills the command's process group first."""
     proc = await asyncio.create_subprocess_shell(
         command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
@@ -41,6 +41,12 @@ async def run_command(command: str, env: dict, timeout_s: float, log, label: str
         await _kill_group(proc)
         await _finish(pumping)
         raise StepFailed(f"timed out after {timeout_s:g}s ({timeout_flag}); killed", list(tail)) from None
+    except asyncio.CancelledError:
+        # a second Ctrl-C cancels the deploy mid-command: the command's processes must not
+        # outlive lb deploy (shielded: a further cancel does not stop the kill halfway)
+        await asyncio.shield(_kill_group(proc))
+        pumping.cancel()
+        raise
     await _finish(pumping)
     if code != 0:
         raise StepFailed(f"exited with status {code}", list(tail))

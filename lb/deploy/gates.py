@@ -9,7 +9,8 @@ DeployError naming it, exit 2); `fill_query` puts the batch into the query (`{ve
 `instance=~"{nodes}"`-style matchers); `query` asks Prometheus' HTTP API
 (`GET URL/api/v1/query?query=...`) with the standard library in a thread; `verdict` reads its
 JSON answer into a pass, a fail or an inconclusive (HTTP or query error, no data, NaN): a
-vector passes when every one of its samples meets the bar.
+vector passes when every one of its samples meets the bar, and fails when any sample that is
+a number misses it (a NaN beside it does not hide it).
 
 `GateRunner` is what a bake drives: `await runner.evaluate(version, old_version, nodes)`
 asks every gate (concurrently) and returns one `GateResult` a gate; `runner.failure(results)`
@@ -25,6 +26,7 @@ import json
 import math
 import operator
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,7 +36,9 @@ from ..core.errors import DeployError
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 QUERY_TIMEOUT_S = 10.0
+QUERY_SLACK_S = 1.0         # past the query's timeout, before the bake stops waiting for its thread
 MAX_ANSWER_BYTES = 4 << 20
+READ_CHUNK_BYTES = 64 << 10
 OPERATORS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
              "==": operator.eq, "!=": operator.ne}
 GATE_PLACEHOLDERS = ("version", "old_version", "nodes")
@@ -133,16 +137,28 @@ def verdict(gate: Gate, answer: dict | None, error: str | None = None, query: st
         return inconclusive(f"an answer this gate cannot read ({type(exc).__name__}: {exc})")
     if not values:
         return inconclusive("no data (the query matched no series)")
-    if any(math.isnan(v) for v in values):
-        return inconclusive("NaN (a rate over no requests?)")
+    return _judge(gate, values, query)
+
+
+def _judge(gate: Gate, values: list[float], query: str) -> GateResult:
+    """Samples against the bar. One that is a number and misses the bar fails the gate, whatever
+    a NaN beside it says; the value reported is the one furthest past the bar (on a pass, the
+    closest to it). A NaN and no failure: inconclusive."""
     compare = OPERATORS[gate.op]
-    failing = [v for v in values if not compare(v, gate.threshold)]
-    worst = failing[0] if failing else min(values, key=lambda v: abs(v - gate.threshold))   # the closest to the bar
+
+    def distance(value: float) -> float:
+        return abs(value - gate.threshold)
+
+    failing = [v for v in values if not math.isnan(v) and not compare(v, gate.threshold)]
     if failing:
+        worst = max(failing, key=distance)
         series = f" ({len(failing)} of {len(values)} series)" if len(values) > 1 else ""
         return GateResult(gate.name, FAIL, worst, f"{worst:g} is not {gate.op} {gate.threshold:g}{series}", query)
+    if any(math.isnan(v) for v in values):
+        return GateResult(gate.name, INCONCLUSIVE, None, "NaN (a rate over no requests?)", query)
+    closest = min(values, key=distance)
     series = f" ({len(values)} series)" if len(values) > 1 else ""
-    return GateResult(gate.name, PASS, worst, f"{worst:g} {gate.op} {gate.threshold:g}{series}", query)
+    return GateResult(gate.name, PASS, closest, f"{closest:g} {gate.op} {gate.threshold:g}{series}", query)
 
 
 def _sample_values(data: dict) -> list[float]:
@@ -154,18 +170,41 @@ def _sample_values(data: dict) -> list[float]:
     raise ValueError(f"resultType {kind!r}; a gate needs an instant vector or a scalar")
 
 
+class _PastDeadline(Exception):
+    pass
+
+
+def _read_answer(stream, deadline: float) -> bytes:
+    """The body, up to MAX_ANSWER_BYTES, by the deadline (monotonic). urlopen's timeout bounds
+    each socket read, not the whole: a server sending a byte every 100 ms never trips it, so
+    read1 (one socket read at a time) and the clock between reads. Raises _PastDeadline."""
+    chunks, size = [], 0
+    while size < MAX_ANSWER_BYTES:
+        if time.monotonic() > deadline:
+            raise _PastDeadline
+        chunk = stream.read1(min(READ_CHUNK_BYTES, MAX_ANSWER_BYTES - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _get(url: str, timeout_s: float) -> tuple[dict | None, str | None]:
-    """GET url -> (decoded JSON, None) or (None, why). Prometheus answers a bad query with 400
-    and its JSON error body, which is the useful part."""
+    """GET url -> (decoded JSON, None) or (None, why), within about timeout_s in all (a read
+    already begun at the deadline may take one socket timeout more). Prometheus answers a bad
+    query with 400 and its JSON error body, which is the useful part."""
+    deadline = time.monotonic() + timeout_s
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            body = response.read(MAX_ANSWER_BYTES)
+            body = _read_answer(response, deadline)
     except urllib.error.HTTPError as exc:
-        body = exc.read(MAX_ANSWER_BYTES)
         try:
-            return json.loads(body), None
-        except ValueError:
+            return json.loads(_read_answer(exc, deadline)), None
+        except (_PastDeadline, OSError, ValueError):
             return None, f"HTTP {exc.code} {exc.reason}"
+    except _PastDeadline:
+        return None, f"timed out: no whole answer in {timeout_s:g}s"
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return None, f"cannot reach Prometheus: {reason}"
@@ -176,9 +215,14 @@ def _get(url: str, timeout_s: float) -> tuple[dict | None, str | None]:
 
 
 async def query(prometheus_url: str, promql: str, timeout_s: float = QUERY_TIMEOUT_S) -> tuple[dict | None, str | None]:
-    """One instant query: (decoded JSON answer, None) or (None, why the request failed)."""
+    """One instant query: (decoded JSON answer, None) or (None, why the request failed). Never
+    longer than timeout_s + QUERY_SLACK_S: a server that trickles its headers holds the thread
+    (urlopen reads them before _get sees the clock), not the bake."""
     url = f"{prometheus_url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    return await asyncio.to_thread(_get, url, timeout_s)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_get, url, timeout_s), timeout_s + QUERY_SLACK_S)
+    except asyncio.TimeoutError:
+        return None, f"timed out: no whole answer in {timeout_s:g}s"
 
 
 async def evaluate_gate(prometheus_url: str, gate: Gate, version: str, old_version: str, nodes,

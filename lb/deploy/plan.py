@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 
 from ..core.values import VERSION_RE, check_name, check_version_label, parse_duration, parse_hostport
@@ -218,6 +218,31 @@ def lb_address(info: dict, host: str | None) -> tuple[str, str]:
     if listen_host in ("0.0.0.0", "[::]", ""):
         listen_host = host or ("127.0.0.1" if listen_host != "[::]" else "[::1]")
     return f"{'https' if tls else 'http'}://{listen_host}:{port}", info.get("pinning_header", "X-Lb-Version")
+
+
+VERIFY_UNREACHED = ("--verify: lb honours $LB_VERSION_HEADER for a version with no users yet only from "
+                    "skew.override_from, which is empty: through $LB_URL the canary's verify reaches the old "
+                    "version. Verify the node itself at $LB_HOST:$LB_PORT, or set skew.override_from")
+
+
+def verify_warnings(info: dict, opts: Options) -> list[str]:
+    """What a --verify user must hear before the deploy, from the first lb's `show info`: when
+    nobody may override (skew.override_from empty), the canary, at weight 0 with no version-mate
+    in service, is out of $LB_URL's reach. Not an error: a verify may test $LB_HOST:$LB_PORT
+    directly. An lb whose show info does not say (older) gets no warning."""
+    if opts.verify and info.get("override_from") is False:
+        return [VERIFY_UNREACHED]
+    return []
+
+
+def verify_setup(info: dict, host: str | None, opts: Options) -> tuple[Options, list[str]]:
+    """--verify's options completed from the first lb's `show info` (LB_URL and the version
+    header where not given: lb_address) and what to warn of (verify_warnings). Raises
+    DeployError."""
+    if opts.lb_url is None or opts.version_header is None:
+        url, header = lb_address(info, host)
+        opts = replace(opts, lb_url=opts.lb_url or url, version_header=opts.version_header or header)
+    return opts, verify_warnings(info, opts)
 
 
 def verify_env(values: dict, opts: Options) -> dict:

@@ -13,12 +13,10 @@ import json
 import math
 import signal
 import time
-from dataclasses import replace
 
 from ..core.values import parse_hostport
 from ..core.errors import DeployError
 from ..core.stats import iso_utc
-from ..files import atomic_write
 from .client import RECONNECT_S, StepFailed, Unreachable
 from .commands import run_command
 from .report import report
@@ -28,7 +26,8 @@ from .bakegates import BakeGates
 from .gates import FAIL, PASS
 from .plan import (EXIT_DONE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, EXIT_STUCK, EXIT_USAGE, UNFINISHED, Batch,
                    DeployState, NodeProgress, Options, Sample, check_servers, command_env, fill, fit, in_service,
-                   evidence, judge, lb_address, lb_made_failures, plan, verify_env)
+                   evidence, judge, lb_made_failures, plan, verify_env, verify_setup)
+from .statefile import load_deploy_state, save_deploy_state
 
 REPLY_SLACK_S = 15.0        # beyond a `wait`'s own timeout, before its reply counts as lost
 WATCH_INTERVAL_S = 0.5
@@ -62,8 +61,8 @@ class Deployer:
         return self._gates
 
     # -- start ---------------------------------------------------------------------
-    async def prepare(self, resume: bool) -> tuple[list[Batch], list[str]]:
-        """Load or make the plan. Raises DeployError (exit 2)."""
+    async def prepare(self, resume: bool) -> tuple[list[Batch], list[str], list[str]]:
+        """Load or make the plan: its batches, notes and warnings. Raises DeployError (exit 2)."""
         per_lb = await self.admin.per_lb_servers()
         disagree = differences(per_lb)
         if disagree:
@@ -90,27 +89,33 @@ class Deployer:
             saved.interrupted = False
             self.state, self.opts = saved, Options(**saved.options)
             return saved.batches, [f"resuming the deploy to {self.opts.to} recorded in {self.state_path} "
-                                   f"with its options", *fleet_notes]
+                                   f"with its options", *fleet_notes], await self.look_at_lb_for_verify()
         if saved is not None and saved.phase in UNFINISHED:
             raise DeployError(f"an unfinished deploy to {saved.options['to']} ({saved.phase}) is recorded in "
                               f"{self.state_path}: finish it with --resume, or remove the file")
-        if self.opts.verify and (self.opts.lb_url is None or self.opts.version_header is None):
-            await self.find_lb_address()
+        warnings = await self.look_at_lb_for_verify()
         batches, notes = plan(servers, self.opts)
         self.state = DeployState(
             options=self.opts.to_dict(), batches=batches,
             old_versions={s["name"]: s["version"] for s in servers},
             addresses={s["name"]: parse_hostport(s["address"]) for s in servers}, targets=self.admin.labels,
             weights={s["name"]: s["weight"] for s in servers})
-        return batches, [*notes, *fleet_notes]
+        return batches, [*notes, *fleet_notes], warnings
 
-    async def find_lb_address(self) -> None:
-        """--verify's LB_URL and version header, where not given: the first lb's own (its
-        `show info`), reached on its ssh host when it listens on every address."""
+    async def look_at_lb_for_verify(self) -> list[str]:
+        """With --verify: the first lb's `show info` fills in LB_URL and the version header where
+        not given, and says what to warn of (plan.verify_setup). Raises DeployError."""
+        if not self.opts.verify:
+            return []
         first = self.admin.members[0]
-        url, header = lb_address((await self.admin.ok("show info"))[first.label], first.target.host)
-        self.opts = replace(self.opts, lb_url=self.opts.lb_url or url,
-                            version_header=self.opts.version_header or header)
+        info = (await self.admin.ok("show info"))[first.label]
+        self.opts, warnings = verify_setup(info, first.target.host, self.opts)
+        return warnings
+
+    def show_plan(self, batches: list[Batch], notes: list[str], warnings: list[str], dry_run: bool) -> None:
+        """The plan to the view, and to the deploy log (its notes and warnings with it)."""
+        self._log("plan", {"batches": [list(b.nodes) for b in batches], "notes": notes, "warnings": warnings})
+        self.view.plan(batches, notes, dry_run, warnings)
 
     async def run(self) -> int:
         state = self.state
@@ -475,9 +480,12 @@ class Deployer:
         self._event(kind, **fields)
 
     def _event(self, kind: str, /, **fields) -> None:
+        self._log(kind, fields)
+        self.view.event(kind, fields)
+
+    def _log(self, kind: str, fields: dict) -> None:
         self.log.write(f"{iso_utc(time.time())} {kind} {json.dumps(fields)}\n")
         self.log.flush()
-        self.view.event(kind, fields)
 
     async def watch(self) -> None:
         """Per-version request rate, 5xx rate and p99 for the live view, every second or so."""
@@ -524,23 +532,6 @@ def restarted(before: dict, after: dict) -> bool:
         for name, row in after["servers"].items())
 
 
-def load_deploy_state(path: str) -> DeployState | None:
-    """The deploy's progress saved in `path` (`--state`), None when there is none. Raises
-    DeployError when the file cannot be read."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return DeployState.from_dict(json.load(handle))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise DeployError(f"cannot read the deploy state {path}: {exc}") from None
-
-
-def save_deploy_state(path: str, state: DeployState) -> None:
-    """Written atomically after every step, so `--resume` continues from the last one."""
-    atomic_write(path, json.dumps(state.to_dict(), indent=1))
-
-
 # -- the command ------------------------------------------------------------------------
 
 async def deploy_command(opts: Options | None, targets: list[str], state_path: str, log_path: str,
@@ -567,11 +558,11 @@ async def _deploy(admin: Fleet, opts, state_path, log_path, view, resume, dry_ru
     deployer.write_config = write_config
     deployer.expect_to = expect_to or deployer.expect_to
     try:
-        batches, notes = await deployer.prepare(resume)
+        batches, notes, warnings = await deployer.prepare(resume)
     except DeployError as exc:
         view.error(exc.message)
         return EXIT_USAGE
-    view.plan(batches, notes, dry_run)
+    deployer.show_plan(batches, notes, warnings, dry_run)
     if dry_run:
         return EXIT_DONE
     admin.set_reconnect(lb_timeout_s)

@@ -33,9 +33,9 @@ class JsonView:
     def stats(self, rows: list[dict]) -> None:
         self.event("stats", {"versions": rows})
 
-    def plan(self, batches, notes, dry_run: bool) -> None:
+    def plan(self, batches, notes, dry_run: bool, warnings=()) -> None:
         self.event("plan", {"batches": [{"nodes": list(b.nodes), "canary": b.canary} for b in batches],
-                            "notes": notes, "dry_run": dry_run})
+                            "notes": notes, "warnings": list(warnings), "dry_run": dry_run})
 
     def error(self, message: str) -> None:
         self.event("error", {"error": message})
@@ -66,13 +66,14 @@ class TtyView:
         self.gates: dict[str, str] = {}          # "kind name" -> its last outcome, for the batch in progress
         self._drawn = 0
 
-    def plan(self, batches, notes, dry_run: bool) -> None:
+    def plan(self, batches, notes, dry_run: bool, warnings=()) -> None:
         self.order = [n for b in batches for n in b.nodes]
         self.nodes = {n: "waiting" for n in self.order}
         self.total = len(self.order)
         lines = [f"plan: {len(batches)} batch(es)"] + [
             f"  {i}. {' '.join(b.nodes)}{'  (canary)' if b.canary else ''}" for i, b in enumerate(batches, 1)]
         lines += [f"  note: {n}" for n in notes]
+        lines += [f"! warning: {w}" for w in warnings]
         self._print("\n".join(lines))
 
     def event(self, kind: str, fields: dict) -> None:

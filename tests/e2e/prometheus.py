@@ -63,6 +63,13 @@ class Prometheus:
             [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
              f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
             stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready(folder)
+        except BaseException:
+            self.stop()                  # the fixture never gets this object to stop: do it here
+            raise
+
+    def _wait_ready(self, folder: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.ready():
             assert self.proc.poll() is None, f"prometheus exited: {(folder / 'prometheus.log').read_text()[-2000:]}"

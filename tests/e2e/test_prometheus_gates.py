@@ -6,12 +6,16 @@ gate whose query finds no data fails once --gate-tries answers in a row said not
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
 from test_deploy import FAST, assert_all, run_deploy, sessions
 
 from conftest import Backend, Lb, free_port, steady_load, wait_for_requests
+import prometheus as prometheus_module
 from prometheus import Prometheus
 
 FIVE_XX_SHARE = ('sum(rate(lb_requests_total{{version="{version}",code_class="5xx"}}[5s]))'
@@ -33,6 +37,27 @@ def prometheus_for(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+def test_a_prometheus_that_never_becomes_ready_is_stopped_before_the_error(tmp_path, monkeypatch):
+    """The fixture records a server only once it is up: one that never is must not be left
+    running. A stand-in binary that never answers /-/ready, and a short start timeout."""
+    pid_file = tmp_path / "pid"
+    stand_in = tmp_path / "never-ready"
+    stand_in.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
+    stand_in.chmod(0o755)
+    monkeypatch.setattr(prometheus_module, "ensure_installed", lambda: str(stand_in))
+    monkeypatch.setattr(prometheus_module, "START_TIMEOUT_S", 0.5)
+    with pytest.raises(AssertionError, match="did not become ready"):
+        Prometheus(tmp_path / "prometheus", ["127.0.0.1:1"], free_port())
+    pid = int(pid_file.read_text())
+    try:
+        assert not Path(f"/proc/{pid}").exists(), f"the stand-in prometheus (pid {pid}) is still running"
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)         # without the fix: do not leak it past the test
+        except ProcessLookupError:
+            pass
 
 
 def test_prometheus_scrapes_lb_and_a_bad_versions_5xx_share_shows(spawn, tmp_path, prometheus_for):

@@ -54,6 +54,16 @@ def test_json_view_writes_one_event_a_line_and_the_table_to_stderr():
     assert err.getvalue().startswith("deploy to v2: failed and rolled back")
 
 
+def test_the_plans_warnings_are_in_its_event_and_on_their_own_line_in_the_live_view():
+    out = io.StringIO()
+    JsonView(out, io.StringIO()).plan([Batch(("web1",), True)], [], False, ["--verify: mind this"])
+    assert json.loads(out.getvalue())["warnings"] == ["--verify: mind this"]
+    out = io.StringIO()
+    TtyView(out).plan([Batch(("web1",), True)], ["web4 is in maint: left alone"], False, ["--verify: mind this"])
+    lines = out.getvalue().splitlines()
+    assert lines[2:4] == ["  note: web4 is in maint: left alone", "! warning: --verify: mind this"]
+
+
 def test_the_live_view_tracks_steps_bakes_and_versions():
     out = io.StringIO()
     view = TtyView(out)

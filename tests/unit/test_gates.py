@@ -5,6 +5,8 @@ evidence, and the gate options' checks."""
 import json
 import math
 import threading
+import time
+from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,7 +15,7 @@ import pytest
 from lb.core.errors import DeployError
 from lb.deploy.gates import (FAIL, INCONCLUSIVE, PASS, Gate, GateRunner, evaluate_gates, fill_query, nodes_regex,
                              parse_gate, parse_gates, verdict)
-from lb.deploy.plan import Options, evidence, lb_address, verify_env
+from lb.deploy.plan import VERIFY_UNREACHED, Options, evidence, lb_address, verify_env, verify_warnings
 
 # -- the parser -------------------------------------------------------------------------
 
@@ -102,6 +104,19 @@ def test_verify_finds_lbs_own_address_in_show_info(listeners, host, expected):
         assert lb_address(info, host) == expected
 
 
+@pytest.mark.parametrize("verify, info, warned", [
+    ("curl -H \"$LB_VERSION_HEADER\" $LB_URL/", {"override_from": False}, True),
+    ("curl -H \"$LB_VERSION_HEADER\" $LB_URL/", {"override_from": True}, False),
+    ("curl -H \"$LB_VERSION_HEADER\" $LB_URL/", {}, False),        # an lb that does not say: unknown, no warning
+    (None, {"override_from": False}, False),                       # no --verify, nothing to warn of
+])
+def test_verify_warns_when_lb_lets_nobody_reach_a_version_with_no_users(verify, info, warned):
+    warnings = verify_warnings(info, Options(to="v2", update="true", verify=verify))
+    assert warnings == ([VERIFY_UNREACHED] if warned else [])
+    if warned:
+        assert "skew.override_from, which is empty" in warnings[0] and "$LB_HOST:$LB_PORT" in warnings[0]
+
+
 # -- the verdict ---------------------------------------------------------------------------
 
 def vector(*values, metric=None):
@@ -138,6 +153,30 @@ def test_the_verdict_on_an_answer(gate, answer, error, outcome, detail):
     result = verdict(gate, answer, error, "q")
     assert result.outcome == outcome and detail in result.detail, result
     json.dumps(result.to_dict())                  # NaN and Inf still make JSON
+
+
+# (gate, sample values, outcome, the value reported): a number that misses the bar fails the
+# gate even beside a NaN, and the value reported is the furthest past the bar
+WORST = [
+    (LT, ("NaN", "0.9"), FAIL, 0.9),
+    (LT, ("0.9", "NaN"), FAIL, 0.9),
+    (LT, ("NaN", "0.1"), INCONCLUSIVE, None),
+    (LT, ("0.6", "0.9", "0.7"), FAIL, 0.9),
+    (LT, ("0.6", "NaN", "0.9", "0.1"), FAIL, 0.9),
+    (LT, ("0.1", "0.4", "0.3"), PASS, 0.4),              # a pass reports the closest to the bar
+    (Gate("up", "q", ">=", 1), ("0.5", "0", "0.8"), FAIL, 0.0),
+    (Gate("up", "q", ">=", 1), ("NaN", "0.2"), FAIL, 0.2),
+    (Gate("eq", "q", "==", 0), ("0.1", "-3", "2"), FAIL, -3.0),
+    (Gate("lt", "q", "<", 1), ("2", "+Inf"), FAIL, math.inf),
+]
+
+
+@pytest.mark.parametrize("gate, values, outcome, value", WORST)
+def test_any_failing_sample_fails_and_the_worst_is_reported(gate, values, outcome, value):
+    result = verdict(gate, vector(*values), None, "q")
+    assert (result.outcome, result.value) == (outcome, value), result
+    if outcome == FAIL:
+        assert result.detail.startswith(f"{value:g} is not {gate.op}"), result
 
 
 def test_an_inconclusive_gate_fails_after_tries_in_a_row_and_a_pass_resets_the_count():
@@ -225,6 +264,61 @@ async def test_the_runner_counts_inconclusive_answers_from_the_server(prometheus
     assert runner.failure(third) is None and runner.streak == {"err": 0}
 
 
+class Trickle(BaseHTTPRequestHandler):
+    """Answers a byte every 50 ms: in the body (headers at once), or in the headers themselves.
+    Stops when the test ends (`stop`), so no thread outlives it."""
+    in_headers = False
+    stop = threading.Event()
+    BYTES = 200                                    # 10 s of trickle: far past any timeout here
+
+    def do_GET(self):
+        if self.in_headers:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", str(self.BYTES))
+            self.end_headers()
+        self.wfile.flush()
+        for _ in range(self.BYTES):
+            if self.stop.wait(0.05):
+                return
+            self.wfile.write(b" ")
+            self.wfile.flush()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def trickling():
+    Trickle.stop = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    Trickle.stop.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("in_headers, within_s", [
+    (False, 1.8),              # the body: _get's own deadline, between reads
+    (True, 2.8),               # the headers (inside urlopen): the bake stops waiting at timeout + 1 s
+])
+async def test_a_prometheus_that_trickles_its_answer_is_inconclusive_within_the_timeout(trickling, monkeypatch,
+                                                                                        in_headers, within_s):
+    monkeypatch.setattr(Trickle, "in_headers", in_headers)
+    started = time.monotonic()
+    try:
+        results = await evaluate_gates(trickling, [LT], "v2", "v1", ["web1"], timeout_s=1)
+        took = time.monotonic() - started
+    finally:
+        Trickle.stop.set()          # now: the loop's teardown (before the fixture's) waits for the thread
+    assert results[0].outcome == INCONCLUSIVE and results[0].detail == "timed out: no whole answer in 1s", results
+    assert took < within_s, took
+
+
 # -- evidence and the options -------------------------------------------------------------
 
 @pytest.mark.parametrize("requests, allow, outcome, text", [
@@ -265,7 +359,13 @@ def test_bad_gate_options_are_refused_naming_the_flag(fields, message):
 
 
 def test_options_read_back_from_the_state_file_keep_their_gates():
-    opts = Options(to="v2", update="true", checks=("a", "b"), prometheus="http://p:9090", gates=("e: x < 1",))
+    opts = Options(to="v2", update="true", verify="curl {host}", verify_timeout_s=5, checks=("a", "b"),
+                   check_interval_s=2.5, check_timeout_s=4, prometheus="http://p:9090", gates=("e: x < 1",),
+                   gate_tries=5, min_requests=7, bake_max_s=90, allow_thin_bakes=True,
+                   lb_url="http://127.0.0.1:8080", version_header="X-Release")
+    names = [f.name for f in fields(Options)]
+    gate_fields = [f for f in fields(Options) if names.index(f.name) >= names.index("verify")]
+    # every gate option away from its default, so the round trip below proves each one is kept
+    assert [f.name for f in gate_fields if getattr(opts, f.name) == f.default] == []
     again = Options(**json.loads(json.dumps(opts.to_dict())))
-    assert again == opts and again.checks == ("a", "b")
-    assert not math.isnan(again.check_interval_s)
+    assert again == opts and again.checks == ("a", "b") and again.gates == ("e: x < 1",)
