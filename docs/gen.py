@@ -177,6 +177,17 @@ CONFIG_NOTES = {
     "state_file": "Where admin changes are saved (atomically, before the reply) and read at start.",
     "user": "When lb starts as root, each worker drops to this user (name or uid); the master stays root.",
     "group": "And to this group (name or gid); when null, the user's own groups.",
+    "cluster": "Cluster mode: the lbs of one fleet meet in etcd. Each holds a member key under "
+               "`/lb/NAME/members/` bound to a lease (`show cluster` lists them). null (the default): no "
+               "cluster. etcd is never in a request's path: with it unreachable lb serves on, and says so "
+               "in `show info`, the `lb_cluster_connected` metric and the log. A change takes effect at the "
+               "next `lb ctl upgrade` or restart.",
+    "cluster.store": "The store: `etcd` (3.4 or later, through its v3 JSON gateway).",
+    "cluster.endpoints": "etcd's client addresses; lb goes to the next one when one does not answer.",
+    "cluster.name": "The fleet's name: every key lb writes is under `/lb/NAME/`.",
+    "cluster.tls": "Not built yet: a config that sets it is refused (exit 2), never run in the clear.",
+    "cluster.lease_ttl": "How long a killed lb stays listed: the TTL of its membership lease, renewed "
+                         "every third of it. A stopped lb leaves at once.",
 }
 
 _DURATION_UNITS = (("y", schema.YEAR_S), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0),
