@@ -357,7 +357,9 @@ COMMAND_NOTES = {
     "show server": "The same for one server.",
     "show info": "The master's pid, lb's version, start time, the workers (slot, pid, start, restarts), "
                  "the number of upgrades, and the old master while it finishes; each time as epoch "
-                 "seconds (`started`) and as ISO 8601 UTC beside it (`started_iso`: `2026-11-26T18:00:00Z`).",
+                 "seconds (`started`) and as ISO 8601 UTC beside it (`started_iso`: `2026-11-26T18:00:00Z`); "
+                 "in cluster mode `cluster`: its name, endpoints, whether etcd answers now (`connected`), the "
+                 "last error and this lb's `member_id` (null without `cluster:`).",
     "show certs": "Per TLS listener, each certificate's file, names, not-after, days left and SHA-256 "
                   "fingerprint.",
     "show versions": "Versions oldest first: nodes, ready capacity, requests routed by pin and "
@@ -372,6 +374,11 @@ COMMAND_NOTES = {
     "show latency": "p50/p90/p99 of those servers together over the last WINDOW (1-60 s), merged from "
                     "per-second buckets; `raw` adds the bucket counts, which a fleet deploy merges "
                     "across lbs.",
+    "show cluster": "Cluster mode: every member listed in etcd under `/lb/NAME/members/`: its id (host:admin "
+                    "socket), lb version, applied revision, lease seconds left, view generation, start, pid and "
+                    "per-node state, health and in flight; `self` marks this lb. Read from etcd when asked: "
+                    "with etcd unreachable it answers an error (lb serves on). Without `cluster:` it answers "
+                    "that cluster mode is off.",
     "drain": "No new request goes to the server; requests in flight finish, and idle pooled "
              "connections to it close at once. It becomes `drained` when nothing is in flight; at "
              "`drain.timeout` what is left is cut (503 for a request with no response yet, close 1001 "

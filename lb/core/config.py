@@ -480,15 +480,13 @@ def _endpoint_list(value: Any) -> tuple[str, ...]:
 
 
 def _cluster_tls(value: Any) -> None:
-    # Refused rather than ignored: a config that asks for TLS must not talk to etcd in the clear.
-    if value is None:
+    if value is None:         # refused, not ignored: a config asking for TLS must not go in the clear
         return None
     raise InvalidValue(f"expected nothing yet: TLS to etcd is not built (leave cluster.tls out and reach "
                        f"etcd over a trusted network), got {value!r}")
 
 
-def _lease_ttl(value: Any) -> float:
-    """A lease's TTL: whole seconds (etcd counts in seconds), 1s to 1h."""
+def _lease_ttl(value: Any) -> float:      # etcd counts a lease's TTL in whole seconds
     seconds = parse_duration(value)
     if not (1.0 <= seconds <= 3600.0 and seconds.is_integer()):
         raise InvalidValue(f"expected a whole number of seconds from 1s to 1h, got {value!r}")
@@ -502,12 +500,10 @@ class ClusterConfig:
     endpoints: tuple[str, ...] = _field(None, _endpoint_list)
     name: str = _field(None, _matching(_CLUSTER_NAME_RE, "a name of 1 to 64 letters, digits, '_', '.' or '-'"))
     tls: None = _optional(_cluster_tls)
-    # How long a killed lb stays listed: its membership lease's TTL, renewed every third of it.
-    lease_ttl: float = _field(10.0, _lease_ttl)
+    lease_ttl: float = _field(10.0, _lease_ttl)     # how long a killed lb stays listed
 
 
-def _off_unless_given(cls: type) -> Any:
-    """A section that is off (None) when left out or null, built like any section when given."""
+def _off_unless_given(cls: type) -> Any:      # a section that is None when left out or null
     return field(default=None, metadata={"parse": cls, "optional": True, "nullable": True})
 
 
