@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 
 import lb
@@ -86,6 +87,9 @@ def member_record(control, identity: dict) -> dict:
             "generation": control.generation, "applied_revision": 0, "nodes": nodes}
 
 
+MEMBER_FIELDS = ("version", "applied_revision", "generation", "started", "pid", "nodes")
+
+
 def member_rows(kvs: tuple[KeyValue, ...], leases_left: list[int], prefix: str, own_id: str) -> list[dict]:
     """`show cluster`'s members from the keys under the prefix and their leases' seconds left."""
     rows = []
@@ -94,9 +98,11 @@ def member_rows(kvs: tuple[KeyValue, ...], leases_left: list[int], prefix: str, 
         row = {"id": member_id_, "self": member_id_ == own_id, "lease_left_s": left}
         try:
             record = json.loads(kv.value)
-            row.update({key: record[key] for key in ("version", "applied_revision", "generation", "started",
-                                                     "pid", "nodes")})
-        except (ValueError, TypeError, KeyError):
+        except ValueError:
+            record = None
+        if isinstance(record, dict):    # a key a record lacks (another lb version's) shows as null
+            row.update({key: record.get(key) for key in MEMBER_FIELDS})
+        else:
             row["error"] = f"not a member record: {kv.value[:100]!r}"
         rows.append(row)
     return rows
@@ -111,7 +117,8 @@ class Membership:
         self.prefix = members_prefix(config.name)
         self.id = member_id(host or socket.gethostname(), admin_socket)
         self.key = self.prefix + self.id
-        self.identity = {"id": self.id, "host": host or socket.gethostname(), "admin_socket": admin_socket}
+        self.identity = {"id": self.id, "host": host or socket.gethostname(), "admin_socket": admin_socket,
+                         "pid": os.getpid()}
         self.client = EtcdClient(list(config.endpoints))
         self.link = UNKNOWN
         self.last_error: str | None = None
