@@ -7,7 +7,7 @@ With `cluster:` set, the control plane owns one `Membership`. It grants a lease 
 lb is (id, host, admin socket, pid, lb's version, start time), the generation of its routing
 view, each node's admin state, health, version and in-flight count, and the store revision
 of the desired state it has applied (0 until desired state lives in etcd). Every
-`REFRESH_S` it renews the lease when a third of the TTL has passed since the last renewal,
+`REFRESH_S` (or third of the TTL, if shorter) it renews the lease when a third of the TTL has passed since the last renewal,
 and writes the record again when it changed, at most every `MIN_PUT_INTERVAL_S` (in-flight
 counts change all the time under load: the bound keeps it to one write per interval).
 
@@ -184,7 +184,7 @@ class Membership:
         self.registrations += 1
         self._note("ok")
         while True:
-            await asyncio.sleep(REFRESH_S)
+            await asyncio.sleep(min(REFRESH_S, lease.ttl_s / 3))     # a 1 s lease is renewed in time
             try:
                 if loop.time() - renewed >= lease.ttl_s / 3:
                     await self.client.keepalive_once(lease)

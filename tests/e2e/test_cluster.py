@@ -72,11 +72,17 @@ def test_show_cluster_lists_the_members_and_a_stopped_or_killed_lb_leaves(etcd, 
     assert info == {"name": "test", "endpoints": etcd.endpoints, "connected": True, "last_error": None,
                     "member_id": ids[0]}
 
+    assert lbs[0].upgrade()["ok"]                      # the new master takes the same key over
+    wait_for(lambda: next(m["pid"] for m in lbs[0].ctl("show cluster")["members"] if m["self"]) == lbs[0].master_pid,
+             WAIT_S, "the new master's record")
     assert lbs[2].stop() == 0                          # graceful: the lease is revoked, gone at once
     assert member_ids(lbs[0]) == set(ids[:2])
     kill_whole_lb(lbs[1])                              # a crash: gone when its lease expires
     assert member_ids(lbs[0]) == set(ids[:2])          # not yet: its lease runs
     wait_for(lambda: member_ids(lbs[0]) == {ids[0]}, LEASE_TTL_S + 3, "the killed lb's lease to expire")
+    # the old master's lease, last renewed before the upgrade, has expired by now (lbs[1]'s, renewed
+    # every 0.67 s until its kill after the upgrade, just did): the key is the new master's lease's
+    assert member_ids(lbs[0]) == {ids[0]} and own_id(lbs[0]) == ids[0]
 
 
 def test_lbs_serve_on_without_etcd_and_say_so_once(etcd, spawn, tmp_path):
