@@ -12,6 +12,7 @@ import pytest
 from conftest import Backend, Lb, free_port, get, wait_for
 from etcd import EtcdCluster
 from supervise import gone
+from test_cli import on_a_terminal
 
 LEASE_TTL_S = 2             # short, so that a killed lb leaves within seconds
 WAIT_S = 15.0
@@ -68,6 +69,11 @@ def test_show_cluster_lists_the_members_and_a_stopped_or_killed_lb_leaves(etcd, 
     member = next(m for m in reply["members"] if m["self"])
     assert member["applied_revision"] == 0 and 0 < member["lease_left_s"] <= LEASE_TTL_S
     assert [(n["name"], n["state"]) for n in member["nodes"]] == [("web1", "ready")]
+    table = on_a_terminal("ctl", "-s", str(lbs[1].socket_path), "show", "cluster").splitlines()
+    assert table[0].split() == ["id", "version", "applied_revision", "lease_left_s", "generation", "nodes"]
+    assert [line.split()[1] for line in table[1:4] if line.startswith("* ")] == [ids[1]]
+    assert all(line.endswith(" web1:up") for line in table[1:4]), table
+    assert table[4].startswith("cluster test: 3 members at etcd revision ") and table[4].endswith("; * is this lb")
     info = lbs[0].ctl("show info")["cluster"]
     assert info == {"name": "test", "endpoints": etcd.endpoints, "connected": True, "last_error": None,
                     "member_id": ids[0]}
