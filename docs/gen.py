@@ -177,6 +177,17 @@ CONFIG_NOTES = {
     "state_file": "Where admin changes are saved (atomically, before the reply) and read at start.",
     "user": "When lb starts as root, each worker drops to this user (name or uid); the master stays root.",
     "group": "And to this group (name or gid); when null, the user's own groups.",
+    "cluster": "Cluster mode: the lbs of one fleet meet in etcd. Each holds a member key under "
+               "`/lb/NAME/members/` bound to a lease (`show cluster` lists them). null (the default): no "
+               "cluster. etcd is never in a request's path: with it unreachable lb serves on, and says so "
+               "in `show info`, the `lb_cluster_connected` metric and the log. A change takes effect at the "
+               "next `lb ctl upgrade` or restart.",
+    "cluster.store": "The store: `etcd` (3.4 or later, through its v3 JSON gateway).",
+    "cluster.endpoints": "etcd's client addresses; lb goes to the next one when one does not answer.",
+    "cluster.name": "The fleet's name: every key lb writes is under `/lb/NAME/`.",
+    "cluster.tls": "Not built yet: a config that sets it is refused (exit 2), never run in the clear.",
+    "cluster.lease_ttl": "How long a killed lb stays listed: the TTL of its membership lease, renewed "
+                         "every third of it. A stopped lb leaves at once.",
 }
 
 _DURATION_UNITS = (("y", schema.YEAR_S), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0),
@@ -346,7 +357,9 @@ COMMAND_NOTES = {
     "show server": "The same for one server.",
     "show info": "The master's pid, lb's version, start time, the workers (slot, pid, start, restarts), "
                  "the number of upgrades, and the old master while it finishes; each time as epoch "
-                 "seconds (`started`) and as ISO 8601 UTC beside it (`started_iso`: `2026-11-26T18:00:00Z`).",
+                 "seconds (`started`) and as ISO 8601 UTC beside it (`started_iso`: `2026-11-26T18:00:00Z`); "
+                 "in cluster mode `cluster`: its name, endpoints, whether etcd answers now (`connected`), the "
+                 "last error and this lb's `member_id` (null without `cluster:`).",
     "show certs": "Per TLS listener, each certificate's file, names, not-after, days left and SHA-256 "
                   "fingerprint.",
     "show versions": "Versions oldest first: nodes, ready capacity, requests routed by pin and "
@@ -361,6 +374,11 @@ COMMAND_NOTES = {
     "show latency": "p50/p90/p99 of those servers together over the last WINDOW (1-60 s), merged from "
                     "per-second buckets; `raw` adds the bucket counts, which a fleet deploy merges "
                     "across lbs.",
+    "show cluster": "Cluster mode: every member listed in etcd under `/lb/NAME/members/`: its id (host:admin "
+                    "socket), lb version, applied revision, lease seconds left, view generation, start, pid and "
+                    "per-node state, health and in flight; `self` marks this lb. Read from etcd when asked: "
+                    "with etcd unreachable it answers an error (lb serves on). Without `cluster:` it answers "
+                    "that cluster mode is off.",
     "drain": "No new request goes to the server; requests in flight finish, and idle pooled "
              "connections to it close at once. It becomes `drained` when nothing is in flight; at "
              "`drain.timeout` what is left is cut (503 for a request with no response yet, close 1001 "

@@ -254,6 +254,7 @@ class Master:
     async def _stop(self) -> None:
         log.info("stopping: finishing requests in flight (up to %.0fs)", self.config.drain.timeout)
         systemd.notify("STOPPING=1")
+        await self.control.leave_cluster()       # out of the fleet before the workers wind down
         await self.admin_server.close()
         if self.metrics is not None:
             await self.metrics.close()

@@ -32,6 +32,7 @@ from ..core.values import format_hostport
 from .. import tls
 from ..core.reload import running_config
 from ..files import load_config
+from .cluster import cluster_off
 from .statefile import save_state
 
 log = logging.getLogger("lb.admin")
@@ -179,7 +180,15 @@ class Admin:
                 "pinning_header": self.control.config.pinning.header,
                 # whether anyone may reach a version with no users yet by naming it (lb deploy
                 # --verify warns when no one may: its canary's smoke test would reach the old one)
-                "override_from": bool(self.control.config.skew.override_from)}
+                "override_from": bool(self.control.config.skew.override_from),
+                # cluster mode: whether etcd answers now (lb serves on either way)
+                "cluster": self.control.cluster.info() if self.control.cluster is not None else None}
+
+    async def show_cluster(self) -> dict:
+        """The members listed in etcd (lb/control/cluster.py), read when asked."""
+        if self.control.cluster is None:
+            raise cluster_off()
+        return await self.control.cluster.members()
 
     def show_certs(self) -> dict:
         now, listen = time.time(), self.control.config.listen
@@ -345,6 +354,7 @@ HANDLERS = {
     ("show", "servers"): Admin.show_servers,
     ("show", "server"): Admin.show_server,
     ("show", "info"): Admin.show_info,
+    ("show", "cluster"): Admin.show_cluster,
     ("show", "certs"): Admin.show_certs,
     ("show", "versions"): Admin.show_versions,
     ("show", "assets"): Admin.show_assets,

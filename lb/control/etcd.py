@@ -515,6 +515,11 @@ class EtcdClient:
             raise EtcdError(f"etcd lease {lease.id} has expired")
         return ttl
 
+    async def time_to_live(self, lease_id: int) -> int:
+        """Seconds the lease has left (-1: it has expired or never was)."""
+        answer = await self._call("/v3/lease/timetolive", {"ID": str(lease_id)})
+        return int(answer.get("TTL", -1))
+
     def keepalive(self, lease: Lease) -> asyncio.Task:
         """A task that renews the lease every third of its TTL until close(). It ends with an
         EtcdError when the lease has expired or no endpoint renewed it for a whole TTL."""

@@ -105,6 +105,11 @@ class LbCollector:
                                        "the count on)")
         upgrades.add_metric([], control.upgrades)
         yield from (retries, failed, capacity, clients, queued, drains, drain_time, restarts, workers, upgrades)
+        if control.cluster is not None:
+            connected = GaugeMetricFamily("lb_cluster_connected", "1 while etcd answers this lb (cluster mode); "
+                                          "lb serves on either way", labels=["cluster"])
+            connected.add_metric([control.cluster.config.name], int(control.cluster.connected))
+            yield connected
         if control.pinning_on:
             assigned = CounterMetricFamily("lb_pin_assignments", "Clients assigned a version",
                                            labels=["version"])

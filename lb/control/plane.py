@@ -34,6 +34,7 @@ from ..core.stats import PoolStats
 from ..core.seams import Link
 from .assets import Assets
 from .checker import Checker
+from .cluster import Membership
 
 log = logging.getLogger("lb.control")
 
@@ -70,6 +71,9 @@ class Control:
         self.checker = Checker(self)
         self.assets = Assets(config)             # skew protection's index (control/assets.py)
         self._sweeper: asyncio.TimerHandle | None = None
+        # cluster mode (lb/control/cluster.py): this lb's member key in etcd, None without `cluster:`
+        self.cluster = Membership(self, config.cluster, config.resolve(config.admin.socket)) \
+            if config.cluster is not None else None
 
     def attach(self, link: Link) -> None:
         """Connect the data plane and hand it the current view and asset index."""
@@ -83,6 +87,8 @@ class Control:
         """The sweeper and the checks begin (after `place_nodes` and the listeners)."""
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
         self.checker.start()
+        if self.cluster is not None:
+            self.cluster.start()
 
     def place_nodes(self) -> None:
         """Nodes the state file did not place go into service."""
@@ -92,13 +98,21 @@ class Control:
         self.changed()
 
     async def stop(self) -> None:
-        """No more checks and sweeps (at exit, and while an upgrade hands the state over)."""
+        """No more checks and sweeps (at exit, and while an upgrade hands the state over). The
+        member key stays until its lease expires: a new master takes it over (see leave_cluster)."""
         await self.checker.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.pinning_on:
             self.assets.save(in_thread=False)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+    async def leave_cluster(self) -> None:
+        """At a stop: the member key goes from etcd now (its lease revoked), not at its expiry."""
+        if self.cluster is not None:
+            await self.cluster.stop(leave=True)
 
     # -- publishing ---------------------------------------------------------------
     def publish(self) -> None:

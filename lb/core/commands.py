@@ -53,6 +53,8 @@ COMMANDS = [
     Command(("show", "stats"), (), ("NAME",), "totals and per server: codes, failures, p50/p99 over 60 s", False),
     Command(("show", "latency"), ("NAME[,NAME...]", "WINDOW"), ("raw",), "p50/p90/p99 of those servers together "
             "over the last WINDOW (1s..60s); raw: also the histogram's bucket counts, to merge", False),
+    Command(("show", "cluster"), (), (), "(cluster mode) members: id, lb version, applied revision, lease left, "
+            "per-node health", False),
     Command(("drain",), ("NAME",), (), "no new requests; in-flight ones finish", True),
     Command(("wait",), ("NAME", "STATE"), ("TIMEOUT",), "block until drained|ready|maint|up", False),
     Command(("ready",), ("NAME",), (), "back into service", True),

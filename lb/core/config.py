@@ -464,6 +464,49 @@ class LimitsConfig:
     max_connections: int = _field(10000, _int_range(1, 1_000_000))
 
 
+_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")     # a label in the store's keys: /lb/<name>/
+
+
+def _endpoint_list(value: Any) -> tuple[str, ...]:
+    """cluster.endpoints: a non-empty list of HOST:PORT (etcd's client URLs without http://)."""
+    if not isinstance(value, list) or not value:
+        raise InvalidValue(f"expected a non-empty list of HOST:PORT, got {value!r}")
+    for item in value:
+        try:
+            parse_hostport(item)
+        except InvalidValue:
+            raise InvalidValue(f"expected a list of HOST:PORT, got {item!r} in {value!r}") from None
+    return tuple(str(item) for item in value)
+
+
+def _cluster_tls(value: Any) -> None:
+    if value is None:         # refused, not ignored: a config asking for TLS must not go in the clear
+        return None
+    raise InvalidValue(f"expected nothing yet: TLS to etcd is not built (leave cluster.tls out and reach "
+                       f"etcd over a trusted network), got {value!r}")
+
+
+def _lease_ttl(value: Any) -> float:      # etcd counts a lease's TTL in whole seconds
+    seconds = parse_duration(value)
+    if not (1.0 <= seconds <= 3600.0 and seconds.is_integer()):
+        raise InvalidValue(f"expected a whole number of seconds from 1s to 1h, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Cluster mode (lb/control/cluster.py): the lbs of one fleet meet in etcd under /lb/<name>/."""
+    store: str = _field("etcd", _one_of("etcd"))
+    endpoints: tuple[str, ...] = _field(None, _endpoint_list)
+    name: str = _field(None, _matching(_CLUSTER_NAME_RE, "a name of 1 to 64 letters, digits, '_', '.' or '-'"))
+    tls: None = _optional(_cluster_tls)
+    lease_ttl: float = _field(10.0, _lease_ttl)     # how long a killed lb stays listed
+
+
+def _off_unless_given(cls: type) -> Any:      # a section that is None when left out or null
+    return field(default=None, metadata={"parse": cls, "optional": True, "nullable": True})
+
+
 @dataclass(frozen=True)
 class Config:
     listen: tuple[ListenerConfig, ...] = _list_field((ListenerConfig(("127.0.0.1", 8080)),), _listen_list)
@@ -489,6 +532,7 @@ class Config:
     # group: the user's primary group (and its other groups) when null.
     user: str | int | None = _optional(_account)
     group: str | int | None = _optional(_account)
+    cluster: ClusterConfig | None = _off_unless_given(ClusterConfig)     # null: no cluster
     # Where the file was read from (an absolute path); relative paths in it resolve
     # against its folder, or against runtime_dir when that is set (the embedded default).
     source: str = field(default="<defaults>", compare=False)
@@ -524,7 +568,8 @@ def build(cls: type, raw: Any, path: str, source: str) -> Any:
         if fields[key].metadata.get("list"):
             values[key] = parse(value, key_path, source)
         elif dataclasses.is_dataclass(parse):
-            values[key] = build(parse, value, key_path, source)
+            off = value is None and fields[key].metadata.get("nullable")
+            values[key] = None if off else build(parse, value, key_path, source)
         else:
             try:
                 values[key] = parse(value)

@@ -47,7 +47,25 @@ def stats_table(reply: dict) -> list[str]:
     return lines
 
 
-TABLES = {("show", "servers"): servers_table, ("show", "stats"): stats_table}   # by command words
+CLUSTER_COLUMNS = ("id", "version", "applied_revision", "lease_left_s", "generation", "nodes")
+
+
+def cluster_table(reply: dict) -> list[str]:
+    """One row a member (this lb's id marked `*`); nodes as NAME:HEALTH, the unhealthy first."""
+    rows = []
+    for member in reply["members"]:
+        nodes = sorted(member.get("nodes", []), key=lambda n: (n["health"] == "up", n["name"]))
+        shown = {**member, "id": ("* " if member["self"] else "  ") + member["id"],
+                 "nodes": " ".join(f"{n['name']}:{n['health']}" for n in nodes) or member.get("error")}
+        rows.append(tuple(shown.get(key) for key in CLUSTER_COLUMNS))
+    lines = table_lines(CLUSTER_COLUMNS, rows)
+    lines.append(f"cluster {reply['cluster']}: {len(rows)} members at etcd revision {reply['revision']}; "
+                 f"* is this lb")
+    return lines
+
+
+TABLES = {("show", "servers"): servers_table, ("show", "stats"): stats_table,     # by command words
+          ("show", "cluster"): cluster_table}
 
 
 def render(words: list[str], reply: dict) -> str:

@@ -192,3 +192,17 @@ def test_the_store_adapter_imports_only_core_and_no_grpc():
         top = name.split(".")[0]
         assert top != "lb" or name.startswith("lb.core"), f"control/etcd.py imports {name}"
         assert top not in {"grpc", "etcd3", "aetcd", "protobuf", "google"}, f"control/etcd.py imports {name}"
+
+
+# Cluster membership (issue 31) is the control plane's: it reads the control plane passed to it,
+# and reaches etcd only through the store adapter, never with a client of its own.
+MEMBERSHIP = LB / "control" / "cluster.py"
+
+
+def test_membership_reaches_etcd_only_through_the_store_adapter():
+    for name, _ in imports(MEMBERSHIP):
+        top = name.split(".")[0]
+        assert top != "lb" or name in ("lb", "lb.control.etcd") or name.startswith("lb.core"), \
+            f"control/cluster.py imports {name}"
+        assert top not in {"grpc", "etcd3", "aetcd", "http", "urllib", "aiohttp", "httpx"}, \
+            f"control/cluster.py imports {name}"

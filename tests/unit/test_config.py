@@ -257,3 +257,62 @@ def test_bad_workers_name_the_key_and_value(value):
     with pytest.raises(ConfigError) as info:
         parse_config(MINIMAL + f"workers: {value}\n", "lb.yaml")
     assert info.value.message.startswith("lb.yaml: workers: expected auto or a whole number from 1 to 64")
+
+
+# -- cluster: (issue 31): off unless given; endpoints and name required; tls refused until built --
+
+CLUSTER = "cluster: {endpoints: ['127.0.0.1:2379', 'etcd2:2379'], name: prod}\n"
+
+
+@pytest.mark.parametrize("text, cluster", [
+    ("", None),
+    ("cluster: null\n", None),
+    ("cluster:\n", None),
+    (CLUSTER, (("127.0.0.1:2379", "etcd2:2379"), "prod", 10.0)),
+    ("cluster: {store: etcd, endpoints: ['[::1]:2379'], name: a.b_c-1, lease_ttl: 3s, tls: null}\n",
+     (("[::1]:2379",), "a.b_c-1", 3.0)),
+])
+def test_cluster_is_off_unless_given(text, cluster):
+    got = parse_config(MINIMAL + text, "lb.yaml").cluster
+    assert (got if got is None else (got.endpoints, got.name, got.lease_ttl)) == cluster
+    assert got is None or (got.store == "etcd" and got.tls is None)
+
+
+CLUSTER_BAD = [
+    ("cluster: {}\n", "lb.yaml: cluster.endpoints: required key is missing"),
+    ("cluster: {endpoints: ['127.0.0.1:2379']}\n", "lb.yaml: cluster.name: required key is missing"),
+    ("cluster: [127.0.0.1:2379]\n", "lb.yaml: cluster: expected a mapping, got ['127.0.0.1:2379']"),
+    ("cluster: {store: consul, endpoints: ['a:1'], name: p}\n",
+     "lb.yaml: cluster.store: expected one of etcd, got 'consul'"),
+    ("cluster: {endpoints: [], name: p}\n", "lb.yaml: cluster.endpoints: expected a non-empty list of HOST:PORT, got []"),
+    ("cluster: {endpoints: '127.0.0.1:2379', name: p}\n",
+     "lb.yaml: cluster.endpoints: expected a non-empty list of HOST:PORT, got '127.0.0.1:2379'"),
+    ("cluster: {endpoints: ['127.0.0.1:2379', 'http://e:2379'], name: p}\n",
+     "lb.yaml: cluster.endpoints: expected a list of HOST:PORT, got 'http://e:2379'"),
+    ("cluster: {endpoints: ['a:1'], name: 'p/q'}\n",
+     "lb.yaml: cluster.name: expected a name of 1 to 64 letters, digits, '_', '.' or '-', got 'p/q'"),
+    ("cluster: {endpoints: ['a:1'], name: ''}\n", "lb.yaml: cluster.name: expected a name of 1 to 64"),
+    ("cluster: {endpoints: ['a:1'], name: " + "x" * 65 + "}\n", "lb.yaml: cluster.name: expected a name of 1 to 64"),
+    ("cluster: {endpoints: ['a:1'], name: p, tls: {ca: ca.pem}}\n",
+     "lb.yaml: cluster.tls: expected nothing yet: TLS to etcd is not built"),
+    ("cluster: {endpoints: ['a:1'], name: p, lease_ttl: 1.5s}\n",
+     "lb.yaml: cluster.lease_ttl: expected a whole number of seconds from 1s to 1h, got '1.5s'"),
+    ("cluster: {endpoints: ['a:1'], name: p, lease_ttl: 2h}\n", "lb.yaml: cluster.lease_ttl: expected a whole number"),
+    ("cluster: {endpoints: ['a:1'], name: p, prefix: /x}\n", "lb.yaml: cluster.prefix: unknown key"),
+]
+
+
+@pytest.mark.parametrize("text, message", CLUSTER_BAD)
+def test_a_bad_cluster_section_names_the_key_path_and_value(text, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL + text, "lb.yaml")
+    assert info.value.message.startswith(message), info.value.message
+
+
+def test_lb_check_refuses_cluster_tls_with_exit_2(tmp_path):
+    path = tmp_path / "lb.yaml"
+    path.write_text(MINIMAL + "cluster: {endpoints: ['127.0.0.1:2379'], name: p, tls: {ca: ca.pem}}\n")
+    result = subprocess.run([sys.executable, "-m", "lb.cli", "check", "-c", str(path)],
+                            capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert result.returncode == 2
+    assert f"{path}: cluster.tls: expected nothing yet: TLS to etcd is not built" in result.stderr
