@@ -21,7 +21,8 @@ from .config import BackendConfig, Config
 
 ADD, ADDRESS, WEIGHT, VERSION, MAX_CONNS, KEEP, REMOVE, BALANCE, AT_RESTART = (
     "add", "address", "weight", "version", "max_conns", "keep", "remove", "balance", "at_restart")
-RESTART_ONLY = ("access_log", "admin", "group", "http", "listen", "metrics", "state_file", "user", "workers")
+RESTART_ONLY = ("access_log", "admin", "cluster", "group", "http", "listen", "metrics", "state_file", "user",
+                "workers")
 
 
 @dataclass(frozen=True)

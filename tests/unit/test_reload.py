@@ -52,6 +52,8 @@ CASES = [
     ("a backend being removed comes back", config(), running(), {"web2"}, [(KEEP, "web2", None)]),
     ("balance", config(BASE + "balance: round_robin\n"), running(), set(), [(BALANCE, "balance", "round_robin")]),
     ("listen only at restart", config(**{"8080": "8081"}), running(), set(), [(AT_RESTART, "listen", None)]),
+    ("the cluster only at restart", config(BASE + "cluster: {store: etcd, endpoints: ['127.0.0.1:2379'], name: p}\n"),
+     running(), set(), [(AT_RESTART, "cluster", None)]),
 ]
 
 
