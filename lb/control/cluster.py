@@ -179,21 +179,23 @@ class Membership:
         loop = asyncio.get_running_loop()
         self.lease = lease = await self.client.grant(int(self.config.lease_ttl))
         last = member_record(self.control, self.identity)
-        await self.client.put(self.key, json.dumps(last), lease.id)
+        await self.client.put(self.key, json.dumps(last), lease.id, repeatable=True)   # only this lb writes it
         renewed = put_at = loop.time()
         self.registrations += 1
         self._note("ok")
         while True:
             await asyncio.sleep(min(REFRESH_S, lease.ttl_s / 3))     # a 1 s lease is renewed in time
             try:
+                answered = False              # "reachable" is said only after a call was answered
                 if loop.time() - renewed >= lease.ttl_s / 3:
                     await self.client.keepalive_once(lease)
-                    renewed = loop.time()
+                    renewed, answered = loop.time(), True
                 record = member_record(self.control, self.identity)
                 if should_put(record, last, put_at, loop.time()):
-                    await self.client.put(self.key, json.dumps(record), lease.id)
-                    last, put_at = record, loop.time()
-                self._note("ok")
+                    await self.client.put(self.key, json.dumps(record), lease.id, repeatable=True)
+                    last, put_at, answered = record, loop.time(), True
+                if answered:
+                    self._note("ok")
             except EtcdError as exc:
                 if "expired" in exc.message or loop.time() - renewed >= lease.ttl_s:
                     self.lease = None

@@ -232,6 +232,8 @@ def error_from(status: int, body: bytes, endpoint: str) -> EtcdError:
     try:
         answer = json.loads(body)
         message, code = answer.get("message") or answer.get("error"), answer.get("code")
+        if isinstance(message, dict):       # a streaming call's error: {"error": {"grpc_code", "message"}}
+            message, code = message.get("message"), message.get("grpc_code", code)
     except (ValueError, AttributeError):
         message, code = body[:200].decode("utf-8", "replace").strip() or f"HTTP {status}", None
     return EtcdError(f"etcd at {endpoint}: {message}", code=code if isinstance(code, int) else None)
@@ -447,9 +449,14 @@ class EtcdClient:
                     if exc.code not in TRY_ELSEWHERE:
                         raise
                     failures.append((endpoint, exc.message))
+                    self.endpoints.skip(endpoint)     # the next call, too, starts elsewhere
+                    if not repeatable:                # "timed out", "leader changed": it may commit yet
+                        raise EtcdError(f"etcd {path}: {exc.message}; the write may have been applied "
+                                        f"(re-read before writing again)", code=exc.code) from None
                     continue
                 except (OSError, asyncio.TimeoutError, HttpError) as exc:
                     failures.append((endpoint, describe(exc)))
+                    self.endpoints.skip(endpoint)     # a hung member must not take every next call
                     if exchange.sent and not repeatable:
                         raise EtcdError(f"etcd {path}: the answer was lost, the write may have been applied "
                                         f"(re-read before writing again); tried {tried(failures)}") from None
@@ -476,9 +483,11 @@ class EtcdClient:
         """Every key starting with `prefix`, in key order, and the store's revision."""
         return parse_range(await self._call("/v3/kv/range", key_range(prefix, prefix=True)))
 
-    async def put(self, key: str, value: bytes | str, lease: int = 0) -> int:
-        """Writes the key (bound to `lease` when given); the store's revision after it."""
-        return revision_of(await self._call("/v3/kv/put", Put(key, value, lease).request(), repeatable=False))
+    async def put(self, key: str, value: bytes | str, lease: int = 0, repeatable: bool = False) -> int:
+        """Writes the key (bound to `lease` when given); the store's revision after it.
+        `repeatable`: the caller's write may land twice (the same whole value of a key only
+        it writes), so a lost answer is tried again elsewhere rather than raised."""
+        return revision_of(await self._call("/v3/kv/put", Put(key, value, lease).request(), repeatable=repeatable))
 
     async def delete(self, key: str, prefix: bool = False) -> int:
         """Deletes the key (every key under it with prefix); the store's revision after it."""
@@ -493,7 +502,8 @@ class EtcdClient:
 
     async def grant(self, ttl_s: int) -> Lease:
         """A lease that expires ttl_s seconds after its last keepalive."""
-        answer = await self._call("/v3/lease/grant", {"TTL": str(int(ttl_s))}, repeatable=False)
+        # repeated as etcd's own client does: a lease granted twice costs one that expires unused
+        answer = await self._call("/v3/lease/grant", {"TTL": str(int(ttl_s))})
         if answer.get("error"):
             raise EtcdError(f"etcd lease grant: {answer['error']}")
         return Lease(int(answer["ID"]), int(answer.get("TTL", ttl_s)))

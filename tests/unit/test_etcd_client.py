@@ -113,6 +113,9 @@ def test_a_watch_on_a_compacted_revision_is_an_error_that_says_from_where_to_rea
      "etcd at e:1: etcdserver: requested lease not found", 5),
     (503, b'{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}',
      "etcd at e:1: etcdserver: no leader", 14),
+    # a streaming call's error (watch, keepalive): the code inside, as etcd 3.4 sends it
+    (503, b'{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"Service '
+          b'Unavailable"}}', "etcd at e:1: etcdserver: no leader", 14),
     (404, b"Not Found\n", "etcd at e:1: Not Found", None),
     (502, b"", "etcd at e:1: HTTP 502", None),
 ])
