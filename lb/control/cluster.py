@@ -45,6 +45,7 @@ REFRESH_S = 1.0                 # how often the record is compared and the lease
 MIN_PUT_INTERVAL_S = 2.0        # the most often a changed record is written again
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 5.0     # between attempts to register while etcd is away
 LEAVE_TIMEOUT_S = 2.0           # a stop's revoke, when etcd does not answer
+SHOW_TIMEOUT_S = 5.0            # `show cluster` as a whole, when etcd is slow or hung
 
 
 def members_prefix(name: str) -> str:
@@ -218,6 +219,13 @@ class Membership:
     # -- show cluster ------------------------------------------------------------------------
     async def members(self) -> dict:
         """Every member listed in etcd now, with its lease's seconds left. Raises EtcdError."""
+        try:
+            return await asyncio.wait_for(self._members(), SHOW_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise EtcdError(f"etcd did not answer within {SHOW_TIMEOUT_S:g}s (endpoints "
+                            f"{', '.join(self.config.endpoints)})") from None
+
+    async def _members(self) -> dict:
         found = await self.client.get_prefix(self.prefix)
         left = await asyncio.gather(*(self.client.time_to_live(kv.lease) for kv in found.kvs))
         return {"cluster": self.config.name, "member_id": self.id, "revision": found.revision,

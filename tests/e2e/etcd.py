@@ -39,7 +39,7 @@ def ensure_installed() -> str:
     if found:
         return found
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]     # never a password prompt in a test run
     install = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", PACKAGE]
     if subprocess.run(install, env=env, capture_output=True, timeout=INSTALL_TIMEOUT_S).returncode != 0:
         subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, capture_output=True,

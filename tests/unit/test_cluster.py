@@ -11,7 +11,8 @@ import pytest
 from lb.control.admin import Admin
 from lb.control.cluster import (BACKOFF_MAX_S, DOWN, LINK, MIN_PUT_INTERVAL_S, UNKNOWN, UP, Membership,
                                 backoff_s, member_id, member_record, member_rows, members_prefix, should_put)
-from lb.control.etcd import KeyValue
+from lb.control import cluster as cluster_module
+from lb.control.etcd import EtcdError, KeyValue
 from lb.control.plane import Control
 from lb.core.config import parse_config
 from lb.core.errors import CommandError
@@ -138,3 +139,18 @@ def test_lb_ctl_shows_the_members_as_a_table():
         "cluster prod: 2 members at etcd revision 12; * is this lb"]
     off = {"ok": False, "error": "cluster mode is off: this lb's config has no cluster: section"}
     assert json.loads(render(["show", "cluster"], off)) == off
+
+
+async def test_show_cluster_is_bounded_when_etcd_hangs(monkeypatch):
+    """A member that accepts and never answers: `show cluster` answers an error in time,
+    naming the endpoints, instead of holding the admin command."""
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)   # accepts, never answers
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(cluster_module, "SHOW_TIMEOUT_S", 0.3)
+    config = BACKENDS + f"cluster: {{endpoints: ['127.0.0.1:{port}'], name: prod}}\n"
+    member = Membership(None, parse_config(config).cluster, "/run/lb/lb.sock", host="lb-1")
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(EtcdError, match=f"did not answer within 0.3s .*127.0.0.1:{port}"):
+        await member.members()
+    assert asyncio.get_running_loop().time() - started < 1.0
+    server.close()
