@@ -352,13 +352,16 @@ class Load:
 class DeployRun:
     """`lb deploy` as a child process; its JSON events are timed as they arrive."""
 
-    def __init__(self, system: System, t0: float, bake: str, canary_bake: str, nice: int = 0):
+    def __init__(self, system: System, t0: float, bake: str, canary_bake: str, nice: int = 0,
+                 extra: tuple[str, ...] = ()):
+        """`extra`: more `lb deploy` arguments (the skew scenario's browser tabs are a thin load:
+        it passes --min-requests 0, for timed bakes as the peers' scripts have)."""
         self.system, self.t0 = system, t0
         targets = [arg for path in system.sockets for arg in ("-s", str(path))]
         self.args = [sys.executable, "-m", "lb.cli", "deploy", *targets, "--to", "v2",
                      "--update", system.update_command(nice), "--batch", "2", "--canary", "1",
                      "--bake", bake, "--canary-bake", canary_bake,
-                     "--state", str(system.dir / "deploy.state"), "--log", str(system.dir / "deploy.log")]
+                     "--state", str(system.dir / "deploy.state"), "--log", str(system.dir / "deploy.log"), *extra]
         self.events: list[dict] = []
         self.listeners = []
 

@@ -170,7 +170,9 @@ def deployer(name: str, system, service: Service, args):
     bake_s, canary_bake_s = parse_duration(args.bake), parse_duration(args.canary_bake)
     if name != "lb":
         return PeerDeploy(system, service, bake_s, canary_bake_s)
-    deploy = DeployRun(system, service.t0, args.bake, args.canary_bake, args.update_nice)
+    # the same bakes as the peers' scripts, whatever the tabs' thin load lets them judge
+    deploy = DeployRun(system, service.t0, args.bake, args.canary_bake, args.update_nice,
+                       extra=("--min-requests", "0"))
     deploy.listeners.append(lambda event: follow_lb(service, event))
     return deploy
 
