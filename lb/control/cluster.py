@@ -15,6 +15,8 @@ The member id is the host's name and the admin socket's path (`web-lb-1:/run/lb/
 two lbs on one host cannot share an admin socket (the second refuses to start), it stays the
 same across a restart and an upgrade (the new master's write takes the key over, so a
 restarted lb never shows twice), and an operator can tell from it where to reach the lb.
+Two hosts with the same name and socket path (cloned machines) would write one key between
+them, unnoticed for now: give each host its own name.
 
 A graceful stop revokes the lease: the key goes at once. A killed lb's key goes when its
 lease expires. etcd is never in a request's path: when it cannot be reached the loop goes
