@@ -336,7 +336,7 @@ class Control:
                 self._say_mismatch(node, version, outcome.move)
             elif node.health == DRAIN_REQUESTED:
                 log.warning("health: %s asked to be drained (its check answered %s): no new requests "
-                            "go to it until a check passes", node.name, node.hstate.last_check)
+                            "go to it until health.rise checks pass in a row", node.name, node.hstate.last_check)
             else:
                 log.info("health: %s is %s (last check %s)", node.name, node.health,
                          node.hstate.last_check)
