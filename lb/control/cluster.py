@@ -16,7 +16,8 @@ two lbs on one host cannot share an admin socket (the second refuses to start), 
 same across a restart and an upgrade (the new master's write takes the key over, so a
 restarted lb never shows twice), and an operator can tell from it where to reach the lb.
 Two hosts with the same name and socket path (cloned machines) would write one key between
-them, unnoticed for now: give each host its own name.
+them: at each renewal the key's lease is read back, and another's lease there is logged as
+an error once (and the key written again).
 
 A graceful stop revokes the lease: the key goes at once. A killed lb's key goes when its
 lease expires. etcd is never in a request's path: when it cannot be reached the loop goes
@@ -127,6 +128,7 @@ class Membership:
         self.last_error: str | None = None
         self.lease: Lease | None = None
         self.registrations = 0        # times the key was written under a new lease
+        self.shared = False           # another lb writes the same member key (said once)
         self._task: asyncio.Task | None = None
 
     @property
@@ -193,8 +195,10 @@ class Membership:
                 if loop.time() - renewed >= lease.ttl_s / 3:
                     await self.client.keepalive_once(lease)
                     renewed, answered = loop.time(), True
+                    if not await self._still_ours(lease):
+                        last = None               # written again below: this lb stays listed
                 record = member_record(self.control, self.identity)
-                if should_put(record, last, put_at, loop.time()):
+                if should_put(record, last, put_at, loop.time()) or last is None:
                     await self.client.put(self.key, json.dumps(record), lease.id, repeatable=True)
                     last, put_at, answered = record, loop.time(), True
                 if answered:
@@ -204,6 +208,24 @@ class Membership:
                     self.lease = None
                     raise
                 self._note("error", exc.message)
+
+    async def _still_ours(self, lease: Lease) -> bool:
+        """Whether the member key is still under this lb's lease. Another lb with the same id
+        (two hosts with one hostname and socket path) took it: said once, loudly."""
+        found = await self.client.get(self.key)
+        kv = found.kvs[0] if found.kvs else None
+        if kv is None or kv.lease == lease.id:
+            return kv is not None
+        if not self.shared:
+            self.shared = True
+            try:
+                other = json.loads(kv.value)
+            except ValueError:
+                other = {}
+            log.error("cluster %s: the member key %s is written by another lb too (pid %s on %s): two hosts "
+                      "share the hostname and admin socket path of this one; give each host its own name, or the "
+                      "fleet counts them as one", self.config.name, self.key, other.get("pid"), other.get("host"))
+        return False
 
     def _note(self, event: str, error: str | None = None) -> None:
         self.link, said = LINK[self.link, event]

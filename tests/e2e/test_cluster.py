@@ -135,3 +135,33 @@ def test_a_member_that_hangs_does_not_keep_an_lb_out_of_the_fleet(spawn, tmp_pat
     finally:
         os.kill(etcd.members[0].proc.pid, signal.SIGCONT)
         etcd.stop()
+
+
+async def test_two_lbs_with_one_member_id_are_told_so_once(etcd, tmp_path, caplog):
+    """Cloned hosts: one hostname, one admin socket path, so one member key. Each sees at a
+    renewal that the key is under another's lease, and says so once, as an error."""
+    import asyncio
+    import logging
+
+    from lb.control.cluster import Membership
+    from lb.control.plane import Control
+    from lb.core.config import parse_config
+
+    caplog.set_level(logging.INFO, "lb.cluster")
+    config = parse_config("backends:\n  - {name: web1, address: '127.0.0.1:9001'}\n"
+                          f"cluster: {{endpoints: {etcd.endpoints}, name: clones, lease_ttl: 3s}}\n")
+    loop = asyncio.get_running_loop()
+    clones = [Membership(Control(config, loop), config.cluster, "/run/lb/lb.sock", host="clone") for _ in range(2)]
+    for clone in clones:
+        clone.start()
+    try:
+        deadline = loop.time() + WAIT_S
+        while not all(clone.shared for clone in clones):
+            assert loop.time() < deadline, [r.getMessage() for r in caplog.records]
+            await asyncio.sleep(0.1)
+        said = [r for r in caplog.records if "written by another lb too" in r.getMessage()]
+        assert len(said) == 2 and all(r.levelname == "ERROR" for r in said)
+        assert "clone" in said[0].getMessage() and "give each host its own name" in said[0].getMessage()
+    finally:
+        for clone in clones:
+            await clone.stop(leave=True)
