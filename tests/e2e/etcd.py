@@ -13,8 +13,6 @@ SIGKILL (a crash: nothing is flushed); `restart(i)` starts it again on its data 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -22,11 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+import debian
+
 BINARY = "etcd"
 PACKAGE = "etcd-server"
 SERVICE = "etcd"
 START_TIMEOUT_S = 30.0
-INSTALL_TIMEOUT_S = 600.0
 # Elections in half a second instead of etcd's default second: a killed leader is replaced
 # fast enough for the tests to wait on it (the heartbeat stays a tenth of the election).
 HEARTBEAT_MS = 50
@@ -35,22 +34,7 @@ ELECTION_MS = 500
 
 def ensure_installed() -> str:
     """The etcd binary's path; installs the Debian package first when it is missing."""
-    found = shutil.which(BINARY)
-    if found:
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]     # never a password prompt in a test run
-    install = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", PACKAGE]
-    if subprocess.run(install, env=env, capture_output=True, timeout=INSTALL_TIMEOUT_S).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, capture_output=True,
-                       timeout=INSTALL_TIMEOUT_S, check=True)
-        subprocess.run(install, env=env, capture_output=True, timeout=INSTALL_TIMEOUT_S, check=True)
-    for stop in (["systemctl", "stop", SERVICE], [f"/etc/init.d/{SERVICE}", "stop"]):
-        if shutil.which(stop[0]) or Path(stop[0]).exists():
-            subprocess.run([*sudo, *stop], capture_output=True, timeout=60)
-    found = shutil.which(BINARY)
-    assert found, f"apt-get installed {PACKAGE}, but no {BINARY} binary is on PATH"
-    return found
+    return debian.ensure_installed(BINARY, PACKAGE, SERVICE)
 
 
 class EtcdMember:

@@ -12,37 +12,21 @@ query has a result (the first scrapes take a second or two).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import debian
+
 BINARY = "prometheus"
 START_TIMEOUT_S = 60.0
-INSTALL_TIMEOUT_S = 600.0
 
 
 def ensure_installed() -> str:
     """The prometheus binary's path; installs the Debian package first when it is missing."""
-    found = shutil.which(BINARY)
-    if found:
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]     # never a password prompt in a test run
-    install = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", BINARY]
-    if subprocess.run(install, env=env, capture_output=True, timeout=INSTALL_TIMEOUT_S).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, capture_output=True,
-                       timeout=INSTALL_TIMEOUT_S, check=True)
-        subprocess.run(install, env=env, capture_output=True, timeout=INSTALL_TIMEOUT_S, check=True)
-    for stop in (["systemctl", "stop", BINARY], [f"/etc/init.d/{BINARY}", "stop"]):
-        if shutil.which(stop[0]) or Path(stop[0]).exists():
-            subprocess.run([*sudo, *stop], capture_output=True, timeout=60)
-    found = shutil.which(BINARY)
-    assert found, "apt-get installed prometheus, but no prometheus binary is on PATH"
-    return found
+    return debian.ensure_installed(BINARY, BINARY, BINARY)
 
 
 class Prometheus:
