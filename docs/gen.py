@@ -185,7 +185,12 @@ CONFIG_NOTES = {
     "cluster.store": "The store: `etcd` (3.4 or later, through its v3 JSON gateway).",
     "cluster.endpoints": "etcd's client addresses; lb goes to the next one when one does not answer.",
     "cluster.name": "The fleet's name: every key lb writes is under `/lb/NAME/`.",
-    "cluster.tls": "Not built yet: a config that sets it is refused (exit 2), never run in the clear.",
+    "cluster.tls": "TLS to etcd (`https` on its client port). Left out or null: plain HTTP, for a trusted network.",
+    "cluster.tls.ca": "A PEM file of the CAs etcd's certificate is checked against (`--trusted-ca-file`'s "
+                      "peer); the system's CAs when left out. The certificate is always verified.",
+    "cluster.tls.cert": "A client certificate (PEM), for etcd's `--client-cert-auth`; with `key`.",
+    "cluster.tls.key": "The client certificate's private key (PEM); with `cert`.",
+    "cluster.tls.sni": "The name sent and verified in etcd's certificate; each endpoint's host by default.",
     "cluster.lease_ttl": "How long a killed lb stays listed: the TTL of its membership lease, renewed "
                          "every third of it. A stopped lb leaves at once.",
 }
