@@ -171,7 +171,7 @@ class Membership:
         lease, self.lease = self.lease, None
         if leave and lease is not None:
             try:
-                await asyncio.wait_for(self.client.revoke(lease), LEAVE_TIMEOUT_S)
+                await asyncio.wait_for(self.client.revoke(lease, LEAVE_TIMEOUT_S), LEAVE_TIMEOUT_S)
                 log.info("cluster %s: left (lease %x revoked)", self.config.name, lease.id)
             except (EtcdError, asyncio.TimeoutError) as exc:
                 log.warning("cluster %s: could not revoke the lease (%s); the member key goes when it "

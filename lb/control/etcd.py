@@ -277,8 +277,9 @@ class EtcdClient:
         self.watch_idle_s = watch_idle_s
         self._keepalives: set[asyncio.Task] = set()
 
-    async def _call(self, path: str, body: dict, repeatable: bool = True) -> dict:
-        """One request, failing over between endpoints; raises EtcdError."""
+    async def _call(self, path: str, body: dict, repeatable: bool = True, attempt_s: float | None = None) -> dict:
+        """One request, failing over between endpoints (each given `attempt_s`, by default
+        attempt_timeout_s); raises EtcdError."""
         failures: list[tuple[str, str]] = []
         for round_ in range(ROUNDS):
             if round_:
@@ -286,7 +287,8 @@ class EtcdClient:
             for endpoint in self.endpoints.order():
                 exchange = _Exchange(endpoint, self.tls)
                 try:
-                    status, raw = await asyncio.wait_for(self._unary(exchange, path, body), self.attempt_timeout_s)
+                    status, raw = await asyncio.wait_for(self._unary(exchange, path, body),
+                                                         attempt_s or self.attempt_timeout_s)
                     answer = decode_answer(status, raw, endpoint)
                 except EtcdError as exc:
                     if exc.code not in TRY_ELSEWHERE:
@@ -351,10 +353,12 @@ class EtcdClient:
             raise EtcdError(f"etcd lease grant: {answer['error']}")
         return Lease(int(answer["ID"]), int(answer.get("TTL", ttl_s)))
 
-    async def revoke(self, lease: Lease) -> None:
-        """Ends the lease now; its keys are deleted. A lease already gone is not an error."""
+    async def revoke(self, lease: Lease, within_s: float | None = None) -> None:
+        """Ends the lease now; its keys are deleted. A lease already gone is not an error.
+        `within_s`: each endpoint gets its share of it (a hung first one must not take it all)."""
+        attempt_s = None if within_s is None else min(self.attempt_timeout_s, within_s / len(self.endpoints.all))
         try:
-            await self._call("/v3/lease/revoke", {"ID": str(lease.id)})
+            await self._call("/v3/lease/revoke", {"ID": str(lease.id)}, attempt_s=attempt_s)
         except EtcdError as exc:
             if "lease not found" not in exc.message:
                 raise

@@ -45,11 +45,10 @@ def own_id(lb: Lb) -> str:
     return lb.ctl("show info")["cluster"]["member_id"]
 
 
-def cluster_metric(lb: Lb) -> str:
+def cluster_metric(lb: Lb, name: str = "lb_cluster_connected") -> str:
     port = lb.config["metrics"]["listen"].rsplit(":", 1)[1]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        return next(line for line in answer.read().decode().splitlines()
-                    if line.startswith("lb_cluster_connected{"))
+        return next(line for line in answer.read().decode().splitlines() if line.startswith(name + "{"))
 
 
 def kill_whole_lb(lb: Lb) -> None:
@@ -203,6 +202,8 @@ def test_a_change_on_one_lbs_socket_applies_on_every_lb_before_the_reply(etcd, s
         wait_for(lambda: lb.server("web1")["state"] == "drained", WAIT_S, "web1 drained")
         assert nodes_served(lb, 6) == {"web2"}
         assert lb.ctl("show info")["cluster"]["applied_revision"] == revision
+        assert cluster_metric(lb, "lb_cluster_applied_revision") == \
+            f'lb_cluster_applied_revision{{cluster="test"}} {revision:.1f}'
     members = lbs[0].ctl("show cluster")["members"]
     assert {m["id"]: m["applied_revision"] for m in members} == {i: revision for i in ids}
 
