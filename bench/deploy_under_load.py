@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/deploy_under_load.py [--scenario rolling|crash|upgrade-lb|restart-lb|websocket|fleet|skew]
         [--sessions 200] [--rate 1000] [--life 100] [--steady 10] [--baseline 5]
-        [--bake 10s] [--canary-bake 30s] [--tag T] [--workers N] [--lbs N]
+        [--bake 10s] [--canary-bake 30s] [--tag T] [--workers N] [--lbs N] [--store etcd]
 
 10 `lb backend` processes (v1), lb on the embedded default config (free ports,
 its own admin socket, state and access log), and a load generator that shares
@@ -33,7 +33,9 @@ starts a v2 one with a 1 s warmup; --steady seconds on v2. Scenarios add to it:
               config, socket and state; every user alternates between them request
               by request (its cookie jar goes to both, as a browser's does to a name
               that DNS round-robin resolves to several addresses), and one `lb deploy`
-              with a -s per lb drives them all
+              with a -s per lb drives them all; with --store etcd the lbs run in
+              cluster mode over a three-member etcd (Debian's etcd-server, as the tests
+              start it) and `lb deploy --cluster etcd://.../bench` finds them there
   skew        browser tabs of an SPA (`lb backend --spa`) across the deploy, through lb,
               HAProxy and nginx at once: asset 404s, cross-version API answers
               (bench/skew_run.py says it all; its own options are listed by --help)
@@ -98,7 +100,7 @@ class System:
     """10 backends and lb in a scratch directory; everything stopped by pid at the end."""
 
     def __init__(self, workdir: Path, scenario: str, workers: int | None = None, lbs: int = 1,
-                 backend_args: tuple[str, ...] = ()):
+                 backend_args: tuple[str, ...] = (), store: str | None = None):
         """`backend_args`: more `lb backend` arguments, for the v1 backends and the update (skew: --spa)."""
         self.dir = workdir
         self.names = [f"web{i}" for i in range(1, NODES + 1)]
@@ -113,6 +115,11 @@ class System:
             config["workers"] = workers
         if scenario == "websocket":
             config["drain"] = {"timeout": "5s"}
+        self.etcd = None                        # --store etcd: three members, started here, stopped by pid
+        if store == "etcd":
+            from etcd import EtcdCluster        # the tests' real etcd (tests/e2e/etcd.py)
+            self.etcd = EtcdCluster(workdir / "etcd", 3, free_port)
+            config["cluster"] = {"store": "etcd", "endpoints": self.etcd.endpoints, "name": "bench"}
         for backend in config["backends"]:
             backend["address"] = f"127.0.0.1:{self.ports[backend['name']]}"
         self.config_path = workdir / "lb.yaml"
@@ -215,6 +222,15 @@ class System:
                     proc.kill()
                     proc.wait()
         stop_backends(self.dir, self.names)
+        if self.etcd is not None:
+            self.etcd.stop()
+
+    @property
+    def deploy_targets(self) -> list[str]:
+        """How `lb deploy` reaches the lbs: a -s per socket, or the cluster in etcd."""
+        if self.etcd is not None:
+            return ["--cluster", f"etcd://{','.join(self.etcd.endpoints)}/bench"]
+        return [arg for path in self.sockets for arg in ("-s", str(path))]
 
 
 def update_command(workdir: Path, backend_args: tuple[str, ...] = (), nice: int = 0) -> str:
@@ -357,8 +373,7 @@ class DeployRun:
         """`extra`: more `lb deploy` arguments (the skew scenario's browser tabs are a thin load:
         it passes --min-requests 0, for timed bakes as the peers' scripts have)."""
         self.system, self.t0 = system, t0
-        targets = [arg for path in system.sockets for arg in ("-s", str(path))]
-        self.args = [sys.executable, "-m", "lb.cli", "deploy", *targets, "--to", "v2",
+        self.args = [sys.executable, "-m", "lb.cli", "deploy", *system.deploy_targets, "--to", "v2",
                      "--update", system.update_command(nice), "--batch", "2", "--canary", "1",
                      "--bake", bake, "--canary-bake", canary_bake,
                      "--state", str(system.dir / "deploy.state"), "--log", str(system.dir / "deploy.log"), *extra]
@@ -470,7 +485,7 @@ def analyse(load: Load, deploy: DeployRun, code: int, phases: dict, marks: list,
     during_p99 = latency["during"].get("p99_ms")
     ws = Counter(kind for _, kind, _ in load.ws_events)
     return {
-        "bench": "deploy_under_load", "scenario": args.scenario, "lbs": args.lbs,
+        "bench": "deploy_under_load", "scenario": args.scenario, "lbs": args.lbs, "store": args.store,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "update_nice": args.update_nice,
@@ -658,19 +673,22 @@ def main() -> int:
     parser.add_argument("--update-nice", type=int, default=0,
                         help="run the update command under nice -n N (default 0: as is)")
     parser.add_argument("--lbs", type=int, help="lbs in the fleet (the fleet scenario; default 2 there, else 1)")
+    parser.add_argument("--store", choices=["etcd"], help="the fleet scenario in cluster mode over etcd")
     skew_run.add_arguments(parser)
     args = parser.parse_args()
     if args.lbs is None:
         args.lbs = 2 if args.scenario == "fleet" else 1
     if args.lbs < 1 or (args.scenario == "fleet") != (args.lbs > 1):
         parser.error("--lbs: 2 or more with --scenario fleet, 1 with any other scenario")
+    if args.store and args.scenario != "fleet":
+        parser.error("--store: with --scenario fleet only")
     become_subreaper()                # an upgraded lb's new master stays ours to stop and reap
     if args.scenario == "skew":
         return skew_run.run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.scenario + (f"-{args.tag}" if args.tag else "")
     workdir = Path(tempfile.mkdtemp(prefix="lb-proof-", dir="/tmp"))
-    system = System(workdir, args.scenario, args.workers, args.lbs)
+    system = System(workdir, args.scenario, args.workers, args.lbs, store=args.store)
     args.slow_start_s = system.slow_start_s
     try:
         system.start()
