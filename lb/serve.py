@@ -199,6 +199,8 @@ class Master:
             restored = load_state(control)
             if restored:
                 log.info("state file: %s", ", ".join(restored))
+        if control.desired is not None:   # the fleet's state, over the file's, before anyone connects
+            await control.desired.catch_up_at_start()
         self.upgrade = Upgrade(loop, self)
         admin = self.admin = Admin(control, self.config_path, self.upgrade, systemd)
         admin_server = self.admin_server = AdminServer(admin, config.resolve(config.admin.socket),

@@ -38,6 +38,8 @@ from .statefile import save_state
 log = logging.getLogger("lb.admin")
 audit_log = logging.getLogger("lb.audit")
 
+# Changes that stay on this lb in cluster mode: its own config file (each lb reads its own).
+LOCAL_ONLY = {("reload",)}
 MAX_LINE_BYTES = 4096
 IDLE_TIMEOUT_S = 60.0
 DEFAULT_WAIT_S = 60.0
@@ -88,6 +90,8 @@ class Admin:
                 return await self._execute(line)  # relayed, if the upgrade went through
             await self.control.synced()
             await self.control.applied()      # and what the reports changed, every worker routes by
+            if command.mutates and command.words not in LOCAL_ONLY and self.control.desired is not None:
+                return await self._change_fleet(command, args)
             payload = HANDLERS[command.words](self, *args)
             if inspect.isawaitable(payload):
                 payload = await (payload if command.replaces_master else self._until_handed_over(payload))
@@ -99,6 +103,15 @@ class Admin:
             return {"ok": False, "error": exc.message}
         except _HandedOver:
             return await self._execute(line)       # a `wait` the old master can no longer answer
+
+    async def _change_fleet(self, command, args: list[str]) -> dict:
+        """Cluster mode: the change goes to etcd's desired state (lb/control/desired.py), and the
+        reply waits until every member of the fleet applied it, or names those that did not."""
+        desired = self.control.desired
+        payload, revision = await desired.change(lambda: HANDLERS[command.words](self, *args))
+        save_state(self.control)
+        await self.control.applied()
+        return {"ok": True, **payload, "cluster": await self._until_handed_over(desired.agreed(revision))}
 
     async def _until_handed_over(self, awaitable):
         """The command's result, unless an upgrade hands over first (then _HandedOver: the
@@ -182,7 +195,8 @@ class Admin:
                 # --verify warns when no one may: its canary's smoke test would reach the old one)
                 "override_from": bool(self.control.config.skew.override_from),
                 # cluster mode: whether etcd answers now (lb serves on either way)
-                "cluster": self.control.cluster.info() if self.control.cluster is not None else None}
+                "cluster": {**self.control.cluster.info(), **self.control.desired.info()}
+                if self.control.cluster is not None else None}
 
     async def show_cluster(self) -> dict:
         """The members listed in etcd (lb/control/cluster.py), read when asked."""

@@ -6,10 +6,12 @@ With `cluster:` set, the control plane owns one `Membership`. It grants a lease 
 `cluster.lease_ttl` and writes `/lb/<name>/members/<id>` under it: a JSON record of who this
 lb is (id, host, admin socket, pid, lb's version, start time), the generation of its routing
 view, each node's admin state, health, version and in-flight count, and the store revision
-of the desired state it has applied (0 until desired state lives in etcd). Every
-`REFRESH_S` (or third of the TTL, if shorter) it renews the lease when a third of the TTL has passed since the last renewal,
-and writes the record again when it changed, at most every `MIN_PUT_INTERVAL_S` (in-flight
-counts change all the time under load: the bound keeps it to one write per interval).
+of the desired state it has applied (lb/control/desired.py; 0 until desired state lives in
+etcd). Every `REFRESH_S` (or third of the TTL, if shorter) it renews the lease when a third
+of the TTL has passed since the last renewal, and writes the record again when it changed,
+at most every `MIN_PUT_INTERVAL_S` (in-flight counts change all the time under load: the
+bound keeps it to one write per interval). A new applied revision is written at once
+(`poke`): a command's reply waits for every member to report it.
 
 The member id is the host's name and the admin socket's path (`web-lb-1:/run/lb/lb.sock`):
 two lbs on one host cannot share an admin socket (the second refuses to start), it stays the
@@ -65,7 +67,10 @@ def backoff_s(failures: int) -> float:
 
 
 def should_put(record: dict, last: dict | None, last_put_at: float, now: float) -> bool:
-    """Write the record again: it changed, and MIN_PUT_INTERVAL_S passed since the last write."""
+    """Write the record again: it changed, and MIN_PUT_INTERVAL_S passed since the last write
+    or the applied revision is new (a command waits for it)."""
+    if last is None or record.get("applied_revision") != last.get("applied_revision"):
+        return True
     return record != last and now - last_put_at >= MIN_PUT_INTERVAL_S
 
 
@@ -87,8 +92,9 @@ def member_record(control, identity: dict) -> dict:
     writes nothing)."""
     nodes = [{"name": n.name, "version": n.version, "state": str(n.admin_state), "health": str(n.health),
               "inflight": n.inflight} for n in control.pool.backends.values()]
+    applied = control.desired.revision if control.desired is not None else 0
     return {**identity, "version": lb.__version__, "started": round(control.started, 3),
-            "generation": control.generation, "applied_revision": 0, "nodes": nodes}
+            "generation": control.generation, "applied_revision": applied, "nodes": nodes}
 
 
 MEMBER_FIELDS = ("version", "applied_revision", "generation", "started", "pid", "nodes")
@@ -129,6 +135,7 @@ class Membership:
         self.lease: Lease | None = None
         self.registrations = 0        # times the key was written under a new lease
         self.shared = False           # another lb writes the same member key (said once)
+        self.wake = asyncio.Event()   # set by `poke`: look at the record now
         self._task: asyncio.Task | None = None
 
     @property
@@ -139,6 +146,10 @@ class Membership:
         """`show info`'s cluster entry."""
         return {"name": self.config.name, "endpoints": list(self.config.endpoints), "connected": self.connected,
                 "last_error": self.last_error, "member_id": self.id}
+
+    def poke(self) -> None:
+        """The record changed in a way others wait for (the applied revision): write it now."""
+        self.wake.set()
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -189,7 +200,11 @@ class Membership:
         self.registrations += 1
         self._note("ok")
         while True:
-            await asyncio.sleep(min(REFRESH_S, lease.ttl_s / 3))     # a 1 s lease is renewed in time
+            try:                      # a 1 s lease is renewed in time
+                await asyncio.wait_for(self.wake.wait(), min(REFRESH_S, lease.ttl_s / 3))
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
             try:
                 answered = False              # "reachable" is said only after a call was answered
                 if loop.time() - renewed >= lease.ttl_s / 3:

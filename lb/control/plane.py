@@ -35,6 +35,7 @@ from ..core.seams import Link
 from .assets import Assets
 from .checker import Checker
 from .cluster import Membership
+from .desired import Desired
 
 log = logging.getLogger("lb.control")
 
@@ -74,6 +75,8 @@ class Control:
         # cluster mode (lb/control/cluster.py): this lb's member key in etcd, None without `cluster:`
         self.cluster = Membership(self, config.cluster, config.resolve(config.admin.socket)) \
             if config.cluster is not None else None
+        # and the fleet's desired state there (lb/control/desired.py)
+        self.desired = Desired(self, self.cluster) if self.cluster is not None else None
 
     def attach(self, link: Link) -> None:
         """Connect the data plane and hand it the current view and asset index."""
@@ -89,6 +92,7 @@ class Control:
         self.checker.start()
         if self.cluster is not None:
             self.cluster.start()
+            self.desired.start()
 
     def place_nodes(self) -> None:
         """Nodes the state file did not place go into service."""
@@ -102,6 +106,7 @@ class Control:
         member key stays until its lease expires: a new master takes it over (see leave_cluster)."""
         await self.checker.stop()
         if self.cluster is not None:
+            await self.desired.stop()
             await self.cluster.stop()
         if self.pinning_on:
             self.assets.save(in_thread=False)
@@ -112,6 +117,7 @@ class Control:
     async def leave_cluster(self) -> None:
         """At a stop: the member key goes from etcd now (its lease revoked), not at its expiry."""
         if self.cluster is not None:
+            await self.desired.stop()
             await self.cluster.stop(leave=True)
 
     # -- publishing ---------------------------------------------------------------

@@ -3,9 +3,12 @@ etcd-server, started by tests/e2e/etcd.py) and three `lb serve` with `cluster:` 
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import os
 import signal
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +80,7 @@ def test_show_cluster_lists_the_members_and_a_stopped_or_killed_lb_leaves(etcd, 
     assert table[4].startswith("cluster test: 3 members at etcd revision ") and table[4].endswith("; * is this lb")
     info = lbs[0].ctl("show info")["cluster"]
     assert info == {"name": "test", "endpoints": etcd.endpoints, "connected": True, "last_error": None,
-                    "member_id": ids[0]}
+                    "member_id": ids[0], "applied_revision": 0, "stale": False}
 
     assert lbs[0].upgrade()["ok"]                      # the new master takes the same key over
     wait_for(lambda: next(m["pid"] for m in lbs[0].ctl("show cluster")["members"] if m["self"]) == lbs[0].master_pid,
@@ -165,3 +168,102 @@ async def test_two_lbs_with_one_member_id_are_told_so_once(etcd, tmp_path, caplo
     finally:
         for clone in clones:
             await clone.stop(leave=True)
+
+
+# -- desired state (lb/control/desired.py): any lb's socket changes the fleet ------------------
+
+def two_backend_lbs(spawn, tmp_path, etcd, count: int) -> list[Lb]:
+    webs = [spawn(Backend, "web1"), spawn(Backend, "web2")]
+    section = {"endpoints": etcd.endpoints, "name": "test", "lease_ttl": f"{LEASE_TTL_S}s"}
+    lbs = [spawn(Lb, tmp_path, [web.config() for web in webs], cluster=section, workers=1,
+                 health={"interval": "100ms", "rise": 1}) for _ in range(count)]
+    for lb in lbs:       # every lb listed (a command waits only for the members it sees)
+        wait_for(lambda: len(member_ids(lb) or ()) == count, WAIT_S, "every lb to list the others")
+    return lbs
+
+
+def states(lbs: list[Lb], name: str) -> list[str]:
+    return [lb.server(name)["state"] for lb in lbs]
+
+
+def nodes_served(lb: Lb, count: int) -> set[str]:
+    return {get(lb.port, "/").headers["X-Backend-Node"] for _ in range(count)}
+
+
+def test_a_change_on_one_lbs_socket_applies_on_every_lb_before_the_reply(etcd, spawn, tmp_path):
+    lbs = two_backend_lbs(spawn, tmp_path, etcd, 3)
+    ids = {own_id(lb) for lb in lbs}
+    reply = lbs[1].ctl("drain web1")
+    assert reply["ok"] and reply["server"]["state"] in ("draining", "drained"), reply
+    assert set(reply["cluster"]["applied"]) == ids and reply["cluster"]["not_applied"] == [], reply
+    revision = reply["cluster"]["revision"]
+    assert revision > 0
+    assert all(state in ("draining", "drained") for state in states(lbs, "web1"))     # no wait: applied
+    for lb in lbs:
+        wait_for(lambda: lb.server("web1")["state"] == "drained", WAIT_S, "web1 drained")
+        assert nodes_served(lb, 6) == {"web2"}
+        assert lb.ctl("show info")["cluster"]["applied_revision"] == revision
+    members = lbs[0].ctl("show cluster")["members"]
+    assert {m["id"]: m["applied_revision"] for m in members} == {i: revision for i in ids}
+
+    reply = lbs[2].ctl("set weight web2 7")                # another lb's socket, the next revision
+    assert reply["ok"] and reply["cluster"]["revision"] > revision and reply["cluster"]["not_applied"] == []
+    assert [lb.server("web2")["weight"] for lb in lbs] == [7, 7, 7]
+    assert lbs[0].ctl("ready web1")["ok"]
+    assert states(lbs, "web1") == ["ready"] * 3
+    assert lbs[0].ctl("ready web1")["cluster"]["revision"] == lbs[0].ctl("show info")["cluster"]["applied_revision"]
+
+    # added on one lb, in maint on every lb; removed on another, gone everywhere
+    assert lbs[0].ctl(f"add server web9 127.0.0.1:{free_port()} v1")["ok"]
+    assert states(lbs, "web9") == ["maint"] * 3
+    assert lbs[2].ctl("del server web9")["ok"]
+    assert all(not lb.ctl("show server web9")["ok"] for lb in lbs)
+    # each lb's state file (the local copy) has it all
+    for lb in lbs:
+        saved = json.loads(Path(lb.config["state_file"]).read_text())
+        assert saved["servers"]["web2"]["weight"] == 7 and "web9" not in saved["servers"]
+
+
+def test_changes_made_at_once_on_two_lbs_are_both_kept(etcd, spawn, tmp_path):
+    """Two lbs write the desired state at the same moment: the transaction of one fails, and it
+    runs its command again on the other's document; neither change is lost."""
+    lbs = two_backend_lbs(spawn, tmp_path, etcd, 2)
+    for round_ in range(5):
+        lines = [(lbs[0], f"set weight web1 {10 + round_}"), (lbs[1], f"set weight web2 {20 + round_}")]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(lambda pair: pair[0].ctl(pair[1]), lines))
+        assert all(reply["ok"] for reply in replies), replies
+        for lb in lbs:
+            assert (lb.server("web1")["weight"], lb.server("web2")["weight"]) == (10 + round_, 20 + round_)
+
+
+def test_a_returning_lb_catches_up_before_it_serves(etcd, spawn, tmp_path):
+    lbs = two_backend_lbs(spawn, tmp_path, etcd, 3)
+    away = lbs[2]
+    away_id = own_id(away)
+    kill_whole_lb(away)                     # its state file says web1 is ready
+    reply = lbs[0].ctl("drain web1")        # waits for the killed lb until its lease expires
+    assert reply["ok"] and reply["cluster"]["not_applied"] == [], reply
+    assert away_id not in reply["cluster"]["applied"] and len(reply["cluster"]["applied"]) == 2
+    assert lbs[1].ctl("set weight web2 9")["ok"]
+    away._start()                            # back: its first answer already has the fleet's state
+    assert (away.server("web1")["state"], away.server("web2")["weight"]) == ("drained", 9)
+    assert nodes_served(away, 6) == {"web2"}
+    assert away.ctl("show info")["cluster"]["applied_revision"] == lbs[0].ctl("show info")["cluster"][
+        "applied_revision"]
+    log = away.stderr_path.read_text()
+    restarted = log[log.index("lb listening on") + 1:]      # the second start's lines
+    assert restarted.index("caught up with the desired state at revision") < restarted.index("lb listening on"), log
+
+
+def test_without_etcd_a_change_is_refused_and_nothing_changes(etcd, spawn, tmp_path):
+    lbs = two_backend_lbs(spawn, tmp_path, etcd, 2)
+    etcd.kill(0)
+    reply = lbs[0].ctl("drain web1")
+    assert not reply["ok"] and "etcd unreachable" in reply["error"] and "nothing changed" in reply["error"], reply
+    assert states(lbs, "web1") == ["ready", "ready"]
+    assert nodes_served(lbs[0], 8) == {"web1", "web2"}       # serving on, as before
+    assert lbs[0].ctl("show servers")["ok"]                  # reads need no etcd
+    etcd.restart(0)
+    wait_for(lambda: lbs[0].ctl("drain web1")["ok"], WAIT_S, "a change to go through again")
+    assert states(lbs, "web1")[1] in ("draining", "drained")
