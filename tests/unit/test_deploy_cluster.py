@@ -128,3 +128,23 @@ def test_the_deploys_own_lines_are_routed_by_their_row():
     assert changes_desired_state("set weight web1 0") and changes_desired_state("set target v2")
     assert not changes_desired_state("wait web1 up 60") and not changes_desired_state("show latency web1,web2 5 raw")
     assert not changes_desired_state("frobnicate") and not changes_desired_state("")   # every lb refuses it alike
+
+
+def test_members_leaving_and_joining_are_lines_on_a_terminal_and_the_summary_names_who_left():
+    import io
+
+    from lb.deploy.view import TtyView, format_report
+
+    out = io.StringIO()
+    view = TtyView(out)
+    view.event("member_left", {"member": "lb3:/run/lb.sock", "reason": "its key left etcd"})
+    view.event("member_joined", {"member": "lb4:/run/lb.sock"})
+    view.event("etcd_unreachable", {"message": "etcd does not answer; going on", "error": "refused", "members": []})
+    said = out.getvalue()
+    assert "! lb lb3:/run/lb.sock left the cluster: its key left etcd" in said
+    assert "! lb lb4:/run/lb.sock joined the cluster" in said and "! etcd does not answer; going on (refused)" in said
+    report = {"to": "v2", "result": "done", "exit": 0, "seconds": 9.0, "failure": None, "nodes": [], "log": "x.log",
+              "lbs": ["lb1:/run/lb.sock", "lb2:/run/lb.sock"], "lost": {},
+              "left": {"lb3:/run/lb.sock": "its key left etcd"}}
+    assert "  lb lb3:/run/lb.sock left the cluster during the deploy (its key left etcd)" in \
+        format_report(report).splitlines()
