@@ -178,14 +178,21 @@ CONFIG_NOTES = {
     "user": "When lb starts as root, each worker drops to this user (name or uid); the master stays root.",
     "group": "And to this group (name or gid); when null, the user's own groups.",
     "cluster": "Cluster mode: the lbs of one fleet meet in etcd. Each holds a member key under "
-               "`/lb/NAME/members/` bound to a lease (`show cluster` lists them). null (the default): no "
+               "`/lb/NAME/members/` bound to a lease (`show cluster` lists them), and the fleet's desired "
+               "state lives at `/lb/NAME/desired`: a change on any lb's admin socket applies on every lb, "
+               "and an lb reads it before it serves. null (the default): no "
                "cluster. etcd is never in a request's path: with it unreachable lb serves on, and says so "
                "in `show info`, the `lb_cluster_connected` metric and the log. A change takes effect at the "
-               "next `lb ctl upgrade` or restart.",
+               "next `lb ctl upgrade` or restart. [Deploying: cluster mode](deploying.md).",
     "cluster.store": "The store: `etcd` (3.4 or later, through its v3 JSON gateway).",
     "cluster.endpoints": "etcd's client addresses; lb goes to the next one when one does not answer.",
     "cluster.name": "The fleet's name: every key lb writes is under `/lb/NAME/`.",
-    "cluster.tls": "Not built yet: a config that sets it is refused (exit 2), never run in the clear.",
+    "cluster.tls": "TLS to etcd (`https` on its client port). Left out or null: plain HTTP, for a trusted network.",
+    "cluster.tls.ca": "A PEM file of the CAs etcd's certificate is checked against (`--trusted-ca-file`'s "
+                      "peer); the system's CAs when left out. The certificate is always verified.",
+    "cluster.tls.cert": "A client certificate (PEM), for etcd's `--client-cert-auth`; with `key`.",
+    "cluster.tls.key": "The client certificate's private key (PEM); with `cert`.",
+    "cluster.tls.sni": "The name sent and verified in etcd's certificate; each endpoint's host by default.",
     "cluster.lease_ttl": "How long a killed lb stays listed: the TTL of its membership lease, renewed "
                          "every third of it. A stopped lb leaves at once.",
 }
@@ -359,7 +366,9 @@ COMMAND_NOTES = {
                  "the number of upgrades, and the old master while it finishes; each time as epoch "
                  "seconds (`started`) and as ISO 8601 UTC beside it (`started_iso`: `2026-11-26T18:00:00Z`); "
                  "in cluster mode `cluster`: its name, endpoints, whether etcd answers now (`connected`), the "
-                 "last error and this lb's `member_id` (null without `cluster:`).",
+                 "last error, this lb's `member_id`, the revision of the fleet's desired state it applied "
+                 "(`applied_revision`) and whether a write etcd did not confirm left it `stale` (null "
+                 "without `cluster:`).",
     "show certs": "Per TLS listener, each certificate's file, names, not-after, days left and SHA-256 "
                   "fingerprint.",
     "show versions": "Versions oldest first: nodes, ready capacity, requests routed by pin and "
@@ -434,6 +443,12 @@ def admin_md() -> str:
            "*Changes state*: the change is written to the state file before the reply, so it "
            "survives a restart. *Audited*: the command is logged on `lb.audit` with who sent it "
            "([the audit log](operating.md#the-audit-log)).\n",
+           "*In cluster mode* (`cluster:` set) a command that changes state, but `reload` (each lb reads its "
+           "own config), changes the fleet: the lb reads the fleet's desired state from etcd, applies the "
+           "command to it, writes it back in a transaction, and replies once every member listed in etcd "
+           "applied it, with `cluster`: `{revision, applied: [member ids], not_applied: [...]}`; "
+           "`not_applied` names members still listed but silent after the lease TTL and 5 s. With etcd "
+           "unreachable the command is refused and nothing changes.\n",
            "## Every command\n", "What `lb ctl help` prints:\n", "```", *commands.help_lines(), "```\n"]
     for command in commands.COMMANDS:
         name = command_name(command)

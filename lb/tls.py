@@ -302,12 +302,38 @@ def backend_contexts(config: Config) -> dict[str, tuple[ssl.SSLContext, str]]:
     return made
 
 
+def etcd_context(config: Config) -> ssl.SSLContext | None:
+    """The context lb reaches etcd with (cluster.tls), None without it: etcd's certificate is
+    always verified, against `ca` (the system's CAs when it is left out); `cert` and `key`
+    are the client certificate. The master reads the files itself. Raises ConfigError."""
+    tls = config.cluster.tls if config.cluster is not None else None
+    if tls is None:
+        return None
+    where = f"{config.source}: cluster.tls"
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError(f"{where}: cert and key go together (a client certificate and its key), got "
+                          f"{'cert' if tls.key is None else 'key'} alone")
+    context = client_context(BackendTlsConfig(ca=tls.ca), config.resolve, where)
+    context.set_alpn_protocols(["http/1.1"])
+    if tls.cert is not None:
+        cert, key = config.resolve(tls.cert), config.resolve(tls.key)
+        for name, path in (("cert", cert), ("key", key)):
+            _read(read_file, path, f"{where}.{name}")
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{where}.cert: {cert} and {key} are not a certificate and its key "
+                              f"({exc.reason or exc})") from None
+    return context
+
+
 def check(config: Config, now: float) -> tuple[dict[int, list[CertInfo]], list[str]]:
     """Load every certificate, key and CA file `config` names, as a start, a reload and
     `lb check` do: the certificates of each TLS listener (by index) and warnings for those
     expiring soon. Raises ConfigError naming the key path, the file and the reason."""
     made = server_tls(config, now)
     backend_contexts(config)
+    etcd_context(config)
     return {i: t.certs for i, t in made.items()}, expiring_soon(made, config, now)
 
 

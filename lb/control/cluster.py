@@ -121,7 +121,8 @@ def member_rows(kvs: tuple[KeyValue, ...], leases_left: list[int], prefix: str, 
 class Membership:
     """This lb's member key in etcd while the control plane runs (start, stop, leave)."""
 
-    def __init__(self, control, config: ClusterConfig, admin_socket: str, host: str | None = None):
+    def __init__(self, control, config: ClusterConfig, admin_socket: str, host: str | None = None,
+                 tls=None):
         self.control = control
         self.config = config          # as at start: a reload does not move an lb between clusters
         self.prefix = members_prefix(config.name)
@@ -129,7 +130,8 @@ class Membership:
         self.key = self.prefix + self.id
         self.identity = {"id": self.id, "host": host or socket.gethostname(), "admin_socket": admin_socket,
                          "pid": os.getpid()}
-        self.client = EtcdClient(list(config.endpoints))
+        self.client = EtcdClient(list(config.endpoints), tls=tls,       # tls: lb/tls.py etcd_context
+                                 server_name=config.tls.sni if config.tls is not None else None)
         self.link = UNKNOWN
         self.last_error: str | None = None
         self.lease: Lease | None = None
@@ -169,7 +171,7 @@ class Membership:
         lease, self.lease = self.lease, None
         if leave and lease is not None:
             try:
-                await asyncio.wait_for(self.client.revoke(lease), LEAVE_TIMEOUT_S)
+                await asyncio.wait_for(self.client.revoke(lease, LEAVE_TIMEOUT_S), LEAVE_TIMEOUT_S)
                 log.info("cluster %s: left (lease %x revoked)", self.config.name, lease.id)
             except (EtcdError, asyncio.TimeoutError) as exc:
                 log.warning("cluster %s: could not revoke the lease (%s); the member key goes when it "

@@ -26,13 +26,16 @@ A watch is a stream on one endpoint; when it breaks, or stays silent longer than
 event it delivered, so no event is lost or repeated. A start revision that was compacted is
 an `EtcdError` with `compact_revision` set: the caller reads afresh and watches from there.
 
-Every refusal is an `EtcdError` (an `LbError`) naming the endpoints tried.
+With `tls` (cluster.tls) every connection is TLS, etcd's certificate verified; a failed
+handshake is an endpoint that cannot be reached. Every refusal is an `EtcdError` (an
+`LbError`) naming the endpoints tried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 
@@ -181,8 +184,9 @@ class _Answer:
 class _Exchange:
     """One request on one fresh connection; `sent` once the request is on its way."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, tls: tuple[ssl.SSLContext, str | None] | None = None):
         self.endpoint = endpoint
+        self.tls = tls
         self.sent = False
         self.answer = _Answer()
         self.parser = http1.parsers_for("httptools")[1](self.answer)
@@ -191,7 +195,12 @@ class _Exchange:
 
     async def send(self, path: str, body: dict) -> None:
         host, port = parse_endpoint(self.endpoint)
-        self.reader, self.writer = await asyncio.open_connection(host, port)
+        if self.tls is None:
+            self.reader, self.writer = await asyncio.open_connection(host, port)
+        else:
+            context, server_name = self.tls
+            self.reader, self.writer = await asyncio.open_connection(host, port, ssl=context,
+                                                                     server_hostname=server_name or host)
         self.writer.write(request_bytes(self.endpoint, path, body))
         self.sent = True
         await self.writer.drain()
@@ -219,8 +228,8 @@ class _Exchange:
 class _Stream:
     """A streaming answer on one connection, read a batch of JSON messages at a time."""
 
-    def __init__(self, endpoint: str):
-        self.exchange = _Exchange(endpoint)
+    def __init__(self, endpoint: str, tls: tuple[ssl.SSLContext, str | None] | None = None):
+        self.exchange = _Exchange(endpoint, tls)
 
     async def open(self, path: str, body: dict, timeout_s: float) -> None:
         """Sends the request and reads the head; raises EtcdError for an error answer."""
@@ -258,22 +267,28 @@ class EtcdClient:
     """An etcd v3 client over the JSON gateway. `close()` stops the keepalives it started."""
 
     def __init__(self, endpoints: list[str], attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
-                 watch_idle_s: float = WATCH_IDLE_S):
+                 watch_idle_s: float = WATCH_IDLE_S, tls: ssl.SSLContext | None = None,
+                 server_name: str | None = None):
+        """`tls`: a client context (lb/tls.py etcd_context), each endpoint's certificate checked
+        for `server_name` or, by default, the endpoint's host."""
         self.endpoints = Endpoints(endpoints)
+        self.tls = (tls, server_name) if tls is not None else None
         self.attempt_timeout_s = attempt_timeout_s
         self.watch_idle_s = watch_idle_s
         self._keepalives: set[asyncio.Task] = set()
 
-    async def _call(self, path: str, body: dict, repeatable: bool = True) -> dict:
-        """One request, failing over between endpoints; raises EtcdError."""
+    async def _call(self, path: str, body: dict, repeatable: bool = True, attempt_s: float | None = None) -> dict:
+        """One request, failing over between endpoints (each given `attempt_s`, by default
+        attempt_timeout_s); raises EtcdError."""
         failures: list[tuple[str, str]] = []
         for round_ in range(ROUNDS):
             if round_:
                 await asyncio.sleep(ROUND_PAUSE_S)
             for endpoint in self.endpoints.order():
-                exchange = _Exchange(endpoint)
+                exchange = _Exchange(endpoint, self.tls)
                 try:
-                    status, raw = await asyncio.wait_for(self._unary(exchange, path, body), self.attempt_timeout_s)
+                    status, raw = await asyncio.wait_for(self._unary(exchange, path, body),
+                                                         attempt_s or self.attempt_timeout_s)
                     answer = decode_answer(status, raw, endpoint)
                 except EtcdError as exc:
                     if exc.code not in TRY_ELSEWHERE:
@@ -338,10 +353,12 @@ class EtcdClient:
             raise EtcdError(f"etcd lease grant: {answer['error']}")
         return Lease(int(answer["ID"]), int(answer.get("TTL", ttl_s)))
 
-    async def revoke(self, lease: Lease) -> None:
-        """Ends the lease now; its keys are deleted. A lease already gone is not an error."""
+    async def revoke(self, lease: Lease, within_s: float | None = None) -> None:
+        """Ends the lease now; its keys are deleted. A lease already gone is not an error.
+        `within_s`: each endpoint gets its share of it (a hung first one must not take it all)."""
+        attempt_s = None if within_s is None else min(self.attempt_timeout_s, within_s / len(self.endpoints.all))
         try:
-            await self._call("/v3/lease/revoke", {"ID": str(lease.id)})
+            await self._call("/v3/lease/revoke", {"ID": str(lease.id)}, attempt_s=attempt_s)
         except EtcdError as exc:
             if "lease not found" not in exc.message:
                 raise
@@ -401,7 +418,7 @@ class EtcdClient:
         while True:
             endpoint = self.endpoints.order()[0]
             create = {**key_range(key, prefix), "start_revision": str(next_revision)}
-            stream = _Stream(endpoint)
+            stream = _Stream(endpoint, self.tls)
             try:
                 await stream.open("/v3/watch", {"create_request": create}, self.attempt_timeout_s)
                 while True:

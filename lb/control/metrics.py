@@ -109,7 +109,10 @@ class LbCollector:
             connected = GaugeMetricFamily("lb_cluster_connected", "1 while etcd answers this lb (cluster mode); "
                                           "lb serves on either way", labels=["cluster"])
             connected.add_metric([control.cluster.config.name], int(control.cluster.connected))
-            yield connected
+            applied = GaugeMetricFamily("lb_cluster_applied_revision", "The etcd revision of the fleet's desired "
+                                        "state this lb applied (cluster mode; 0: none yet)", labels=["cluster"])
+            applied.add_metric([control.cluster.config.name], control.desired.revision)
+            yield from (connected, applied)
         if control.pinning_on:
             assigned = CounterMetricFamily("lb_pin_assignments", "Clients assigned a version",
                                            labels=["version"])

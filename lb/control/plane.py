@@ -23,6 +23,7 @@ import logging
 import time
 from collections import Counter
 
+from .. import tls
 from ..core import handoff, health
 from ..core.config import BackendConfig, Config
 from ..core.nodes import (DRAIN_REQUESTED, DRAINED, DRAINING, MAINT, NEW, READY, UP, VERSION_MISMATCH, Node, Pool,
@@ -73,8 +74,8 @@ class Control:
         self.assets = Assets(config)             # skew protection's index (control/assets.py)
         self._sweeper: asyncio.TimerHandle | None = None
         # cluster mode (lb/control/cluster.py): this lb's member key in etcd, None without `cluster:`
-        self.cluster = Membership(self, config.cluster, config.resolve(config.admin.socket)) \
-            if config.cluster is not None else None
+        self.cluster = Membership(self, config.cluster, config.resolve(config.admin.socket),
+                                  tls=tls.etcd_context(config)) if config.cluster is not None else None
         # and the fleet's desired state there (lb/control/desired.py)
         self.desired = Desired(self, self.cluster) if self.cluster is not None else None
 

@@ -18,21 +18,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError, InvalidValue
 from .values import (check_host_name, check_name, check_version_label, format_hostport, parse_duration,
-                     parse_hostport, parse_size)
-
-_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|kB|MB)/s$")
-_RATE_UNIT = {"B": 1, "KiB": 1024, "MiB": 1024 * 1024, "kB": 1000, "MB": 1000 * 1000}
-
-
-def parse_rate(value: Any) -> float:
-    """'1KiB/s', '500B/s', '2MB/s' -> bytes per second; 0 turns the check off."""
-    if value == 0 and not isinstance(value, bool):
-        return 0.0
-    match = _RATE_RE.match(str(value).strip())
-    if not match:
-        raise InvalidValue(f"expected a rate like 1KiB/s, 500B/s or 0 (off), got {value!r}")
-    return float(match.group(1)) * _RATE_UNIT[match.group(2)]
-
+                     parse_hostport, parse_rate, parse_size)
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")       # an HTTP field name (RFC 9110)
 
@@ -479,11 +465,19 @@ def _endpoint_list(value: Any) -> tuple[str, ...]:
     return tuple(str(item) for item in value)
 
 
-def _cluster_tls(value: Any) -> None:
-    if value is None:         # refused, not ignored: a config asking for TLS must not go in the clear
-        return None
-    raise InvalidValue(f"expected nothing yet: TLS to etcd is not built (leave cluster.tls out and reach "
-                       f"etcd over a trusted network), got {value!r}")
+def _off_unless_given(cls: type) -> Any:      # a section that is None when left out or null
+    return field(default=None, metadata={"parse": cls, "optional": True, "nullable": True})
+
+
+@dataclass(frozen=True)
+class ClusterTlsConfig:
+    """TLS to etcd (lb/tls.py etcd_context): its certificate checked against `ca` (the system's
+    CAs when left out) for `sni` (each endpoint's host by default); `cert` and `key` together:
+    the client certificate etcd's --client-cert-auth asks for."""
+    ca: str | None = _optional(_text)
+    cert: str | None = _optional(_text)
+    key: str | None = _optional(_text)
+    sni: str | None = _optional(check_host_name)
 
 
 def _lease_ttl(value: Any) -> float:      # etcd counts a lease's TTL in whole seconds
@@ -499,12 +493,8 @@ class ClusterConfig:
     store: str = _field("etcd", _one_of("etcd"))
     endpoints: tuple[str, ...] = _field(None, _endpoint_list)
     name: str = _field(None, _matching(_CLUSTER_NAME_RE, "a name of 1 to 64 letters, digits, '_', '.' or '-'"))
-    tls: None = _optional(_cluster_tls)
+    tls: ClusterTlsConfig | None = _off_unless_given(ClusterTlsConfig)
     lease_ttl: float = _field(10.0, _lease_ttl)     # how long a killed lb stays listed
-
-
-def _off_unless_given(cls: type) -> Any:      # a section that is None when left out or null
-    return field(default=None, metadata={"parse": cls, "optional": True, "nullable": True})
 
 
 @dataclass(frozen=True)

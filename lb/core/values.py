@@ -103,3 +103,17 @@ def _valid_host(host: str, bracketed: bool) -> bool:
         except ValueError:
             return False
     return bool(_HOST_RE.match(host))
+
+
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|kB|MB)/s$")
+_RATE_UNIT = {"B": 1, "KiB": 1024, "MiB": 1024 * 1024, "kB": 1000, "MB": 1000 * 1000}
+
+
+def parse_rate(value: Any) -> float:
+    """'1KiB/s', '500B/s', '2MB/s' -> bytes per second; 0 turns the check off."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    match = _RATE_RE.match(str(value).strip())
+    if not match:
+        raise InvalidValue(f"expected a rate like 1KiB/s, 500B/s or 0 (off), got {value!r}")
+    return float(match.group(1)) * _RATE_UNIT[match.group(2)]

@@ -7,16 +7,20 @@ own members. `EtcdCluster(folder, size, free_port)` starts `size` members (1 or 
 ports of 127.0.0.1, each with its data in `folder`, under a cluster token of its own, and
 waits until every member answers /health with a leader. `kill(i)` ends one member with
 SIGKILL (a crash: nothing is flushed); `restart(i)` starts it again on its data and ports.
-`compact(revision)` drops history; `stop()` kills every member by its pid.
+`compact(revision)` drops history; `stop()` kills every member by its pid. With `tls` (a
+`TlsFiles`: the members' certificate and key, and the CA clients must be signed by), the
+members serve HTTPS on their client ports and ask every client for a certificate.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +36,20 @@ HEARTBEAT_MS = 50
 ELECTION_MS = 500
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path          # the members' certificate (for 127.0.0.1) and key
+    key: Path
+    ca: Path            # the CA that signed the clients' certificates and the members'
+    client_cert: Path   # one the test itself uses (health, compact)
+    client_key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
 def ensure_installed() -> str:
     """The etcd binary's path; installs the Debian package first when it is missing."""
     return debian.ensure_installed(BINARY, PACKAGE, SERVICE)
@@ -40,8 +58,9 @@ def ensure_installed() -> str:
 class EtcdMember:
     """One etcd process: its name, ports and data folder outlive a kill, for a restart."""
 
-    def __init__(self, folder: Path, name: str, client_port: int, peer_port: int):
+    def __init__(self, folder: Path, name: str, client_port: int, peer_port: int, tls: TlsFiles | None = None):
         self.folder = folder
+        self.tls = tls
         self.name = name
         self.client_port = client_port
         self.peer_port = peer_port
@@ -56,8 +75,14 @@ class EtcdMember:
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
+    @property
+    def client_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
     def start(self, binary: str, initial_cluster: str, token: str) -> None:
-        client_url = f"http://{self.endpoint}"
+        client_url = self.client_url
+        tls = [] if self.tls is None else ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+                                           "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
         self.log = open(self.folder / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
             [binary, "--name", self.name, "--data-dir", str(self.folder / f"{self.name}.etcd"),
@@ -65,7 +90,7 @@ class EtcdMember:
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
              "--initial-cluster", initial_cluster, "--initial-cluster-token", token,
              "--initial-cluster-state", "new", "--heartbeat-interval", str(HEARTBEAT_MS),
-             "--election-timeout", str(ELECTION_MS), "--logger", "zap", "--log-outputs", "stderr"],
+             "--election-timeout", str(ELECTION_MS), "--logger", "zap", "--log-outputs", "stderr", *tls],
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def running(self) -> bool:
@@ -74,7 +99,8 @@ class EtcdMember:
     def healthy(self) -> bool:
         """The member answers /health with a leader elected ({"health":"true"})."""
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=2) as answer:
+            context = self.tls.client_context() if self.tls else None
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=2, context=context) as answer:
                 return json.loads(answer.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -98,11 +124,11 @@ class EtcdMember:
 class EtcdCluster:
     """`size` etcd members on free ports of 127.0.0.1, healthy when the constructor returns."""
 
-    def __init__(self, folder: Path, size: int, free_port: Callable[[], int]):
+    def __init__(self, folder: Path, size: int, free_port: Callable[[], int], tls: TlsFiles | None = None):
         self.binary = ensure_installed()
         folder.mkdir(parents=True, exist_ok=True)
         self.token = f"lb-test-{uuid.uuid4().hex[:12]}"
-        self.members = [EtcdMember(folder, f"m{i}", free_port(), free_port()) for i in range(size)]
+        self.members = [EtcdMember(folder, f"m{i}", free_port(), free_port(), tls) for i in range(size)]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         try:
             for member in self.members:

@@ -45,11 +45,10 @@ def own_id(lb: Lb) -> str:
     return lb.ctl("show info")["cluster"]["member_id"]
 
 
-def cluster_metric(lb: Lb) -> str:
+def cluster_metric(lb: Lb, name: str = "lb_cluster_connected") -> str:
     port = lb.config["metrics"]["listen"].rsplit(":", 1)[1]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        return next(line for line in answer.read().decode().splitlines()
-                    if line.startswith("lb_cluster_connected{"))
+        return next(line for line in answer.read().decode().splitlines() if line.startswith(name + "{"))
 
 
 def kill_whole_lb(lb: Lb) -> None:
@@ -203,6 +202,8 @@ def test_a_change_on_one_lbs_socket_applies_on_every_lb_before_the_reply(etcd, s
         wait_for(lambda: lb.server("web1")["state"] == "drained", WAIT_S, "web1 drained")
         assert nodes_served(lb, 6) == {"web2"}
         assert lb.ctl("show info")["cluster"]["applied_revision"] == revision
+        assert cluster_metric(lb, "lb_cluster_applied_revision") == \
+            f'lb_cluster_applied_revision{{cluster="test"}} {revision:.1f}'
     members = lbs[0].ctl("show cluster")["members"]
     assert {m["id"]: m["applied_revision"] for m in members} == {i: revision for i in ids}
 
@@ -267,3 +268,51 @@ def test_without_etcd_a_change_is_refused_and_nothing_changes(etcd, spawn, tmp_p
     etcd.restart(0)
     wait_for(lambda: lbs[0].ctl("drain web1")["ok"], WAIT_S, "a change to go through again")
     assert states(lbs, "web1")[1] in ("draining", "drained")
+
+
+# -- TLS to etcd (cluster.tls) ------------------------------------------------------------------
+
+def test_lbs_reach_etcd_over_tls_with_a_client_certificate_and_refuse_a_wrong_ca(spawn, tmp_path):
+    import trustme
+
+    from etcd import TlsFiles
+
+    ca, other_ca = trustme.CA(), trustme.CA()
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    paths = {}
+    for name, pem in [("ca", ca.cert_pem), ("other-ca", other_ca.cert_pem)]:
+        paths[name] = folder / f"{name}.pem"
+        pem.write_to_path(str(paths[name]))
+    for name, cert in [("etcd", ca.issue_cert("127.0.0.1")), ("lb", ca.issue_cert("lb.internal"))]:
+        paths[name] = folder / f"{name}.pem"
+        paths[name + "-key"] = folder / f"{name}-key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(paths[name]))
+        cert.private_key_pem.write_to_path(str(paths[name + "-key"]))
+    files = TlsFiles(paths["etcd"], paths["etcd-key"], paths["ca"], paths["lb"], paths["lb-key"])
+    etcd = EtcdCluster(tmp_path / "etcd-tls", 1, free_port, files)
+    try:
+        web = spawn(Backend, "web1")
+        good = {"endpoints": etcd.endpoints, "name": "test", "lease_ttl": f"{LEASE_TTL_S}s",
+                "tls": {"ca": str(paths["ca"]), "cert": str(paths["lb"]), "key": str(paths["lb-key"])}}
+        lbs = [spawn(Lb, tmp_path, [web.config()], cluster=good, workers=1) for _ in range(2)]
+        for lb in lbs:
+            wait_for(lambda: lb.ctl("show info")["cluster"]["connected"], WAIT_S, "lb to reach etcd over TLS")
+        reply = lbs[0].ctl("drain web1")
+        assert reply["ok"] and len(reply["cluster"]["applied"]) == 2, reply
+        assert lbs[1].server("web1")["state"] in ("draining", "drained")
+        # etcd's certificate not from the CA lb trusts: never reached, said, and lb serves on
+        wrong = {**good, "tls": {**good["tls"], "ca": str(paths["other-ca"])}}
+        stranger = spawn(Lb, tmp_path, [web.config()], cluster=wrong, workers=1)
+        wait_for(lambda: stranger.ctl("show info")["cluster"]["last_error"], WAIT_S, "the handshake to fail")
+        info = stranger.ctl("show info")["cluster"]
+        assert not info["connected"] and "certificate verify failed" in info["last_error"], info
+        assert get(stranger.port, "/").status == 200
+        # no client certificate: etcd refuses the handshake
+        anonymous = {**good, "tls": {"ca": str(paths["ca"])}}
+        nameless = spawn(Lb, tmp_path, [web.config()], cluster=anonymous, workers=1)
+        wait_for(lambda: nameless.ctl("show info")["cluster"]["last_error"], WAIT_S, "etcd to refuse it")
+        assert not nameless.ctl("show info")["cluster"]["connected"]
+        assert {m["id"] for m in lbs[0].ctl("show cluster")["members"]} == {own_id(lb) for lb in lbs}
+    finally:
+        etcd.stop()

@@ -259,7 +259,7 @@ def test_bad_workers_name_the_key_and_value(value):
     assert info.value.message.startswith("lb.yaml: workers: expected auto or a whole number from 1 to 64")
 
 
-# -- cluster: (issue 31): off unless given; endpoints and name required; tls refused until built --
+# -- cluster: (issue 31): off unless given; endpoints and name required; tls off unless given --
 
 CLUSTER = "cluster: {endpoints: ['127.0.0.1:2379', 'etcd2:2379'], name: prod}\n"
 
@@ -293,8 +293,9 @@ CLUSTER_BAD = [
      "lb.yaml: cluster.name: expected a name of 1 to 64 letters, digits, '_', '.' or '-', got 'p/q'"),
     ("cluster: {endpoints: ['a:1'], name: ''}\n", "lb.yaml: cluster.name: expected a name of 1 to 64"),
     ("cluster: {endpoints: ['a:1'], name: " + "x" * 65 + "}\n", "lb.yaml: cluster.name: expected a name of 1 to 64"),
-    ("cluster: {endpoints: ['a:1'], name: p, tls: {ca: ca.pem}}\n",
-     "lb.yaml: cluster.tls: expected nothing yet: TLS to etcd is not built"),
+    ("cluster: {endpoints: ['a:1'], name: p, tls: {ca: ca.pem, verify: false}}\n",
+     "lb.yaml: cluster.tls.verify: unknown key"),
+    ("cluster: {endpoints: ['a:1'], name: p, tls: {sni: 'a b'}}\n", "lb.yaml: cluster.tls.sni: "),
     ("cluster: {endpoints: ['a:1'], name: p, lease_ttl: 1.5s}\n",
      "lb.yaml: cluster.lease_ttl: expected a whole number of seconds from 1s to 1h, got '1.5s'"),
     ("cluster: {endpoints: ['a:1'], name: p, lease_ttl: 2h}\n", "lb.yaml: cluster.lease_ttl: expected a whole number"),
@@ -309,10 +310,27 @@ def test_a_bad_cluster_section_names_the_key_path_and_value(text, message):
     assert info.value.message.startswith(message), info.value.message
 
 
-def test_lb_check_refuses_cluster_tls_with_exit_2(tmp_path):
+def test_cluster_tls_is_parsed_and_its_files_are_checked(tmp_path):
+    tls = parse_config(MINIMAL + "cluster: {endpoints: ['a:1'], name: p, tls: {ca: ca.pem, cert: c.pem, key: k.pem, "
+                       "sni: etcd.internal}}\n").cluster.tls
+    assert (tls.ca, tls.cert, tls.key, tls.sni) == ("ca.pem", "c.pem", "k.pem", "etcd.internal")
+
+
+@pytest.mark.parametrize("section, said", [
+    ("{ca: missing.pem}", "cluster.tls.ca: cannot read {dir}/missing.pem"),
+    ("{ca: ca.pem, cert: cert.pem}", "cluster.tls: cert and key go together (a client certificate and its key), "
+                                     "got cert alone"),
+    ("{cert: cert.pem, key: missing.pem}", "cluster.tls.key: cannot read {dir}/missing.pem"),
+    ("{cert: cert.pem, key: ca.pem}", "cluster.tls.cert: {dir}/cert.pem and {dir}/ca.pem are not a certificate"),
+])
+def test_lb_check_refuses_bad_cluster_tls_files_with_exit_2(tmp_path, section, said):
+    import trustme
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("lb.internal").cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     path = tmp_path / "lb.yaml"
-    path.write_text(MINIMAL + "cluster: {endpoints: ['127.0.0.1:2379'], name: p, tls: {ca: ca.pem}}\n")
+    path.write_text(MINIMAL + f"cluster: {{endpoints: ['127.0.0.1:2379'], name: p, tls: {section}}}\n")
     result = subprocess.run([sys.executable, "-m", "lb.cli", "check", "-c", str(path)],
                             capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert result.returncode == 2
-    assert f"{path}: cluster.tls: expected nothing yet: TLS to etcd is not built" in result.stderr
+    assert f"{path}: " + said.format(dir=tmp_path) in result.stderr, result.stderr

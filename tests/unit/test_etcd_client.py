@@ -202,3 +202,32 @@ def test_no_endpoints_or_a_bad_one_is_refused():
         Endpoints([])
     with pytest.raises(EtcdError, match="got 'nope'"):
         Endpoints(["a:1", "nope"])
+
+
+async def test_a_revoke_at_a_stop_gives_each_endpoint_its_share_of_the_time():
+    """The first endpoint accepts and never answers (a hung member): the revoke still reaches the
+    second one within the stop's bound, instead of spending it all on the first."""
+    import asyncio
+
+    from lb.control.etcd import EtcdClient, EtcdError, Lease
+
+    reached: list[int] = []
+    held = []
+
+    async def hang(index, reader, writer):
+        reached.append(index)
+        held.append(writer)                    # never answers, never closes
+
+    servers = [await asyncio.start_server(lambda r, w, i=i: hang(i, r, w), "127.0.0.1", 0) for i in range(2)]
+    endpoints = [f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+    client = EtcdClient(endpoints)
+    try:
+        with pytest.raises((EtcdError, asyncio.TimeoutError)):
+            await asyncio.wait_for(client.revoke(Lease(7, 10), within_s=2.0), 2.0)
+        assert reached[:2] == [0, 1], reached
+    finally:
+        for writer in held:
+            writer.close()
+        for server in servers:
+            server.close()
+        await client.close()
