@@ -246,9 +246,11 @@ def cmd_deploy(args) -> int:
     except DeployError as exc:
         view.error(exc.message)
         return EXIT_USAGE
-    return run_async(deploy_command(opts, args.socket or [default_socket()], args.state, log_path, view,
+    targets = [] if args.cluster else args.socket or [default_socket()]
+    return run_async(deploy_command(opts, targets, args.state, log_path, view,
                                     args.resume, args.dry_run, expect_to=args.to, ssh_command=args.ssh_command,
-                                    lb_timeout_s=lb_timeout_s, write_config=args.write_config))
+                                    lb_timeout_s=lb_timeout_s, write_config=args.write_config,
+                                    cluster=args.cluster))
 
 
 def gate_options(args) -> dict:
@@ -322,8 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "--to, a canary first, then --batch at a time; roll back on trouble. "
                             "Exit 0 done, 1 failed and rolled back, 2 bad arguments or lb "
                             "unreachable, 3 failed and not fully rolled back, 130 interrupted.")
-    deploy.add_argument("-s", "--socket", action="append", metavar="TARGET",
-                        help=TARGET_HELP + "; every step goes to every lb")
+    fleet = deploy.add_mutually_exclusive_group()
+    fleet.add_argument("-s", "--socket", action="append", metavar="TARGET",
+                       help=TARGET_HELP + "; every step goes to every lb")
+    fleet.add_argument("--cluster", metavar="etcd://HOST:PORT[,HOST:PORT...]/NAME",
+                       help="the lbs of cluster NAME as etcd lists them (cluster mode): a change goes to one, "
+                       "which shares it through etcd; reads go to every member")
     deploy.add_argument("--ssh-command", default="ssh", help="run instead of ssh for ssh:// targets")
     deploy.add_argument("--lb-timeout", default="30s", help="how long an lb may not answer (a restart) before "
                         "the step fails (default 30s)")

@@ -218,9 +218,9 @@ def merge_latency(per_lb: dict[str, dict]) -> tuple[int, float | None]:
 # -- the fleet ------------------------------------------------------------------------------
 
 class Member:
-    def __init__(self, target: Target, client: AdminClient):
+    def __init__(self, target: Target, client: AdminClient, label: str | None = None):
         self.target, self.client = target, client
-        self.label = target.text
+        self.label = label or target.text     # a cluster member: its id in etcd
         self.lost: str | None = None          # why it stopped answering
 
 
@@ -234,10 +234,20 @@ class Fleet:
         self.members = [Member(t, make_client(t, ssh_command, reconnect_s)) for t in parsed]
         self.tolerate_lost = False
         self.last_seen: dict[str, dict[str, dict]] = {}     # label -> node -> its version/state/health there
+        self.left: dict[str, str] = {}        # label -> why it left the fleet (a cluster's member whose key went)
 
     @property
     def labels(self) -> list[str]:
         return [m.label for m in self.members]
+
+    @property
+    def targets(self) -> list[str]:
+        """What names this fleet in the deploy's state file, for --resume to give again."""
+        return self.labels
+
+    def report_to(self, notify) -> None:
+        """`notify(kind, fields)` hears of the fleet's own events (a cluster's members leaving,
+        joining); a fleet of -s targets has none."""
 
     @property
     def flags(self) -> str:
@@ -255,13 +265,24 @@ class Fleet:
     async def call(self, line: str, timeout_s: float = 30.0) -> dict[str, dict]:
         """Each answering lb's reply, by label. Raises Unreachable naming an lb that does not
         answer (and, going forward, at once for one lost before)."""
+        self.refuse_if_lost()
+        live = [m for m in self.members if not m.lost]
+        results = await asyncio.gather(*(m.client.call(line, timeout_s) for m in live), return_exceptions=True)
+        return self.collect(live, results)
+
+    def refuse_if_lost(self) -> None:
+        """Going forward, an lb lost before fails every command. Raises Unreachable."""
         if not self.tolerate_lost and self.lost:
             label, why = next(iter(self.lost.items()))
             raise Unreachable(f"lb {label} stopped answering: {why}")
-        live = [m for m in self.members if not m.lost]
-        results = await asyncio.gather(*(m.client.call(line, timeout_s) for m in live), return_exceptions=True)
+
+    def collect(self, live: list[Member], results: list) -> dict[str, dict]:
+        """The replies by label from what each member's call gave (None: it left the fleet
+        meanwhile); a member that did not answer is lost. Raises Unreachable as call() does."""
         replies, unreachable = {}, None
         for member, result in zip(live, results):
+            if result is None:
+                continue
             if isinstance(result, Unreachable):
                 member.lost = result.message
                 unreachable = unreachable or result

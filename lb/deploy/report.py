@@ -59,4 +59,5 @@ async def report(deployer, code: int) -> dict:
             "seconds": round(time.monotonic() - deployer.started, 1), "failure": state.failure,
             "nodes": nodes, "bakes": state.bakes, "warnings": [w for b in state.bakes for w in b.get("warnings", [])],
             "log": deployer.log_path, "resume": resume, "config": config,
-            **({"lbs": fleet.labels, "lost": fleet.lost} if len(fleet.members) > 1 else {})}
+            **({"lbs": fleet.labels, "lost": fleet.lost, "left": fleet.left}
+               if len(fleet.members) > 1 or fleet.left else {})}

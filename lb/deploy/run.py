@@ -2,8 +2,8 @@
 
 The decisions (plan, steps, verdicts) are in plan.py; this layer runs them,
 and view.py shows them. Admin commands go to every lb of the fleet (fleet.py: one
-or more targets, local or over ssh) through client.py (a connection per command,
-retried while lb restarts).
+or more targets, local or over ssh; cluster.py: the members etcd lists) through
+client.py (a connection per command, retried while lb restarts).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .client import RECONNECT_S, StepFailed, Unreachable
 from .commands import run_command
 from .report import report
 from .configsync import check_editable
+from .cluster import ClusterFleet
 from .fleet import Fleet, differences, merge_servers
 from .bakegates import BakeGates
 from .gates import FAIL, PASS
@@ -82,10 +83,10 @@ class Deployer:
             if self.expect_to and self.expect_to != saved.options["to"]:
                 raise DeployError(f"--resume: {self.state_path} is a deploy to {saved.options['to']}, "
                                   f"not {self.expect_to}")
-            if saved.targets and sorted(saved.targets) != sorted(self.admin.labels):
+            if saved.targets and sorted(saved.targets) != sorted(self.admin.targets):
                 raise DeployError(f"--resume: the deploy in {self.state_path} drives "
-                                  f"{' '.join(saved.targets)}, not {' '.join(self.admin.labels)}: "
-                                  f"resume it with the same -s targets")
+                                  f"{' '.join(saved.targets)}, not {' '.join(self.admin.targets)}: "
+                                  f"resume it with the same -s targets (or --cluster)")
             saved.interrupted = False
             self.state, self.opts = saved, Options(**saved.options)
             return saved.batches, [f"resuming the deploy to {self.opts.to} recorded in {self.state_path} "
@@ -98,7 +99,7 @@ class Deployer:
         self.state = DeployState(
             options=self.opts.to_dict(), batches=batches,
             old_versions={s["name"]: s["version"] for s in servers},
-            addresses={s["name"]: parse_hostport(s["address"]) for s in servers}, targets=self.admin.labels,
+            addresses={s["name"]: parse_hostport(s["address"]) for s in servers}, targets=self.admin.targets,
             weights={s["name"]: s["weight"] for s in servers})
         return batches, [*notes, *fleet_notes], warnings
 
@@ -537,11 +538,13 @@ def restarted(before: dict, after: dict) -> bool:
 async def deploy_command(opts: Options | None, targets: list[str], state_path: str, log_path: str,
                          view, resume: bool, dry_run: bool, expect_to: str | None = None,
                          ssh_command: str = "ssh", lb_timeout_s: float = RECONNECT_S,
-                         write_config: str | None = None) -> int:
+                         write_config: str | None = None, cluster: str | None = None) -> int:
     try:
         if write_config is not None:
             check_editable(write_config)                          # before anything changes
-        admin = Fleet(targets, ssh_command, reconnect_s=1.0)     # at start, unreachable means exit 2
+        # at start, an unreachable lb (or etcd, with --cluster) means exit 2
+        admin = Fleet(targets, ssh_command, reconnect_s=1.0) if cluster is None else \
+            await ClusterFleet.open(cluster, ssh_command)
     except DeployError as exc:
         view.error(exc.message)
         return EXIT_USAGE
@@ -557,6 +560,7 @@ async def _deploy(admin: Fleet, opts, state_path, log_path, view, resume, dry_ru
     deployer = Deployer(opts, admin, view, state_path, log_path)
     deployer.write_config = write_config
     deployer.expect_to = expect_to or deployer.expect_to
+    admin.report_to(deployer.view_event)          # a cluster's members leaving and joining
     try:
         batches, notes, warnings = await deployer.prepare(resume)
     except DeployError as exc:

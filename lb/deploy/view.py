@@ -15,6 +15,14 @@ NODES_PER_LINE = 5
 # The summary's table: its column headings, and the key of a report's node each shows.
 REPORT_COLUMNS = ("node", "was", "now", "state", "health", "result", "drain s", "update s", "up s", "judged")
 REPORT_KEYS = ("name", "was", "version", "state", "health", "result", "drain_s", "update_s", "up_s", "judged")
+# A cluster's fleet (lb/deploy/cluster.py) changing under the deploy: a line each on a terminal.
+CLUSTER_EVENTS = {
+    "member_left": "lb {member} left the cluster: {reason}",
+    "member_joined": "lb {member} joined the cluster",
+    "member_ignored": "etcd key {key} ignored: {reason}",
+    "etcd_unreachable": "{message} ({error})",
+    "etcd_back": "{message}",
+}
 
 
 class JsonView:
@@ -119,6 +127,8 @@ class TtyView:
                 return (f"✓ {' '.join(f['nodes'])} baked: {f['requests']} requests judged, "
                         f"5xx {f['error_rate']:.2%}, p99 {_ms(f['p99_ms'])}{note}{warnings}")
             return f"✗ bake failed: {'; '.join(f['reasons'])}"
+        if kind in CLUSTER_EVENTS:
+            return f"! {CLUSTER_EVENTS[kind].format(**f)}"
         if kind in ("failed", "rollback", "stopping", "interrupted", "replan"):
             self.phase = kind
             text = f.get("message") or f.get("reason") or f.get("resume") or ""
@@ -208,6 +218,8 @@ def format_report(report: dict) -> str:
     lines += bake_lines(report.get("bakes", []))
     for label, why in report.get("lost", {}).items():
         lines.append(f"  lb {label} stopped answering ({why}); what it last said of each node is below")
+    for label, why in report.get("left", {}).items():
+        lines.append(f"  lb {label} left the cluster during the deploy ({why})")
     for row in report["nodes"]:
         on = row.get("on", {})
         if len({(v.get("version"), v.get("state"), v.get("health")) for v in on.values()}) > 1 or \

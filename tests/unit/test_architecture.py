@@ -206,3 +206,11 @@ def test_membership_reaches_etcd_only_through_the_store_adapter():
             f"control/cluster.py imports {name}"
         assert top not in {"grpc", "etcd3", "aetcd", "http", "urllib", "aiohttp", "httpx"}, \
             f"control/cluster.py imports {name}"
+
+
+# lb deploy --cluster (issue 31) reads the members from etcd as the master writes them, through the
+# same store adapter; the rest of the control plane is the lbs' own, reached only by their admin sockets.
+@pytest.mark.parametrize("path", modules("deploy"), ids=lambda p: str(p.relative_to(LB)))
+def test_deploy_imports_of_the_control_plane_only_the_store_adapter(path):
+    for name, _ in imports(path):
+        assert not name.startswith("lb.control") or name == "lb.control.etcd", f"deploy/{path.name} imports {name}"
