@@ -367,7 +367,7 @@ COMMAND_NOTES = {
                  "seconds (`started`) and as ISO 8601 UTC beside it (`started_iso`: `2026-11-26T18:00:00Z`); "
                  "in cluster mode `cluster`: its name, endpoints, whether etcd answers now (`connected`), the "
                  "last error, this lb's `member_id`, the revision of the fleet's desired state it applied "
-                 "(`applied_revision`) and whether a write etcd did not confirm left it `stale` (null "
+                 "(`applied_revision`) and, while the stored one is refused, why (`refused`) (null "
                  "without `cluster:`).",
     "show certs": "Per TLS listener, each certificate's file, names, not-after, days left and SHA-256 "
                   "fingerprint.",
@@ -447,8 +447,10 @@ def admin_md() -> str:
            "own config), changes the fleet: the lb reads the fleet's desired state from etcd, applies the "
            "command to it, writes it back in a transaction, and replies once every member listed in etcd "
            "applied it, with `cluster`: `{revision, applied: [member ids], not_applied: [...]}`; "
-           "`not_applied` names members still listed but silent after the lease TTL and 5 s. With etcd "
-           "unreachable the command is refused and nothing changes.\n",
+           "`not_applied` names members still listed that did not report it after the lease TTL and 5 s "
+           "(at most 20 s): silent, or refusing the stored document. With etcd unreachable, or a stored "
+           "document this lb refuses, the command is refused before it runs; a write etcd does not confirm "
+           "is undone on this lb.\n",
            "## Every command\n", "What `lb ctl help` prints:\n", "```", *commands.help_lines(), "```\n"]
     for command in commands.COMMANDS:
         name = command_name(command)

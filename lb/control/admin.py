@@ -111,7 +111,12 @@ class Admin:
         payload, revision = await desired.change(lambda: HANDLERS[command.words](self, *args))
         save_state(self.control)
         await self.control.applied()
-        return {"ok": True, **payload, "cluster": await self._until_handed_over(desired.agreed(revision))}
+        try:
+            agreed = await self._until_handed_over(desired.agreed(revision))
+        except _HandedOver:           # the change is made: not run again on the new master
+            agreed = {"revision": revision, "applied": [], "not_applied": [],
+                      "error": "this lb was upgraded while waiting for the fleet; 'show cluster' shows who applied it"}
+        return {"ok": True, **payload, "cluster": agreed}
 
     async def _until_handed_over(self, awaitable):
         """The command's result, unless an upgrade hands over first (then _HandedOver: the

@@ -3,29 +3,33 @@ the admin commands that change state.
 
 Theory of operation
 -------------------
-The document and the way from this lb's state to it are lb/core/desired.py. `Desired` keeps
-this lb in step with the key `/lb/<name>/desired`:
+The document, the way from this lb's state to it and the way a command's change goes into it
+are lb/core/desired.py. `Desired` keeps this lb in step with the key `/lb/<name>/desired`:
 
 - **At start** (`catch_up_at_start`, before the workers accept a connection and before
   sd_notify READY) it reads the key and applies it over the state file's state; with etcd
   unreachable it says so and serves on the state file's state (bounded at
-  `START_READ_TIMEOUT_S`), and the watch catches up once etcd answers.
-- **Watched**: a loop reads the key and watches it from the revision read; each put is applied
-  in revision order, written to the state file (the local copy), and the member record's
-  `applied_revision` says so at once (lb/control/cluster.py). A broken watch starts over with
-  a read, after a pause that grows while etcd stays away.
+  `START_READ_TIMEOUT_S`), and the watch catches up once etcd answers. The servers the fleet
+  listed (`known`) are kept in the state file: a server the fleet deleted while this lb was
+  away is removed here too, even when this lb's config still names it.
+- **Watched**: a loop reads the key and watches it from the revision read; each newer put is
+  applied in revision order, written to the state file (the local copy), and the member
+  record's `applied_revision` says so at once (lb/control/cluster.py). A broken watch starts
+  over with a read, after a pause that grows while etcd stays away.
 - **Written** (`change`): an admin command that changes state first reads the key (etcd
-  unreachable: the command is refused and nothing changes: one lb must not go its own way),
-  applies anything newer, runs, then writes the whole document in a transaction that holds
-  only if nobody wrote since the revision it read. When another lb wrote first, its document
-  is applied (which undoes this command here) and the command runs again on it, up to
-  `WRITE_TRIES` times. A write whose outcome etcd did not confirm leaves this lb *stale*: the
-  next read applies the store's document whatever its revision.
+  unreachable, or a stored document this lb refuses: the command is refused before it runs,
+  and nothing changes), applies anything newer, runs, and writes into the stored document
+  only what it changed here (`patch`), in a transaction that holds only if the key is still
+  at the revision read. When another lb wrote first, or etcd does not confirm the write, the
+  command is undone here (this lb's state before it is laid back); after a conflict it runs
+  again on the newer document, up to `WRITE_TRIES` times. An unconfirmed write that etcd did
+  commit reaches this lb through the watch like any other.
 - **Agreed** (`agreed`): the reply waits until every member listed in etcd reports the
-  revision applied, or names those that have not after the lease TTL and a margin (a killed
-  lb's key goes when its lease expires).
+  revision applied, or names those that have not after the lease TTL and a margin, at most
+  `AGREE_MAX_S` (a killed lb's key goes when its lease expires).
 
-One lock orders the watch's applies and the commands' writes.
+One lock orders the watch's applies and the commands' writes; every etcd call under it is
+bounded.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from ..core.nodes import DRAINED, MAINT, NEW, READY, transition
 from ..core.values import parse_hostport
 from .cluster import backoff_s, describe
 from .etcd import EtcdError, Put, unchanged_since
-from .statefile import save_state
+from .statefile import save_state, saved_known
 
 log = logging.getLogger("lb.cluster")
 
@@ -49,6 +53,7 @@ WRITE_TRIES = 5                 # writes lost to another lb's, before a command 
 READ_TIMEOUT_S = 5.0            # a command's read of the key, when etcd is slow or hung
 START_READ_TIMEOUT_S = 5.0      # the read at start: then lb serves the state file's state
 AGREE_MARGIN_S = 5.0            # beyond the lease TTL, for every member to report a revision
+AGREE_MAX_S = 20.0              # and at most this (a long lease_ttl must not hold a reply for it)
 AGREE_POLL_S = 0.1
 
 
@@ -59,6 +64,10 @@ def desired_key(name: str) -> str:
 def local_entries(pool) -> dict[str, dict]:
     return {n.name: desired.server_entry(n.admin_state, n.version, n.weight, n.max_conns, n.address)
             for n in pool.backends.values()}
+
+
+def local_document(pool) -> dict:
+    return desired.document(local_entries(pool), pool.versions, pool.target)
 
 
 class Desired:
@@ -73,16 +82,17 @@ class Desired:
         self.revision = 0             # of the document applied here (0: none yet)
         self.document: dict | None = None
         self.known: set[str] = set()  # servers the applied document lists (see core/desired.py)
-        self.stale = False            # a write etcd did not confirm: apply the store's, whatever it is
         self.refused = 0              # the revision of a document refused (said once)
+        self.refusal: str | None = None   # why the stored document is refused, while it is
         self.lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
 
     def info(self) -> dict:
-        return {"applied_revision": self.revision, "stale": self.stale}
+        return {"applied_revision": self.revision, "refused": self.refusal}
 
     # -- reading and applying -----------------------------------------------------------------
     async def catch_up_at_start(self) -> None:
+        self.known = saved_known(self.control)
         try:
             async with self.lock:
                 await asyncio.wait_for(self._catch_up(), START_READ_TIMEOUT_S)
@@ -93,32 +103,47 @@ class Desired:
         log.info("cluster %s: %s before serving", self.name, f"caught up with the desired state at revision "
                  f"{self.revision}" if self.revision else "no desired state in etcd yet")
 
-    async def _catch_up(self) -> int:
-        """Apply the stored document if this lb lacks it; the store's revision read."""
-        found = await self.client.get(self.key)
+    async def _catch_up(self) -> tuple[int, int]:
+        """Apply the stored document if it is newer than this lb's; (the store's revision read,
+        the key's: 0 when there is none)."""
+        found = await asyncio.wait_for(self.client.get(self.key), READ_TIMEOUT_S)
         kv = found.value(self.key)
-        if kv is not None and (kv.mod_revision != self.revision or self.stale):
+        if kv is not None and kv.mod_revision > self.revision:
             self._apply_raw(kv.value, kv.mod_revision)
-        return found.revision
+        elif kv is None and self.document is not None:
+            self._deleted(found.revision)
+        return found.revision, kv.mod_revision if kv is not None else 0
 
     def _apply_raw(self, raw: bytes, revision: int) -> None:
         try:
             doc = desired.parse(raw)
         except InvalidValue as exc:
+            self.refusal = f"the desired state at revision {revision} is refused: {exc.message}"
             if self.refused != revision:
                 self.refused = revision
-                log.error("cluster %s: the desired state at revision %d is refused (%s); this lb keeps its "
-                          "state and reports revision %d applied", self.name, revision, exc.message, self.revision)
+                log.error("cluster %s: %s; this lb keeps its state and reports revision %d applied, and changes "
+                          "are refused until a valid one is written", self.name, self.refusal, self.revision)
             return
+        self.refusal = None
         self.apply(doc, revision)
+
+    def _deleted(self, revision: int) -> None:
+        log.warning("cluster %s: the desired state was deleted from etcd (revision %d); this lb keeps its state, "
+                    "and the next change writes this lb's state as the fleet's", self.name, revision)
+        self.document, self.refusal = None, None
 
     def apply(self, doc: dict, revision: int) -> list[desired.Action]:
         """Bring this lb to `doc`; the state file and the member record say so."""
         pool = self.control.pool
-        actions = desired.plan(local_entries(pool), pool.versions, pool.target, doc, self.known)
+        actions = desired.plan(local_entries(pool), pool.versions, pool.target, doc, self.known, self.document)
         for action in actions:
             self._do(action)
-        self.known, self.document, self.revision, self.stale = set(doc["servers"]), doc, revision, False
+        listed = set(self.document["servers"]) if self.document is not None else set()
+        for name in doc["servers"].keys() - listed:
+            self.control.removing.discard(name)            # deleted, then listed again: it stays
+        self.known = self.known | set(doc["servers"])
+        self.known -= {a.name for a in actions if a.kind == "remove"}
+        self.document, self.revision = doc, revision
         if actions:
             log.info("cluster %s: desired state at revision %d applied: %s", self.name, revision,
                      ", ".join(f"{a.name} {a.kind} {a.value}" if a.name else f"{a.kind} {a.value}"
@@ -137,6 +162,7 @@ class Desired:
             event = "restore_drained" if value["state"] == "drained" else "join"      # joins in maint
             node = control.add_node(backend_config({"name": action.name, "address": value["address"],
                                                     "version": value["version"], "weight": value["weight"]}), event)
+            control.set_version(node, value["version"])     # a claim this lb's checks confirm
             control.set_max_conns(node, value["max_conns"])
             if value["state"] == "ready":
                 control.set_admin_state(node, "ready")       # checked before it gets traffic
@@ -152,13 +178,16 @@ class Desired:
             transition(node, value, control.now())
         elif kind == "state":
             control.set_admin_state(node, value)
+        elif kind == "remove" and node.admin_state in (READY, NEW):
+            # `del server` takes a node out of service on every lb first: one still in service
+            # here is kept (a document must not take a fleet's servers down at one stroke)
+            log.error("cluster %s: the desired state removes %s, which is in service on this lb; kept: drain it "
+                      "first, then del server", self.name, node.name)
         elif kind == "remove":
             if node.idle and node.admin_state in (DRAINED, MAINT):
                 control.remove_node(node)
             else:                                            # gone once drained (as a reload's removal)
                 control.removing.add(node.name)
-                if node.admin_state == READY:
-                    control.set_admin_state(node, "drain")
         elif kind == "order":
             control.pool.restore_order(v for v in value if v in control.pool.versions)
             control.changed()
@@ -184,7 +213,7 @@ class Desired:
         while True:
             try:
                 async with self.lock:
-                    read_at = await self._catch_up()
+                    read_at, _ = await self._catch_up()
                 failures = 0
                 async for event in self.client.watch(self.key, read_at + 1, prefix=False):
                     async with self.lock:
@@ -198,60 +227,72 @@ class Desired:
             await asyncio.sleep(backoff_s(failures))
 
     def _on_event(self, event) -> None:
-        if event.mod_revision <= self.revision and not self.stale:
+        if event.mod_revision <= self.revision:
             return                       # this lb's own write, or one it read already
         if event.kind == "delete":
-            log.warning("cluster %s: the desired state was deleted from etcd (revision %d); this lb keeps its "
-                        "state, and the next change writes it again", self.name, event.mod_revision)
-            self.known, self.document, self.revision = set(), None, event.mod_revision
-            self.membership.poke()
+            self._deleted(event.mod_revision)
             return
         self._apply_raw(event.value, event.mod_revision)
 
     # -- a command's change ---------------------------------------------------------------------
     async def change(self, run) -> tuple[dict, int]:
         """Run the command (`run()`, which changes this lb and returns the reply's payload) on
-        the fleet's latest state and write the result; (payload, the revision written). Raises
-        CommandError when etcd cannot be read (nothing changed) or does not confirm the write."""
+        the fleet's latest state and write what it changed; (payload, the revision written).
+        Raises CommandError when etcd cannot be read or the stored document is refused (the
+        command does not run), or the write fails (the command is undone here)."""
         async with self.lock:
             for _ in range(WRITE_TRIES):
                 try:
-                    await asyncio.wait_for(self._catch_up(), READ_TIMEOUT_S)
+                    _, read = await self._catch_up()
                 except (EtcdError, asyncio.TimeoutError) as exc:
                     raise CommandError(f"cluster {self.name}: etcd unreachable ({describe(exc)}); nothing changed "
                                        f"(in cluster mode a change goes to every lb through etcd)") from None
-                before = set(self.control.pool.backends)
-                payload = run()
+                if self.refusal is not None:
+                    raise CommandError(f"cluster {self.name}: {self.refusal}; nothing changed (write a valid one, "
+                                       f"or delete the key for the next change to write this lb's state)")
                 pool = self.control.pool
-                doc = desired.document(local_entries(pool), pool.versions, pool.target)
+                before, pending = local_document(pool), {n.name: n.version_pending for n in pool.backends.values()}
+                payload = run()
+                after = local_document(pool)
+                base = self.document if self.document is not None and read else before
+                doc = desired.patch(base, before, after, self.control.removing)
                 if doc == self.document:
                     return payload, self.revision
                 try:
                     result = await asyncio.wait_for(self.client.txn(
-                        [unchanged_since(self.key, self.revision)], [Put(self.key, json.dumps(doc))]), READ_TIMEOUT_S)
+                        [unchanged_since(self.key, read)], [Put(self.key, json.dumps(doc))]), READ_TIMEOUT_S)
                 except (EtcdError, asyncio.TimeoutError) as exc:
-                    self.stale = True
-                    raise CommandError(f"cluster {self.name}: this lb made the change but etcd did not confirm it "
-                                       f"({describe(exc)}); the other lbs may not have it: see 'show cluster' and "
-                                       f"run the command again") from None
+                    self._undo(before, pending)
+                    raise CommandError(f"cluster {self.name}: etcd did not confirm the change ({describe(exc)}); "
+                                       f"it is undone on this lb, and if etcd did commit it every lb gets it "
+                                       f"from there: see 'show cluster'") from None
                 if result.succeeded:
-                    self.known, self.document, self.revision = set(doc["servers"]), doc, result.revision
+                    self.known |= set(doc["servers"])
+                    self.document, self.revision = doc, result.revision
                     self.membership.poke()
                     return payload, result.revision
-                self.known |= set(pool.backends) - before      # undone by applying the other lb's
-                self.stale = True
-            try:
-                await asyncio.wait_for(self._catch_up(), READ_TIMEOUT_S)    # undo this command here
-            except (EtcdError, asyncio.TimeoutError):
-                pass
+                self._undo(before, pending)       # another lb wrote first: again, on its document
             raise CommandError(f"cluster {self.name}: other lbs changed the desired state {WRITE_TRIES} times "
                                f"under this command; it is not applied: run it again")
+
+    def _undo(self, before: dict, pending: dict[str, bool]) -> None:
+        """Lay this lb's state from before a command back (a write that did not go through)."""
+        control, pool = self.control, self.control.pool
+        for action in desired.plan(local_entries(pool), pool.versions, pool.target, before, set(pool.backends)):
+            if action.kind == "version":
+                control.set_version(pool.backends[action.name], action.value, pending.get(action.name, True))
+            elif action.kind == "remove":
+                control.remove_node(pool.backends[action.name])     # added by the command: in maint, idle
+            else:
+                self._do(action)
+        pool.target = before["target"]
+        control.changed()
 
     async def agreed(self, revision: int) -> dict:
         """The reply's `cluster` entry once every listed member applied `revision`, or at the
         deadline with those that did not (`not_applied`)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.membership.config.lease_ttl + AGREE_MARGIN_S
+        deadline = loop.time() + min(self.membership.config.lease_ttl + AGREE_MARGIN_S, AGREE_MAX_S)
         applied, pending, error = [], [], None
         while True:
             try:
@@ -275,7 +316,7 @@ def applied_split(kvs, prefix: str, revision: int) -> tuple[list[str], list[str]
     for kv in kvs:
         try:
             reported = json.loads(kv.value).get("applied_revision", 0)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             reported = 0
         (applied if isinstance(reported, int) and reported >= revision else pending).append(kv.key[len(prefix):])
     return applied, pending

@@ -38,10 +38,22 @@ def save_state(control) -> None:
         n.name: {"state": str(n.admin_state), "version": n.version, "weight": n.weight, "max_conns": n.max_conns,
                  "address": n.address, "added": n.name not in config_names, "version_pending": n.version_pending}
         for n in control.pool.backends.values()}}
+    if control.desired is not None:       # cluster mode: the servers the fleet listed (lb/control/desired.py)
+        state["cluster_known"] = sorted(control.desired.known)
     try:
         atomic_write(path, json.dumps(state, indent=1))
     except OSError as exc:
         raise CommandError(f"the change is made but could not be saved to {path}: {exc.strerror}") from None
+
+
+def saved_known(control) -> set[str]:
+    """Cluster mode: the servers the fleet's desired state listed when the file was written."""
+    try:
+        with open(control.config.resolve(control.config.state_file), encoding="utf-8") as handle:
+            known = json.load(handle).get("cluster_known", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in known if isinstance(name, str)} if isinstance(known, list) else set()
 
 
 def load_state(control) -> list[str]:

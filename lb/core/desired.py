@@ -14,14 +14,21 @@ of nodes is a few tens of KiB, far below etcd's value limit):
 it, and when its requests in flight end is its own business) or `maint`. Health is not in it:
 each lb checks the nodes from where it stands.
 
-`document` makes the document from this lb's admin state (the state file's fields), `parse`
-checks one read from etcd with the config's own rules (a document that fails is refused
-whole, never applied in part), and `plan` is what it takes to go from this lb's state to a
-document: the actions, in the order they must run (a node's settings before its state, so a
-node made ready comes back with its new version; the version order and the target last).
+`document` makes a document from admin state (the state file's fields), `parse` checks one
+read from etcd with the config's own rules (a document that fails is refused whole, never
+applied in part), and `plan` is what it takes to go from this lb's state to a document: the
+actions, in the order they must run (a node's settings before its state, so a node made
+ready comes back with its new version; the version order and the target last).
 
-`known` is the set of servers the last document this lb applied listed: a server missing
-from the new document is removed only if it was in `known` (another lb's `del server`), never
+A document carries the fleet's *changes*, not one lb's whole view: `patch` writes into the
+stored document only what a command changed here (this lb's state before and after it), so
+what is this lb's own (a `reload` of its config, a version its checks adopted) never
+overwrites the fleet's. In the same spirit `plan`, given the `previous` document applied,
+acts on a field only where the document changed it; without one (at start, or after a
+refusal) it brings every field in line.
+
+`known` is the set of servers the documents this lb applied listed: a server missing from
+the new document is removed only if it was in `known` (another lb's `del server`), never
 because this lb has a server the fleet never heard of (added by a reload of its own config).
 """
 
@@ -75,6 +82,8 @@ def parse(raw: bytes | str) -> dict:
         doc = json.loads(raw)
     except ValueError as exc:
         raise InvalidValue(f"not JSON: {exc}") from None
+    except RecursionError:                 # "[[[[..." nested past the parser's depth
+        raise InvalidValue("nested too deeply to be a desired state") from None
     if not isinstance(doc, dict):
         raise InvalidValue(f"expected a mapping, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
@@ -88,6 +97,8 @@ def parse(raw: bytes | str) -> dict:
     versions = doc.get("versions", [])
     if not isinstance(versions, list):
         raise InvalidValue(f"versions: expected a list, got {versions!r}")
+    if len(set(map(str, versions))) != len(versions):
+        raise InvalidValue(f"versions: a label twice in {versions!r}")
     for index, version in enumerate(versions):
         at(f"versions[{index}]", check_version_label, version)
     target = doc.get("target")
@@ -122,26 +133,48 @@ def check_entry(name: str, entry) -> dict:
 
 
 def plan(local: dict[str, dict], versions: list[str], target: str | None, doc: dict,
-         known: set[str]) -> list[Action]:
+         known: set[str], previous: dict | None = None) -> list[Action]:
     """The actions that bring this lb (`local`: name -> server_entry fields, its state as
-    AS_WANTED says; `versions` oldest first; its `target`) to `doc`."""
+    AS_WANTED says; `versions` oldest first; its `target`) to `doc`; with the `previous`
+    document applied, only where `doc` changed a field."""
     actions, states = [], []
+    before = previous["servers"] if previous is not None else {}
     for name, want in doc["servers"].items():
         have = local.get(name)
         if have is None:
             actions.append(Action("add", name, want))
             continue
+        was = before.get(name) if previous is not None else None
         for field in ("address", "version", "weight", "max_conns"):
-            if have[field] != want[field]:
+            if have[field] != want[field] and (was is None or was[field] != want[field]):
                 actions.append(Action(field, name, want[field]))
-        if (have["state"], want["state"]) in EVENTS:
+        if (have["state"], want["state"]) in EVENTS and (was is None or was["state"] != want["state"]
+                                                         or have["state"] == "new"):
             states.append(Action("state", name, EVENTS[have["state"], want["state"]]))
     actions += states
     actions += [Action("remove", name) for name in local if name in known and name not in doc["servers"]]
     labels = set(versions) | {want["version"] for want in doc["servers"].values()}
     order = [v for v in doc["versions"] if v in labels]
-    if [v for v in versions if v in order] != order:
+    if [v for v in versions if v in order] != order and (previous is None or previous["versions"] != doc["versions"]):
         actions.append(Action("order", "", order))
-    if doc["target"] is not None and doc["target"] != target:
+    if doc["target"] is not None and doc["target"] != target and (previous is None
+                                                                  or previous["target"] != doc["target"]):
         actions.append(Action("target", "", doc["target"]))
     return actions
+
+
+def patch(base: dict, before: dict, after: dict, leaving: set[str]) -> dict:
+    """`base` (the stored document) with what a command changed on this lb: each server whose
+    entry differs between `before` and `after` (documents of this lb's state), one that went
+    (`del server`), and the order and target when they changed. A server `leaving` this lb
+    (deleted by the fleet, still draining here) is never written back."""
+    servers = dict(base["servers"])
+    for name, entry in after["servers"].items():
+        if before["servers"].get(name) != entry and name not in leaving:
+            servers[name] = entry
+    for name in before["servers"].keys() - after["servers"].keys():
+        servers.pop(name, None)
+    versions, target = base["versions"], base["target"]
+    if (before["versions"], before["target"]) != (after["versions"], after["target"]):
+        versions, target = after["versions"], after["target"]
+    return document(servers, versions, target)

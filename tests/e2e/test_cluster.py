@@ -79,7 +79,7 @@ def test_show_cluster_lists_the_members_and_a_stopped_or_killed_lb_leaves(etcd, 
     assert table[4].startswith("cluster test: 3 members at etcd revision ") and table[4].endswith("; * is this lb")
     info = lbs[0].ctl("show info")["cluster"]
     assert info == {"name": "test", "endpoints": etcd.endpoints, "connected": True, "last_error": None,
-                    "member_id": ids[0], "applied_revision": 0, "stale": False}
+                    "member_id": ids[0], "applied_revision": 0, "refused": None}
 
     assert lbs[0].upgrade()["ok"]                      # the new master takes the same key over
     wait_for(lambda: next(m["pid"] for m in lbs[0].ctl("show cluster")["members"] if m["self"]) == lbs[0].master_pid,
