@@ -247,10 +247,27 @@ def cmd_deploy(args) -> int:
         view.error(exc.message)
         return EXIT_USAGE
     targets = [] if args.cluster else args.socket or [default_socket()]
+    try:
+        etcd_tls = etcd_options(args)
+    except LbError as exc:
+        view.error(exc.message)
+        return EXIT_USAGE
     return run_async(deploy_command(opts, targets, args.state, log_path, view,
                                     args.resume, args.dry_run, expect_to=args.to, ssh_command=args.ssh_command,
                                     lb_timeout_s=lb_timeout_s, write_config=args.write_config,
-                                    cluster=args.cluster))
+                                    cluster=args.cluster, etcd_tls=etcd_tls))
+
+
+def etcd_options(args):
+    """--etcd-ca/--etcd-cert/--etcd-key as a TLS context for etcd, None without them. Raises
+    LbError (ConfigError) naming the option."""
+    if args.etcd_ca is None and args.etcd_cert is None and args.etcd_key is None:
+        return None
+    from .core.errors import DeployError
+    from .tls import etcd_client_context
+    if args.cluster is None:
+        raise DeployError("--etcd-ca, --etcd-cert and --etcd-key go with --cluster")
+    return etcd_client_context(args.etcd_ca, args.etcd_cert, args.etcd_key, "--etcd", "--etcd-{name}")
 
 
 def gate_options(args) -> dict:
@@ -331,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the lbs of cluster NAME as etcd lists them (cluster mode): a change goes to one, "
                        "which shares it through etcd; reads go to every member")
     deploy.add_argument("--ssh-command", default="ssh", help="run instead of ssh for ssh:// targets")
+    deploy.add_argument("--etcd-ca", metavar="FILE", help="with --cluster: TLS to etcd, its certificate checked "
+                        "against these CAs (with --etcd-cert alone: the system's)")
+    deploy.add_argument("--etcd-cert", metavar="FILE", help="with --cluster: a client certificate for etcd")
+    deploy.add_argument("--etcd-key", metavar="FILE", help="with --cluster: the client certificate's key")
     deploy.add_argument("--lb-timeout", default="30s", help="how long an lb may not answer (a restart) before "
                         "the step fails (default 30s)")
     deploy.add_argument("--to", help="the version to roll to")

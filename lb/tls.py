@@ -303,26 +303,44 @@ def backend_contexts(config: Config) -> dict[str, tuple[ssl.SSLContext, str]]:
 
 
 def etcd_context(config: Config) -> ssl.SSLContext | None:
-    """The context lb reaches etcd with (cluster.tls), None without it: etcd's certificate is
-    always verified, against `ca` (the system's CAs when it is left out); `cert` and `key`
-    are the client certificate. The master reads the files itself. Raises ConfigError."""
+    """The context lb reaches etcd with (cluster.tls), None without it. Raises ConfigError."""
     tls = config.cluster.tls if config.cluster is not None else None
     if tls is None:
         return None
-    where = f"{config.source}: cluster.tls"
-    if (tls.cert is None) != (tls.key is None):
+    resolve = config.resolve
+    return etcd_client_context(*(None if path is None else resolve(path) for path in (tls.ca, tls.cert, tls.key)),
+                               f"{config.source}: cluster.tls", "{where}.{name}")
+
+
+def etcd_client_context(ca: str | None, cert: str | None, key: str | None, where: str,
+                        naming: str = "{where}.{name}") -> ssl.SSLContext:
+    """A client context for etcd (lb's cluster.tls, lb deploy's --etcd-*): etcd's certificate
+    always verified, against `ca` (the system's CAs when None); `cert` and `key`: a client
+    certificate. The caller reads the files itself (the master, the deploy). `naming` says
+    how a file's option is written in an error. Raises ConfigError."""
+    def named(name: str) -> str:
+        return naming.format(where=where, name=name)
+    if (cert is None) != (key is None):
         raise ConfigError(f"{where}: cert and key go together (a client certificate and its key), got "
-                          f"{'cert' if tls.key is None else 'key'} alone")
-    context = client_context(BackendTlsConfig(ca=tls.ca), config.resolve, where)
+                          f"{'cert' if key is None else 'key'} alone")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # check_hostname and CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
-    if tls.cert is not None:
-        cert, key = config.resolve(tls.cert), config.resolve(tls.key)
+    if ca is None:
+        context.load_default_certs()
+    else:
+        _read(read_file, ca, named("ca"))
+        try:
+            context.load_verify_locations(cafile=ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{named('ca')}: {ca} holds no PEM certificate ({exc.reason or exc})") from None
+    if cert is not None:
         for name, path in (("cert", cert), ("key", key)):
-            _read(read_file, path, f"{where}.{name}")
+            _read(read_file, path, named(name))
         try:
             context.load_cert_chain(cert, key)
         except ssl.SSLError as exc:
-            raise ConfigError(f"{where}.cert: {cert} and {key} are not a certificate and its key "
+            raise ConfigError(f"{named('cert')}: {cert} and {key} are not a certificate and its key "
                               f"({exc.reason or exc})") from None
     return context
 

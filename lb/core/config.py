@@ -481,7 +481,10 @@ class ClusterTlsConfig:
 
 
 def _lease_ttl(value: Any) -> float:      # etcd counts a lease's TTL in whole seconds
-    seconds = parse_duration(value)
+    try:
+        seconds = parse_duration(value)
+    except InvalidValue:
+        seconds = 0.0
     if not (1.0 <= seconds <= 3600.0 and seconds.is_integer()):
         raise InvalidValue(f"expected a whole number of seconds from 1s to 1h, got {value!r}")
     return seconds

@@ -143,12 +143,12 @@ def behind(records: dict[str, dict], waiting: list[str], revision: int) -> list[
 class ClusterFleet(Fleet):
     """The members of one cluster in etcd, driven as a Fleet: `open()` it, then as Fleet."""
 
-    def __init__(self, url: ClusterUrl, ssh_command: str = "ssh", hostname: str | None = None):
+    def __init__(self, url: ClusterUrl, ssh_command: str = "ssh", hostname: str | None = None, tls=None):
         super().__init__([], ssh_command)
         self.url = url
         self.ssh_command = ssh_command
         self.hostname = hostname or socket.gethostname()
-        self.etcd = EtcdClient(list(url.endpoints))
+        self.etcd = EtcdClient(list(url.endpoints), tls=tls)      # tls: lb/tls.py etcd_client_context
         self.lb_timeout_s = ATTEMPT_S
         self.etcd_down = False
         self.ignored: set[str] = set()          # keys whose record was said to be ignored
@@ -159,10 +159,10 @@ class ClusterFleet(Fleet):
         self.follower: asyncio.Task | None = None
 
     @classmethod
-    async def open(cls, text: str, ssh_command: str = "ssh") -> ClusterFleet:
+    async def open(cls, text: str, ssh_command: str = "ssh", tls=None) -> ClusterFleet:
         """The fleet as etcd lists it now. Raises DeployError when the URL is bad, etcd does not
         answer, or no lb is a member."""
-        fleet = cls(parse_cluster_url(text), ssh_command)
+        fleet = cls(parse_cluster_url(text), ssh_command, tls=tls)
         try:
             await fleet.start()
         except BaseException:

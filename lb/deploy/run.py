@@ -538,13 +538,13 @@ def restarted(before: dict, after: dict) -> bool:
 async def deploy_command(opts: Options | None, targets: list[str], state_path: str, log_path: str,
                          view, resume: bool, dry_run: bool, expect_to: str | None = None,
                          ssh_command: str = "ssh", lb_timeout_s: float = RECONNECT_S,
-                         write_config: str | None = None, cluster: str | None = None) -> int:
+                         write_config: str | None = None, cluster: str | None = None, etcd_tls=None) -> int:
     try:
         if write_config is not None:
             check_editable(write_config)                          # before anything changes
         # at start, an unreachable lb (or etcd, with --cluster) means exit 2
         admin = Fleet(targets, ssh_command, reconnect_s=1.0) if cluster is None else \
-            await ClusterFleet.open(cluster, ssh_command)
+            await ClusterFleet.open(cluster, ssh_command, etcd_tls)
     except DeployError as exc:
         view.error(exc.message)
         return EXIT_USAGE

@@ -50,6 +50,23 @@ class TlsFiles:
         return context
 
 
+def make_pki(folder: Path) -> tuple[TlsFiles, dict[str, Path]]:
+    """A CA (trustme), etcd's certificate for 127.0.0.1 and a client's (`lb`, `lb-key`), and
+    another CA that signed none of them (`other-ca`): the members' files and every path."""
+    import trustme
+    ca, other_ca = trustme.CA(), trustme.CA()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, pem in [("ca", ca.cert_pem), ("other-ca", other_ca.cert_pem)]:
+        paths[name] = folder / f"{name}.pem"
+        pem.write_to_path(str(paths[name]))
+    for name, cert in [("etcd", ca.issue_cert("127.0.0.1")), ("lb", ca.issue_cert("lb.internal"))]:
+        paths[name], paths[name + "-key"] = folder / f"{name}.pem", folder / f"{name}-key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(paths[name]))
+        cert.private_key_pem.write_to_path(str(paths[name + "-key"]))
+    return TlsFiles(paths["etcd"], paths["etcd-key"], paths["ca"], paths["lb"], paths["lb-key"]), paths
+
+
 def ensure_installed() -> str:
     """The etcd binary's path; installs the Debian package first when it is missing."""
     return debian.ensure_installed(BINARY, PACKAGE, SERVICE)

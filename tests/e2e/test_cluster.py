@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Backend, Lb, free_port, get, wait_for
-from etcd import EtcdCluster
+from etcd import EtcdCluster, make_pki
 from supervise import gone
 from test_cli import on_a_terminal
 
@@ -273,23 +273,7 @@ def test_without_etcd_a_change_is_refused_and_nothing_changes(etcd, spawn, tmp_p
 # -- TLS to etcd (cluster.tls) ------------------------------------------------------------------
 
 def test_lbs_reach_etcd_over_tls_with_a_client_certificate_and_refuse_a_wrong_ca(spawn, tmp_path):
-    import trustme
-
-    from etcd import TlsFiles
-
-    ca, other_ca = trustme.CA(), trustme.CA()
-    folder = tmp_path / "pki"
-    folder.mkdir()
-    paths = {}
-    for name, pem in [("ca", ca.cert_pem), ("other-ca", other_ca.cert_pem)]:
-        paths[name] = folder / f"{name}.pem"
-        pem.write_to_path(str(paths[name]))
-    for name, cert in [("etcd", ca.issue_cert("127.0.0.1")), ("lb", ca.issue_cert("lb.internal"))]:
-        paths[name] = folder / f"{name}.pem"
-        paths[name + "-key"] = folder / f"{name}-key.pem"
-        cert.cert_chain_pems[0].write_to_path(str(paths[name]))
-        cert.private_key_pem.write_to_path(str(paths[name + "-key"]))
-    files = TlsFiles(paths["etcd"], paths["etcd-key"], paths["ca"], paths["lb"], paths["lb-key"])
+    files, paths = make_pki(tmp_path / "pki")
     etcd = EtcdCluster(tmp_path / "etcd-tls", 1, free_port, files)
     try:
         web = spawn(Backend, "web1")

@@ -12,7 +12,7 @@ import pytest
 from lb.demo.users import Users
 
 from conftest import Lb, free_port, get, wait_for, wait_for_requests
-from etcd import EtcdCluster
+from etcd import EtcdCluster, make_pki
 from test_cluster import kill_whole_lb, own_id
 from test_deploy import FAST
 from test_fleet import FleetDeploy, rows
@@ -181,3 +181,30 @@ async def test_members_a_change_names_as_not_applied_are_waited_for_until_they_a
     finally:
         await fleet.close()
         await client.close()
+
+
+async def test_a_deploy_reaches_an_etcd_that_asks_for_a_client_certificate(spawn, detached_backends, tmp_path):
+    """etcd serving HTTPS with --client-cert-auth: the lbs reach it with cluster.tls, the deploy
+    with --etcd-ca/--etcd-cert/--etcd-key; without them it refuses to start (exit 2)."""
+    files, paths = make_pki(tmp_path / "pki")
+    store = EtcdCluster(tmp_path / "etcd-tls", 1, free_port, files)
+    try:
+        backends = detached_backends(3)
+        section = {"endpoints": store.endpoints, "name": "test", "lease_ttl": f"{LEASE_TTL_S}s",
+                   "tls": {"ca": str(paths["ca"]), "cert": str(paths["lb"]), "key": str(paths["lb-key"])}}
+        lbs = [spawn(Lb, tmp_path, backends.configs(), cluster=section, **CLUSTER_LB) for _ in range(2)]
+        ids = {own_id(lb) for lb in lbs}
+        wait_for(lambda: {m["id"] for m in lbs[0].ctl("show cluster").get("members", [])} == ids, 15,
+                 "every lb to be listed in etcd")
+        update = ("--to", "v2", "--update", backends.update_command(), *QUICK, "--min-requests", "0")  # no users
+        plain = await ClusterDeploy(tmp_path, store, *update).start()
+        assert await plain.finish() == 2 and "etcd does not answer" in plain.stderr, plain.stderr
+        deploy = await ClusterDeploy(tmp_path, store, *update, "--etcd-ca", str(paths["ca"]),
+                                     "--etcd-cert", str(paths["lb"]), "--etcd-key", str(paths["lb-key"])).start()
+        assert await deploy.finish() == 0, (deploy.stderr, deploy.events[-5:])
+        for lb in lbs:
+            assert rows(lb) == {("v2", "ready", "up")}, lb.ctl("show servers")
+        bad = await ClusterDeploy(tmp_path, store, *update, "--etcd-cert", str(paths["lb"])).start()
+        assert await bad.finish() == 2 and "--etcd: cert and key go together" in bad.stderr, bad.stderr
+    finally:
+        store.stop()
