@@ -184,6 +184,10 @@ CONFIG_NOTES = {
                "cluster. etcd is never in a request's path: with it unreachable lb serves on, and says so "
                "in `show info`, the `lb_cluster_connected` metric and the log. A change takes effect at the "
                "next `lb ctl upgrade` or restart. [Deploying: cluster mode](deploying.md).",
+    "status": "The status page on `metrics.listen`: `GET /status`, a page with every node, every version, "
+              "the version move and a chart of requests per second per version over ten minutes, redrawn "
+              "each second from `GET /status.json`. Read-only.",
+    "status.enabled": "`false`: no `/status` (404); `/metrics` stays.",
     "cluster.store": "The store: `etcd` (3.4 or later, through its v3 JSON gateway).",
     "cluster.endpoints": "etcd's client addresses; lb goes to the next one when one does not answer.",
     "cluster.name": "The fleet's name: every key lb writes is under `/lb/NAME/`.",

@@ -6,6 +6,7 @@ The counters are the control plane's, brought up to date (`Control.sync`) first.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from ..core.values import format_hostport
 from ..core.nodes import ADMIN_STATES, Health
 from ..core.stats import CLASSES, HISTOGRAM_BOUNDS_S
+from .status import StatusPage
 
 DRAIN_BOUNDS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -150,29 +152,45 @@ def skew_metrics(assets):
 
 
 class MetricsServer:
-    """GET /metrics on metrics.listen (never the public port); anything else is 404."""
+    """GET /metrics on metrics.listen (never the public port), and with `status.enabled` GET
+    /status and /status.json (lb/control/status.py); anything else is 404."""
 
     def __init__(self, control, sock):
         self.control = control
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LbCollector(control))
         self.sock = sock                  # bound by the master (handed to a new one at an upgrade)
+        self.status = StatusPage(control) if control.config.status.enabled else None
         self._server = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, sock=self.sock, limit=8192)
+        if self.status is not None:
+            self.status.start()
+
+    def _answer(self, path: bytes) -> tuple[bytes, bytes, str]:
+        """(body, status line, content type) for a GET of `path` (its query left out)."""
+        if path == b"/metrics":
+            return generate_latest(self.registry), b"200 OK", CONTENT_TYPE_LATEST
+        if self.status is not None and path == b"/status":
+            return self.status.html(), b"200 OK", "text/html; charset=utf-8"
+        if self.status is not None and path == b"/status.json":
+            return json.dumps(self.status.snapshot()).encode(), b"200 OK", "application/json"
+        offer = "/metrics or /status" if self.status is not None else "/metrics"
+        return f"not found: try {offer}\n".encode(), b"404 Not Found", "text/plain"
 
     async def _serve(self, reader, writer) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             line = head.split(b"\r\n", 1)[0].split()
-            if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+            if len(line) >= 2 and line[0] == b"GET":
                 await self.control.synced()
-                body, status, ctype = generate_latest(self.registry), b"200 OK", CONTENT_TYPE_LATEST
+                body, status, ctype = self._answer(line[1].split(b"?")[0])
             else:
-                body, status, ctype = b"not found: try /metrics\n", b"404 Not Found", "text/plain"
-            writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n%s" % (status, ctype.encode(), len(body), body))
+                body, status, ctype = b"not found: try GET /metrics\n", b"404 Not Found", "text/plain"
+            writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
+                         b"X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n%s"
+                         % (status, ctype.encode(), len(body), body))
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
                 ConnectionError):
@@ -181,5 +199,7 @@ class MetricsServer:
             writer.close()
 
     async def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
         if self._server is not None:
             self._server.close()

@@ -10,29 +10,16 @@ Unknown keys are errors, never ignored.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import ConfigError, InvalidValue
-from .values import (check_host_name, check_name, check_version_label, format_hostport, parse_duration,
-                     parse_hostport, parse_rate, parse_size)
+from .values import (check_host_name, check_name, check_version_label, format_hostport, parse_cidr_list,
+                     parse_duration, parse_hostport, parse_rate, parse_size)
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")       # an HTTP field name (RFC 9110)
-
-
-def _cidr_list(value: Any) -> tuple[str, ...]:
-    """A list of CIDRs ('10.0.0.0/8', '::1/128'); each checked, kept as text."""
-    if not isinstance(value, list):
-        raise InvalidValue(f"expected a list of CIDRs like 10.0.0.0/8, got {value!r}")
-    for item in value:
-        try:
-            ipaddress.ip_network(str(item), strict=False)
-        except ValueError:
-            raise InvalidValue(f"expected a CIDR like 10.0.0.0/8, got {item!r}") from None
-    return tuple(str(item) for item in value)
 
 
 WEIGHT_MAX = 1000
@@ -408,7 +395,7 @@ def _override_list(value: Any) -> tuple:
                 raise InvalidValue(f"expected {{header: NAME, secret: TEXT of 16 characters or more}}, got {item!r}")
             items.append((str(item["header"]), item["secret"]))
         else:
-            items.append(_cidr_list([item])[0])
+            items.append(parse_cidr_list([item])[0])
     return tuple(items)
 
 
@@ -501,6 +488,11 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class StatusConfig:
+    enabled: bool = _field(True, _bool)       # GET /status and /status.json on metrics.listen (lb/control/status.py)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: tuple[ListenerConfig, ...] = _list_field((ListenerConfig(("127.0.0.1", 8080)),), _listen_list)
     http: str = _field("auto", _one_of("auto", "httptools", "h11"))
@@ -517,7 +509,7 @@ class Config:
     skew: SkewConfig = _field(SkewConfig(), SkewConfig)
     timeouts: TimeoutsConfig = _field(TimeoutsConfig(), TimeoutsConfig)
     limits: LimitsConfig = _field(LimitsConfig(), LimitsConfig)
-    trusted_proxies: tuple[str, ...] = _field((), _cidr_list)   # peers whose X-Forwarded-For is kept
+    trusted_proxies: tuple[str, ...] = _field((), parse_cidr_list)   # peers whose X-Forwarded-For is kept
     retries: int = _field(2, _int_range(0, 10))
     access_log: str = _field("stdout", _log_target)
     state_file: str = _field("run/lb.state", _text)
@@ -526,6 +518,7 @@ class Config:
     user: str | int | None = _optional(_account)
     group: str | int | None = _optional(_account)
     cluster: ClusterConfig | None = _off_unless_given(ClusterConfig)     # null: no cluster
+    status: StatusConfig = _field(StatusConfig(), StatusConfig)
     # Where the file was read from (an absolute path); relative paths in it resolve
     # against its folder, or against runtime_dir when that is set (the embedded default).
     source: str = field(default="<defaults>", compare=False)

@@ -117,3 +117,15 @@ def parse_rate(value: Any) -> float:
     if not match:
         raise InvalidValue(f"expected a rate like 1KiB/s, 500B/s or 0 (off), got {value!r}")
     return float(match.group(1)) * _RATE_UNIT[match.group(2)]
+
+
+def parse_cidr_list(value: Any) -> tuple[str, ...]:
+    """A list of CIDRs ('10.0.0.0/8', '::1/128'); each checked, kept as text."""
+    if not isinstance(value, list):
+        raise InvalidValue(f"expected a list of CIDRs like 10.0.0.0/8, got {value!r}")
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise InvalidValue(f"expected a CIDR like 10.0.0.0/8, got {item!r}") from None
+    return tuple(str(item) for item in value)

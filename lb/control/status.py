@@ -1,0 +1,93 @@
+"""The status page on the metrics listener: `GET /status` (the page, its tables filled in) and
+`GET /status.json` (what the page's script redraws from, once a second).
+
+The model and the HTML are lb/core/statusview.py; here the control plane's counters are
+sampled once a second into its `History`, and a snapshot is made when asked: every node (as
+`show servers` has it, with its req/s, p99 and 5xx rate now, and why it is out), every version
+(nodes, ready capacity, its share of the last seconds' requests, pinned requests), the
+version move (target, nodes on it, why it is still in progress) and the chart's ten minutes.
+With workers it is the merged view (the master's counters are every worker's reports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from importlib import resources
+
+import lb
+
+from ..core import statusview
+from ..core.stats import iso_utc
+
+SAMPLE_S = 1.0
+
+
+def page_file(name: str) -> str:
+    return resources.files("lb").joinpath("data", name).read_text(encoding="utf-8")
+
+
+class StatusPage:
+    """The page's history and snapshots, over the control plane."""
+
+    def __init__(self, control):
+        self.control = control
+        self.history = statusview.History()
+        self.script, self.style = page_file("status.js"), page_file("status.css")
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._sample()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sample(self) -> None:
+        versions: dict[str, int] = {}
+        nodes = {}
+        for node in self.control.pool.backends.values():
+            requests = errors = 0
+            for version, counts in node.stats.by_class.items():
+                served = sum(counts)
+                versions[version] = versions.get(version, 0) + served
+                requests += served
+                errors += counts[4]
+            nodes[node.name] = (requests, errors)
+        self.history.sample(time.monotonic(), versions, nodes)
+        self._timer = asyncio.get_running_loop().call_later(SAMPLE_S, self._sample)
+
+    def snapshot(self) -> dict:
+        control, pool, now = self.control, self.control.pool, time.monotonic()
+        nodes = []
+        for backend in pool.backends.values():
+            row = backend.describe(control.now())
+            rps, error_rate = self.history.node_rates(backend.name)
+            row.update(rps=rps, error_rate=error_rate, p99_ms=backend.stats.summary(now)["p99_ms"])
+            row["why_out"] = statusview.why_out(row)
+            nodes.append(row)
+        rates = {version: ring[-1] for version, ring in self.history.rates.items() if ring}
+        total_rate = sum(rates.values())
+        versions = []
+        for row in pool.version_rows():
+            version = row["version"]
+            ready = sum(1 for n in pool.backends.values() if n.version == version and n.takes_traffic)
+            versions.append({"version": version, "nodes": row["nodes"], "ready": ready,
+                             "capacity": row["ready_capacity"],
+                             "share": round(rates.get(version, 0.0) / total_rate, 4) if total_rate else None,
+                             "pinned_requests": control.pins["pinned_requests"][version]
+                             if control.pinning_on else None})
+        target = pool.target
+        move = {"target": target, "in_progress": pool.move_in_progress(), "nodes": len(pool.backends),
+                "on_target": sum(1 for n in pool.backends.values() if n.version == target)}
+        started = control.started
+        return {"time": round(time.time(), 3), "time_iso": iso_utc(time.time()),
+                "lb": {"version": lb.__version__, "pid": os.getpid(), "started_iso": iso_utc(started),
+                       "workers": len(control.link.info()) if control.link is not None else 0,
+                       "panic": pool.panic},
+                "nodes": nodes, "versions": versions, "move": move, "chart": self.history.chart()}
+
+    def html(self) -> bytes:
+        return statusview.render(self.snapshot(), self.script, self.style).encode()

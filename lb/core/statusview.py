@@ -1,0 +1,197 @@
+"""The status page's model and its first paint: the pool, the versions and the version move at
+a glance, as HAProxy's stats page and Traefik's dashboard give. No I/O.
+
+Theory of operation
+-------------------
+`History` is sampled once a second (lb/control/status.py) with the counters lb keeps anyway:
+each version's requests (summed over the nodes, by the version that served them, so a relabel
+moves nothing) and each node's requests and 5xx. It keeps `HISTORY_S` seconds of requests per
+second per version, for the chart, and `WINDOW_S` seconds of each node's counters, for its
+req/s and 5xx rate now. Memory is bounded: a ring of HISTORY_S points per version, versions
+with no request over the whole history dropped.
+
+`why_out` says in words why a node takes no traffic (an operator's drain or maint, an
+ejection, the node's own request to be drained, failing checks, a version mismatch, weight 0):
+the page shows the word beside the colour, never the colour alone.
+
+`render` writes the whole page with the tables filled in (the first paint works without
+JavaScript); the page's own script (lb/data/status.js) then asks for `/status.json` once a
+second and redraws the tables and the chart (SVG, drawn by the script).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import deque
+
+HISTORY_S = 600           # the chart: ten minutes
+WINDOW_S = 10             # a node's req/s and 5xx rate: over the last ten seconds
+
+
+class History:
+    """Requests per second per version over HISTORY_S, and each node's recent counters."""
+
+    def __init__(self):
+        self.times: deque[float] = deque(maxlen=HISTORY_S)
+        self.rates: dict[str, deque[float]] = {}
+        self.last_totals: dict[str, int] | None = None
+        self.last_at = 0.0
+        self.nodes: dict[str, deque[tuple[float, int, int]]] = {}
+
+    def sample(self, now: float, versions: dict[str, int], nodes: dict[str, tuple[int, int]]) -> None:
+        """`versions`: requests served by each version so far; `nodes`: (requests, 5xx) so far."""
+        if self.last_totals is not None and now > self.last_at:
+            elapsed = now - self.last_at
+            self.times.append(now)
+            for version in versions.keys() | self.rates.keys():
+                rate = max(versions.get(version, 0) - self.last_totals.get(version, 0), 0) / elapsed
+                ring = self.rates.get(version)
+                if ring is None:
+                    ring = self.rates[version] = deque([0.0] * (len(self.times) - 1), maxlen=HISTORY_S)
+                ring.append(round(rate, 2))
+            for version in [v for v, ring in self.rates.items() if not any(ring)]:
+                del self.rates[version]
+        self.last_totals, self.last_at = dict(versions), now
+        for name, (requests, errors) in nodes.items():
+            ring = self.nodes.get(name)
+            if ring is None:
+                ring = self.nodes[name] = deque(maxlen=WINDOW_S + 1)
+            ring.append((now, requests, errors))
+        for name in self.nodes.keys() - nodes.keys():
+            del self.nodes[name]
+
+    def node_rates(self, name: str) -> tuple[float, float | None]:
+        """(requests per second, share of them that were 5xx) over the node's window; None
+        when it served nothing."""
+        ring = self.nodes.get(name)
+        if not ring or len(ring) < 2:
+            return 0.0, None
+        (t0, r0, e0), (t1, r1, e1) = ring[0], ring[-1]
+        served = max(r1 - r0, 0)
+        return round(served / (t1 - t0), 2) if t1 > t0 else 0.0, round(max(e1 - e0, 0) / served, 4) if served else None
+
+    def chart(self) -> dict:
+        """The chart's data: seconds ago of each point (oldest first) and each version's rates."""
+        last = self.times[-1] if self.times else 0.0
+        return {"ago_s": [round(last - t, 1) for t in self.times],
+                "versions": {version: list(ring) for version, ring in self.rates.items()}}
+
+
+# health and admin state -> why the node takes no traffic, in words (None: it does)
+def why_out(node: dict) -> str | None:
+    state, health = node["state"], node["health"]
+    if state in ("draining", "drained"):
+        return f"{state} by an operator"
+    if state == "maint":
+        return "in maintenance"
+    if health == "ejected":
+        return "ejected after failures"
+    if health == "drain_requested":
+        return "asked to be drained"
+    if health == "down":
+        return "failing its health checks"
+    if health == "version_mismatch":
+        return "reports another version"
+    if node.get("weight") == 0:
+        return "weight 0"
+    return None
+
+
+NODE_COLUMNS = (("name", "Node"), ("version", "Version"), ("state", "State"), ("health", "Health"),
+                ("weight", "Weight"), ("inflight", "In flight"), ("rps", "Req/s"), ("p99_ms", "p99 ms"),
+                ("error_rate", "5xx"), ("why_out", "Out because"))
+VERSION_COLUMNS = (("version", "Version"), ("nodes", "Nodes"), ("ready", "Ready"), ("capacity", "Ready capacity"),
+                   ("share", "Share of traffic"), ("pinned_requests", "Pinned requests"))
+
+
+def cell(key: str, value) -> str:
+    """One value as the page writes it (the script writes the same: lb/data/status.js)."""
+    if value is None:
+        return "" if key == "why_out" else "–"
+    if key == "error_rate" or key == "share":
+        return f"{value * 100:.1f}%"
+    if key == "capacity":
+        return f"{value:g}"
+    return str(value)
+
+
+def _rows(items: list[dict], columns, kind: str) -> str:
+    out = []
+    for item in items:
+        out.append(f'<tr class="{kind}" data-name="{html.escape(str(item[columns[0][0]]))}">')
+        for index, (key, _) in enumerate(columns):
+            text = html.escape(cell(key, item.get(key)))
+            tag = 'th scope="row"' if index == 0 else "td"
+            css = f' class="{html.escape(str(item.get(key)))}"' if key in ("state", "health") else ""
+            out.append(f"<{tag} data-key=\"{key}\"{css}>{text}</{tag.split()[0]}>")
+        out.append("</tr>")
+    return "".join(out)
+
+
+def _head(columns) -> str:
+    return "<tr>" + "".join(f'<th scope="col">{html.escape(title)}</th>' for _, title in columns) + "</tr>"
+
+
+def move_text(move: dict) -> str:
+    if move["target"] is None:
+        return "No version move declared."
+    text = f"Moving to {move['target']}: {move['on_target']} of {move['nodes']} nodes on it."
+    return text + (f" In progress: {move['in_progress']}." if move["in_progress"] else " Done.")
+
+
+def render(snapshot: dict, script: str, style: str) -> str:
+    """The whole page, tables filled in; `script` and `style` are the page's own (lb/data)."""
+    lb_line = (f"lb {snapshot['lb']['version']}, pid {snapshot['lb']['pid']}, "
+               f"{snapshot['lb']['workers']} workers, up since {snapshot['lb']['started_iso']}")
+    if snapshot["lb"]["panic"]:
+        lb_line += " — PANIC: every node fails its checks, routing to them all"
+    # the snapshot rides along for the script's first draw; "</" never appears inside it
+    data = json.dumps(snapshot).replace("</", "<\\/")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>lb status</title>
+<link rel="icon" href="data:,">
+<style>{style}</style>
+</head>
+<body>
+<header>
+<h1>lb status</h1>
+<p id="lb">{html.escape(lb_line)}</p>
+<p id="updated" aria-live="polite">As of {html.escape(snapshot['time_iso'])}.</p>
+</header>
+<main>
+<section aria-labelledby="move-title">
+<h2 id="move-title">Version move</h2>
+<p id="move">{html.escape(move_text(snapshot['move']))}</p>
+</section>
+<section aria-labelledby="chart-title">
+<h2 id="chart-title">Requests per second by version, last ten minutes</h2>
+<figure>
+<svg id="chart" role="img" aria-labelledby="chart-title" viewBox="0 0 800 200" preserveAspectRatio="none"></svg>
+<figcaption id="legend"></figcaption>
+</figure>
+</section>
+<section aria-labelledby="versions-title">
+<table id="versions">
+<caption id="versions-title">Versions, oldest first</caption>
+<thead>{_head(VERSION_COLUMNS)}</thead>
+<tbody>{_rows(snapshot['versions'], VERSION_COLUMNS, 'version')}</tbody>
+</table>
+</section>
+<section aria-labelledby="nodes-title">
+<table id="nodes">
+<caption id="nodes-title">Nodes</caption>
+<thead>{_head(NODE_COLUMNS)}</thead>
+<tbody>{_rows(snapshot['nodes'], NODE_COLUMNS, 'node')}</tbody>
+</table>
+</section>
+</main>
+<script id="first" type="application/json">{data}</script>
+<script>{script}</script>
+</body>
+</html>
+"""

@@ -1,0 +1,122 @@
+// lb's status page: redraws the tables and the chart from /status.json once a second.
+// The first paint is the server's (lb/core/statusview.py); cell() writes values as it does.
+(function () {
+  "use strict";
+  var NODE_KEYS = ["name", "version", "state", "health", "weight", "inflight", "rps", "p99_ms", "error_rate", "why_out"];
+  var VERSION_KEYS = ["version", "nodes", "ready", "capacity", "share", "pinned_requests"];
+  var COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"];
+  var SVG = "http://www.w3.org/2000/svg";
+  var WIDTH = 800, HEIGHT = 200, SPAN_S = 600;
+  var colourOf = {};
+  var failures = 0;
+
+  function cell(key, value) {
+    if (value === null || value === undefined) { return key === "why_out" ? "" : "\u2013"; }
+    if (key === "error_rate" || key === "share") { return (value * 100).toFixed(1) + "%"; }
+    return String(value);
+  }
+
+  function fill(tableId, items, keys, kind) {
+    var body = document.querySelector("#" + tableId + " tbody");
+    var rows = document.createDocumentFragment();
+    items.forEach(function (item) {
+      var tr = document.createElement("tr");
+      tr.className = kind;
+      tr.dataset.name = String(item[keys[0]]);
+      keys.forEach(function (key, index) {
+        var td = document.createElement(index === 0 ? "th" : "td");
+        if (index === 0) { td.scope = "row"; }
+        td.dataset.key = key;
+        if (key === "state" || key === "health") { td.className = String(item[key]); }
+        td.textContent = cell(key, item[key]);
+        tr.appendChild(td);
+      });
+      rows.appendChild(tr);
+    });
+    body.replaceChildren(rows);
+  }
+
+  function colour(version) {
+    if (!(version in colourOf)) { colourOf[version] = COLOURS[Object.keys(colourOf).length % COLOURS.length]; }
+    return colourOf[version];
+  }
+
+  function chart(data) {
+    var svg = document.getElementById("chart");
+    var legend = document.getElementById("legend");
+    var top = 1;
+    Object.keys(data.versions).forEach(function (v) {
+      data.versions[v].forEach(function (rate) { top = Math.max(top, rate); });
+    });
+    var parts = document.createDocumentFragment();
+    var scale = document.createElementNS(SVG, "text");
+    scale.setAttribute("x", "4");
+    scale.setAttribute("y", "14");
+    scale.setAttribute("class", "scale");
+    scale.textContent = Math.round(top) + " req/s";
+    parts.appendChild(scale);
+    var items = document.createDocumentFragment();
+    Object.keys(data.versions).sort().forEach(function (version) {
+      var rates = data.versions[version];
+      var points = rates.map(function (rate, i) {
+        var x = WIDTH - (data.ago_s[i] / SPAN_S) * WIDTH;
+        var y = HEIGHT - (rate / top) * (HEIGHT - 20);
+        return x.toFixed(1) + "," + y.toFixed(1);
+      });
+      var line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("points", points.join(" "));
+      line.setAttribute("fill", "none");
+      line.setAttribute("stroke", colour(version));
+      line.setAttribute("stroke-width", "2");
+      line.setAttribute("data-version", version);
+      var title = document.createElementNS(SVG, "title");
+      title.textContent = version;
+      line.appendChild(title);
+      parts.appendChild(line);
+      var item = document.createElement("span");
+      item.className = "key";
+      var swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = colour(version);
+      item.appendChild(swatch);
+      item.appendChild(document.createTextNode(version + ": " + (rates.length ? rates[rates.length - 1] : 0) + " req/s now"));
+      items.appendChild(item);
+    });
+    svg.replaceChildren(parts);
+    legend.replaceChildren(items);
+  }
+
+  function moveText(move) {
+    if (move.target === null) { return "No version move declared."; }
+    var text = "Moving to " + move.target + ": " + move.on_target + " of " + move.nodes + " nodes on it.";
+    return text + (move.in_progress ? " In progress: " + move.in_progress + "." : " Done.");
+  }
+
+  function draw(status) {
+    fill("nodes", status.nodes, NODE_KEYS, "node");
+    fill("versions", status.versions, VERSION_KEYS, "version");
+    document.getElementById("move").textContent = moveText(status.move);
+    document.getElementById("updated").textContent = "As of " + status.time_iso + ".";
+    chart(status.chart);
+  }
+
+  function tick() {
+    fetch("status.json", {cache: "no-store"}).then(function (answer) {
+      if (!answer.ok) { throw new Error("status.json answered " + answer.status); }
+      return answer.json();
+    }).then(function (status) {
+      failures = 0;
+      document.body.classList.remove("stale");
+      draw(status);
+    }).catch(function () {
+      failures += 1;                       // lb restarting: shown, and asked again
+      document.body.classList.add("stale");
+      document.getElementById("updated").textContent = "No answer from lb (" + failures + " tries); retrying.";
+    }).finally(function () {
+      setTimeout(tick, 1000);
+    });
+  }
+
+  draw(JSON.parse(document.getElementById("first").textContent));
+  setTimeout(tick, 1000);
+}());
