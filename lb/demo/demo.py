@@ -193,6 +193,9 @@ async def _run(demo: Demo, users_count: int) -> int:
     print(f"demo: {len(demo.config.backends)} backends (v1) and lb on {host}:{port}; {users_count} users "
           f"at a time, each leaving after {USER_LIFE[0]}-{USER_LIFE[1]} requests; access log "
           f"{demo.access_path}", flush=True)
+    if demo.config.status.enabled and demo.config.metrics.listen is not None:
+        status_host, status_port = demo.config.metrics.listen
+        print(f"demo: watch it live at http://{status_host}:{status_port}/status", flush=True)
     users = Users(host, port, slots=users_count, life=USER_LIFE, think_s=THINK_S)
     users.phase = "before"
     users.start()

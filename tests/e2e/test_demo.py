@@ -75,6 +75,7 @@ def test_the_demo_moves_to_other_ports_with_port_base(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"and lb on 127.0.0.1:{base};" in result.stdout
+    assert f"demo: watch it live at http://127.0.0.1:{base + 1}/status" in result.stdout
     assert "deploy exit 0" in result.stdout[result.stdout.index("demo summary:"):]
     config = yaml.safe_load((tmp_path / "run" / f"demo-{base}.yaml").read_text())
     assert config["metrics"]["listen"] == f"127.0.0.1:{base + 1}"
