@@ -392,6 +392,10 @@ COMMAND_NOTES = {
                     "per-node state, health and in flight; `self` marks this lb. Read from etcd when asked: "
                     "with etcd unreachable it answers an error (lb serves on). Without `cluster:` it answers "
                     "that cluster mode is off.",
+    "note deploy": "What a deploy says of itself (`lb deploy` sends it to every lb, at most twice a second): "
+                   "its target, phase, batch, each node's last step, when the bake ends, the gates' verdicts and "
+                   "the result, as one JSON object on one line (spaces written `\\u0020`). Kept only for the status "
+                   "page; the next one replaces it.",
     "drain": "No new request goes to the server; requests in flight finish, and idle pooled "
              "connections to it close at once. It becomes `drained` when nothing is in flight; at "
              "`drain.timeout` what is left is cut (503 for a request with no response yet, close 1001 "

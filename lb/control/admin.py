@@ -251,6 +251,18 @@ class Admin:
             latency["buckets"] = {str(bucket): count for bucket, count in sorted(counts.items())}
         return {"latency": latency}
 
+    def note_deploy(self, text: str) -> dict:
+        """A deploy's progress (lb/deploy/progress.py), kept for the status page: nothing else
+        reads it, and the next one replaces it."""
+        try:
+            note = json.loads(text)
+        except (ValueError, RecursionError):
+            note = None
+        if not isinstance(note, dict):
+            raise CommandError("'note deploy' expects a JSON object on one line (spaces written as \\u0020)")
+        self.control.deploy_note = (time.time(), note)
+        return {}
+
     def drain(self, name: str) -> dict:
         return self._set_state(name, "drain")
 
@@ -374,6 +386,7 @@ HANDLERS = {
     ("show", "server"): Admin.show_server,
     ("show", "info"): Admin.show_info,
     ("show", "cluster"): Admin.show_cluster,
+    ("note", "deploy"): Admin.note_deploy,
     ("show", "certs"): Admin.show_certs,
     ("show", "versions"): Admin.show_versions,
     ("show", "assets"): Admin.show_assets,

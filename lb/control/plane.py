@@ -61,6 +61,7 @@ class Control:
                                          "pinned_requests": Counter()}
         self.pinning_on = config.pinning.mode == "version"
         self.clients = 0                         # client connections, as last reported
+        self.deploy_note: tuple[float, dict] | None = None   # (when, what) a deploy last said of itself
         self.queued = 0                          # requests waiting for a capped backend, as reported
         self.link: Link | None = None
         self.generation = 0                      # of the last view published

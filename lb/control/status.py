@@ -83,7 +83,9 @@ class StatusPage:
         move = {"target": target, "in_progress": pool.move_in_progress(), "nodes": len(pool.backends),
                 "on_target": sum(1 for n in pool.backends.values() if n.version == target)}
         started = control.started
+        note = control.deploy_note
         return {"time": round(time.time(), 3), "time_iso": iso_utc(time.time()),
+                "deploy": {"at": note[0], "note": note[1]} if note is not None else None,
                 "lb": {"version": lb.__version__, "pid": os.getpid(), "started_iso": iso_utc(started),
                        "workers": len(control.link.info()) if control.link is not None else 0,
                        "panic": pool.panic},

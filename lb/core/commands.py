@@ -55,6 +55,8 @@ COMMANDS = [
             "over the last WINDOW (1s..60s); raw: also the histogram's bucket counts, to merge", False),
     Command(("show", "cluster"), (), (), "(cluster mode) members: id, lb version, applied revision, lease left, "
             "per-node health", False),
+    Command(("note", "deploy"), ("JSON",), (), "a deploy's progress, for the status page (lb deploy sends it)",
+            False),
     Command(("drain",), ("NAME",), (), "no new requests; in-flight ones finish", True),
     Command(("wait",), ("NAME", "STATE"), ("TIMEOUT",), "block until drained|ready|maint|up", False),
     Command(("ready",), ("NAME",), (), "back into service", True),

@@ -140,6 +140,26 @@ def move_text(move: dict) -> str:
     return text + (f" In progress: {move['in_progress']}." if move["in_progress"] else " Done.")
 
 
+def deploy_text(deploy: dict | None, now: float) -> str:
+    """What the last `lb deploy` said of itself (lb/deploy/progress.py), in words."""
+    if deploy is None:
+        return "No deploy has reported to this lb since it started."
+    note, ago = deploy["note"], max(now - deploy["at"], 0.0)
+    text = f"Deploy to {note.get('to')} ({note.get('by')}): {note.get('phase')}"
+    batch = note.get("batch")
+    if isinstance(batch, dict):
+        text += (f", batch {batch.get('index')} of {batch.get('of')}{' (canary)' if batch.get('canary') else ''}: "
+                 f"{' '.join(map(str, batch.get('nodes', [])))}")
+    if isinstance(note.get("bake_until"), (int, float)) and note["bake_until"] > now:
+        text += f", bake ends in {note['bake_until'] - now:.0f} s"
+    gates = note.get("gates")
+    if isinstance(gates, dict) and gates:
+        text += "; gates: " + ", ".join(f"{name} {outcome}" for name, outcome in gates.items())
+    if note.get("result"):
+        text += f"; result: {note['result']}"
+    return text + f". Heard {ago:.0f} s ago."
+
+
 def render(snapshot: dict, script: str, style: str) -> str:
     """The whole page, tables filled in; `script` and `style` are the page's own (lb/data)."""
     lb_line = (f"lb {snapshot['lb']['version']}, pid {snapshot['lb']['pid']}, "
@@ -165,8 +185,9 @@ def render(snapshot: dict, script: str, style: str) -> str:
 </header>
 <main>
 <section aria-labelledby="move-title">
-<h2 id="move-title">Version move</h2>
+<h2 id="move-title">Version move and deploy</h2>
 <p id="move">{html.escape(move_text(snapshot['move']))}</p>
+<p id="deploy">{html.escape(deploy_text(snapshot.get('deploy'), snapshot['time']))}</p>
 </section>
 <section aria-labelledby="chart-title">
 <h2 id="chart-title">Requests per second by version, last ten minutes</h2>

@@ -92,7 +92,28 @@
     return text + (move.in_progress ? " In progress: " + move.in_progress + "." : " Done.");
   }
 
+  function deployText(deploy, now) {
+    if (deploy === null) { return "No deploy has reported to this lb since it started."; }
+    var note = deploy.note;
+    var text = "Deploy to " + note.to + " (" + note.by + "): " + note.phase;
+    var batch = note.batch;
+    if (batch && typeof batch === "object") {
+      text += ", batch " + batch.index + " of " + batch.of + (batch.canary ? " (canary)" : "") + ": " +
+        (batch.nodes || []).join(" ");
+    }
+    if (typeof note.bake_until === "number" && note.bake_until > now) {
+      text += ", bake ends in " + Math.round(note.bake_until - now) + " s";
+    }
+    var gates = note.gates && typeof note.gates === "object" ? Object.keys(note.gates) : [];
+    if (gates.length) {
+      text += "; gates: " + gates.map(function (name) { return name + " " + note.gates[name]; }).join(", ");
+    }
+    if (note.result) { text += "; result: " + note.result; }
+    return text + ". Heard " + Math.round(Math.max(now - deploy.at, 0)) + " s ago.";
+  }
+
   function draw(status) {
+    document.getElementById("deploy").textContent = deployText(status.deploy, status.time);
     fill("nodes", status.nodes, NODE_KEYS, "node");
     fill("versions", status.versions, VERSION_KEYS, "version");
     document.getElementById("move").textContent = moveText(status.move);

@@ -22,6 +22,7 @@ from .commands import run_command
 from .report import report
 from .configsync import check_editable
 from .cluster import ClusterFleet
+from .progress import Reporting
 from .fleet import Fleet, differences, merge_servers
 from .bakegates import BakeGates
 from .gates import FAIL, PASS
@@ -557,6 +558,7 @@ async def deploy_command(opts: Options | None, targets: list[str], state_path: s
 
 async def _deploy(admin: Fleet, opts, state_path, log_path, view, resume, dry_run, expect_to,
                   lb_timeout_s: float, write_config: str | None) -> int:
+    view = Reporting(view, admin, opts.to if opts is not None else expect_to)   # the lbs' status page hears it
     deployer = Deployer(opts, admin, view, state_path, log_path)
     deployer.write_config = write_config
     deployer.expect_to = expect_to or deployer.expect_to
@@ -590,6 +592,7 @@ async def _deploy(admin: Fleet, opts, state_path, log_path, view, resume, dry_ru
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     view.summary(await report(deployer, code))
+    await view.flush()
     view.close()
     deployer.log.close()
     return code

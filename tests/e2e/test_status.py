@@ -56,3 +56,23 @@ def test_the_page_is_off_with_status_disabled(spawn, tmp_path, path):
     lb = spawn(Lb, tmp_path, [spawn(Backend, "web1").config()], workers=1, status={"enabled": False})
     assert fetch(lb, path)[0] == 404
     assert fetch(lb, "/metrics")[0] == 200
+
+
+async def test_a_deploy_in_progress_shows_on_the_page_and_its_result_after(spawn, detached_backends, tmp_path):
+    from test_deploy import FAST, Deploy
+
+    backends = detached_backends(3)
+    lb = spawn(Lb, tmp_path, backends.configs(), workers=1, **FAST)
+    deploy = await Deploy(lb, "--to", "v2", "--update", backends.update_command(), "--canary", "1", "--batch", "2",
+                          "--bake", "1s", "--canary-bake", "3s", "--min-ready", "60%", "--min-requests", "0").start()
+    await deploy.wait_event(lambda e: e["event"] == "bake" and e.get("canary"))
+
+    def heard() -> dict:
+        shown = snapshot(lb)["deploy"]
+        return shown["note"] if shown else {}
+    wait_for(lambda: heard().get("phase") == "baking" and heard().get("bake_until"), 5, "the canary's bake on the page")
+    note = heard()
+    assert note["to"] == "v2" and note["batch"]["canary"] and note["batch"]["nodes"] == ["web1"]
+    assert "Deploy to v2" in fetch(lb, "/status")[2].decode()
+    assert await deploy.finish() == 0
+    wait_for(lambda: heard().get("result") == "done", 5, "the result on the page")
