@@ -19,9 +19,11 @@ from importlib import resources
 import lb
 
 from ..core import statusview
+from ..core.errors import LbError
 from ..core.stats import iso_utc
 
 SAMPLE_S = 1.0
+MEMBERS_EVERY = 2               # samples between two reads of the fleet's members (cluster mode)
 
 
 def page_file(name: str) -> str:
@@ -36,6 +38,10 @@ class StatusPage:
         self.history = statusview.History()
         self.script, self.style = page_file("status.js"), page_file("status.css")
         self._timer: asyncio.TimerHandle | None = None
+        self.members: list[dict] | None = None      # cluster mode: the fleet as etcd lists it
+        self.members_error: str | None = None
+        self._reading: asyncio.Task | None = None
+        self._samples = 0
 
     def start(self) -> None:
         self._sample()
@@ -44,6 +50,15 @@ class StatusPage:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def _read_members(self) -> None:
+        try:
+            found = await self.control.cluster.members()        # bounded (lb/control/cluster.py)
+            self.members, self.members_error = [statusview.member_row(m) for m in found["members"]], None
+        except LbError as exc:
+            self.members_error = exc.message
 
     def _sample(self) -> None:
         versions: dict[str, int] = {}
@@ -57,6 +72,10 @@ class StatusPage:
                 errors += counts[4]
             nodes[node.name] = (requests, errors)
         self.history.sample(time.monotonic(), versions, nodes)
+        self._samples += 1
+        if self.control.cluster is not None and self._samples % MEMBERS_EVERY == 1 and \
+                (self._reading is None or self._reading.done()):
+            self._reading = asyncio.get_running_loop().create_task(self._read_members())
         self._timer = asyncio.get_running_loop().call_later(SAMPLE_S, self._sample)
 
     def snapshot(self) -> dict:
@@ -89,7 +108,9 @@ class StatusPage:
                 "lb": {"version": lb.__version__, "pid": os.getpid(), "started_iso": iso_utc(started),
                        "workers": len(control.link.info()) if control.link is not None else 0,
                        "panic": pool.panic},
-                "nodes": nodes, "versions": versions, "move": move, "chart": self.history.chart()}
+                "nodes": nodes, "versions": versions, "move": move, "chart": self.history.chart(),
+                "fleet": {"members": self.members, "error": self.members_error}
+                if self.control.cluster is not None else None}
 
     def html(self) -> bytes:
         return statusview.render(self.snapshot(), self.script, self.style).encode()

@@ -105,6 +105,21 @@ VERSION_COLUMNS = (("version", "Version"), ("nodes", "Nodes"), ("ready", "Ready"
                    ("share", "Share of traffic"), ("pinned_requests", "Pinned requests"))
 
 
+MEMBER_COLUMNS = (("id", "Member"), ("version", "lb version"), ("applied_revision", "Applied revision"),
+                  ("lease_left_s", "Lease left s"), ("nodes_up", "Nodes up"), ("inflight", "In flight"))
+
+
+def member_row(member: dict) -> dict:
+    """One lb of the fleet (a `show cluster` row) as the page's table shows it."""
+    nodes = member.get("nodes") if isinstance(member.get("nodes"), list) else []
+    up = sum(1 for n in nodes if isinstance(n, dict) and n.get("health") == "up" and n.get("state") == "ready")
+    return {"id": ("* " if member.get("self") else "") + str(member.get("id")), "version": member.get("version"),
+            "applied_revision": member.get("applied_revision"), "lease_left_s": member.get("lease_left_s"),
+            "nodes_up": f"{up} of {len(nodes)}",
+            "inflight": sum(n.get("inflight", 0) for n in nodes if isinstance(n, dict)
+                            and isinstance(n.get("inflight"), int))}
+
+
 def cell(key: str, value) -> str:
     """One value as the page writes it (the script writes the same: lb/data/status.js)."""
     if value is None:
@@ -127,6 +142,18 @@ def _rows(items: list[dict], columns, kind: str) -> str:
             out.append(f"<{tag} data-key=\"{key}\"{css}>{text}</{tag.split()[0]}>")
         out.append("</tr>")
     return "".join(out)
+
+
+def _fleet(fleet: dict | None) -> str:
+    """Cluster mode's section: every member as etcd lists it (hidden without a cluster)."""
+    if fleet is None:
+        return '<section id="fleet-section" hidden><table id="fleet"><tbody></tbody></table><p id="fleet-error"></p>' \
+               '</section>'
+    error = html.escape(f"etcd: {fleet['error']}") if fleet["error"] else ""
+    return (f'<section id="fleet-section" aria-labelledby="fleet-title"><table id="fleet">'
+            f'<caption id="fleet-title">The fleet, as etcd lists it (* this lb)</caption>'
+            f'<thead>{_head(MEMBER_COLUMNS)}</thead><tbody>{_rows(fleet["members"] or [], MEMBER_COLUMNS, "member")}'
+            f'</tbody></table><p id="fleet-error">{error}</p></section>')
 
 
 def _head(columns) -> str:
@@ -203,6 +230,7 @@ def render(snapshot: dict, script: str, style: str) -> str:
 <tbody>{_rows(snapshot['versions'], VERSION_COLUMNS, 'version')}</tbody>
 </table>
 </section>
+{_fleet(snapshot.get('fleet'))}
 <section aria-labelledby="nodes-title">
 <table id="nodes">
 <caption id="nodes-title">Nodes</caption>

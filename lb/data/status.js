@@ -4,6 +4,7 @@
   "use strict";
   var NODE_KEYS = ["name", "version", "state", "health", "weight", "inflight", "rps", "p99_ms", "error_rate", "why_out"];
   var VERSION_KEYS = ["version", "nodes", "ready", "capacity", "share", "pinned_requests"];
+  var MEMBER_KEYS = ["id", "version", "applied_revision", "lease_left_s", "nodes_up", "inflight"];
   var COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"];
   var SVG = "http://www.w3.org/2000/svg";
   var WIDTH = 800, HEIGHT = 200, SPAN_S = 600;
@@ -119,6 +120,10 @@
     document.getElementById("move").textContent = moveText(status.move);
     document.getElementById("updated").textContent = "As of " + status.time_iso + ".";
     chart(status.chart);
+    if (status.fleet) {
+      fill("fleet", status.fleet.members || [], MEMBER_KEYS, "member");
+      document.getElementById("fleet-error").textContent = status.fleet.error ? "etcd: " + status.fleet.error : "";
+    }
   }
 
   function tick() {

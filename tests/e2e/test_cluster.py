@@ -206,6 +206,14 @@ def test_a_change_on_one_lbs_socket_applies_on_every_lb_before_the_reply(etcd, s
             f'lb_cluster_applied_revision{{cluster="test"}} {revision:.1f}'
     members = lbs[0].ctl("show cluster")["members"]
     assert {m["id"]: m["applied_revision"] for m in members} == {i: revision for i in ids}
+    # the status page lists every member of the fleet, this lb marked
+    from test_status import snapshot
+
+    def listed() -> list:
+        return (snapshot(lbs[0])["fleet"] or {}).get("members") or []
+    wait_for(lambda: len(listed()) == 3 and all(m["applied_revision"] == revision for m in listed()), WAIT_S,
+             "the status page's fleet")
+    assert [m["id"] for m in listed() if m["id"].startswith("* ")] == ["* " + own_id(lbs[0])]
 
     reply = lbs[2].ctl("set weight web2 7")                # another lb's socket, the next revision
     assert reply["ok"] and reply["cluster"]["revision"] > revision and reply["cluster"]["not_applied"] == []
