@@ -42,6 +42,13 @@ STOP_TIMEOUT_S = 10.0
 CRASH_HANDLER = "chrome_crashpad_handler"
 # Chromium asks every site for /favicon.ico, and logs a 404 as the page's error
 FAVICON_FAILED = re.compile(r"^\S+/favicon\.ico - Failed to load resource")
+# rows(css): a table or a section stands for its rows, a row for itself
+ROWS_OF = """
+const matched = Array.from(document.querySelectorAll(arguments[0]));
+if (matched.length === 0) return null;
+return matched.flatMap(element => element.rows ? Array.from(element.rows) : [element])
+    .map(row => Array.from(row.cells || row.children, cell => cell.innerText.trim()));
+"""
 # Selenium Manager reads its settings from SE_* variables: offline, it never downloads.
 os.environ["SE_OFFLINE"] = "true"
 # Selenium prefers a chromedriver named here to the path it is given: Debian's it is.
@@ -141,12 +148,10 @@ class Browser:
         return self.driver.find_element(By.CSS_SELECTOR, css).text
 
     def rows(self, css: str) -> list[list[str]]:
-        """The cells' rendered text, row by row, of the table (or thead/tbody) matching `css`:
-        header rows included. NoSuchElementException if nothing matches."""
-        found = self.driver.execute_script(
-            "const table = document.querySelector(arguments[0]);"
-            "return table && Array.from(table.rows, row => Array.from(row.cells, cell => cell.innerText.trim()));",
-            css)
+        """The cells' rendered text, row by row. `css` names a table (or its thead, tbody: all
+        their rows, header rows included) or the rows themselves ("#nodes tbody tr").
+        NoSuchElementException if nothing matches."""
+        found = self.driver.execute_script(ROWS_OF, css)
         if found is None:
             raise NoSuchElementException(f"no table matches {css!r}")
         return found

@@ -73,6 +73,7 @@ def test_a_page_is_loaded_and_its_text_and_table_rows_are_read(browser, site):
     assert browser.text("#title") == "Servers"
     assert browser.rows("#servers") == [["name", "state"], ["web1", "ready"], ["web2", "drain"]]
     assert browser.rows("#servers tbody") == [["web1", "ready"], ["web2", "drain"]]
+    assert browser.rows("#servers tbody tr") == [["web1", "ready"], ["web2", "drain"]]
 
 
 def test_reading_what_is_not_on_the_page_fails(browser, site):
