@@ -251,6 +251,15 @@ def spawn(request):
         proc.stop()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium (tests/e2e/browser.py) shared by the tests of a module (a start
+    takes about a second). Closed at the module's end: its processes gone, its profile removed."""
+    from browser import Browser         # Selenium is imported by the modules that use a browser only
+    with Browser() as shared:
+        yield shared
+
+
 @pytest.fixture(params=["httptools", "h11"])
 def http_impl(request) -> str:
     """Proxy tests run against both parser implementations."""
