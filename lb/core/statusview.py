@@ -190,7 +190,7 @@ def deploy_text(deploy: dict | None, now: float) -> str:
 def render(snapshot: dict, script: str, style: str) -> str:
     """The whole page, tables filled in; `script` and `style` are the page's own (lb/data)."""
     lb_line = (f"lb {snapshot['lb']['version']}, pid {snapshot['lb']['pid']}, "
-               f"{snapshot['lb']['workers']} workers, up since {snapshot['lb']['started_iso']}")
+               f"workers: {snapshot['lb']['workers']}, up since {snapshot['lb']['started_iso']}")
     if snapshot["lb"]["panic"]:
         lb_line += " — PANIC: every node fails its checks, routing to them all"
     # the snapshot rides along for the script's first draw; "</" never appears inside it
@@ -219,7 +219,7 @@ def render(snapshot: dict, script: str, style: str) -> str:
 <section aria-labelledby="chart-title">
 <h2 id="chart-title">Requests per second by version, last ten minutes</h2>
 <figure>
-<svg id="chart" role="img" aria-labelledby="chart-title" viewBox="0 0 800 200" preserveAspectRatio="none"></svg>
+<svg id="chart" role="img" aria-labelledby="chart-title" viewBox="0 0 800 200"></svg>
 <figcaption id="legend"></figcaption>
 </figure>
 </section>

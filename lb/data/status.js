@@ -7,7 +7,7 @@
   var MEMBER_KEYS = ["id", "version", "applied_revision", "lease_left_s", "nodes_up", "inflight"];
   var COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"];
   var SVG = "http://www.w3.org/2000/svg";
-  var WIDTH = 800, HEIGHT = 200, SPAN_S = 600;
+  var WIDTH = 800, HEIGHT = 200, MIN_SPAN_S = 60, MAX_SPAN_S = 600;
   var colourOf = {};
   var failures = 0;
 
@@ -49,18 +49,24 @@
     Object.keys(data.versions).forEach(function (v) {
       data.versions[v].forEach(function (rate) { top = Math.max(top, rate); });
     });
+    // the x axis spans the history there is, from a minute up to ten
+    var span = Math.min(Math.max(data.ago_s.length ? data.ago_s[0] : 0, MIN_SPAN_S), MAX_SPAN_S);
     var parts = document.createDocumentFragment();
-    var scale = document.createElementNS(SVG, "text");
-    scale.setAttribute("x", "4");
-    scale.setAttribute("y", "14");
-    scale.setAttribute("class", "scale");
-    scale.textContent = Math.round(top) + " req/s";
-    parts.appendChild(scale);
+    [["4", "14", "start", Math.round(top) + " req/s"], ["4", String(HEIGHT - 4), "start", "\u2212" + Math.round(span) + " s"],
+     [String(WIDTH - 4), String(HEIGHT - 4), "end", "now"]].forEach(function (label) {
+      var text = document.createElementNS(SVG, "text");
+      text.setAttribute("x", label[0]);
+      text.setAttribute("y", label[1]);
+      text.setAttribute("text-anchor", label[2]);
+      text.setAttribute("class", "scale");
+      text.textContent = label[3];
+      parts.appendChild(text);
+    });
     var items = document.createDocumentFragment();
     Object.keys(data.versions).sort().forEach(function (version) {
       var rates = data.versions[version];
       var points = rates.map(function (rate, i) {
-        var x = WIDTH - (data.ago_s[i] / SPAN_S) * WIDTH;
+        var x = WIDTH - (data.ago_s[i] / span) * WIDTH;
         var y = HEIGHT - (rate / top) * (HEIGHT - 20);
         return x.toFixed(1) + "," + y.toFixed(1);
       });
