@@ -186,8 +186,14 @@ CONFIG_NOTES = {
                "next `lb ctl upgrade` or restart. [Deploying: cluster mode](deploying.md).",
     "status": "The status page on `metrics.listen`: `GET /status`, a page with every node, every version, "
               "the version move and a chart of requests per second per version over ten minutes, redrawn "
-              "each second from `GET /status.json`. Read-only.",
+              "each second from `GET /status.json`. Read-only unless `actions`.",
     "status.enabled": "`false`: no `/status` (404); `/metrics` stays.",
+    "status.token_file": "A file holding a token (16 characters or more): every `/status` path then asks for "
+                         "HTTP Basic auth with it as the password (any user name). `/metrics` stays open.",
+    "status.actions": "`true`: the page has a form that drains, readies, holds in maint or weighs a node, run as "
+                      "the admin command (audited as `status page PEER`; in cluster mode on the fleet). Needs "
+                      "`token_file`; each form carries a random per-process CSRF value and a request from "
+                      "another Origin is refused.",
     "cluster.store": "The store: `etcd` (3.4 or later, through its v3 JSON gateway).",
     "cluster.endpoints": "etcd's client addresses; lb goes to the next one when one does not answer.",
     "cluster.name": "The fleet's name: every key lb writes is under `/lb/NAME/`.",

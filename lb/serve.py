@@ -222,7 +222,7 @@ class Master:
         control.attach(workers)
         if inherited is not None:
             workers.adopt(Predecessor(inherited, workers))
-        metrics = self.metrics = MetricsServer(control, self.metrics_sock) if self.metrics_sock else None
+        metrics = self.metrics = MetricsServer(control, self.metrics_sock, admin) if self.metrics_sock else None
         control.place_nodes()             # nodes in service before the first client can connect
         # Signals are ours before anything shows lb is up (a SIGHUP's default action is to exit).
         for signum, action in SIGNALS.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -15,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from ..core.values import format_hostport
 from ..core.nodes import ADMIN_STATES, Health
 from ..core.stats import CLASSES, HISTOGRAM_BOUNDS_S
-from .status import StatusPage
+from .status import MAX_FORM_BYTES, StatusPage
 
 DRAIN_BOUNDS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -151,16 +152,39 @@ def skew_metrics(assets):
     yield from (routed, gone, missing, entries, stored, full)
 
 
+# the status page's paths -> (its file in lb/data, or None for the page itself; content type)
+PAGE_FILES = {"/status": (None, "text/html; charset=utf-8"), "/status.js": ("status.js", "text/javascript"),
+              "/status.css": ("status.css", "text/css")}
+# the page runs only its own files, in no frame of another site
+PAGE_HEADERS = ("Content-Security-Policy: default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                "form-action 'self'\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n")
+
+
+def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """(method, path without its query, headers by lower-case name) of a request head."""
+    lines = head.decode("latin-1").split("\r\n")
+    request = lines[0].split()
+    headers = {}
+    for text in lines[1:]:
+        name, colon, value = text.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    if len(request) < 2:
+        return "", "", headers
+    return request[0], request[1].split("?", 1)[0], headers
+
+
 class MetricsServer:
     """GET /metrics on metrics.listen (never the public port), and with `status.enabled` GET
     /status and /status.json (lb/control/status.py); anything else is 404."""
 
-    def __init__(self, control, sock):
+    def __init__(self, control, sock, admin=None):
+        """`admin`: the admin socket's handlers, for the status page's actions (status.actions)."""
         self.control = control
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LbCollector(control))
         self.sock = sock                  # bound by the master (handed to a new one at an upgrade)
-        self.status = StatusPage(control) if control.config.status.enabled else None
+        self.status = StatusPage(control, admin) if control.config.status.enabled else None
         self._server = None
 
     async def start(self) -> None:
@@ -168,35 +192,58 @@ class MetricsServer:
         if self.status is not None:
             self.status.start()
 
-    def _answer(self, path: bytes) -> tuple[bytes, bytes, str]:
-        """(body, status line, content type) for a GET of `path` (its query left out)."""
-        if path == b"/metrics":
-            return generate_latest(self.registry), b"200 OK", CONTENT_TYPE_LATEST
-        if self.status is not None and path == b"/status":
-            return self.status.html(), b"200 OK", "text/html; charset=utf-8"
-        if self.status is not None and path == b"/status.json":
-            return json.dumps(self.status.snapshot()).encode(), b"200 OK", "application/json"
-        offer = "/metrics or /status" if self.status is not None else "/metrics"
-        return f"not found: try {offer}\n".encode(), b"404 Not Found", "text/plain"
+    def _answer(self, path: str) -> tuple[bytes, int, str]:
+        """(body, status, content type) for a GET of `path` (its query left out)."""
+        status = self.status
+        if path == "/metrics":
+            return generate_latest(self.registry), 200, CONTENT_TYPE_LATEST
+        if status is not None and path in PAGE_FILES:
+            name, ctype = PAGE_FILES[path]
+            return (status.html() if name is None else status.files[name]), 200, ctype
+        if status is not None and path == "/status.json":
+            return json.dumps(status.snapshot()).encode(), 200, "application/json"
+        offer = "/metrics or /status" if status is not None else "/metrics"
+        return f"not found: try {offer}\n".encode(), 404, "text/plain"
 
     async def _serve(self, reader, writer) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            line = head.split(b"\r\n", 1)[0].split()
-            if len(line) >= 2 and line[0] == b"GET":
+            method, path, headers = parse_head(head)
+            extra = ""
+            if path.startswith("/status") and self.status is not None and not self.status.authorized(headers):
+                body, code, ctype = b"authentication required\n", 401, "text/plain"
+                extra = 'WWW-Authenticate: Basic realm="lb status", charset="UTF-8"\r\n'
+            elif method == "GET":
                 await self.control.synced()
-                body, status, ctype = self._answer(line[1].split(b"?")[0])
+                body, code, ctype = self._answer(path)
+            elif method == "POST" and path == "/status/action" and self.status is not None:
+                body, code, ctype, extra = await self._act(reader, writer, headers)
             else:
-                body, status, ctype = b"not found: try GET /metrics\n", b"404 Not Found", "text/plain"
-            writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
-                         b"X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n%s"
-                         % (status, ctype.encode(), len(body), body))
+                body, code, ctype = b"not found: try GET /metrics\n", 404, "text/plain"
+            if ctype.startswith("text/html"):
+                extra += PAGE_HEADERS
+            writer.write(f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: {ctype}\r\n"
+                         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff"
+                         f"\r\n{extra}Connection: close\r\n\r\n".encode("latin-1") + body)
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
                 ConnectionError):
             pass
         finally:
             writer.close()
+
+    async def _act(self, reader, writer, headers: dict[str, str]) -> tuple[bytes, int, str, str]:
+        """A POST /status/action: its form read (bounded) and run; JSON for the page's script, a
+        303 back to the page for a browser without it."""
+        length = headers.get("content-length", "")
+        if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+            return f"expected a form of at most {MAX_FORM_BYTES} bytes\n".encode(), 413, "text/plain", ""
+        form = await asyncio.wait_for(reader.readexactly(int(length)), 10)
+        peer = writer.get_extra_info("peername")
+        code, reply = await self.status.act(headers, form, format_hostport(*peer[:2]) if peer else "?")
+        if "application/json" in headers.get("accept", "") or code != 200:
+            return json.dumps(reply).encode(), code, "application/json", ""
+        return b"", 303, "text/plain", "Location: /status\r\n"
 
     async def close(self) -> None:
         if self.status is not None:

@@ -7,22 +7,39 @@ sampled once a second into its `History`, and a snapshot is made when asked: eve
 (nodes, ready capacity, its share of the last seconds' requests, pinned requests), the
 version move (target, nodes on it, why it is still in progress) and the chart's ten minutes.
 With workers it is the merged view (the master's counters are every worker's reports).
+
+Access: with `status.token_file` every path asks for HTTP Basic auth, the password being the
+file's content (any user name; compared in constant time). With `status.actions` too, the page
+has a form that drains, readies, holds in maint or weighs a node: `POST /status/action`, a
+form whose `csrf` field must be this process's random value (written only into an
+authenticated page), whose Origin, when the browser sends one, must be this listener's own,
+with a bounded body; the command then goes through the admin socket's own path (`Admin.execute`:
+the same checks, audit log and, in cluster mode, the fleet).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
+import json
 import os
+import secrets
 import time
+from urllib.parse import parse_qs
 from importlib import resources
 
 import lb
 
 from ..core import statusview
-from ..core.errors import LbError
+from ..core.errors import ConfigError, LbError
 from ..core.stats import iso_utc
 
 SAMPLE_S = 1.0
+MAX_FORM_BYTES = 4096
+ACTIONS = {"drain": "drain {name}", "ready": "ready {name}", "maint": "maint {name}",
+           "weight": "set weight {name} {weight}"}
 MEMBERS_EVERY = 2               # samples between two reads of the fleet's members (cluster mode)
 
 
@@ -33,10 +50,14 @@ def page_file(name: str) -> str:
 class StatusPage:
     """The page's history and snapshots, over the control plane."""
 
-    def __init__(self, control):
+    def __init__(self, control, admin=None):
         self.control = control
+        config = control.config.status
+        self.token = read_token(control.config) if config.token_file is not None else None
+        self.admin = admin if config.actions else None     # the page's actions run as admin commands
+        self.csrf = secrets.token_urlsafe(24)               # this process's: a page from before a restart is refused
         self.history = statusview.History()
-        self.script, self.style = page_file("status.js"), page_file("status.css")
+        self.files = {name: page_file(name).encode() for name in ("status.js", "status.css")}
         self._timer: asyncio.TimerHandle | None = None
         self.members: list[dict] | None = None      # cluster mode: the fleet as etcd lists it
         self.members_error: str | None = None
@@ -113,4 +134,58 @@ class StatusPage:
                 if self.control.cluster is not None else None}
 
     def html(self) -> bytes:
-        return statusview.render(self.snapshot(), self.script, self.style).encode()
+        csrf = self.csrf if self.admin is not None else None
+        return statusview.render(self.snapshot(), csrf).encode()
+
+    # -- access and actions ---------------------------------------------------------------------
+    def authorized(self, headers: dict[str, str]) -> bool:
+        """With a token, HTTP Basic auth whose password is the token (any user name)."""
+        if self.token is None:
+            return True
+        scheme, _, encoded = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            _, _, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(password.encode(), self.token.encode())
+
+    async def act(self, headers: dict[str, str], body: bytes, peer: str) -> tuple[int, dict]:
+        """A POST /status/action: (HTTP status, the reply). The admin command's own reply on 200."""
+        if self.admin is None:
+            return 404, {"ok": False, "error": "the status page's actions are off (status.actions)"}
+        origin = headers.get("origin")
+        if origin is not None and origin != f"http://{headers.get('host', '')}":
+            return 403, {"ok": False, "error": f"a form from another origin ({origin}) is refused"}
+        if headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+            return 415, {"ok": False, "error": "expected a form (application/x-www-form-urlencoded)"}
+        form = {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
+        if not hmac.compare_digest(form.get("csrf", "").encode(), self.csrf.encode()):
+            return 403, {"ok": False, "error": "the form's csrf value is missing or stale: reload the page"}
+        template, name = ACTIONS.get(form.get("action", "")), form.get("name", "")
+        weight = form.get("weight", "")
+        if template is None or not name or any(c.isspace() for c in name + weight):
+            return 400, {"ok": False, "error": f"expected action one of {', '.join(ACTIONS)}, a node name and, "
+                                               f"for weight, a weight"}
+        reply = await self.admin.execute(template.format(name=name, weight=weight), f"status page {peer}")
+        return (200 if reply.get("ok") else 409), reply
+
+
+def read_token(config) -> str:
+    """status.token_file's content, stripped. Raises ConfigError."""
+    path = config.resolve(config.status.token_file)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config.source}: status.token_file: cannot read {path}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    if len(token) < 16:
+        raise ConfigError(f"{config.source}: status.token_file: {path} holds {len(token)} characters; expected a "
+                          f"token of 16 or more (e.g. `openssl rand -hex 24`)")
+    return token
+
+
+def json_body(reply: dict) -> bytes:
+    return json.dumps(reply).encode()

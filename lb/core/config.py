@@ -489,7 +489,15 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class StatusConfig:
-    enabled: bool = _field(True, _bool)       # GET /status and /status.json on metrics.listen (lb/control/status.py)
+    """GET /status and /status.json on metrics.listen (lb/control/status.py)."""
+    enabled: bool = _field(True, _bool)
+    token_file: str | None = _optional(_text)    # HTTP Basic auth: the password is this file's content
+    actions: bool = _field(False, _bool)         # drain/ready/maint/weight from the page: needs token_file
+
+    def check(self, path: str, source: str) -> None:
+        if self.actions and self.token_file is None:
+            raise ConfigError(f"{source}: {path}.actions: true needs {path}.token_file (the page's actions are "
+                              f"never open to whoever reaches the listener)")
 
 
 @dataclass(frozen=True)
@@ -565,7 +573,11 @@ def build(cls: type, raw: Any, path: str, source: str) -> Any:
                if f.default is None and not f.metadata.get("optional") and name not in values]
     if missing:
         raise ConfigError(f"{source}: {path}.{missing[0]}: required key is missing")
-    return cls(**values)
+    made = cls(**values)
+    check = getattr(made, "check", None)            # a section's rules across its keys
+    if check is not None:
+        check(path, source)
+    return made
 
 
 def parse_config(text: str, source: str = "<string>", runtime_dir: str | None = None) -> Config:

@@ -187,8 +187,29 @@ def deploy_text(deploy: dict | None, now: float) -> str:
     return text + f". Heard {ago:.0f} s ago."
 
 
-def render(snapshot: dict, script: str, style: str) -> str:
-    """The whole page, tables filled in; `script` and `style` are the page's own (lb/data)."""
+def _actions(csrf: str | None, nodes: list[dict]) -> str:
+    """status.actions: one labelled form (not redrawn each second, so a choice is not lost)."""
+    if csrf is None:
+        return ""
+    options = "".join(f'<option>{html.escape(node["name"])}</option>' for node in nodes)
+    return f"""<section aria-labelledby="actions-title">
+<h2 id="actions-title">Change a node</h2>
+<form id="actions" method="post" action="status/action">
+<input type="hidden" name="csrf" value="{html.escape(csrf)}">
+<label for="action-name">Node</label> <select id="action-name" name="name">{options}</select>
+<label for="action-kind">Action</label> <select id="action-kind" name="action"><option value="drain">drain</option>
+<option value="ready">ready</option><option value="maint">maint</option><option value="weight">set weight</option></select>
+<label for="action-weight">Weight (for set weight)</label>
+<input id="action-weight" name="weight" type="number" min="0" max="1000" value="100">
+<button type="submit">Apply</button>
+<output id="action-result" aria-live="polite"></output>
+</form>
+</section>"""
+
+
+def render(snapshot: dict, csrf: str | None = None) -> str:
+    """The whole page, tables filled in; its script and style are its own files (lb/data,
+    served beside it); `csrf`: the actions form's value, when actions are on."""
     lb_line = (f"lb {snapshot['lb']['version']}, pid {snapshot['lb']['pid']}, "
                f"workers: {snapshot['lb']['workers']}, up since {snapshot['lb']['started_iso']}")
     if snapshot["lb"]["panic"]:
@@ -202,7 +223,7 @@ def render(snapshot: dict, script: str, style: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>lb status</title>
 <link rel="icon" href="data:,">
-<style>{style}</style>
+<link rel="stylesheet" href="status.css">
 </head>
 <body>
 <header>
@@ -223,6 +244,7 @@ def render(snapshot: dict, script: str, style: str) -> str:
 <figcaption id="legend"></figcaption>
 </figure>
 </section>
+{_actions(csrf, snapshot['nodes'])}
 <section aria-labelledby="versions-title">
 <table id="versions">
 <caption id="versions-title">Versions, oldest first</caption>
@@ -240,7 +262,7 @@ def render(snapshot: dict, script: str, style: str) -> str:
 </section>
 </main>
 <script id="first" type="application/json">{data}</script>
-<script>{script}</script>
+<script src="status.js"></script>
 </body>
 </html>
 """

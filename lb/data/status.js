@@ -149,6 +149,20 @@
     });
   }
 
+  // status.actions: the form is sent by the script, its answer shown beside it
+  var form = document.getElementById("actions");
+  if (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var result = document.getElementById("action-result");
+      fetch("status/action", {method: "POST", headers: {"Accept": "application/json"},
+                              body: new URLSearchParams(new FormData(form))})
+        .then(function (answer) { return answer.json(); })
+        .then(function (reply) { result.textContent = reply.ok ? "Done." : "Refused: " + reply.error; })
+        .catch(function (error) { result.textContent = "No answer from lb: " + error; });
+    });
+  }
+
   draw(JSON.parse(document.getElementById("first").textContent));
   setTimeout(tick, 1000);
 }());

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 
-from conftest import Backend, Lb, get, wait_for
+from conftest import Backend, Lb, free_port, get, wait_for
 
 
 def fetch(lb: Lb, path: str) -> tuple[int, str, bytes]:
@@ -35,7 +36,8 @@ def test_the_page_is_served_with_its_tables_filled_in_and_the_json_follows_the_p
     page = body.decode()
     assert status == 200 and ctype == "text/html; charset=utf-8"
     assert page.count('<tr class="node"') == 3 and '<th scope="row" data-key="name">web2</th>' in page
-    assert '<th scope="col">Out because</th>' in page and "<caption" in page and "<script>" in page
+    assert '<th scope="col">Out because</th>' in page and "<caption" in page
+    assert fetch(lb, "/status.js")[:2] == (200, "text/javascript") and fetch(lb, "/status.css")[0] == 200
     for _ in range(30):
         assert get(lb.port, "/").status == 200
     assert lb.ctl("drain web2")["ok"]
@@ -76,3 +78,112 @@ async def test_a_deploy_in_progress_shows_on_the_page_and_its_result_after(spawn
     assert "Deploy to v2" in fetch(lb, "/status")[2].decode()
     assert await deploy.finish() == 0
     wait_for(lambda: heard().get("result") == "done", 5, "the result on the page")
+
+
+# -- status.token_file and status.actions --------------------------------------------------------
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def guarded_lb(spawn, tmp_path, actions: bool = True) -> Lb:
+    token_file = tmp_path / "status.token"
+    token_file.write_text(TOKEN + "\n")
+    webs = [spawn(Backend, "web1"), spawn(Backend, "web2")]
+    return spawn(Lb, tmp_path, [web.config() for web in webs], workers=1,
+                 status={"token_file": str(token_file), "actions": actions})
+
+
+def call(lb: Lb, method: str, path: str, body: bytes | None = None, password: str | None = TOKEN,
+         **headers: str) -> tuple[int, dict[str, str], bytes]:
+    import base64
+    port = lb.config["metrics"]["listen"].rsplit(":", 1)[1]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    if password is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"ops:{password}".encode()).decode())
+    for name, value in headers.items():
+        request.add_header(name.replace("_", "-"), value)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=5) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def csrf_of(lb: Lb) -> str:
+    page = call(lb, "GET", "/status")[2].decode()
+    return page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def form(**fields: str) -> bytes:
+    return urllib.parse.urlencode(fields).encode()
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_with_a_token_every_status_path_asks_for_it_and_metrics_stays_open(spawn, tmp_path):
+    lb = guarded_lb(spawn, tmp_path, actions=False)
+    for path in ("/status", "/status.json", "/status.js"):
+        code, headers, _ = call(lb, "GET", path, password=None)
+        assert code == 401 and headers["WWW-Authenticate"].startswith('Basic realm="lb status"')
+        assert call(lb, "GET", path, password="wrong" * 8)[0] == 401
+        assert call(lb, "GET", path)[0] == 200
+    assert call(lb, "GET", "/metrics", password=None)[0] == 200
+    code, headers, page = call(lb, "GET", "/status")
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"] and b"<form" not in page
+    assert call(lb, "POST", "/status/action", form(action="drain", name="web1"), **FORM)[0] == 404
+
+
+def test_an_action_needs_the_pages_csrf_value_and_its_own_origin(spawn, tmp_path):
+    lb = guarded_lb(spawn, tmp_path)
+    csrf = csrf_of(lb)
+    port = lb.config["metrics"]["listen"].rsplit(":", 1)[1]
+    refused = [
+        call(lb, "POST", "/status/action", form(action="drain", name="web1"), **FORM),                  # no csrf
+        call(lb, "POST", "/status/action", form(action="drain", name="web1", csrf="x" * 32), **FORM),
+        call(lb, "POST", "/status/action", form(action="drain", name="web1", csrf=csrf), password=None, **FORM),
+        call(lb, "POST", "/status/action", form(action="drain", name="web1", csrf=csrf), Origin="http://evil.test",
+             **FORM),
+        call(lb, "POST", "/status/action", form(action="drain", name="web1", csrf=csrf),
+             Content_Type="text/plain"),
+        call(lb, "POST", "/status/action", form(action="shutdown", name="web1", csrf=csrf), **FORM),
+        call(lb, "POST", "/status/action", form(action="drain", name="web1 web2", csrf=csrf), **FORM),
+        call(lb, "POST", "/status/action", b"x" * 5000, **FORM),
+    ]
+    assert [code for code, _, _ in refused] == [403, 403, 401, 403, 415, 400, 400, 413], refused
+    assert lb.server("web1")["state"] == "ready"
+    code, headers, _ = call(lb, "POST", "/status/action", form(action="drain", name="web1", csrf=csrf),
+                            Origin=f"http://127.0.0.1:{port}", **FORM)
+    assert code == 303 and headers["Location"] == "/status"
+    assert lb.server("web1")["state"] in ("draining", "drained")
+    code, _, body = call(lb, "POST", "/status/action", form(action="weight", name="web2", weight="7", csrf=csrf),
+                         Accept="application/json", **FORM)
+    assert code == 200 and json.loads(body)["server"]["weight"] == 7
+    code, _, body = call(lb, "POST", "/status/action", form(action="ready", name="nosuch", csrf=csrf),
+                         Accept="application/json", **FORM)
+    assert code == 409 and "unknown server 'nosuch'" in json.loads(body)["error"]
+    audit = lb.stderr_path.read_text()
+    assert "status page 127.0.0.1" in audit and "set weight web2 7" in audit
+
+
+@pytest.mark.parametrize("status, said", [
+    ({"actions": True}, "status.actions: true needs status.token_file"),
+    ({"token_file": "/nonexistent/token"}, "status.token_file: cannot read /nonexistent/token"),
+])
+def test_a_bad_status_section_is_refused_at_start(tmp_path, status, said):
+    import subprocess
+    import sys
+
+    import yaml
+    path = tmp_path / "lb.yaml"
+    path.write_text(yaml.safe_dump({"backends": [{"name": "web1", "address": "127.0.0.1:9"}],
+                                    "admin": {"socket": str(tmp_path / "lb.sock")}, "status": status,
+                                    "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+                                    "listen": f"127.0.0.1:{free_port()}", "state_file": str(tmp_path / "lb.state")}))
+    result = subprocess.run([sys.executable, "-m", "lb.cli", "serve", "-c", str(path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2 and said in result.stderr, result.stderr

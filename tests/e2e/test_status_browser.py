@@ -84,3 +84,23 @@ def test_the_page_says_when_lb_stops_answering_and_comes_back(spawn, tmp_path, b
     assert "stale" in browser.driver.execute_script("return document.body.className")
     lb._start()                                          # the same config, ports and socket
     browser.wait_until(lambda: browser.text("#updated").startswith("As of"), 15, "the page to follow lb back")
+
+
+def test_behind_its_token_the_page_drains_a_node_from_its_form(spawn, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from test_status import TOKEN, guarded_lb
+
+    lb = guarded_lb(spawn, tmp_path)
+    address = lb.config["metrics"]["listen"]
+    browser.open(f"http://ops:{TOKEN}@{address}/status")      # the browser keeps the credentials for the origin
+    browser.open(f"http://{address}/status")                  # a page whose own requests carry none in the URL
+    browser.wait_until(lambda: browser.text("#updated").startswith("As of"), 5, "the page, authenticated")
+    Select(browser.driver.find_element(By.ID, "action-name")).select_by_visible_text("web2")
+    Select(browser.driver.find_element(By.ID, "action-kind")).select_by_value("drain")
+    browser.driver.find_element(By.CSS_SELECTOR, "#actions button[type=submit]").click()
+    browser.wait_until(lambda: browser.text("#action-result") == "Done.", 5, "the form's answer")
+    browser.wait_until(lambda: states(browser)["web2"] in ("draining", "drained"), 3, "web2 drained on the page")
+    assert lb.server("web2")["state"] in ("draining", "drained")
+    assert browser.console_errors() == []

@@ -75,7 +75,7 @@ def snapshot(**changes) -> dict:
 
 
 def test_the_first_paint_has_the_tables_headers_and_the_reason_in_words():
-    page = render(snapshot(), "/*script*/", "/*style*/")
+    page = render(snapshot())
     assert '<th scope="col">Out because</th>' in page and '<caption id="nodes-title">Nodes</caption>' in page
     assert '<td data-key="state" class="drained">drained</td>' in page
     assert '<td data-key="why_out">drained by an operator</td>' in page
@@ -84,7 +84,7 @@ def test_the_first_paint_has_the_tables_headers_and_the_reason_in_words():
 
 def test_the_page_escapes_what_it_shows_and_the_data_it_carries():
     page = render(snapshot(lb={"version": "<b>x</b>", "pid": 7, "started_iso": "</script><script>alert(1)",
-                               "workers": 1, "panic": True}), "", "")
+                               "workers": 1, "panic": True}))
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page and "PANIC" in page
     data = page[page.index('<script id="first" type="application/json">') + 43:]
     data = data[:data.index("</script>")]
@@ -99,3 +99,12 @@ def test_the_page_escapes_what_it_shows_and_the_data_it_carries():
 ])
 def test_the_version_move_in_words(move, text):
     assert move_text(move) == text
+
+
+def test_the_page_loads_its_own_files_and_offers_actions_only_with_a_csrf_value():
+    page = render(snapshot())
+    assert '<script src="status.js"></script>' in page and '<link rel="stylesheet" href="status.css">' in page
+    assert "<form" not in page and "csrf" not in page
+    page = render(snapshot(), csrf="s3cr3t<>")
+    assert '<input type="hidden" name="csrf" value="s3cr3t&lt;&gt;">' in page
+    assert '<label for="action-name">Node</label>' in page and "<option>web1</option>" in page
