@@ -30,6 +30,7 @@ from ..core.nodes import DRAINED, MAINT, READY, UP
 from ..core.stats import WINDOW_S, bucket_quantiles, iso_utc, ms
 from ..core.values import format_hostport
 from .. import tls
+from ..core import statusview
 from ..core.reload import running_config
 from ..files import load_config
 from .cluster import cluster_off
@@ -255,11 +256,10 @@ class Admin:
         """A deploy's progress (lb/deploy/progress.py), kept for the status page: nothing else
         reads it, and the next one replaces it."""
         try:
-            note = json.loads(text)
-        except (ValueError, RecursionError):
-            note = None
-        if not isinstance(note, dict):
-            raise CommandError("'note deploy' expects a JSON object on one line (spaces written as \\u0020)")
+            note = statusview.clean_note(json.loads(text))
+        except (ValueError, RecursionError) as exc:
+            raise CommandError(f"'note deploy' expects a deploy's JSON object on one line (spaces written as "
+                               f"\\u0020): {exc}") from None
         self.control.deploy_note = (time.time(), note)
         return {}
 

@@ -19,6 +19,7 @@ from ..core.stats import CLASSES, HISTOGRAM_BOUNDS_S
 from .status import MAX_FORM_BYTES, StatusPage
 
 DRAIN_BOUNDS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+MAX_CLIENTS = 64          # connections at once on the metrics listener; more get a 503 and are closed
 
 
 class LbCollector:
@@ -186,6 +187,7 @@ class MetricsServer:
         self.sock = sock                  # bound by the master (handed to a new one at an upgrade)
         self.status = StatusPage(control, admin) if control.config.status.enabled else None
         self._server = None
+        self._open = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, sock=self.sock, limit=8192)
@@ -206,6 +208,11 @@ class MetricsServer:
         return f"not found: try {offer}\n".encode(), 404, "text/plain"
 
     async def _serve(self, reader, writer) -> None:
+        if self._open >= MAX_CLIENTS:            # scrapers and pages are few: a flood gets no memory
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            writer.close()
+            return
+        self._open += 1
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             method, path, headers = parse_head(head)
@@ -225,18 +232,19 @@ class MetricsServer:
             writer.write(f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: {ctype}\r\n"
                          f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff"
                          f"\r\n{extra}Connection: close\r\n\r\n".encode("latin-1") + body)
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), 10)        # a reader that stops reading is let go
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
                 ConnectionError):
             pass
         finally:
+            self._open -= 1
             writer.close()
 
     async def _act(self, reader, writer, headers: dict[str, str]) -> tuple[bytes, int, str, str]:
         """A POST /status/action: its form read (bounded) and run; JSON for the page's script, a
         303 back to the page for a browser without it."""
         length = headers.get("content-length", "")
-        if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_FORM_BYTES:
             return f"expected a form of at most {MAX_FORM_BYTES} bytes\n".encode(), 413, "text/plain", ""
         form = await asyncio.wait_for(reader.readexactly(int(length)), 10)
         peer = writer.get_extra_info("peername")

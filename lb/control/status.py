@@ -41,6 +41,9 @@ MAX_FORM_BYTES = 4096
 ACTIONS = {"drain": "drain {name}", "ready": "ready {name}", "maint": "maint {name}",
            "weight": "set weight {name} {weight}"}
 MEMBERS_EVERY = 2               # samples between two reads of the fleet's members (cluster mode)
+VIEWED_S = 10.0                 # the members are read only while someone looked at the page this recently
+SNAPSHOT_S = 0.5                # a snapshot is made at most this often, however many pages ask (a change
+                                # of the routing view or of the deploy's note makes a new one at once)
 
 
 def page_file(name: str) -> str:
@@ -63,6 +66,8 @@ class StatusPage:
         self.members_error: str | None = None
         self._reading: asyncio.Task | None = None
         self._samples = 0
+        self.viewed_at = float("-inf")
+        self._snapshot: tuple[float, tuple, dict] | None = None     # (made at, under, snapshot): every viewer's
 
     def start(self) -> None:
         self._sample()
@@ -82,6 +87,12 @@ class StatusPage:
             self.members_error = exc.message
 
     def _sample(self) -> None:
+        try:
+            self._count()
+        finally:
+            self._timer = asyncio.get_running_loop().call_later(SAMPLE_S, self._sample)
+
+    def _count(self) -> None:
         versions: dict[str, int] = {}
         nodes = {}
         for node in self.control.pool.backends.values():
@@ -92,14 +103,28 @@ class StatusPage:
                 requests += served
                 errors += counts[4]
             nodes[node.name] = (requests, errors)
-        self.history.sample(time.monotonic(), versions, nodes)
+        now = time.monotonic()
+        self.history.sample(now, versions, nodes)
         self._samples += 1
         if self.control.cluster is not None and self._samples % MEMBERS_EVERY == 1 and \
-                (self._reading is None or self._reading.done()):
+                now - self.viewed_at < VIEWED_S and (self._reading is None or self._reading.done()):
             self._reading = asyncio.get_running_loop().create_task(self._read_members())
-        self._timer = asyncio.get_running_loop().call_later(SAMPLE_S, self._sample)
 
     def snapshot(self) -> dict:
+        """What the page shows now; made at most every SNAPSHOT_S unless the routing view (a drain,
+        a weight, a health change...) or the deploy's note changed since."""
+        now = time.monotonic()
+        if self.control.cluster is not None and now - self.viewed_at >= VIEWED_S:
+            self.members = None                  # not read while nobody looked: none shown, not stale ones
+            if self._reading is None or self._reading.done():
+                self._reading = asyncio.get_running_loop().create_task(self._read_members())
+        self.viewed_at = now
+        under = (self.control.generation, self.control.deploy_note)
+        if self._snapshot is None or now - self._snapshot[0] >= SNAPSHOT_S or self._snapshot[1] != under:
+            self._snapshot = (now, under, self._make())
+        return self._snapshot[2]
+
+    def _make(self) -> dict:
         control, pool, now = self.control, self.control.pool, time.monotonic()
         nodes = []
         for backend in pool.backends.values():
@@ -108,15 +133,14 @@ class StatusPage:
             row.update(rps=rps, error_rate=error_rate, p99_ms=backend.stats.summary(now)["p99_ms"])
             row["why_out"] = statusview.why_out(row)
             nodes.append(row)
-        rates = {version: ring[-1] for version, ring in self.history.rates.items() if ring}
-        total_rate = sum(rates.values())
+        shares = self.history.shares()
         versions = []
         for row in pool.version_rows():
             version = row["version"]
             ready = sum(1 for n in pool.backends.values() if n.version == version and n.takes_traffic)
             versions.append({"version": version, "nodes": row["nodes"], "ready": ready,
                              "capacity": row["ready_capacity"],
-                             "share": round(rates.get(version, 0.0) / total_rate, 4) if total_rate else None,
+                             "share": shares.get(version, 0.0) if shares else None,
                              "pinned_requests": control.pins["pinned_requests"][version]
                              if control.pinning_on else None})
         target = pool.target

@@ -4,10 +4,11 @@ Runtime admin states are kept. A backend new in the file joins in maint; one
 gone from the file drains and is dropped once drained; a changed address
 applies to new connections. A weight or version applies only when the file
 changed it, so a reload never undoes a runtime `set` the file did not touch.
-Settings that live in sockets, files or processes (listen, http, admin, metrics,
-access_log, state_file, workers, user, group) take effect at the next upgrade or restart; the reply
-says so. A TLS listener's certificates are the exception: their files are named by the
-new config and re-read at every reload (lb/tls.py swaps them in).
+Settings that live in sockets, files or processes (listen, http, admin, metrics, status
+(the page on the metrics listener, its token read at start), access_log, state_file, workers,
+user, group) take effect at the next upgrade or restart; the reply says so. A TLS listener's
+certificates are the exception: their files are named by the new config and re-read at every
+reload (lb/tls.py swaps them in).
 The control plane (lb/control/plane.py) carries the actions out.
 """
 
@@ -21,8 +22,8 @@ from .config import BackendConfig, Config
 
 ADD, ADDRESS, WEIGHT, VERSION, MAX_CONNS, KEEP, REMOVE, BALANCE, AT_RESTART = (
     "add", "address", "weight", "version", "max_conns", "keep", "remove", "balance", "at_restart")
-RESTART_ONLY = ("access_log", "admin", "cluster", "group", "http", "listen", "metrics", "state_file", "user",
-                "workers")
+RESTART_ONLY = ("access_log", "admin", "cluster", "group", "http", "listen", "metrics", "state_file", "status",
+                "user", "workers")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import json
 from collections import deque
 
 HISTORY_S = 600           # the chart: ten minutes
-WINDOW_S = 10             # a node's req/s and 5xx rate: over the last ten seconds
+WINDOW_S = 10             # a node's req/s and 5xx rate, a version's share: over the last ten seconds
 
 
 class History:
@@ -71,6 +71,12 @@ class History:
         served = max(r1 - r0, 0)
         return round(served / (t1 - t0), 2) if t1 > t0 else 0.0, round(max(e1 - e0, 0) / served, 4) if served else None
 
+    def shares(self) -> dict[str, float]:
+        """Each version's share of the requests of the last WINDOW_S seconds ({} when none)."""
+        served = {version: sum(list(ring)[-WINDOW_S:]) for version, ring in self.rates.items()}
+        total = sum(served.values())
+        return {version: round(count / total, 4) for version, count in served.items()} if total else {}
+
     def chart(self) -> dict:
         """The chart's data: seconds ago of each point (oldest first) and each version's rates."""
         last = self.times[-1] if self.times else 0.0
@@ -99,10 +105,10 @@ def why_out(node: dict) -> str | None:
 
 
 NODE_COLUMNS = (("name", "Node"), ("version", "Version"), ("state", "State"), ("health", "Health"),
-                ("weight", "Weight"), ("inflight", "In flight"), ("rps", "Req/s"), ("p99_ms", "p99 ms"),
-                ("error_rate", "5xx"), ("why_out", "Out because"))
+                ("weight", "Weight"), ("inflight", "In flight"), ("rps", "Req/s (10 s)"),
+                ("p99_ms", "p99 ms (60 s)"), ("error_rate", "5xx (10 s)"), ("why_out", "Out because"))
 VERSION_COLUMNS = (("version", "Version"), ("nodes", "Nodes"), ("ready", "Ready"), ("capacity", "Ready capacity"),
-                   ("share", "Share of traffic"), ("pinned_requests", "Pinned requests"))
+                   ("share", "Share of traffic (10 s)"), ("pinned_requests", "Pinned requests"))
 
 
 MEMBER_COLUMNS = (("id", "Member"), ("version", "lb version"), ("applied_revision", "Applied revision"),
@@ -149,11 +155,18 @@ def _fleet(fleet: dict | None) -> str:
     if fleet is None:
         return '<section id="fleet-section" hidden><table id="fleet"><tbody></tbody></table><p id="fleet-error"></p>' \
                '</section>'
-    error = html.escape(f"etcd: {fleet['error']}") if fleet["error"] else ""
+    error = html.escape(fleet_text(fleet))
     return (f'<section id="fleet-section" aria-labelledby="fleet-title"><table id="fleet">'
             f'<caption id="fleet-title">The fleet, as etcd lists it (* this lb)</caption>'
             f'<thead>{_head(MEMBER_COLUMNS)}</thead><tbody>{_rows(fleet["members"] or [], MEMBER_COLUMNS, "member")}'
             f'</tbody></table><p id="fleet-error">{error}</p></section>')
+
+
+def fleet_text(fleet: dict) -> str:
+    """The line under the fleet's table (the script writes the same)."""
+    if fleet["error"]:
+        return f"etcd: {fleet['error']}"
+    return "Reading the fleet from etcd." if fleet["members"] is None else ""
 
 
 def _head(columns) -> str:
@@ -167,20 +180,59 @@ def move_text(move: dict) -> str:
     return text + (f" In progress: {move['in_progress']}." if move["in_progress"] else " Done.")
 
 
+# what a deploy's note (lb/deploy/progress.py) may hold: key -> the types its value may have
+_TEXT, _NUMBER = (str,), (int, float)
+NOTE_FIELDS = {"to": _TEXT + (type(None),), "by": _TEXT, "phase": _TEXT, "batch": (dict, type(None)),
+               "steps": (dict,), "bake_until": _NUMBER + (type(None),), "gates": (dict,),
+               "result": _TEXT + (type(None),), "done": (int,)}
+BATCH_FIELDS = {"index": (int,), "of": (int,), "nodes": (list,), "canary": (bool,), "more": (int,)}
+
+
+def clean_note(note) -> dict:
+    """A deploy's note as the page may show it: the known keys with values of their types
+    (unknown keys, from a newer deploy, left out). Raises ValueError saying what is wrong."""
+    if not isinstance(note, dict):
+        raise ValueError("expected a JSON object")
+    clean = {}
+    for key, value in note.items():
+        kinds = NOTE_FIELDS.get(key)
+        if kinds is None:
+            continue
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+            raise ValueError(f"{key}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r:.40}")
+        clean[key] = value
+    for key in ("steps", "gates"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in clean.get(key, {}).items()):
+            raise ValueError(f"{key}: expected an object of strings")
+    batch = clean.get("batch")
+    if batch is not None:
+        clean["batch"] = {}
+        for key, value in batch.items():
+            kinds = BATCH_FIELDS.get(key)
+            if kinds is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"batch.{key}: expected {kinds[0].__name__}, got {value!r:.40}")
+            if kinds is not None:
+                clean["batch"][key] = value
+        if not all(isinstance(n, str) for n in clean["batch"].get("nodes", [])):
+            raise ValueError("batch.nodes: expected a list of node names")
+    return clean
+
+
 def deploy_text(deploy: dict | None, now: float) -> str:
-    """What the last `lb deploy` said of itself (lb/deploy/progress.py), in words."""
+    """What the last `lb deploy` said of itself (lb/deploy/progress.py, checked by clean_note), in words."""
     if deploy is None:
         return "No deploy has reported to this lb since it started."
     note, ago = deploy["note"], max(now - deploy["at"], 0.0)
-    text = f"Deploy to {note.get('to')} ({note.get('by')}): {note.get('phase')}"
+    text = f"Deploy to {note.get('to') or '?'} ({note.get('by') or '?'}): {note.get('phase') or '?'}"
     batch = note.get("batch")
-    if isinstance(batch, dict):
-        text += (f", batch {batch.get('index')} of {batch.get('of')}{' (canary)' if batch.get('canary') else ''}: "
-                 f"{' '.join(map(str, batch.get('nodes', [])))}")
-    if isinstance(note.get("bake_until"), (int, float)) and note["bake_until"] > now:
+    if batch:
+        nodes = " ".join(batch.get("nodes", [])) + (f" and {batch['more']} more" if batch.get("more") else "")
+        text += (f", batch {batch.get('index', '?')} of {batch.get('of', '?')}"
+                 f"{' (canary)' if batch.get('canary') else ''}: {nodes}")
+    if note.get("bake_until") is not None and note["bake_until"] > now:
         text += f", bake ends in {note['bake_until'] - now:.0f} s"
     gates = note.get("gates")
-    if isinstance(gates, dict) and gates:
+    if gates:
         text += "; gates: " + ", ".join(f"{name} {outcome}" for name, outcome in gates.items())
     if note.get("result"):
         text += f"; result: {note['result']}"
@@ -214,8 +266,9 @@ def render(snapshot: dict, csrf: str | None = None) -> str:
                f"workers: {snapshot['lb']['workers']}, up since {snapshot['lb']['started_iso']}")
     if snapshot["lb"]["panic"]:
         lb_line += " — PANIC: every node fails its checks, routing to them all"
-    # the snapshot rides along for the script's first draw; "</" never appears inside it
-    data = json.dumps(snapshot).replace("</", "<\\/")
+    # the snapshot rides along for the script's first draw: no "<", ">" or "&" in it, so no
+    # "</script" or "<!--" can end or bend the script element (JSON reads \u003c as "<")
+    data = json.dumps(snapshot).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -229,7 +282,7 @@ def render(snapshot: dict, csrf: str | None = None) -> str:
 <header>
 <h1>lb status</h1>
 <p id="lb">{html.escape(lb_line)}</p>
-<p id="updated" aria-live="polite">As of {html.escape(snapshot['time_iso'])}.</p>
+<p id="updated">As of {html.escape(snapshot['time_iso'])}.</p>
 </header>
 <main>
 <section aria-labelledby="move-title">

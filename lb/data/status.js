@@ -6,9 +6,12 @@
   var VERSION_KEYS = ["version", "nodes", "ready", "capacity", "share", "pinned_requests"];
   var MEMBER_KEYS = ["id", "version", "applied_revision", "lease_left_s", "nodes_up", "inflight"];
   var COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"];
+  // each version's line has its own dash pattern too: colour is never the only way to tell them
+  // apart, and the 9th version is not the 1st's twin (8 colours x 5 patterns)
+  var DASHES = ["", "8 4", "2 3", "10 3 2 3", "4 4"];
   var SVG = "http://www.w3.org/2000/svg";
   var WIDTH = 800, HEIGHT = 200, MIN_SPAN_S = 60, MAX_SPAN_S = 600;
-  var colourOf = {};
+  var styleOf = {};
   var failures = 0;
 
   function cell(key, value) {
@@ -37,9 +40,18 @@
     body.replaceChildren(rows);
   }
 
-  function colour(version) {
-    if (!(version in colourOf)) { colourOf[version] = COLOURS[Object.keys(colourOf).length % COLOURS.length]; }
-    return colourOf[version];
+  function style(version) {
+    if (!(version in styleOf)) {
+      var n = Object.keys(styleOf).length;
+      styleOf[version] = {colour: COLOURS[n % COLOURS.length], dash: DASHES[n % DASHES.length]};
+    }
+    return styleOf[version];
+  }
+
+  function stroke(element, version) {
+    element.setAttribute("stroke", style(version).colour);
+    element.setAttribute("stroke-width", "2");
+    if (style(version).dash) { element.setAttribute("stroke-dasharray", style(version).dash); }
   }
 
   function chart(data) {
@@ -73,8 +85,7 @@
       var line = document.createElementNS(SVG, "polyline");
       line.setAttribute("points", points.join(" "));
       line.setAttribute("fill", "none");
-      line.setAttribute("stroke", colour(version));
-      line.setAttribute("stroke-width", "2");
+      stroke(line, version);
       line.setAttribute("data-version", version);
       var title = document.createElementNS(SVG, "title");
       title.textContent = version;
@@ -82,9 +93,14 @@
       parts.appendChild(line);
       var item = document.createElement("span");
       item.className = "key";
-      var swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = colour(version);
+      var swatch = document.createElementNS(SVG, "svg");       // the line's own colour and dashes
+      swatch.setAttribute("class", "swatch");
+      swatch.setAttribute("viewBox", "0 0 30 10");
+      swatch.setAttribute("aria-hidden", "true");
+      var sample = document.createElementNS(SVG, "line");
+      [["x1", "0"], ["y1", "5"], ["x2", "30"], ["y2", "5"]].forEach(function (a) { sample.setAttribute(a[0], a[1]); });
+      stroke(sample, version);
+      swatch.appendChild(sample);
       item.appendChild(swatch);
       item.appendChild(document.createTextNode(version + ": " + (rates.length ? rates[rates.length - 1] : 0) + " req/s now"));
       items.appendChild(item);
@@ -101,14 +117,16 @@
 
   function deployText(deploy, now) {
     if (deploy === null) { return "No deploy has reported to this lb since it started."; }
-    var note = deploy.note;
-    var text = "Deploy to " + note.to + " (" + note.by + "): " + note.phase;
+    var note = deploy.note;                // checked by lb (statusview.clean_note): keys may be missing
+    var text = "Deploy to " + (note.to || "?") + " (" + (note.by || "?") + "): " +
+      (note.phase || "?");
     var batch = note.batch;
-    if (batch && typeof batch === "object") {
-      text += ", batch " + batch.index + " of " + batch.of + (batch.canary ? " (canary)" : "") + ": " +
-        (batch.nodes || []).join(" ");
+    if (batch) {
+      text += ", batch " + (batch.index === undefined ? "?" : batch.index) + " of " +
+        (batch.of === undefined ? "?" : batch.of) + (batch.canary ? " (canary)" : "") + ": " +
+        (batch.nodes || []).join(" ") + (batch.more ? " and " + batch.more + " more" : "");
     }
-    if (typeof note.bake_until === "number" && note.bake_until > now) {
+    if (note.bake_until !== undefined && note.bake_until !== null && note.bake_until > now) {
       text += ", bake ends in " + Math.round(note.bake_until - now) + " s";
     }
     var gates = note.gates && typeof note.gates === "object" ? Object.keys(note.gates) : [];
@@ -128,7 +146,8 @@
     chart(status.chart);
     if (status.fleet) {
       fill("fleet", status.fleet.members || [], MEMBER_KEYS, "member");
-      document.getElementById("fleet-error").textContent = status.fleet.error ? "etcd: " + status.fleet.error : "";
+      document.getElementById("fleet-error").textContent = status.fleet.error ? "etcd: " + status.fleet.error :
+        (status.fleet.members === null ? "Reading the fleet from etcd." : "");
     }
   }
 
@@ -139,8 +158,14 @@
     }).then(function (status) {
       failures = 0;
       document.body.classList.remove("stale");
-      draw(status);
-    }).catch(function () {
+      try {
+        draw(status);
+      } catch (error) {                    // lb answered, the page could not show it: not "no answer"
+        document.body.classList.add("stale");
+        document.getElementById("updated").textContent = "This page could not draw lb's answer: " + error;
+        console.error(error);
+      }
+    }, function () {
       failures += 1;                       // lb restarting: shown, and asked again
       document.body.classList.add("stale");
       document.getElementById("updated").textContent = "No answer from lb (" + failures + " tries); retrying.";
@@ -163,6 +188,9 @@
     });
   }
 
-  draw(JSON.parse(document.getElementById("first").textContent));
-  setTimeout(tick, 1000);
+  try {
+    draw(JSON.parse(document.getElementById("first").textContent));
+  } finally {
+    setTimeout(tick, 1000);                // redraws come whatever the first draw did
+  }
 }());

@@ -19,7 +19,8 @@ import time
 
 SEND_INTERVAL_S = 0.5
 MAX_GATES = 12                  # verdicts kept (the latest): the note fits an admin line
-MAX_NOTE_BYTES = 3500           # under the admin socket's 4096-byte line
+MAX_LINE_CHARS = 4000           # the whole line, under the admin socket's 4096 bytes (ASCII: a char a byte)
+MAX_TEXT = 100                  # a text field, when all else was cut (6 chars each at most: 4 fit)
 
 
 class Progress:
@@ -60,13 +61,34 @@ class Progress:
         self.record.update(result=result, phase="finished", bake_until=None)
 
     def line(self) -> str:
-        """The admin command that tells an lb; the record cut to fit a line."""
-        record = dict(self.record)
-        text = json.dumps(record, separators=(",", ":"))
-        if len(text) > MAX_NOTE_BYTES:
-            record["steps"] = {}
-            text = json.dumps(record, separators=(",", ":"))[:MAX_NOTE_BYTES]
-        return "note deploy " + text.replace(" ", "\\u0020")
+        """The admin command that tells an lb: the record made smaller, a part at a time, until
+        the line as sent fits (each node's step first, then the batch's node names beyond the
+        first few, said as "and K more", then the older gates, then long texts)."""
+        record = json.loads(json.dumps(self.record))
+        text = _command(record)
+        if len(text) <= MAX_LINE_CHARS:
+            return text
+        record["steps"] = {}
+        batch = record["batch"]
+        while len(text := _command(record)) > MAX_LINE_CHARS:
+            if batch is not None and batch["nodes"]:
+                keep = len(batch["nodes"]) // 2
+                batch["more"] = batch.get("more", 0) + len(batch["nodes"]) - keep
+                batch["nodes"] = batch["nodes"][:keep]
+            elif record["gates"]:
+                for name in list(record["gates"])[:max(1, len(record["gates"]) // 2)]:
+                    del record["gates"][name]
+            else:
+                for key in ("to", "by", "phase", "result"):
+                    if isinstance(record[key], str):
+                        record[key] = record[key][:MAX_TEXT]
+                break
+        return _command(record)
+
+
+def _command(record: dict) -> str:
+    """`note deploy JSON` on one line, ASCII, its spaces (only ever inside strings) as \\u0020."""
+    return "note deploy " + json.dumps(record, separators=(",", ":")).replace(" ", "\\u0020")
 
 
 class Reporting:

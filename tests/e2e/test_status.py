@@ -4,6 +4,7 @@ tests/e2e/test_status_browser.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.parse
@@ -168,6 +169,57 @@ def test_an_action_needs_the_pages_csrf_value_and_its_own_origin(spawn, tmp_path
     assert code == 409 and "unknown server 'nosuch'" in json.loads(body)["error"]
     audit = lb.stderr_path.read_text()
     assert "status page 127.0.0.1" in audit and "set weight web2 7" in audit
+
+
+def raw(lb: Lb, data: bytes, timeout_s: float = 10) -> bytes:
+    """What the metrics listener answers to `data` sent as is, until it closes (or timeout_s)."""
+    import socket
+    host, port = lb.config["metrics"]["listen"].rsplit(":", 1)
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return answer
+
+
+def test_odd_input_gets_a_clear_answer_and_the_page_stays_up(spawn, tmp_path):
+    lb = guarded_lb(spawn, tmp_path)
+    auth = "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode()
+    # a length that str.isdigit() takes but int() does not ("²" in Latin-1)
+    answer = raw(lb, f"POST /status/action HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Type: "
+                     f"application/x-www-form-urlencoded\r\nContent-Length: ".encode() + b"\xb2\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    # a deploy's note of another shape is refused on the admin socket; the page is unharmed
+    for note in ('{"batch":{"nodes":5}}', '{"to":"<!--<script>","steps":{"web1":3}}'):
+        reply = lb.ctl("note deploy " + note)
+        assert not reply["ok"] and "expects a deploy's JSON object" in reply["error"], reply
+    assert lb.ctl('note deploy {"to":"<!--<script>","phase":"odd\\u0020but\\u0020fine"}')["ok"]
+    code, _, page = call(lb, "GET", "/status")
+    assert code == 200 and "Deploy to &lt;!--&lt;script&gt; (?): odd but fine" in page.decode()
+    assert "<!--<script>" not in page.decode()
+    assert "Traceback" not in lb.stderr_path.read_text()
+
+
+def test_the_metrics_listener_takes_a_bounded_number_of_connections(spawn, tmp_path):
+    import socket
+
+    from lb.control.metrics import MAX_CLIENTS
+    lb = spawn(Lb, tmp_path, [spawn(Backend, "web1").config()], workers=1)
+    host, port = lb.config["metrics"]["listen"].rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(MAX_CLIENTS)]
+    try:
+        # each holds a place until its 10 s for a head run out; the next one is turned away
+        wait_for(lambda: raw(lb, b"", timeout_s=1).startswith(b"HTTP/1.1 503 "), 10, "a 503 past the bound")
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: raw(lb, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 "), 5,
+             "the places given back")
+    assert get(lb.port, "/").status == 200
 
 
 @pytest.mark.parametrize("status, said", [

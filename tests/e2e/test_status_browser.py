@@ -78,7 +78,9 @@ def test_the_page_says_when_lb_stops_answering_and_comes_back(spawn, tmp_path, b
 
     lb = spawn(Lb, tmp_path, [spawn(Backend, "web1").config()], workers=1)
     browser.open(status_url(lb))
-    browser.wait_until(lambda: browser.text("#updated").startswith("As of"), 5, "the page")
+    first = browser.text("#updated")                     # the server's paint
+    browser.wait_until(lambda: browser.text("#updated") not in (first, "") and
+                       browser.text("#updated").startswith("As of"), 5, "the script's own redraw")
     assert lb.stop() == 0
     browser.wait_until(lambda: browser.text("#updated").startswith("No answer from lb"), 5, "the page to say so")
     assert "stale" in browser.driver.execute_script("return document.body.className")

@@ -10,8 +10,9 @@ from lb.control.admin import Admin
 from lb.control.plane import Control
 from lb.core.commands import parse
 from lb.core.config import parse_config
-from lb.core.statusview import deploy_text
-from lb.deploy.progress import MAX_GATES, MAX_NOTE_BYTES, Progress
+from lb.core.errors import CommandError
+from lb.core.statusview import clean_note, deploy_text
+from lb.deploy.progress import MAX_GATES, MAX_LINE_CHARS, Progress
 
 EVENTS = [
     ("start", {"to": "v2", "phase": "deploying"}),
@@ -37,6 +38,14 @@ def test_the_record_follows_the_deploy():
     assert record["result"] == "done"
 
 
+def sent(line: str) -> dict:
+    """What an lb reads of a note line: the admin parser's one argument, as JSON."""
+    assert len(line.encode()) <= MAX_LINE_CHARS and line.isascii()
+    command, args = parse(line)
+    assert command.words == ("note", "deploy") and len(args) == 1
+    return json.loads(args[0])
+
+
 def test_gates_kept_are_bounded_and_the_line_fits_the_admin_socket():
     progress = Progress("v2")
     for i in range(50):
@@ -44,10 +53,33 @@ def test_gates_kept_are_bounded_and_the_line_fits_the_admin_socket():
     for i in range(500):
         progress.event("step", {"node": f"web{i}", "step": "wait up", "direction": "forward", "status": "ok"}, 0.0)
     assert len(progress.record["gates"]) == MAX_GATES and "prometheus gate 49" in progress.record["gates"]
-    line = progress.line()
-    assert len(line) <= MAX_NOTE_BYTES + len("note deploy ") and " " not in line[len("note deploy "):]
-    command, args = parse(line)
-    assert command.words == ("note", "deploy") and len(args) == 1
+    note = sent(progress.line())
+    assert note["steps"] == {} and len(note["gates"]) == MAX_GATES      # the steps went first
+
+
+@pytest.mark.parametrize("nodes", [1, 30, 80, 200, 2000])
+def test_a_batch_of_any_size_is_told_in_a_line_that_parses(nodes):
+    progress = Progress("v2 with spaces")
+    names = [f"web-node-with-a-long-name-{i}" for i in range(nodes)]
+    progress.event("batch", {"index": 1, "of": 1, "nodes": names, "canary": False}, 0.0)
+    for i in range(MAX_GATES):
+        progress.event("gate", {"kind": "prometheus", "name": f"error rate {i}", "outcome": "pass"}, 0.0)
+    for name in names:
+        progress.event("step", {"node": name, "step": "wait drained", "direction": "forward", "status": "ok"}, 0.0)
+    note = clean_note(sent(progress.line()))
+    batch = note["batch"]
+    assert batch["nodes"] == names[:len(batch["nodes"])] and len(batch["nodes"]) + batch.get("more", 0) == nodes
+    assert note["to"] == "v2 with spaces"
+    text = deploy_text({"at": 0.0, "note": note}, 0.0)
+    assert ("more" in batch) == (nodes >= 200) and len(note["gates"]) == MAX_GATES
+    assert (f" and {batch['more']} more; gates:" if "more" in batch else f"{names[-1]}; gates:") in text
+
+
+def test_even_long_texts_are_cut_to_fit():
+    progress = Progress("v" * 5000)
+    progress.record.update(by=" " * 5000, phase="p" * 5000, result=" x" * 5000)
+    note = sent(progress.line())
+    assert note["to"] == "v" * 100 and note["result"] == " x" * 50
 
 
 async def test_lb_keeps_the_note_and_the_page_says_it_in_words():
@@ -66,11 +98,20 @@ async def test_lb_keeps_the_note_and_the_page_says_it_in_words():
     assert deploy_text(None, 0.0) == "No deploy has reported to this lb since it started."
 
 
-@pytest.mark.parametrize("text", ["[1]", "{", "x", json.dumps("string")])
-async def test_a_note_that_is_not_a_json_object_is_refused(text):
-    from lb.core.errors import CommandError
+@pytest.mark.parametrize("text", ["[1]", "{", "x", json.dumps("string"), '{"batch":{"nodes":5}}',
+                                  '{"batch":{"nodes":[1]}}', '{"batch":[]}', '{"steps":{"web1":3}}', '{"to":7}',
+                                  '{"bake_until":"soon"}', '{"done":true}', '{"gates":[]}', "[" * 5000])
+async def test_a_note_of_another_shape_is_refused(text):
     control = Control(parse_config("backends:\n  - {name: web1, address: '127.0.0.1:9001'}\n"),
                       asyncio.get_running_loop())
-    with pytest.raises(CommandError):
+    with pytest.raises(CommandError, match="expects a deploy's JSON object"):
         Admin(control, None).note_deploy(text)
     assert control.deploy_note is None
+
+
+def test_a_note_keeps_the_keys_it_knows():
+    note = clean_note({"to": "v2", "phase": "baking", "from_a_newer_deploy": [1], "batch": {"index": 1, "x": 2},
+                       "bake_until": 10})
+    assert note == {"to": "v2", "phase": "baking", "batch": {"index": 1}, "bake_until": 10}
+    assert deploy_text({"at": 0.0, "note": note}, 5.0) == \
+        "Deploy to v2 (?): baking, batch 1 of ?: , bake ends in 5 s. Heard 5 s ago."

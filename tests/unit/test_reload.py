@@ -54,6 +54,8 @@ CASES = [
     ("listen only at restart", config(**{"8080": "8081"}), running(), set(), [(AT_RESTART, "listen", None)]),
     ("the cluster only at restart", config(BASE + "cluster: {store: etcd, endpoints: ['127.0.0.1:2379'], name: p}\n"),
      running(), set(), [(AT_RESTART, "cluster", None)]),
+    ("the status page only at restart (its token, its actions)", config(BASE + "status: {enabled: false}\n"),
+     running(), set(), [(AT_RESTART, "status", None)]),
 ]
 
 

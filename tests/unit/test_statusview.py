@@ -91,6 +91,25 @@ def test_the_page_escapes_what_it_shows_and_the_data_it_carries():
     assert json.loads(data)["lb"]["started_iso"] == "</script><script>alert(1)"
 
 
+@pytest.mark.parametrize("text", ["<!--<script>", "</script>", "a & b > c", "<!-- x -->"])
+def test_the_data_the_page_carries_cannot_end_or_bend_its_script_element(text):
+    """An HTML parser ends a script element at "</script" and, after "<!--<script", waits for
+    two of them: the data holds no "<", ">" or "&" (JSON says them as \\u003c and so on)."""
+    page = render(snapshot(deploy={"at": 0.0, "note": {"to": text, "phase": text}}))
+    start = page.index('<script id="first" type="application/json">') + 43
+    data = page[start:page.index("</script>", start)]
+    assert not set("<>&") & set(data)
+    assert json.loads(data)["deploy"]["note"]["to"] == text
+
+
+def test_a_versions_share_is_of_the_last_ten_seconds():
+    history = History()
+    for second in range(30):
+        history.sample(float(second), {"v1": second * 100, "v2": max(second - 25, 0) * 100}, {})
+    assert history.shares() == {"v1": 0.7143, "v2": 0.2857}       # 10 s: v1 1000 requests, v2 400 (4 s)
+    assert History().shares() == {}
+
+
 @pytest.mark.parametrize("move, text", [
     ({"target": None, "in_progress": None, "nodes": 3, "on_target": 0}, "No version move declared."),
     ({"target": "v2", "in_progress": "the target is v2 and web3 is on v1", "nodes": 3, "on_target": 2},
