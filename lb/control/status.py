@@ -134,6 +134,7 @@ class StatusPage:
             row["why_out"] = statusview.why_out(row)
             nodes.append(row)
         shares = self.history.shares()
+        pinned = statusview.pinned_users(control.pins) if control.pinning_on else {}
         versions = []
         for row in pool.version_rows():
             version = row["version"]
@@ -142,7 +143,8 @@ class StatusPage:
                              "capacity": row["ready_capacity"],
                              "share": shares.get(version, 0.0) if shares else None,
                              "pinned_requests": control.pins["pinned_requests"][version]
-                             if control.pinning_on else None})
+                             if control.pinning_on else None,
+                             "pinned_users": pinned.get(version, 0) if control.pinning_on else None})
         target = pool.target
         move = {"target": target, "in_progress": pool.move_in_progress(), "nodes": len(pool.backends),
                 "on_target": sum(1 for n in pool.backends.values() if n.version == target)}

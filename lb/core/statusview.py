@@ -108,7 +108,19 @@ NODE_COLUMNS = (("name", "Node"), ("version", "Version"), ("state", "State"), ("
                 ("weight", "Weight"), ("inflight", "In flight"), ("rps", "Req/s (10 s)"),
                 ("p99_ms", "p99 ms (60 s)"), ("error_rate", "5xx (10 s)"), ("why_out", "Out because"))
 VERSION_COLUMNS = (("version", "Version"), ("nodes", "Nodes"), ("ready", "Ready"), ("capacity", "Ready capacity"),
-                   ("share", "Share of traffic (10 s)"), ("pinned_requests", "Pinned requests"))
+                   ("share", "Share of traffic (10 s)"), ("pinned_users", "Users pinned"),
+                   ("pinned_requests", "Pinned requests"))
+
+
+def pinned_users(pins: dict) -> dict[str, int]:
+    """Each version's users as lb pinned them since it started: pins handed out (assignments),
+    plus the users moved onto it, minus those moved off (lb holds no per-user state: a client
+    that drops the cookie is counted again at its next request)."""
+    users = dict(pins["assignments"])
+    for (source, target, _), count in pins["migrations"].items():
+        users[target] = users.get(target, 0) + count
+        users[source] = users.get(source, 0) - count
+    return {version: max(count, 0) for version, count in users.items()}
 
 
 MEMBER_COLUMNS = (("id", "Member"), ("version", "lb version"), ("applied_revision", "Applied revision"),
@@ -182,7 +194,8 @@ def move_text(move: dict) -> str:
 
 # what a deploy's note (lb/deploy/progress.py) may hold: key -> the types its value may have
 _TEXT, _NUMBER = (str,), (int, float)
-NOTE_FIELDS = {"to": _TEXT + (type(None),), "by": _TEXT, "phase": _TEXT, "batch": (dict, type(None)),
+NOTE_FIELDS = {"to": _TEXT + (type(None),), "by": _TEXT, "phase": _TEXT, "plan": (list, type(None)),
+               "batch": (dict, type(None)),
                "steps": (dict,), "bake_until": _NUMBER + (type(None),), "gates": (dict,),
                "result": _TEXT + (type(None),), "done": (int,)}
 BATCH_FIELDS = {"index": (int,), "of": (int,), "nodes": (list,), "canary": (bool,), "more": (int,)}
@@ -204,6 +217,8 @@ def clean_note(note) -> dict:
     for key in ("steps", "gates"):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in clean.get(key, {}).items()):
             raise ValueError(f"{key}: expected an object of strings")
+    if not all(isinstance(nodes, list) and all(isinstance(n, str) for n in nodes) for nodes in clean.get("plan") or []):
+        raise ValueError("plan: expected a list of batches, each a list of node names")
     batch = clean.get("batch")
     if batch is not None:
         clean["batch"] = {}
@@ -229,6 +244,10 @@ def deploy_text(deploy: dict | None, now: float) -> str:
         nodes = " ".join(batch.get("nodes", [])) + (f" and {batch['more']} more" if batch.get("more") else "")
         text += (f", batch {batch.get('index', '?')} of {batch.get('of', '?')}"
                  f"{' (canary)' if batch.get('canary') else ''}: {nodes}")
+    plan = note.get("plan")
+    if plan:
+        text += (f"; plan: {' | '.join(' '.join(nodes) for nodes in plan)} "
+                 f"({note.get('done', 0)} of {sum(map(len, plan))} nodes done)")
     if note.get("bake_until") is not None and note["bake_until"] > now:
         text += f", bake ends in {note['bake_until'] - now:.0f} s"
     gates = note.get("gates")

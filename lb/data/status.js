@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   var NODE_KEYS = ["name", "version", "state", "health", "weight", "inflight", "rps", "p99_ms", "error_rate", "why_out"];
-  var VERSION_KEYS = ["version", "nodes", "ready", "capacity", "share", "pinned_requests"];
+  var VERSION_KEYS = ["version", "nodes", "ready", "capacity", "share", "pinned_users", "pinned_requests"];
   var MEMBER_KEYS = ["id", "version", "applied_revision", "lease_left_s", "nodes_up", "inflight"];
   var COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"];
   // each version's line has its own dash pattern too: colour is never the only way to tell them
@@ -125,6 +125,11 @@
       text += ", batch " + (batch.index === undefined ? "?" : batch.index) + " of " +
         (batch.of === undefined ? "?" : batch.of) + (batch.canary ? " (canary)" : "") + ": " +
         (batch.nodes || []).join(" ") + (batch.more ? " and " + batch.more + " more" : "");
+    }
+    if (note.plan && note.plan.length) {
+      text += "; plan: " + note.plan.map(function (nodes) { return nodes.join(" "); }).join(" | ") + " (" +
+        (note.done || 0) + " of " + note.plan.reduce(function (sum, nodes) { return sum + nodes.length; }, 0) +
+        " nodes done)";
     }
     if (note.bake_until !== undefined && note.bake_until !== null && note.bake_until > now) {
       text += ", bake ends in " + Math.round(note.bake_until - now) + " s";

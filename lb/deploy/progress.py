@@ -1,7 +1,8 @@
 """A deploy's progress, told to the lbs for their status page (lb/core/statusview.py).
 
 `Progress` follows the deploy's events (the ones its live view draws) into a small record:
-the target version, the phase, the batch (index, of, nodes, canary), each node's last step,
+the target version, the plan (its batches' nodes), the phase, the batch (index, of, nodes,
+canary), each node's last step,
 when the bake ends (epoch seconds: the page counts down), the gates' verdicts, and at the end
 the result. `Reporting` is the deploy's view with that added: it passes everything on to the
 real view and, at most every `SEND_INTERVAL_S`, sends the record to every lb as
@@ -26,8 +27,12 @@ MAX_TEXT = 100                  # a text field, when all else was cut (6 chars e
 class Progress:
     def __init__(self, to: str | None = None):
         self.record: dict = {"to": to, "by": f"pid {os.getpid()} on {socket.gethostname()}", "phase": "starting",
-                             "batch": None, "steps": {}, "bake_until": None, "gates": {}, "result": None,
-                             "done": 0}
+                             "plan": None, "batch": None, "steps": {}, "bake_until": None, "gates": {},
+                             "result": None, "done": 0}
+
+    def plan(self, batches) -> None:
+        """The batches the deploy will run, each a list of node names (the canary's first)."""
+        self.record["plan"] = [list(batch.nodes) for batch in batches]
 
     def event(self, kind: str, f: dict, now: float) -> bool:
         """Take one event in; whether the record changed."""
@@ -62,13 +67,15 @@ class Progress:
 
     def line(self) -> str:
         """The admin command that tells an lb: the record made smaller, a part at a time, until
-        the line as sent fits (each node's step first, then the batch's node names beyond the
-        first few, said as "and K more", then the older gates, then long texts)."""
+        the line as sent fits (each node's step first, then the plan, then the batch's node names
+        beyond the first few, said as "and K more", then the older gates, then long texts)."""
         record = json.loads(json.dumps(self.record))
         text = _command(record)
         if len(text) <= MAX_LINE_CHARS:
             return text
         record["steps"] = {}
+        if len(_command(record)) > MAX_LINE_CHARS:
+            record["plan"] = None
         batch = record["batch"]
         while len(text := _command(record)) > MAX_LINE_CHARS:
             if batch is not None and batch["nodes"]:
@@ -101,8 +108,13 @@ class Reporting:
         self._dirty = False
         self._sent_at = 0.0
 
-    def __getattr__(self, name):            # plan, stats, error, close: the real view's
+    def __getattr__(self, name):            # stats, error, close: the real view's
         return getattr(self.view, name)
+
+    def plan(self, batches, notes, dry_run: bool, warnings=()) -> None:
+        self.view.plan(batches, notes, dry_run, warnings)
+        self.progress.plan(batches)
+        self._send_soon()
 
     def event(self, kind: str, fields: dict) -> None:
         self.view.event(kind, fields)

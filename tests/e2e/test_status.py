@@ -76,7 +76,8 @@ async def test_a_deploy_in_progress_shows_on_the_page_and_its_result_after(spawn
     wait_for(lambda: heard().get("phase") == "baking" and heard().get("bake_until"), 5, "the canary's bake on the page")
     note = heard()
     assert note["to"] == "v2" and note["batch"]["canary"] and note["batch"]["nodes"] == ["web1"]
-    assert "Deploy to v2" in fetch(lb, "/status")[2].decode()
+    assert note["plan"] == [["web1"], ["web2"], ["web3"]]           # --min-ready 60%: one at a time
+    assert "; plan: web1 | web2 | web3 (0 of 3 nodes done)" in fetch(lb, "/status")[2].decode()
     assert await deploy.finish() == 0
     wait_for(lambda: heard().get("result") == "done", 5, "the result on the page")
 

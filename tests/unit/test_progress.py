@@ -115,3 +115,26 @@ def test_a_note_keeps_the_keys_it_knows():
     assert note == {"to": "v2", "phase": "baking", "batch": {"index": 1}, "bake_until": 10}
     assert deploy_text({"at": 0.0, "note": note}, 5.0) == \
         "Deploy to v2 (?): baking, batch 1 of ?: , bake ends in 5 s. Heard 5 s ago."
+
+
+class Batch:
+    def __init__(self, *nodes):
+        self.nodes = nodes
+
+
+def test_the_plan_is_told_and_how_far_it_got():
+    progress = Progress("v2")
+    progress.plan([Batch("web1"), Batch("web2", "web3")])
+    progress.event("baked", {"nodes": ["web1"], "ok": True}, 0.0)
+    note = clean_note(sent(progress.line()))
+    assert note["plan"] == [["web1"], ["web2", "web3"]]
+    assert "; plan: web1 | web2 web3 (1 of 3 nodes done)." in deploy_text({"at": 0.0, "note": note}, 0.0)
+    big = Progress("v2")
+    big.plan([Batch(*(f"web-node-with-a-long-name-{i}" for i in range(b * 50, b * 50 + 50))) for b in range(4)])
+    assert clean_note(sent(big.line()))["plan"] is None          # a plan too long for a line is left out
+
+
+@pytest.mark.parametrize("plan", ['"web1"', '["web1"]', '[[1]]'])
+def test_a_plan_of_another_shape_is_refused(plan):
+    with pytest.raises(ValueError, match="plan"):
+        clean_note(json.loads('{"plan":' + plan + '}'))

@@ -127,3 +127,12 @@ def test_the_page_loads_its_own_files_and_offers_actions_only_with_a_csrf_value(
     page = render(snapshot(), csrf="s3cr3t<>")
     assert '<input type="hidden" name="csrf" value="s3cr3t&lt;&gt;">' in page
     assert '<label for="action-name">Node</label>' in page and "<option>web1</option>" in page
+
+
+def test_users_pinned_are_pins_handed_out_net_of_moves():
+    from collections import Counter
+
+    from lb.core.statusview import pinned_users
+    pins = {"assignments": Counter({"v1": 10, "v2": 3}),
+            "migrations": Counter({("v1", "v2", "forward"): 4, ("v2", "v1", "back"): 1, ("v0", "v1", "forward"): 2})}
+    assert pinned_users(pins) == {"v1": 10 - 4 + 1 + 2, "v2": 3 + 4 - 1, "v0": 0}     # never below 0
